@@ -1,0 +1,128 @@
+"""The application, global options and the single error handler (DESIGN.md §4).
+
+Every command module registers one function here. Nothing heavy is imported at module
+level (torch, transformers, segment_anything load inside the commands), so
+``visiontool --help`` stays instant.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from visiontool import __version__
+from visiontool.errors import ExitCode, VisionToolError
+
+PROG = "visiontool"
+_debug = {"on": bool(os.environ.get("VISIONTOOL_DEBUG"))}
+
+
+def error_line(message: str) -> None:
+    """The one stderr line a user error produces."""
+    message = " ".join(str(message).split()) or "unknown error"
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+    sys.stderr.flush()
+
+
+class VisionToolGroup(TyperGroup):
+    """A click group whose ``main`` maps every failure to one line and an exit code.
+
+    ``program()`` (click's parsing + the command) runs with ``standalone_mode=False``;
+    this ``main`` is the only place exceptions become exit codes, so CliRunner tests and
+    the installed executable behave the same.
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if args is None:
+            args = sys.argv[1:]
+        args = list(args)
+        if "--debug" in args:  # also honoured before the group's own parsing
+            _debug["on"] = True
+        try:
+            rv = super().main(args=args, prog_name=prog_name or PROG, complete_var=complete_var,
+                              standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else ExitCode.OK
+        except click.exceptions.Exit as exc:
+            code = exc.exit_code
+        except click.exceptions.Abort:
+            error_line("interrupted")
+            code = ExitCode.INTERRUPTED
+        except click.exceptions.ClickException as exc:  # usage errors, bad parameters
+            if _debug["on"]:
+                traceback.print_exc()
+            msg = exc.format_message()
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            error_line(msg + hint)
+            code = ExitCode.USAGE if isinstance(exc, click.UsageError) else exc.exit_code
+        except VisionToolError as exc:
+            if _debug["on"]:
+                traceback.print_exc()
+            error_line(str(exc))
+            code = exc.exit_code
+        except KeyboardInterrupt:
+            error_line("interrupted")
+            code = ExitCode.INTERRUPTED
+        except BrokenPipeError:
+            # the reader went away (`| head`): not an error of ours; silence the flush at exit
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            except (OSError, ValueError, AttributeError):
+                pass
+            code = ExitCode.OK
+        except Exception as exc:  # a bug: still one line, the traceback on --debug
+            if _debug["on"]:
+                traceback.print_exc()
+            error_line(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
+            code = ExitCode.FAILURE
+        sys.exit(int(code))
+
+
+app = typer.Typer(
+    cls=VisionToolGroup,
+    name=PROG,
+    help="Object detection (DETR family) and segmentation (SAM) from the shell, with exact COCO evaluation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"{PROG} {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Object detection (DETR family) and segmentation (SAM) from the shell, with exact COCO evaluation.
+
+    Exit codes: 0 success; 1 runtime failure or some inputs failed; 2 usage or invalid input; 130 interrupted.
+    """
+    if debug:
+        _debug["on"] = True
+
+
+def _register() -> None:
+    from visiontool.cli import commands  # noqa: F401  (each module adds its command to `app`)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    _register()
+    app()
+
+
+_register()

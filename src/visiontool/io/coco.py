@@ -1,0 +1,127 @@
+"""COCO formats: the only place where ``[x, y, w, h]`` boxes and RLE encoding live.
+
+``GroundTruthIndex`` maps visiontool records onto a COCO ground-truth file: image ids
+come from ``images[].file_name`` (matched by full relative path, then by base name) and
+category ids are matched **by name** (models number classes differently: DETR uses COCO
+ids 1-90, RT-DETR 0-79).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from visiontool.errors import InvalidInputError, UsageError
+
+
+def xyxy_to_xywh(box) -> list[float]:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return [x1, y1, x2 - x1, y2 - y1]
+
+
+def xywh_to_xyxy(box) -> list[float]:
+    x, y, w, h = (float(v) for v in box)
+    return [x, y, x + w, y + h]
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+    """Binary (H, W) mask -> COCO RLE with string counts (JSON-ready)."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def decode_rle(rle: dict) -> np.ndarray:
+    """COCO RLE (string or bytes counts, or uncompressed list counts) -> (H, W) uint8 mask."""
+    from pycocotools import mask as mask_utils
+
+    if isinstance(rle.get("counts"), list):
+        h, w = rle["size"]
+        rle = mask_utils.frPyObjects(rle, h, w)
+    elif isinstance(rle.get("counts"), str):
+        rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+    return mask_utils.decode(rle)
+
+
+def _norm_name(name: str) -> str:
+    return " ".join(str(name).lower().replace("_", " ").split())
+
+
+def load_json_file(path: str | os.PathLike, what: str) -> object:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{what} file not found: '{path}'")
+    try:
+        with open(p, "rb") as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{what} '{path}' is not valid JSON: {exc.msg} at line {exc.lineno} "
+                                f"column {exc.colno}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{what} '{path}' is not UTF-8 JSON") from exc
+
+
+@dataclass
+class GroundTruthIndex:
+    """Lookups from file names and category names into a COCO ground truth."""
+
+    path: str
+    images_by_name: dict[str, int] = field(default_factory=dict)
+    images_by_base: dict[str, int] = field(default_factory=dict)
+    ambiguous_bases: set[str] = field(default_factory=set)
+    categories_by_name: dict[str, int] = field(default_factory=dict)
+    category_names: dict[int, str] = field(default_factory=dict)
+    image_ids: set[int] = field(default_factory=set)
+
+    @classmethod
+    def from_dict(cls, gt: dict, path: str = "<gt>") -> "GroundTruthIndex":
+        if not isinstance(gt, dict) or not isinstance(gt.get("images"), list):
+            raise InvalidInputError(f"ground truth '{path}' has no 'images' list (not a COCO annotation file)")
+        if not isinstance(gt.get("categories"), list):
+            raise InvalidInputError(f"ground truth '{path}' has no 'categories' list")
+        idx = cls(path)
+        for i, im in enumerate(gt["images"]):
+            if not isinstance(im, dict) or "id" not in im:
+                raise InvalidInputError(f"ground truth '{path}': images[{i}] has no 'id'")
+            iid = int(im["id"])
+            idx.image_ids.add(iid)
+            fn = im.get("file_name")
+            if not fn:
+                continue
+            idx.images_by_name[os.path.normpath(fn)] = iid
+            base = os.path.basename(fn)
+            if base in idx.images_by_base and idx.images_by_base[base] != iid:
+                idx.ambiguous_bases.add(base)
+            idx.images_by_base[base] = iid
+        for i, cat in enumerate(gt["categories"]):
+            if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
+                raise InvalidInputError(f"ground truth '{path}': categories[{i}] needs 'id' and 'name'")
+            idx.categories_by_name[_norm_name(cat["name"])] = int(cat["id"])
+            idx.category_names[int(cat["id"])] = str(cat["name"])
+        return idx
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "GroundTruthIndex":
+        return cls.from_dict(load_json_file(path, "ground truth"), str(path))
+
+    def image_id_for(self, image_name: str) -> int | None:
+        """The GT image id for a record's ``image`` (path or URL), or None if not in the GT."""
+        name = image_name.split("?")[0]
+        norm = os.path.normpath(name)
+        # longest path suffix that the GT names exactly, then the base name if unambiguous
+        parts = Path(norm).parts
+        for k in range(len(parts)):
+            cand = os.path.join(*parts[k:]) if parts[k:] else ""
+            if cand in self.images_by_name:
+                return self.images_by_name[cand]
+        base = os.path.basename(norm)
+        if base in self.ambiguous_bases:
+            return None
+        return self.images_by_base.get(base)
+
+    def category_id_for(self, name: str) -> int | None:
+        return self.categories_by_name.get(_norm_name(name))

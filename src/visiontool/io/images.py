@@ -1,0 +1,195 @@
+"""Image sources and decoding.
+
+A SOURCE is a file, a directory (``recursive``), a glob, an http(s) URL, or ``-`` (one
+path per line on stdin). Sources are expanded and checked *before* any model loads, so a
+missing path is a usage error (exit 2) that costs nothing. Decoding applies the EXIF
+orientation and converts every PIL mode (L, P, RGBA, CMYK, I;16, ...) to RGB.
+"""
+from __future__ import annotations
+
+import glob
+import io
+import os
+import sys
+import urllib.error
+import urllib.request
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from visiontool.errors import ImageLoadError, UsageError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+                    ".jfif", ".jp2"}
+# PIL refuses images above 2x its MAX_IMAGE_PIXELS (89.5 Mpx) and only warns between 1x and 2x;
+# we refuse above the limit itself. VISIONTOOL_MAX_PIXELS raises it for genuinely huge photos.
+DEFAULT_MAX_PIXELS = 89_478_485
+URL_TIMEOUT_S = 30.0
+URL_MAX_BYTES = 200 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where one image comes from. ``name`` is what records and messages show."""
+
+    name: str
+    is_url: bool = False
+
+    @property
+    def file_name(self) -> str:
+        """Base name used to match a COCO GT's ``images[].file_name``."""
+        return os.path.basename(self.name.split("?")[0].rstrip("/"))
+
+
+def _is_url(s: str) -> bool:
+    return s.startswith("http://") or s.startswith("https://")
+
+
+def _images_in_dir(d: Path, recursive: bool) -> list[Path]:
+    it = d.rglob("*") if recursive else d.iterdir()
+    return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def expand_sources(sources: list[str], recursive: bool = False, stdin=None) -> list[ImageSource]:
+    """Expand SOURCE arguments into image sources, in a stable order, without duplicates.
+
+    Raises UsageError for a path that does not exist, a glob that matches nothing, or a
+    directory without images.
+    """
+    out: list[ImageSource] = []
+    seen: set[str] = set()
+
+    def add(name: str, is_url: bool = False) -> None:
+        if name not in seen:
+            seen.add(name)
+            out.append(ImageSource(name, is_url))
+
+    if not sources:
+        raise UsageError("no image given: pass files, directories, globs, URLs, or '-' for paths on stdin")
+    for raw in sources:
+        if raw == "-":
+            stream = stdin if stdin is not None else sys.stdin
+            lines = [ln.strip() for ln in stream.read().splitlines()]
+            lines = [ln for ln in lines if ln and not ln.startswith("#")]
+            if not lines:
+                raise UsageError("'-' was given but stdin holds no image paths")
+            for item in expand_sources(lines, recursive=recursive):
+                add(item.name, item.is_url)
+            continue
+        if _is_url(raw):
+            add(raw, True)
+            continue
+        p = Path(raw).expanduser()
+        if p.is_dir():
+            files = _images_in_dir(p, recursive)
+            if not files:
+                hint = "" if recursive else " (use --recursive to look in subdirectories)"
+                raise UsageError(f"directory '{raw}' holds no images{hint}")
+            for f in files:
+                add(str(f))
+        elif p.is_file():
+            add(str(p))
+        elif glob.has_magic(raw):
+            matches = sorted(m for m in glob.glob(os.path.expanduser(raw), recursive=recursive)
+                             if os.path.isfile(m))
+            if not matches:
+                raise UsageError(f"no file matches '{raw}'")
+            for m in matches:
+                add(m)
+        else:
+            raise UsageError(f"no such file or directory: '{raw}'")
+    return out
+
+
+def max_pixels() -> int:
+    try:
+        return int(os.environ.get("VISIONTOOL_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+    except ValueError:
+        return DEFAULT_MAX_PIXELS
+
+
+def _fetch_url(url: str) -> bytes:
+    req = urllib.request.Request(url, headers={"User-Agent": "visiontool"})
+    try:
+        with urllib.request.urlopen(req, timeout=URL_TIMEOUT_S) as resp:
+            data = resp.read(URL_MAX_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        raise ImageLoadError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ImageLoadError(f"{url}: cannot download ({reason})") from exc
+    if len(data) > URL_MAX_BYTES:
+        raise ImageLoadError(f"{url}: larger than {URL_MAX_BYTES // 2**20} MB")
+    return data
+
+
+def to_rgb(img):
+    """Any PIL mode to RGB: alpha composited on white, 16-bit scaled, palettes expanded."""
+    from PIL import Image
+
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype("uint8")
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "F":
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = ((arr - lo) / (hi - lo or 1.0) * 255.0 + 0.5).astype("uint8")
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(source: ImageSource | str):
+    """Decode one image to an RGB PIL image in its EXIF-corrected orientation.
+
+    Raises ImageLoadError (never a PIL exception) for unreadable, corrupt, truncated,
+    non-image or oversized inputs and for URLs that fail.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if isinstance(source, str):
+        source = ImageSource(source, _is_url(source))
+    name = source.name
+    limit = max_pixels()
+    try:
+        fp = io.BytesIO(_fetch_url(name)) if source.is_url else open(name, "rb")
+    except OSError as exc:
+        raise ImageLoadError(f"{name}: cannot open ({exc.strerror or exc})") from exc
+    try:
+        with fp, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            old = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = limit
+            try:
+                img = Image.open(fp)
+                w, h = img.size
+                if w * h > limit:
+                    raise ImageLoadError(
+                        f"{name}: refused, {w}x{h} = {w * h:,} pixels exceeds the limit of {limit:,} "
+                        "(possible decompression bomb; set VISIONTOOL_MAX_PIXELS to allow it)")
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return to_rgb(img)
+            finally:
+                Image.MAX_IMAGE_PIXELS = old
+    except ImageLoadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(f"{name}: refused as a possible decompression bomb ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageLoadError(f"{name}: not an image (or an unsupported format)") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageLoadError(f"{name}: corrupt or truncated image ({exc})") from exc
