@@ -1,0 +1,39 @@
+"""Shared fixtures: the real photos and COCO data in ../shared, isolated caches."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+IMAGES = SHARED_DATA / "images"
+COCO = SHARED_DATA / "coco"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path_factory, monkeypatch):
+    """No test touches the user's caches or the network-facing hub."""
+    cache = tmp_path_factory.mktemp("vtcache")
+    monkeypatch.setenv("VISIONTOOL_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.delenv("VISIONTOOL_DEBUG", raising=False)
+    yield
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    assert SHARED_DATA.is_dir(), f"shared test data missing at {SHARED_DATA}"
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def images_dir() -> Path:
+    return IMAGES
+
+
+@pytest.fixture(scope="session")
+def coco_dir() -> Path:
+    return COCO
