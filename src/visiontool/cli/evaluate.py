@@ -1,0 +1,66 @@
+"""`visiontool evaluate`: COCO AP/AR for predictions against a ground truth (DESIGN.md §2).
+
+stdout carries the data (a table, or the §3 JSON); diagnostics and warnings go to stderr.
+"""
+from __future__ import annotations
+
+import json
+
+import typer
+
+from visiontool.cli.main import app
+from visiontool.errors import UsageError
+
+
+@app.command("evaluate")
+def evaluate_command(
+    gt: str = typer.Option(..., "--gt", help="COCO ground-truth annotations (JSON)."),
+    pred: str = typer.Option(..., "--pred", help="Predictions: COCO results JSON, or visiontool "
+                                                 "detect/segment json/jsonl records."),
+    iou_type: str = typer.Option("bbox", "--iou-type", help="bbox|segm"),
+    per_class: bool = typer.Option(False, "--per-class", help="Add AP/AP50/AP75/AR100 per category."),
+    fmt: str = typer.Option("table", "--format", help="table|json"),
+    plot: str = typer.Option(None, "--plot", metavar="DIR", help="Write precision-recall curves (PNG) here."),
+    backend: str = typer.Option("auto", "--backend", metavar="NAME",
+                                help="auto|ultrafast|hotcoco|pycocotools|faster-coco-eval|torchmetrics"),
+    lenient: bool = typer.Option(False, "--lenient", help="Skip invalid predictions (with a warning "
+                                                          "count) instead of failing."),
+    output: str = typer.Option(None, "--output", "-o", metavar="FILE", help="Write the data here instead "
+                                                                             "of stdout."),
+) -> None:
+    """Score predictions with the official COCO metrics (pycocotools' numbers, native speed).
+
+    Exit codes: 0 success; 2 bad flag, missing file or invalid input (the first offending
+    record is named; --lenient skips such records instead).
+    """
+    if fmt not in ("table", "json"):
+        raise UsageError(f"invalid --format '{fmt}': expected table or json")
+    if iou_type not in ("bbox", "segm"):
+        raise UsageError(f"invalid --iou-type '{iou_type}': expected bbox or segm")
+    from visiontool.io.output import open_output
+    from visiontool.render.console import warn
+    from visiontool.services.evaluate import evaluate
+
+    result = evaluate(gt, pred, iou_type, per_class=per_class, backend=backend, lenient=lenient)
+    for line in result.diagnostics:
+        warn(line)
+    if plot:
+        if result.precision is None or result.precision.ndim != 5:
+            warn("--plot: this backend gives no precision arrays; no curves written")
+        else:
+            from visiontool.io.plots import write_pr_curves
+            from visiontool.render.console import info
+
+            info(f"wrote {write_pr_curves(result.precision, plot, iou_type, result.stats)}")
+    with open_output(output) as fh:
+        if fmt == "json":
+            fh.write(json.dumps(result.to_dict()) + "\n")
+            return
+        from rich.console import Console
+
+        from visiontool.render.eval_tables import per_class_table, stats_table
+
+        con = Console(file=fh, soft_wrap=False)
+        con.print(stats_table(result))
+        if per_class:
+            con.print(per_class_table(result))

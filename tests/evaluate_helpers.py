@@ -1,0 +1,148 @@
+"""Adversarial COCO sets and the pycocotools oracle, for the evaluate tests.
+
+``adversarial_set(seed, ...)`` returns ``(gt_dict, results_list)`` in COCO formats: a GT
+with polygons and crowd RLE regions, annotation id 0, areas exactly on the 32² / 96²
+boundaries, images without GT, categories without GT; results with tied scores, images
+with more than 100 detections, detections carrying both ``bbox`` and ``segmentation``.
+
+``oracle(gt_dict, results, iou_type)`` runs ``pycocotools.cocoeval.COCOeval`` on deep
+copies and returns the 12 stats plus per-class AP/AP50/AP75/AR100 computed from
+``eval['precision']`` / ``eval['recall']`` the standard (detectron2) way, -1 where empty.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+
+import numpy as np
+
+FIRST_ID = 0
+STAT_KEYS = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large",
+             "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large"]
+
+
+def _rle_str(rle: dict) -> dict:
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def _box_polygon(x, y, w, h):
+    return [x, y, x + w, y, x + w, y + h, x, y + h]
+
+
+def adversarial_set(seed: int = 0, n_images: int = 12, n_cats: int = 4, with_segm: bool = True,
+                    both_bbox_and_segm: bool = False, many_dets_image: bool = True):
+    """A small COCO GT + results exercising every tie-breaking and boundary rule."""
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(seed)
+    cat_ids = [1, 3, 7, 10, 11][:n_cats + 1]  # the last one never has GT
+    images, anns, res = [], [], []
+    ann_id = FIRST_ID  # id 0 is legal in COCO and easy to mishandle (falsy)
+    for i in range(n_images):
+        iid = 100 + i * 3
+        w, h = int(rng.integers(64, 200)), int(rng.integers(64, 200))
+        images.append({"id": iid, "file_name": f"dir/img_{iid}.jpg", "width": w, "height": h})
+        empty_gt = i % 5 == 4
+        gts = []
+        for k in range(0 if empty_gt else int(rng.integers(1, 7))):
+            cat = int(rng.choice(cat_ids[:-1]))
+            if k == 0 and i % 3 == 0:
+                bw, bh = 32.0, 32.0  # area exactly on the small/medium boundary
+            elif k == 0 and i % 3 == 1:
+                bw, bh = 48.0, 48.0 * 4 / 3 if 48 * 4 / 3 < h else 32.0
+            else:
+                bw, bh = float(rng.integers(2, w // 2 + 2)), float(rng.integers(2, h // 2 + 2))
+            bx, by = float(rng.integers(0, max(1, w - int(bw)))), float(rng.integers(0, max(1, h - int(bh))))
+            crowd = rng.random() < 0.15
+            if crowd:
+                rle = mask_utils.frPyObjects(np.array([[bx, by, bw, bh]]), h, w)[0]
+                seg = _rle_str(rle)
+                area = float(mask_utils.area(rle))
+            else:
+                seg = [_box_polygon(bx, by, bw, bh)]
+                area = bw * bh  # 1024.0 or 9216.0 on the boundary images
+            if k == 1 and i % 4 == 0:
+                area = 96.0 * 96.0  # medium/large boundary, independent of the polygon
+            anns.append({"id": ann_id, "image_id": iid, "category_id": cat, "bbox": [bx, by, bw, bh],
+                         "area": area, "iscrowd": int(crowd), "segmentation": seg})
+            gts.append((bx, by, bw, bh, cat))
+            ann_id += 1
+        if i % 6 == 5:
+            continue  # an image with GT but no predictions
+        n_det = 130 if (many_dets_image and i == 1) else int(rng.integers(1, 25))
+        for d in range(n_det):
+            if gts and d < 2 * len(gts):
+                bx, by, bw, bh, cat = gts[d % len(gts)]
+                j = rng.normal(0, 0.1, 4)
+                box = [bx + j[0] * bw, by + j[1] * bh, max(1.0, bw * (1 + j[2])), max(1.0, bh * (1 + j[3]))]
+                if rng.random() < 0.2:
+                    cat = int(rng.choice(cat_ids))  # sometimes a category without GT
+            else:
+                bw, bh = float(rng.uniform(2, w / 2)), float(rng.uniform(2, h / 2))
+                box = [float(rng.uniform(0, w - bw)), float(rng.uniform(0, h - bh)), bw, bh]
+                cat = int(rng.choice(cat_ids))
+            box = [round(float(v), 2) for v in box]
+            score = float(rng.choice([0.9, 0.5, 0.5, 0.3, 0.7]) if rng.random() < 0.5
+                          else round(float(rng.random()), 2))  # many exact ties
+            r = {"image_id": iid, "category_id": cat, "score": score}
+            if with_segm:
+                poly = [_box_polygon(*box)] if rng.random() < 0.5 else [
+                    [box[0], box[1], box[0] + box[2], box[1] + box[3] / 2, box[0], box[1] + box[3]]]
+                r["segmentation"] = _rle_str(mask_utils.merge(mask_utils.frPyObjects(poly, h, w)))
+                if both_bbox_and_segm:
+                    r["bbox"] = box
+            else:
+                r["bbox"] = box
+            res.append(r)
+    cats = [{"id": c, "name": f"cat{c}", "supercategory": "s"} for c in cat_ids]
+    return {"images": images, "annotations": anns, "categories": cats}, res
+
+
+def oracle(gt: dict, results: list, iou_type: str = "bbox") -> dict:
+    """pycocotools' numbers: {"stats": {key: v}, "per_class": {cat_id: {ap, ap_50, ap_75, ar_100}},
+    "precision": array, "recall": array}."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        cg = COCO()
+        cg.dataset = copy.deepcopy(gt)
+        cg.createIndex()
+        cd = cg.loadRes(copy.deepcopy(results)) if results else COCO()
+        if not results:  # pycocotools cannot loadRes an empty list; an empty result set instead
+            cd.dataset = {"images": copy.deepcopy(gt["images"]), "categories": copy.deepcopy(gt["categories"]),
+                          "annotations": []}
+            cd.createIndex()
+        e = COCOeval(cg, cd, iou_type)
+        e.evaluate()
+        e.accumulate()
+        e.summarize()
+    prec, rec = e.eval["precision"], e.eval["recall"]
+    per = {}
+    for k, cid in enumerate(e.params.catIds):
+        def mean(x):
+            x = x[x > -1]
+            return float(np.mean(x)) if x.size else -1.0
+        per[int(cid)] = {"ap": mean(prec[:, :, k, 0, -1]), "ap_50": mean(prec[0, :, k, 0, -1]),
+                         "ap_75": mean(prec[5, :, k, 0, -1]), "ar_100": mean(rec[:, k, 0, -1])}
+    return {"stats": dict(zip(STAT_KEYS, (float(v) for v in e.stats))), "per_class": per,
+            "precision": prec, "recall": rec}
+
+
+def detect_records(gt: dict, results: list, model: str = "test/model") -> list[dict]:
+    """visiontool detect-style records (xyxy boxes, labels by name) for the given COCO results."""
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    by_image: dict[int, list] = {}
+    for r in results:
+        by_image.setdefault(r["image_id"], []).append(r)
+    recs = []
+    for im in gt["images"]:
+        dets = []
+        for r in by_image.get(im["id"], []):
+            x, y, w, h = r["bbox"]
+            dets.append({"label": names[r["category_id"]], "category_id": 1000 + r["category_id"],
+                         "score": r["score"], "box": [x, y, x + w, y + h]})
+        recs.append({"image": f"/data/photos/{im['file_name']}", "image_id": None, "width": im["width"],
+                     "height": im["height"], "model": model, "detections": dets})
+    return recs
