@@ -146,9 +146,23 @@ def _rows_valid(rows: np.ndarray, gt) -> bool:
         return False
     if (rows[:, 3] < 0).any() or (rows[:, 4] < 0).any():
         return False
-    if not np.isin(rows[:, 0].astype(np.int64), gt.image_id_array).all():
+    if not is_member(rows[:, 0].astype(np.int64), gt.image_id_array).all():
         return False
-    return bool(np.isin(rows[:, 6].astype(np.int64), gt.category_id_array).all())
+    return bool(is_member(rows[:, 6].astype(np.int64), gt.category_id_array).all())
+
+
+def is_member(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """Elementwise ``values in sorted_ids`` (int64): a lookup table when ids are small
+    non-negative integers (the usual case), else binary search."""
+    if sorted_ids.size == 0:
+        return np.zeros(values.shape, dtype=bool)
+    lo, hi = int(sorted_ids[0]), int(sorted_ids[-1])
+    if lo >= 0 and hi < 50_000_000:
+        table = np.zeros(hi + 2, dtype=bool)
+        table[sorted_ids] = True
+        return table[np.clip(values, 0, hi + 1)] & (values >= 0)
+    pos = np.minimum(np.searchsorted(sorted_ids, values), sorted_ids.size - 1)
+    return sorted_ids[pos] == values
 
 
 def _scores_present(path: str, n: int) -> bool:
@@ -157,7 +171,9 @@ def _scores_present(path: str, n: int) -> bool:
     import re
 
     data = Path(path).read_bytes()
-    return data.count(b'"score"') == n and re.search(rb'"score"\s*:\s*null', data) is None
+    if b"null" in data and re.search(rb'"score"\s*:\s*null', data) is not None:
+        return False
+    return data.count(b'"score"') == n
 
 
 _SEGM_DECODER: Any = None
@@ -212,7 +228,7 @@ def _fast_segm(path: str, gt) -> Predictions | None:
         return None
     if boxes is not None and (not np.isfinite(boxes).all() or (boxes[:, 2:] < 0).any()):
         return None
-    if not np.isin(image_ids, gt.image_id_array).all() or not np.isin(cat_ids, gt.category_id_array).all():
+    if not is_member(image_ids, gt.image_id_array).all() or not is_member(cat_ids, gt.category_id_array).all():
         return None
     if not _sizes_match(image_ids, sizes, gt):
         return None

@@ -30,6 +30,7 @@ import copy
 import io
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -62,15 +63,18 @@ class GroundTruth:
 
     Attributes: ``path`` (or None), ``index`` (:class:`GroundTruthIndex`), ``image_id_array``
     (sorted int64), ``image_hw_array`` ((n, 2) height/width, -1 unknown), ``image_sizes``
-    {id: (h, w)}, ``category_id_array`` (sorted), ``category_names`` {id: name},
-    ``gt_counts`` {category id: non-crowd annotations}, ``has_zero_id``.
+    {id: (h, w)}, ``category_id_array`` (sorted), ``category_names`` {id: name}; lazily:
+    ``gt_counts`` {category id: non-crowd annotations} and ``has_zero_id``.
     """
 
     def __init__(self, path: str | None, dataset: dict | None, images: list, categories: list,
-                 anns: tuple[np.ndarray, np.ndarray, np.ndarray]):
+                 anns: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                 handles: dict | None = None, zero_id_possible: bool = True):
         self.path = path
         self._dataset = dataset
-        self._handles: dict[str, Any] = {}
+        self._handles: dict[str, Any] = dict(handles or {})
+        self._anns = anns
+        self._zero_id_possible = zero_id_possible
         name = path or "<gt>"
         self.index = GroundTruthIndex.from_dict({"images": images, "categories": categories}, name)
         ids = np.array([int(im["id"]) for im in images], dtype=np.int64)
@@ -85,11 +89,30 @@ class GroundTruth:
         self.category_names = dict(self.index.category_names)
         self.category_id_array = np.array(sorted(self.category_names), dtype=np.int64)
         self.category_id_set = set(self.category_names)
-        ann_ids, ann_cats, ann_crowd = anns
-        self.n_annotations = int(ann_ids.shape[0])
-        self.has_zero_id = bool((ann_ids == 0).any())
-        cats, counts = np.unique(ann_cats[ann_crowd == 0], return_counts=True)
-        self.gt_counts = {int(c): int(n) for c, n in zip(cats.tolist(), counts.tolist())}
+
+    # -- annotation facts, computed on first use (the fast path never needs them)
+
+    def _ann_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._anns is None:
+            light = read_gt_light(self.path) if self._dataset is None else None
+            if light is not None:
+                self._anns = light[2]
+            else:
+                self._anns = _ann_arrays_of(self.dataset(), self.path or "<gt>")
+        return self._anns
+
+    @property
+    def has_zero_id(self) -> bool:
+        """Whether an annotation has id 0 (pycocotools then scores matches to it as false positives)."""
+        if not self._zero_id_possible:
+            return False
+        return bool((self._ann_arrays()[0] == 0).any())
+
+    @property
+    def gt_counts(self) -> dict[int, int]:
+        ids, cats, crowd = self._ann_arrays()
+        u, n = np.unique(cats[crowd == 0], return_counts=True)
+        return {int(c): int(k) for c, k in zip(u.tolist(), n.tolist())}
 
     # -- construction
 
@@ -104,9 +127,12 @@ class GroundTruth:
             path = str(gt)
             if not Path(path).is_file():
                 raise UsageError(f"ground truth file not found: '{path}'")
-            light = _light_gt(path)
+            fast = _native_gt(path)
+            if fast is not None:
+                return fast
+            light = read_gt_light(path)
             if light is not None:
-                return light
+                return cls(path, None, *light)
             return cls._from_dict(load_json_file(path, "ground truth"), path)
         raise UsageError(f"unsupported ground truth of type {type(gt).__name__}")
 
@@ -117,22 +143,10 @@ class GroundTruth:
             raise InvalidInputError(f"ground truth '{name}' has no 'images' list (not a COCO annotation file)")
         if not isinstance(d.get("categories"), list):
             raise InvalidInputError(f"ground truth '{name}' has no 'categories' list")
-        anns = d.get("annotations", [])
-        if not isinstance(anns, list):
-            raise InvalidInputError(f"ground truth '{name}': 'annotations' is not a list")
-        for i, a in enumerate(anns):
-            if not isinstance(a, dict):
-                raise InvalidInputError(f"ground truth '{name}': annotations[{i}] is not an object")
-            for key in ("id", "image_id", "category_id", "bbox", "area"):
-                if key not in a:
-                    raise InvalidInputError(f"ground truth '{name}': annotations[{i}] has no '{key}'")
         for i, im in enumerate(d["images"]):
             if not isinstance(im, dict) or "id" not in im:
                 raise InvalidInputError(f"ground truth '{name}': images[{i}] has no 'id'")
-        arrays = (np.array([int(a["id"]) for a in anns], dtype=np.int64),
-                  np.array([int(a["category_id"]) for a in anns], dtype=np.int64),
-                  np.array([1 if a.get("iscrowd") else 0 for a in anns], dtype=np.int64))
-        return cls(path, d, d["images"], d["categories"], arrays)
+        return cls(path, d, d["images"], d["categories"], _ann_arrays_of(d, name))
 
     def dataset(self) -> dict:
         """The full COCO dict (parsed on first use when loaded from a path). Do not mutate."""
@@ -158,16 +172,54 @@ class GroundTruth:
         return self._handles[engine]
 
 
+_ZERO_ID = re.compile(rb'"id"\s*:\s*-?0(?:\.0*)?(?:[eE][-+]?\d+)?\s*[,}\]]')
+
+
+def _ann_arrays_of(d: dict, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    anns = d.get("annotations", [])
+    if not isinstance(anns, list):
+        raise InvalidInputError(f"ground truth '{name}': 'annotations' is not a list")
+    for i, a in enumerate(anns):
+        if not isinstance(a, dict):
+            raise InvalidInputError(f"ground truth '{name}': annotations[{i}] is not an object")
+        for key in ("id", "image_id", "category_id", "bbox", "area"):
+            if key not in a:
+                raise InvalidInputError(f"ground truth '{name}': annotations[{i}] has no '{key}'")
+    return (np.array([int(a["id"]) for a in anns], dtype=np.int64),
+            np.array([int(a["category_id"]) for a in anns], dtype=np.int64),
+            np.array([1 if a.get("iscrowd") else 0 for a in anns], dtype=np.int64))
+
+
+def _native_gt(path: str) -> GroundTruth | None:
+    """Images and categories from ultrafast-pycocotools' native GT reader (whose handle the
+    bbox evaluation then reuses); a byte scan rules annotation id 0 out without parsing."""
+    try:
+        from ultrafast_pycocotools import COCO
+    except ImportError:
+        return None
+    try:
+        with _quiet():
+            h = COCO(path, verbose=False)
+        images, cats = list(h.imgs.values()), list(h.cats.values())
+        if not images and not cats:
+            return None
+        for im in images:
+            if not isinstance(im, dict) or "id" not in im:
+                return None
+        for c in cats:
+            if not isinstance(c, dict) or "id" not in c or "name" not in c:
+                return None
+        zero = _ZERO_ID.search(Path(path).read_bytes()) is not None
+    except Exception:  # anything unusual: the precise parsers report it
+        return None
+    return GroundTruth(path, None, images, cats, None, {"ultrafast": h}, zero_id_possible=zero)
+
+
 def _int_or(v: Any) -> int:
     try:
         return int(v)
     except (TypeError, ValueError):
         return -1
-
-
-def _light_gt(path: str) -> GroundTruth | None:
-    light = read_gt_light(path)
-    return None if light is None else GroundTruth(path, None, *light)
 
 
 # ---------------------------------------------------------------------------------------
@@ -375,7 +427,8 @@ def choose_engine(backend: str, iou_type: str, gt: GroundTruth) -> tuple[str, st
 # diagnostics
 
 
-def diagnostics(stats: dict, preds: Predictions, gt: GroundTruth) -> list[str]:
+def diagnostics(stats: dict, preds: Predictions, gt: GroundTruth, cats_with_gt: list[int] | None = None
+                ) -> list[str]:
     """People-facing hints about the inputs and the numbers (for stderr)."""
     out = []
     if preds.n_unknown_images:
@@ -393,8 +446,12 @@ def diagnostics(stats: dict, preds: Predictions, gt: GroundTruth) -> list[str]:
         out.append(f"no prediction scores below {PRETHRESHOLD_SCORE} (lowest {low:.3f}): the predictions look "
                    f"pre-thresholded, which lowers AP; evaluate with a low detection threshold "
                    f"(e.g. --threshold 0.001)")
-    predicted = set(np.unique(preds.category_ids).tolist())
-    missing = [c for c in sorted(gt.gt_counts) if gt.gt_counts[c] > 0 and c not in predicted]
+    cids = preds.category_ids
+    predicted = (set(np.flatnonzero(np.bincount(cids)).tolist()) if cids.min() >= 0 and cids.max() < 10_000_000
+                 else set(np.unique(cids).tolist()))
+    if cats_with_gt is None:
+        cats_with_gt = [c for c, n in sorted(gt.gt_counts.items()) if n > 0]
+    missing = [c for c in cats_with_gt if c not in predicted]
     if missing:
         names = ", ".join(gt.category_names.get(c, str(c)) for c in missing[:8])
         more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
@@ -432,7 +489,11 @@ def evaluate(gt: Any, predictions: Any, iou_type: str = "bbox", *, per_class: bo
     rows: list[dict] = []
     if per_class and prec is not None and rec is not None and prec.ndim == 5:
         rows = per_class_from_arrays(prec, rec, cats, gtobj.category_names, gtobj.gt_counts)
-    diags = ([note] if note else []) + diagnostics(stat_dict, preds, gtobj)
+    with_gt = None
+    if rec is not None and rec.ndim == 4 and engine != "torchmetrics":
+        # a category has (non-crowd) GT exactly when its recall is not -1
+        with_gt = [int(c) for c, r in zip(cats, rec[0, :, 0, -1].tolist()) if r > -1]
+    diags = ([note] if note else []) + diagnostics(stat_dict, preds, gtobj, with_gt)
     if preds.n_skipped:
         diags.insert(0, f"--lenient: skipped {preds.n_skipped} invalid prediction(s); first: "
                         f"{preds.skipped_reasons[0]}")
