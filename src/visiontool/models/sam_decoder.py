@@ -1,0 +1,471 @@
+"""SAM's prompt encoder and mask decoder in numpy: prompts -> low-res mask logits, no torch.
+
+The same arithmetic as ``segment_anything.modeling.PromptEncoder`` / ``MaskDecoder`` (float32),
+reorganised so that a batch of prompts on one image costs far less than
+``SamPredictor.predict_torch``:
+
+* the image side of the first two-way block (keys = image embedding + no-mask embedding)
+  is the same for every prompt, so its projections are computed once per batch;
+* attention between a few tokens (``T`` ≈ 5-8) and the 4096 image positions is evaluated by
+  associativity — ``(q Wk) (X + PE)^T`` and ``(P X) Wv^T`` instead of projecting all 4096
+  keys and values per prompt, ``A (V Wo^T)`` instead of ``(A V) Wo^T`` — which is exact up to
+  float rounding (a per-row constant dropped before a softmax does not change it);
+* nothing is repeated per prompt in memory (no ``repeat_interleave`` of the embedding).
+
+Shapes: image embedding ``(C, g, g)`` (C=256, g=64), coordinates in the model's input
+frame (longest side ``img_size`` = 1024 pixels, XY), boxes XYXY in that frame, low-res mask
+logits ``(B, M, 4g, 4g)`` (256×256) covering the padded ``img_size`` square.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+_SQRT1_2 = np.float32(1.0 / math.sqrt(2.0))
+_BLOCK = 1 << 16  # elements per block for numpy elementwise chains (stay in L2)
+
+
+def _torch():
+    """torch, if this process has already imported it (never imported from here).
+
+    Its multi-threaded elementwise kernels are used for GELU / LayerNorm / softmax on large
+    batches; the arithmetic is the same, so results agree with the numpy path to float rounding.
+    """
+    import sys
+
+    return sys.modules.get("torch")
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), float32."""
+    a = np.abs(x)
+    t = np.float32(1.0) / (np.float32(1.0) + np.float32(0.3275911) * a)
+    y = t * np.float32(1.061405429) + np.float32(-1.453152027)
+    for c in (1.421413741, -0.284496736, 0.254829592):
+        y *= t
+        y += np.float32(c)
+    y *= t
+    np.multiply(a, a, out=a)
+    np.negative(a, out=a)
+    np.exp(a, out=a)
+    y *= a
+    np.subtract(np.float32(1.0), y, out=y)
+    return np.copysign(y, x, out=y)
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """Exact (erf) GELU as ``torch.nn.GELU()``."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    torch = _torch()
+    if torch is not None:
+        return torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
+    out = np.empty_like(x)
+    flat, fo = x.reshape(-1), out.reshape(-1)
+    for i in range(0, flat.size, _BLOCK):
+        v = flat[i:i + _BLOCK]
+        e = erf(v * _SQRT1_2)
+        e += np.float32(1.0)
+        e *= v
+        e *= np.float32(0.5)
+        fo[i:i + _BLOCK] = e
+    return out
+
+
+def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    """LayerNorm over the last axis (``nn.LayerNorm`` / channels-last ``LayerNorm2d``)."""
+    torch = _torch()
+    if torch is not None and x.size >= _BLOCK:
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        return torch.nn.functional.layer_norm(xt, (x.shape[-1],), torch.from_numpy(w), torch.from_numpy(b),
+                                              eps).numpy()
+    mu = x.mean(-1, keepdims=True)
+    xc = x - mu
+    var = np.mean(xc * xc, axis=-1, keepdims=True)
+    xc /= np.sqrt(var + np.float32(eps))
+    xc *= w
+    xc += b
+    return xc
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """In place when possible."""
+    torch = _torch()
+    if torch is not None and x.size >= _BLOCK:
+        return torch.softmax(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), dim=axis).numpy()
+    x = x - x.max(axis=axis, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=axis, keepdims=True)
+    return x
+
+
+class NumpySamDecoder:
+    """Prompt encoder + mask decoder from a dict of float32 arrays (state-dict keys)."""
+
+    num_heads = 8  # SAM's TwoWayTransformer; not recoverable from shapes
+
+    def __init__(self, w: dict[str, np.ndarray]):
+        self.w = {k: np.ascontiguousarray(v, dtype=np.float32) if not k.startswith("__") else v
+                  for k, v in w.items()}
+        self.img_size = int(w["__img_size__"])
+        self.grid = int(w["__embed_grid__"])
+        self.dim = int(w["prompt_encoder.no_mask_embed.weight"].shape[1])
+        self.n_mask_tokens = int(w["mask_decoder.mask_tokens.weight"].shape[0])
+        self.depth = len({k.split(".")[3] for k in w if k.startswith("mask_decoder.transformer.layers.")})
+        self.iou_depth = len({k.split(".")[3] for k in w
+                              if k.startswith("mask_decoder.iou_prediction_head.layers.")})
+        self._dense_pe: np.ndarray | None = None
+
+    # --------------------------------------------------------------- prompt encoder
+    def _pe(self, coords01: np.ndarray) -> np.ndarray:
+        g = self.w["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"]
+        c = (2.0 * coords01.astype(np.float32) - 1.0) @ g
+        c = np.float32(2 * np.pi) * c
+        return np.concatenate([np.sin(c), np.cos(c)], axis=-1)
+
+    def dense_pe(self) -> np.ndarray:
+        """(g*g, C) positional encoding of the embedding grid, row-major (y, x)."""
+        if self._dense_pe is None:
+            g = self.grid
+            ax = (np.arange(g, dtype=np.float32) + 0.5) / g
+            xs, ys = np.meshgrid(ax, ax)
+            self._dense_pe = np.ascontiguousarray(self._pe(np.stack([xs, ys], -1)).reshape(g * g, self.dim))
+        return self._dense_pe
+
+    def sparse_embeddings(self, points: np.ndarray | None, labels: np.ndarray | None,
+                          boxes: np.ndarray | None) -> np.ndarray:
+        """points (B, P, 2) XY and labels (B, P) in {1 fg, 0 bg}; boxes (B, 4) XYXY; model frame.
+
+        Returns (B, T, C) tokens exactly as ``PromptEncoder``: points (padded with a
+        not-a-point when there is no box), then the two box corners.
+        """
+        w, s = self.w, float(self.img_size)
+        parts = []
+        if points is not None:
+            pts = points.astype(np.float32) + 0.5
+            lab = labels.astype(np.int64)
+            if boxes is None:
+                pts = np.concatenate([pts, np.zeros((pts.shape[0], 1, 2), np.float32)], 1)
+                lab = np.concatenate([lab, -np.ones((lab.shape[0], 1), np.int64)], 1)
+            emb = self._pe(pts / s)
+            emb[lab == -1] = 0.0
+            emb[lab == -1] += w["prompt_encoder.not_a_point_embed.weight"][0]
+            emb[lab == 0] += w["prompt_encoder.point_embeddings.0.weight"][0]
+            emb[lab == 1] += w["prompt_encoder.point_embeddings.1.weight"][0]
+            parts.append(emb)
+        if boxes is not None:
+            corners = (boxes.astype(np.float32) + 0.5).reshape(-1, 2, 2)
+            emb = self._pe(corners / s)
+            emb[:, 0] += w["prompt_encoder.point_embeddings.2.weight"][0]
+            emb[:, 1] += w["prompt_encoder.point_embeddings.3.weight"][0]
+            parts.append(emb)
+        return np.concatenate(parts, axis=1).astype(np.float32)
+
+    def dense_embedding(self, mask_logits: np.ndarray | None) -> np.ndarray:
+        """No mask -> the (C,) no-mask embedding; (4g, 4g) logits -> (g*g, C) (mask_downscaling)."""
+        w = self.w
+        if mask_logits is None:
+            return w["prompt_encoder.no_mask_embed.weight"][0]
+        x = mask_logits.astype(np.float32)[:, :, None]  # (H, W, 1) channels-last
+        for conv, ln in (("0", "1"), ("3", "4")):
+            x = _conv2x2(x, w[f"prompt_encoder.mask_downscaling.{conv}.weight"],
+                         w[f"prompt_encoder.mask_downscaling.{conv}.bias"])
+            x = gelu(layer_norm(x, w[f"prompt_encoder.mask_downscaling.{ln}.weight"],
+                                w[f"prompt_encoder.mask_downscaling.{ln}.bias"], 1e-6))
+        k = w["prompt_encoder.mask_downscaling.6.weight"]
+        x = x @ k.reshape(k.shape[0], -1).T + w["prompt_encoder.mask_downscaling.6.bias"]
+        return x.reshape(-1, self.dim)
+
+    # --------------------------------------------------------------- mask decoder
+    def decode(self, embedding: np.ndarray, tokens: np.ndarray, dense: np.ndarray,
+               multimask: bool, chunk: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        """embedding (C, g, g); tokens (B, T, C); dense (C,) shared or (g*g, C) for all B.
+
+        Returns low-res logits (B, M, 4g, 4g) and predicted IoU (B, M); M = 3 if multimask
+        else 1 — the same slices as ``MaskDecoder.forward``. Runs on torch's kernels when this
+        process has already imported torch (multi-threaded), else on numpy.
+        """
+        o = _Ops.get(self)
+        x = embedding.reshape(self.dim, -1).T  # (N, C)
+        x0 = o.arr(np.ascontiguousarray(x + dense, dtype=np.float32))
+        masks, ious = [], []
+        for i in range(0, tokens.shape[0], chunk):
+            m, q = self._decode_chunk(o, x0, o.arr(np.ascontiguousarray(tokens[i:i + chunk], np.float32)),
+                                      multimask)
+            masks.append(o.np(m))
+            ious.append(o.np(q))
+        return np.concatenate(masks), np.concatenate(ious)
+
+    def _token_attention(self, o, name: str, q, k, v):
+        """Plain attention among the few prompt tokens: (B, T, C) each."""
+        wq, bq, wk, bk, wv, bv, wo, bo = o.attn(name)
+        h = self.num_heads
+        qq, kk, vv = o.heads(q @ wq + bq, h), o.heads(k @ wk + bk, h), o.heads(v @ wv + bv, h)
+        a = o.softmax((qq @ o.perm(kk, (0, 1, 3, 2))) * np.float32(1.0 / math.sqrt(qq.shape[-1])), -1)
+        return o.merge(a @ vv) @ wo + bo
+
+    def _tokens_to_image(self, o, name: str, q, keys, pe, shared: bool):
+        """Tokens (B, T, C) attend to image keys ((N, C) shared or (B, N, C)); -> (B, T, C)."""
+        wq, bq, wk, bk, wv, bv, wo, bo = o.attn(name)
+        h = self.num_heads
+        b, t, _ = q.shape
+        qh = o.heads(q @ wq + bq, h)  # (B, h, T, d)
+        d = qh.shape[-1]
+        scale = np.float32(1.0 / math.sqrt(d))
+        if shared:  # project the image once for the whole batch
+            kh = o.heads(((keys + pe) @ wk + bk)[None], h)[0]  # (h, N, d)
+            vh = o.heads((keys @ wv + bv)[None], h)[0]
+            a = o.softmax((qh @ o.perm(kh, (0, 2, 1))[None]) * scale, -1)  # (B, h, T, N)
+            out = a @ vh[None]
+        else:  # (q Wk)(X+PE)^T; the q.bk term is constant along the softmax axis
+            wk3 = o.w("kh3:" + name, lambda: o.c(o.perm(wk, (1, 0)).reshape(h, d, -1)))  # (h, d, C)
+            qk = o.c(o.perm(o.einsum("bhtd,hdc->bcht", qh, wk3).reshape(b, -1, h * t), (0, 1, 2))) * scale
+            s = (keys + pe) @ qk  # (B, N, hT), C-contiguous operands
+            a = o.c(o.perm(o.softmax(s, 1), (0, 2, 1)))  # (B, hT, N)
+            px = (a @ keys).reshape(b, h, t, -1)  # (B, h, T, C)
+            wv3 = o.w("vh3:" + name, lambda: o.c(o.perm(wv, (1, 0)).reshape(h, d, -1)))
+            out = o.einsum("bhtc,hdc->bhtd", px, wv3) + bv.reshape(h, 1, d)
+        return o.merge(out) @ wo + bo
+
+    def _image_to_tokens(self, o, name: str, keys, pe, k_tok, v_tok):
+        """Image positions attend to the tokens: returns the (B, N, C) update of the keys."""
+        wq, bq, wk, bk, wv, bv, wo, bo = o.attn(name)
+        h = self.num_heads
+        b, t, _ = k_tok.shape
+        kh = o.heads(k_tok @ wk + bk, h)  # (B, h, T, d)
+        vh = o.heads(v_tok @ wv + bv, h)
+        d = kh.shape[-1]
+        # score(i, h, j) = (x_i Wq_h^T + bq_h) . k_hj = x_i . (Wq_h^T k_hj) + bq_h . k_hj
+        wq3 = o.w("qh3:" + name, lambda: o.c(o.perm(wq, (1, 0)).reshape(h, d, -1)))  # (h, d, C)
+        m = o.c(o.einsum("hdc,bhjd->bchj", wq3, kh).reshape(b, -1, h * t))  # (B, C, hT)
+        c = o.einsum("hd,bhjd->bhj", bq.reshape(h, d), kh).reshape(b, 1, h * t)
+        s = ((keys + pe) @ m + c) * np.float32(1.0 / math.sqrt(d))  # (B, N, hT)
+        a = o.softmax(s.reshape(b, -1, h, t), -1).reshape(b, -1, h * t)
+        # A (V Wo^T): fold the output projection into the T value vectors of each head
+        wo3 = o.w("oh3:" + name, lambda: o.c(o.perm(wo.reshape(h, d, -1), (0, 1, 2))))  # (h, d, C)
+        vw = o.c(o.einsum("bhjd,hdc->bhjc", vh, wo3).reshape(b, h * t, -1))
+        return a @ vw + bo
+
+    def _decode_chunk(self, o, x0, tokens, multimask: bool):
+        pfx = "mask_decoder."
+        W = o.raw
+        b = tokens.shape[0]
+        out_tok = o.cat([W(pfx + "iou_token.weight"), W(pfx + "mask_tokens.weight")], 0)
+        tok = o.cat([o.bcast(out_tok[None], (b,) + tuple(out_tok.shape)), tokens], 1)
+        pe = o.w("dense_pe", lambda: o.arr(self.dense_pe()))
+        queries, keys, shared = tok, x0, True
+        for i in range(self.depth):
+            L = f"{pfx}transformer.layers.{i}."
+            if i == 0:  # skip_first_layer_pe
+                queries = self._token_attention(o, L + "self_attn", queries, queries, queries)
+            else:
+                qp = queries + tok
+                queries = queries + self._token_attention(o, L + "self_attn", qp, qp, queries)
+            queries = o.ln(queries, L + "norm1", 1e-5)
+            queries = queries + self._tokens_to_image(o, L + "cross_attn_token_to_image", queries + tok, keys, pe,
+                                                      shared)
+            queries = o.ln(queries, L + "norm2", 1e-5)
+            hmid = o.relu(queries @ o.lin(L + "mlp.lin1.weight") + W(L + "mlp.lin1.bias"))
+            queries = queries + hmid @ o.lin(L + "mlp.lin2.weight") + W(L + "mlp.lin2.bias")
+            queries = o.ln(queries, L + "norm3", 1e-5)
+            upd = self._image_to_tokens(o, L + "cross_attn_image_to_token", keys, pe, queries + tok, queries)
+            keys = o.ln(keys + upd, L + "norm4", 1e-5)
+            shared = False
+        F = pfx + "transformer."
+        queries = queries + self._tokens_to_image(o, F + "final_attn_token_to_image", queries + tok, keys, pe,
+                                                  shared)
+        queries = o.ln(queries, F + "norm_final_attn", 1e-5)
+
+        sel = list(range(1, self.n_mask_tokens)) if multimask else [0]
+        # upscale the image side: (B, g, g, C) -> (B, 4g, 4g, C/8), channels last
+        g = self.grid
+        u = keys.reshape(b, g, g, self.dim)
+        u = o.gelu(o.ln(o.convt(u, pfx + "output_upscaling.0"), pfx + "output_upscaling.1", 1e-6))
+        u = o.gelu(o.convt(u, pfx + "output_upscaling.3"))
+        hyper = o.stack([o.mlp(queries[:, 1 + j], f"{pfx}output_hypernetworks_mlps.{j}.", 3) for j in sel], 2)
+        side = u.shape[1]
+        masks = o.perm(u.reshape(b, side * side, -1) @ hyper, (0, 2, 1)).reshape(b, len(sel), side, side)
+        iou = o.mlp(queries[:, 0], pfx + "iou_prediction_head.", self.iou_depth)[:, sel]
+        return masks, iou
+
+
+class _Ops:
+    """The few array operations the decoder needs, on numpy or (if loaded) torch."""
+
+    def __init__(self, dec: "NumpySamDecoder", torch_mod=None):
+        self.dec, self.t = dec, torch_mod
+        self._cache: dict = {}
+
+    @staticmethod
+    def get(dec: "NumpySamDecoder") -> "_Ops":
+        t = _torch()
+        key = "_ops_torch" if t is not None else "_ops_numpy"
+        ops = dec.__dict__.get(key)
+        if ops is None:
+            ops = _Ops(dec, t)
+            dec.__dict__[key] = ops
+        return ops
+
+    # conversions
+    def arr(self, x: np.ndarray):
+        return self.t.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) if self.t is not None else x
+
+    def np(self, x) -> np.ndarray:
+        return x.numpy() if self.t is not None else x
+
+    def w(self, key: str, make):
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def raw(self, name: str):
+        return self.w("raw:" + name, lambda: self.arr(self.dec.w[name]))
+
+    def lin(self, name: str):  # Linear weight, transposed for x @ W
+        return self.w("lin:" + name, lambda: self.c(self.perm(self.raw(name), (1, 0))))
+
+    def attn(self, name: str):
+        return tuple(self.lin(f"{name}.{p}.weight") if t == "weight" else self.raw(f"{name}.{p}.bias")
+                     for p in ("q_proj", "k_proj", "v_proj", "out_proj") for t in ("weight", "bias"))
+
+    # shape ops
+    def perm(self, x, axes):
+        return x.permute(*axes) if self.t is not None else x.transpose(axes)
+
+    def c(self, x):
+        return x.contiguous() if self.t is not None else np.ascontiguousarray(x)
+
+    def cat(self, xs, axis):
+        return self.t.cat(xs, axis) if self.t is not None else np.concatenate(xs, axis)
+
+    def stack(self, xs, axis):
+        return self.t.stack(xs, axis) if self.t is not None else np.stack(xs, axis)
+
+    def bcast(self, x, shape):
+        return x.expand(*shape) if self.t is not None else np.broadcast_to(x, shape)
+
+    def einsum(self, spec, *xs):
+        return self.t.einsum(spec, *xs) if self.t is not None else np.einsum(spec, *xs)
+
+    def heads(self, x, h):
+        b, n, c = x.shape
+        return self.perm(x.reshape(b, n, h, c // h), (0, 2, 1, 3))
+
+    def merge(self, x):
+        b, h, n, d = x.shape
+        return self.perm(x, (0, 2, 1, 3)).reshape(b, n, h * d)
+
+    # math
+    def relu(self, x):
+        return self.t.relu(x) if self.t is not None else np.maximum(x, 0)
+
+    def softmax(self, x, axis):
+        return self.t.softmax(x, dim=axis) if self.t is not None else softmax(x, axis)
+
+    def gelu(self, x):
+        return self.t.nn.functional.gelu(x) if self.t is not None else gelu(x)
+
+    def ln(self, x, name: str, eps: float):
+        wgt, bias = self.raw(name + ".weight"), self.raw(name + ".bias")
+        if self.t is not None:
+            return self.t.nn.functional.layer_norm(x, (x.shape[-1],), wgt, bias, eps)
+        return layer_norm(x, wgt, bias, eps)
+
+    def mlp(self, x, prefix: str, depth: int):
+        for i in range(depth):
+            x = x @ self.lin(f"{prefix}layers.{i}.weight") + self.raw(f"{prefix}layers.{i}.bias")
+            if i < depth - 1:
+                x = self.relu(x)
+        return x
+
+    def convt(self, x, name: str):
+        """ConvTranspose2d(kernel 2, stride 2), channels last: (B, H, W, Ci) -> (B, 2H, 2W, Co)."""
+        k = self.raw(name + ".weight")  # (Ci, Co, 2, 2)
+        ci, co = k.shape[0], k.shape[1]
+        b, hh, ww, _ = x.shape
+        y = (x.reshape(-1, ci) @ k.reshape(ci, co * 4)).reshape(b, hh, ww, co, 2, 2)
+        y = self.perm(y, (0, 1, 4, 2, 5, 3)).reshape(b, 2 * hh, 2 * ww, co)
+        return y + self.raw(name + ".bias")
+
+
+def _conv2x2(x: np.ndarray, k: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Conv2d(kernel 2, stride 2), channels last: (H, W, Ci) -> (H/2, W/2, Co); k (Co, Ci, 2, 2)."""
+    hh, ww, ci = x.shape
+    co = k.shape[0]
+    p = x.reshape(hh // 2, 2, ww // 2, 2, ci).transpose(0, 2, 4, 1, 3).reshape(hh // 2, ww // 2, ci * 4)
+    return p @ k.reshape(co, ci * 4).T + bias
+
+
+# ------------------------------------------------------------------- geometry
+def preprocess_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
+    """``ResizeLongestSide.get_preprocess_shape``: (new_h, new_w)."""
+    scale = long_side * 1.0 / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def _taps(out_len: int, in_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear (align_corners=False) source indices and weights, as torch computes them."""
+    scale = in_len / out_len
+    src = (np.arange(out_len, dtype=np.float64) + 0.5) * scale - 0.5
+    src = np.maximum(src, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_len - 1)
+    i1 = np.minimum(i0 + 1, in_len - 1)
+    lam = (src - i0).astype(np.float64)
+    return i0, i1, lam
+
+
+def upscale_matrix(low: int, padded: int, valid: int, out: int) -> np.ndarray:
+    """(out, low) matrix of SAM's two bilinear resizes along one axis:
+    low -> padded (256 -> 1024), keep the first ``valid`` (unpadded) samples, valid -> out."""
+    a0, a1, al = _taps(padded, low)
+    m1 = np.zeros((valid, low))
+    r = np.arange(valid)
+    np.add.at(m1, (r, a0[:valid]), 1 - al[:valid])
+    np.add.at(m1, (r, a1[:valid]), al[:valid])
+    b0, b1, bl = _taps(out, valid)
+    return (m1[b0] * (1 - bl)[:, None] + m1[b1] * bl[:, None]).astype(np.float32)
+
+
+def _band_tiles(a: np.ndarray, tile: int = 64) -> list[tuple[int, int, int, int, np.ndarray]]:
+    """Split a banded (out, low) interpolation matrix into output tiles with their source band."""
+    tiles = []
+    for o0 in range(0, a.shape[0], tile):
+        blk = a[o0:o0 + tile]
+        nz = np.nonzero(blk.any(0))[0]
+        c0, c1 = int(nz[0]), int(nz[-1]) + 1
+        tiles.append((o0, o0 + blk.shape[0], c0, c1, np.ascontiguousarray(blk[:, c0:c1].T)))
+    return tiles
+
+
+def _apply_last(x: np.ndarray, tiles, out_len: int) -> np.ndarray:
+    out = np.empty(x.shape[:-1] + (out_len,), np.float32)
+    for o0, o1, c0, c1, kt in tiles:
+        np.matmul(x[..., c0:c1], kt, out=out[..., o0:o1])
+    return out
+
+
+class MaskUpscaler:
+    """Low-res logits (B, 4g, 4g) -> binary masks at the original size, as SAM's
+    ``postprocess_masks`` + threshold, but as one banded separable product per axis:
+    each output pixel reads only the ≤4×4 low-res logits it depends on (no 1024² detour)."""
+
+    def __init__(self, low: int, padded: int, input_hw: tuple[int, int], original_hw: tuple[int, int]):
+        self.h, self.w = original_hw
+        self.ty = _band_tiles(upscale_matrix(low, padded, input_hw[0], self.h))
+        self.tx = _band_tiles(upscale_matrix(low, padded, input_hw[1], self.w))
+
+    def logits_t(self, low: np.ndarray) -> np.ndarray:
+        """(B, 4g, 4g) -> (B, W, H) full-resolution logits, transposed (Fortran order per mask)."""
+        a = _apply_last(np.ascontiguousarray(low, np.float32), self.tx, self.w)  # (B, 4g rows, W)
+        a = np.ascontiguousarray(a.transpose(0, 2, 1))  # (B, W, 4g)
+        return _apply_last(a, self.ty, self.h)  # (B, W, H)
+
+    def rles(self, low: np.ndarray, threshold: float = 0.0, chunk: int = 8) -> list[dict]:
+        """COCO RLEs (bytes counts) of ``logits > threshold`` at the original size."""
+        from pycocotools import mask as mask_utils
+
+        out: list[dict] = []
+        for i in range(0, low.shape[0], chunk):
+            binary = (self.logits_t(low[i:i + chunk]) > threshold).view(np.uint8)  # (b, W, H)
+            out.extend(mask_utils.encode(binary.transpose(2, 1, 0)))  # (H, W, b), Fortran order
+        return out
