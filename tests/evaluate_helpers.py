@@ -17,7 +17,6 @@ import io
 
 import numpy as np
 
-FIRST_ID = 0
 STAT_KEYS = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large",
              "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large"]
 
@@ -31,14 +30,14 @@ def _box_polygon(x, y, w, h):
 
 
 def adversarial_set(seed: int = 0, n_images: int = 12, n_cats: int = 4, with_segm: bool = True,
-                    both_bbox_and_segm: bool = False, many_dets_image: bool = True):
+                    both_bbox_and_segm: bool = False, many_dets_image: bool = True, first_id: int = 0):
     """A small COCO GT + results exercising every tie-breaking and boundary rule."""
     from pycocotools import mask as mask_utils
 
     rng = np.random.default_rng(seed)
     cat_ids = [1, 3, 7, 10, 11][:n_cats + 1]  # the last one never has GT
     images, anns, res = [], [], []
-    ann_id = FIRST_ID  # id 0 is legal in COCO and easy to mishandle (falsy)
+    ann_id = first_id  # id 0 is legal in COCO and easy to mishandle (falsy)
     for i in range(n_images):
         iid = 100 + i * 3
         w, h = int(rng.integers(64, 200)), int(rng.integers(64, 200))
@@ -146,3 +145,35 @@ def detect_records(gt: dict, results: list, model: str = "test/model") -> list[d
         recs.append({"image": f"/data/photos/{im['file_name']}", "image_id": None, "width": im["width"],
                      "height": im["height"], "model": model, "detections": dets})
     return recs
+
+
+def segment_records(gt: dict, results: list) -> list[dict]:
+    """visiontool segment-style records ("masks" with xyxy box and RLE) for COCO results that
+    carry both ``bbox`` and ``segmentation``."""
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    by_image: dict[int, list] = {}
+    for r in results:
+        by_image.setdefault(r["image_id"], []).append(r)
+    recs = []
+    for im in gt["images"]:
+        masks = []
+        for j, r in enumerate(by_image.get(im["id"], [])):
+            x, y, w, h = r["bbox"]
+            masks.append({"id": j, "label": names[r["category_id"]], "score": r["score"], "area": 0,
+                          "box": [x, y, x + w, y + h], "prompt": {"box": [x, y, x + w, y + h]},
+                          "segmentation": r["segmentation"]})
+        recs.append({"image": im["file_name"], "width": im["width"], "height": im["height"],
+                     "model": "sam/test", "masks": masks})
+    return recs
+
+
+def integer_boxes(results: list) -> list:
+    """Results with integer-valued boxes (exact through xywh <-> xyxy round trips)."""
+    out = []
+    for r in results:
+        r = dict(r)
+        r["bbox"] = [float(round(v)) for v in r["bbox"]]
+        r["bbox"][2] = max(r["bbox"][2], 1.0)
+        r["bbox"][3] = max(r["bbox"][3], 1.0)
+        out.append(r)
+    return out
