@@ -14,9 +14,9 @@ from visiontool.errors import UsageError
 
 @app.command("evaluate")
 def evaluate_command(
-    gt: str = typer.Option(..., "--gt", help="COCO ground-truth annotations (JSON)."),
-    pred: str = typer.Option(..., "--pred", help="Predictions: COCO results JSON, or visiontool "
-                                                 "detect/segment json/jsonl records."),
+    gt: str = typer.Option(None, "--gt", help="COCO ground-truth annotations (JSON). Required."),
+    pred: str = typer.Option(None, "--pred", help="Predictions: COCO results JSON, or visiontool "
+                                                 "detect/segment json/jsonl records. Required."),
     iou_type: str = typer.Option("bbox", "--iou-type", help="bbox|segm"),
     per_class: bool = typer.Option(False, "--per-class", help="Add AP/AP50/AP75/AR100 per category."),
     fmt: str = typer.Option("table", "--format", help="table|json"),
@@ -33,6 +33,10 @@ def evaluate_command(
     Exit codes: 0 success; 2 bad flag, missing file or invalid input (the first offending
     record is named; --lenient skips such records instead).
     """
+    # checked here rather than by typer: its MissingParameter is not the click class the
+    # app's error handler maps to exit 2
+    if not gt or not pred:
+        raise UsageError("evaluate needs --gt COCO.json and --pred FILE (see 'visiontool evaluate --help')")
     if fmt not in ("table", "json"):
         raise UsageError(f"invalid --format '{fmt}': expected table or json")
     if iou_type not in ("bbox", "segm"):

@@ -30,7 +30,6 @@ import copy
 import io
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -127,10 +126,7 @@ class GroundTruth:
             path = str(gt)
             if not Path(path).is_file():
                 raise UsageError(f"ground truth file not found: '{path}'")
-            fast = _native_gt(path)
-            if fast is not None:
-                return fast
-            light = read_gt_light(path)
+            light = read_gt_light(path)  # validates the annotations' schema too
             if light is not None:
                 return cls(path, None, *light)
             return cls._from_dict(load_json_file(path, "ground truth"), path)
@@ -172,9 +168,6 @@ class GroundTruth:
         return self._handles[engine]
 
 
-_ZERO_ID = re.compile(rb'"id"\s*:\s*-?0(?:\.0*)?(?:[eE][-+]?\d+)?\s*[,}\]]')
-
-
 def _ann_arrays_of(d: dict, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     anns = d.get("annotations", [])
     if not isinstance(anns, list):
@@ -188,31 +181,6 @@ def _ann_arrays_of(d: dict, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return (np.array([int(a["id"]) for a in anns], dtype=np.int64),
             np.array([int(a["category_id"]) for a in anns], dtype=np.int64),
             np.array([1 if a.get("iscrowd") else 0 for a in anns], dtype=np.int64))
-
-
-def _native_gt(path: str) -> GroundTruth | None:
-    """Images and categories from ultrafast-pycocotools' native GT reader (whose handle the
-    bbox evaluation then reuses); a byte scan rules annotation id 0 out without parsing."""
-    try:
-        from ultrafast_pycocotools import COCO
-    except ImportError:
-        return None
-    try:
-        with _quiet():
-            h = COCO(path, verbose=False)
-        images, cats = list(h.imgs.values()), list(h.cats.values())
-        if not images and not cats:
-            return None
-        for im in images:
-            if not isinstance(im, dict) or "id" not in im:
-                return None
-        for c in cats:
-            if not isinstance(c, dict) or "id" not in c or "name" not in c:
-                return None
-        zero = _ZERO_ID.search(Path(path).read_bytes()) is not None
-    except Exception:  # anything unusual: the precise parsers report it
-        return None
-    return GroundTruth(path, None, images, cats, None, {"ultrafast": h}, zero_id_possible=zero)
 
 
 def _int_or(v: Any) -> int:
@@ -381,8 +349,9 @@ def _run_torchmetrics(gt: GroundTruth, preds: Predictions, iou_type: str, per_cl
             pred_path = str(Path(tmp) / "pred.json")
             Path(pred_path).write_text(json.dumps(preds.to_results()))
         with _quiet():
-            tm_preds, tm_targets = MeanAveragePrecision.coco_to_tm(pred_path, gt_path, iou_type=iou_type)
-            metric = MeanAveragePrecision(iou_type=iou_type, class_metrics=per_class, extended_summary=True)
+            metric = MeanAveragePrecision(box_format="xywh", iou_type=iou_type, class_metrics=per_class,
+                                          extended_summary=True)
+            tm_preds, tm_targets = metric.coco_to_tm(pred_path, gt_path, iou_type=iou_type)
             metric.update(tm_preds, tm_targets)
             out = metric.compute()
     stats = np.array([float(out[k]) for k in STAT_KEYS], dtype=np.float64)

@@ -1,0 +1,276 @@
+"""`visiontool evaluate` through the CLI: formats, flags, diagnostics, and every bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from evaluate_helpers import STAT_KEYS, adversarial_set, detect_records, oracle
+from visiontool.cli.main import app
+from visiontool.io.predictions import load_predictions
+from visiontool.services.evaluate import GroundTruth
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, ["evaluate", *map(str, args)])
+
+
+def one_error_line(result, code=2):
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("visiontool: error: ")
+    assert result.stdout == ""
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    """A GT file and 300 valid bbox results (first annotation id 1: the native path)."""
+    d = tmp_path_factory.mktemp("evalcli")
+    gt, res = adversarial_set(7, with_segm=False, first_id=1)
+    (d / "gt.json").write_text(json.dumps(gt))
+    (d / "dt.json").write_text(json.dumps(res))
+    return d, gt, res
+
+
+@pytest.fixture
+def real(coco_dir):
+    return (coco_dir / "instances_val2014_100.json", coco_dir / "instances_val2014_fakebbox100_results.json",
+            coco_dir / "instances_val2014_fakesegm100_results.json")
+
+
+def test_table_is_default(real):
+    gt, bbox, _ = real
+    r = run("--gt", gt, "--pred", bbox)
+    assert r.exit_code == 0, r.stderr
+    assert "map_50" in r.stdout and "0.5046" in r.stdout
+    assert "pizza" in r.stderr  # GT category never predicted: a diagnostic, on stderr only
+    assert "pizza" not in r.stdout
+
+
+def test_json_shape_and_values(real):
+    gt, bbox, segm = real
+    for iou_type, pred in (("bbox", bbox), ("segm", segm)):
+        r = run("--gt", gt, "--pred", pred, "--iou-type", iou_type, "--format", "json", "--per-class")
+        assert r.exit_code == 0, r.stderr
+        d = json.loads(r.stdout)
+        assert list(d) == ["iou_type", *STAT_KEYS, "per_class"]
+        ref = oracle(json.loads(gt.read_text()), json.loads(pred.read_text()), iou_type)
+        assert {k: d[k] for k in STAT_KEYS} == ref["stats"]
+        assert len(d["per_class"]) == 80
+        assert set(d["per_class"][0]) == {"category_id", "name", "ap", "ap_50", "ap_75", "ar_100", "gt_count"}
+        assert sum(row["gt_count"] for row in d["per_class"]) == 830  # non-crowd annotations
+
+
+def test_per_class_table_sorted(real):
+    gt, bbox, _ = real
+    r = run("--gt", gt, "--pred", bbox, "--per-class")
+    assert r.exit_code == 0
+    body = r.stdout.split("per class")[1]
+    aps = [float(ln.split("│")[3]) for ln in body.splitlines() if ln.count("│") == 8]
+    assert aps == sorted(aps, reverse=True) and len(aps) == 80
+
+
+def test_output_file_and_plot(real, tmp_path):
+    gt, bbox, _ = real
+    out, plots = tmp_path / "res.json", tmp_path / "plots"
+    r = run("--gt", gt, "--pred", bbox, "--format", "json", "--output", out, "--plot", plots)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == ""
+    assert json.loads(out.read_text())["map"] > 0.5
+    png = plots / "pr_bbox.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_backend_flag(real):
+    gt, bbox, _ = real
+    a = json.loads(run("--gt", gt, "--pred", bbox, "--format", "json").stdout)
+    b = json.loads(run("--gt", gt, "--pred", bbox, "--format", "json", "--backend", "pycocotools").stdout)
+    assert a == b
+
+
+def test_detect_records_by_file_name(synth, tmp_path):
+    d, gt, res = synth
+    recs = detect_records(gt, res)
+    recs.append({"image": "/elsewhere/not_in_gt.jpg", "detections": [
+        {"label": "cat1", "score": 0.5, "box": [1, 1, 5, 5]}]})
+    p = tmp_path / "dets.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in recs))
+    r = run("--gt", d / "gt.json", "--pred", p, "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    assert "1 prediction record(s) are for images absent from the ground truth" in r.stderr
+
+
+def test_diagnostics(synth, tmp_path):
+    d, gt, res = synth
+    thresholded = [dict(x, score=0.5 + x["score"] / 2) for x in res]
+    p = tmp_path / "thr.json"
+    p.write_text(json.dumps(thresholded))
+    r = run("--gt", d / "gt.json", "--pred", p, "--format", "json")
+    assert r.exit_code == 0
+    assert "pre-thresholded" in r.stderr
+    coarse = [dict(x, bbox=[x["bbox"][0] + x["bbox"][2] * 0.3, x["bbox"][1], x["bbox"][2], x["bbox"][3]])
+              for x in res]
+    p.write_text(json.dumps(coarse))
+    r = run("--gt", d / "gt.json", "--pred", p, "--format", "json")
+    d2 = json.loads(r.stdout)
+    if d2["map_50"] >= 0.1 and d2["map_75"] < 0.5 * d2["map_50"]:
+        assert "localised coarsely" in r.stderr
+
+
+def test_valid_files_take_the_native_fast_path(synth, coco_dir):
+    d, _, _ = synth
+    g = GroundTruth.load(str(d / "gt.json"))
+    assert load_predictions(str(d / "dt.json"), g, "bbox").rows is not None
+    g2 = GroundTruth.load(str(coco_dir / "instances_val2014_100.json"))
+    p = load_predictions(str(coco_dir / "instances_val2014_fakesegm100_results.json"), g2, "segm")
+    assert p.path is not None and p.results is None
+
+
+# ----------------------------------------------------------------------------- bad input
+
+BAD = {
+    # name: (mutation of result 5, text the message must contain)
+    "missing score": (lambda r: {k: v for k, v in r.items() if k != "score"}, "has no 'score'"),
+    "null score": (lambda r: dict(r, score=None), "score is not a number"),
+    "string score": (lambda r: dict(r, score="0.9"), "score is not a number"),
+    "missing bbox": (lambda r: {k: v for k, v in r.items() if k != "bbox"}, "has no 'bbox'"),
+    "missing image_id": (lambda r: {k: v for k, v in r.items() if k != "image_id"}, "has no 'image_id'"),
+    "nan box": (lambda r: dict(r, bbox=[float("nan"), 1, 2, 3]), "bbox is nan"),
+    "negative width": (lambda r: dict(r, bbox=[1, 1, -2, 3]), "negative width"),
+    "negative height": (lambda r: dict(r, bbox=[1, 1, 2, -3]), "negative width or height"),
+    "short box": (lambda r: dict(r, bbox=[1, 1, 2]), "list of 4 numbers"),
+    "unknown image": (lambda r: dict(r, image_id=987654), "image_id 987654 is not in the ground truth"),
+    "unknown category": (lambda r: dict(r, category_id=555), "category_id 555 is not in the ground truth"),
+    "not an object": (lambda r: [1, 2], "is not an object"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_record_names_first_offender(synth, tmp_path, name):
+    d, gt, res = synth
+    mutate, text = BAD[name]
+    bad = list(res)
+    bad[5] = mutate(bad[5])
+    bad[9] = mutate(bad[9])
+    p = tmp_path / "bad.json"
+    p.write_text(json.dumps(bad))  # NaN is written as the (non-standard) NaN token
+    line = one_error_line(run("--gt", d / "gt.json", "--pred", p))
+    assert "result 5:" in line and text in line, line
+    # --lenient: skipped with a count, the rest evaluated exactly
+    r = run("--gt", d / "gt.json", "--pred", p, "--lenient", "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    assert "skipped 2 invalid prediction(s)" in r.stderr and "Traceback" not in r.stderr
+    kept = [x for i, x in enumerate(res) if i not in (5, 9)]
+    ref = oracle(gt, kept, "bbox")
+    assert {k: json.loads(r.stdout)[k] for k in STAT_KEYS} == ref["stats"]
+
+
+def test_bad_segm_records(coco_dir, tmp_path):
+    res = json.loads((coco_dir / "instances_val2014_fakesegm100_results.json").read_text())
+    gt = coco_dir / "instances_val2014_100.json"
+    p = tmp_path / "bad.json"
+    for i, (mut, text) in enumerate([
+            (lambda r: {k: v for k, v in r.items() if k != "segmentation"}, "has no 'segmentation'"),
+            (lambda r: dict(r, segmentation=[[1, 2, 3, 4, 5, 6]]), "must be COCO RLE"),
+            (lambda r: dict(r, segmentation=dict(r["segmentation"], size=[3, 3])), "differs from the GT"),
+            (lambda r: dict(r, score=None), "score is not a number")]):
+        bad = list(res)
+        bad[3] = mut(bad[3])
+        p.write_text(json.dumps(bad))
+        line = one_error_line(run("--gt", gt, "--pred", p, "--iou-type", "segm"))
+        assert "result 3:" in line and text in line, line
+
+
+def test_bad_detect_record(synth, tmp_path):
+    d, gt, res = synth
+    recs = detect_records(gt, res)
+    recs[2]["detections"][0]["label"] = "unicorn"
+    p = tmp_path / "dets.json"
+    p.write_text(json.dumps(recs))
+    line = one_error_line(run("--gt", d / "gt.json", "--pred", p))
+    assert "record 2" in line and "detection 0" in line and "unicorn" in line
+    recs = detect_records(gt, res)
+    recs[1]["detections"][0]["box"] = [10, 10, 5, 20]
+    p.write_text(json.dumps(recs))
+    line = one_error_line(run("--gt", d / "gt.json", "--pred", p))
+    assert "record 1" in line and "negative size" in line
+
+
+@pytest.mark.parametrize("content,text", [
+    ('[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5},', "not valid JSON"),
+    ("", "is empty"),
+    ('{"images": [], "annotations": [], "categories": []}', "ground-truth file, not predictions"),
+    ('"hello"', "expected a JSON list"),
+    ("{\"a\": 1}\n{\"b\": \n", "neither JSON nor JSONL"),
+])
+def test_malformed_prediction_files(synth, tmp_path, content, text):
+    d, _, _ = synth
+    p = tmp_path / "p.json"
+    p.write_text(content)
+    line = one_error_line(run("--gt", d / "gt.json", "--pred", p))
+    assert text in line, line
+
+
+def test_bad_ground_truth(synth, tmp_path):
+    d, _, _ = synth
+    p = tmp_path / "gt.json"
+    p.write_text("{not json")
+    assert "not valid JSON" in one_error_line(run("--gt", p, "--pred", d / "dt.json"))
+    p.write_text(json.dumps({"annotations": []}))
+    assert "no 'images' list" in one_error_line(run("--gt", p, "--pred", d / "dt.json"))
+    p.write_text(json.dumps({"images": [{"id": 1}], "categories": [{"id": 1, "name": "a"}],
+                             "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]}]}))
+    assert "annotations[0] has no 'area'" in one_error_line(run("--gt", p, "--pred", d / "dt.json"))
+
+
+@pytest.mark.parametrize("args,text", [
+    (["--iou-type", "keypoints"], "invalid --iou-type"),
+    (["--format", "csv"], "invalid --format"),
+    (["--backend", "nope"], "invalid --backend"),
+])
+def test_bad_flags(synth, args, text):
+    d, _, _ = synth
+    assert text in one_error_line(run("--gt", d / "gt.json", "--pred", d / "dt.json", *args))
+
+
+def test_missing_files(synth, tmp_path):
+    d, _, _ = synth
+    assert "not found" in one_error_line(run("--gt", tmp_path / "nope.json", "--pred", d / "dt.json"))
+    assert "not found" in one_error_line(run("--gt", d / "gt.json", "--pred", tmp_path / "nope.json"))
+    r = runner.invoke(app, ["evaluate", "--gt", str(d / "gt.json")])
+    one_error_line(r)
+
+
+def test_no_heavy_imports(real):
+    """The evaluate path must not import torch or transformers (startup time and memory)."""
+    gt, bbox, segm = real
+    code = ("import sys; from visiontool.cli.main import app\n"
+            "from typer.testing import CliRunner\n"
+            f"r = CliRunner().invoke(app, ['evaluate', '--gt', {str(gt)!r}, '--pred', {str(bbox)!r}, '--per-class'])\n"
+            "assert r.exit_code == 0, r.stderr\n"
+            f"r = CliRunner().invoke(app, ['evaluate', '--gt', {str(gt)!r}, '--pred', {str(segm)!r}, '--iou-type', 'segm'])\n"
+            "assert r.exit_code == 0, r.stderr\n"
+            "heavy = [m for m in ('torch', 'transformers', 'torchmetrics', 'matplotlib', 'pycocotools.cocoeval') "
+            "if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_torchmetrics_backend(real):
+    """torchmetrics stays available; its numbers differ from pycocotools' (see docs/evaluate.md)."""
+    pytest.importorskip("torchmetrics")
+    gt, bbox, _ = real
+    r = run("--gt", gt, "--pred", bbox, "--format", "json", "--backend", "torchmetrics")
+    assert r.exit_code == 0, r.stderr
+    tm = json.loads(r.stdout)
+    exact = json.loads(run("--gt", gt, "--pred", bbox, "--format", "json").stdout)
+    assert abs(tm["map"] - exact["map"]) < 0.01
+    assert tm["map"] != exact["map"]
