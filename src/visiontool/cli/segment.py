@@ -1,0 +1,226 @@
+"""`visiontool segment`: SAM masks from points, boxes, coarse masks, detector output, or everything.
+
+stdout carries data only (table / json / jsonl / coco); progress and problems go to stderr.
+Every user error is checked before the model loads: flags, files, JSON, prompt coordinates.
+"""
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import typer
+
+from visiontool.cli.main import app
+from visiontool.errors import PartialFailure, UsageError
+
+SEGMENT_FORMATS = ("table", "json", "jsonl", "coco")
+
+
+@app.command("segment")
+def segment_command(
+    images: Optional[List[str]] = typer.Argument(None, metavar="IMAGE...",
+                                                 help="Image files, directories, globs or URLs; optional "
+                                                      "with --boxes-from (its records name the images)."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", metavar="PATH|vit_b|vit_l|vit_h",
+                                             help="A segment-anything .pth, or a name downloaded once to the "
+                                                  "cache. Default: vit_b on CPU, vit_h on CUDA."),
+    point: Optional[List[str]] = typer.Option(None, "--point", metavar="X,Y",
+                                              help="Foreground point in image pixels (repeatable)."),
+    neg_point: Optional[List[str]] = typer.Option(None, "--neg-point", metavar="X,Y",
+                                                  help="Background point (repeatable)."),
+    box: Optional[List[str]] = typer.Option(None, "--box", metavar="X1,Y1,X2,Y2",
+                                            help="Box in pixels (repeatable; each box is its own object)."),
+    mask_input: Optional[str] = typer.Option(None, "--mask-input", metavar="PNG",
+                                             help="Coarse mask (the image's size; non-zero = object)."),
+    prompts_file: Optional[str] = typer.Option(None, "--prompts", metavar="FILE",
+                                               help='JSON list of prompt sets: [{"points": [[x, y]], '
+                                                    '"labels": [1], "box": [x1, y1, x2, y2], "mask_input": '
+                                                    '"m.png", "label": "name"}].'),
+    boxes_from: Optional[str] = typer.Option(None, "--boxes-from", metavar="FILE|-",
+                                             help="visiontool detect json/jsonl output ('-' = stdin): one mask "
+                                                  "per detection, with its label and score."),
+    auto: bool = typer.Option(False, "--auto", help="Segment everything (automatic mask generator)."),
+    preset: Optional[str] = typer.Option(None, "--preset", metavar="fast|default|quality",
+                                         help="--auto settings: fast (16 points/side), default (32), quality "
+                                              "(32 + a layer of crops)."),
+    points_per_side: Optional[int] = typer.Option(None, "--points-per-side", help="--auto grid density."),
+    pred_iou_thresh: Optional[float] = typer.Option(None, "--pred-iou-thresh",
+                                                    help="--auto: minimum predicted IoU."),
+    stability_score_thresh: Optional[float] = typer.Option(None, "--stability-score-thresh",
+                                                           help="--auto: minimum stability score."),
+    min_area: Optional[int] = typer.Option(None, "--min-area", help="--auto: drop masks under this many pixels."),
+    multimask: Optional[bool] = typer.Option(None, "--multimask/--single-mask",
+                                             help="3 hypotheses ranked by predicted IoU, or 1. Default: 3 for a "
+                                                  "single point, else 1."),
+    fmt: Optional[str] = typer.Option(None, "--format", metavar="table|json|jsonl|coco",
+                                      help="Default: table on a terminal, json otherwise."),
+    gt: Optional[str] = typer.Option(None, "--gt", metavar="COCO.json",
+                                     help="With --format coco: image and category ids from this ground truth."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="FILE",
+                                         help="Write the data here instead of stdout."),
+    masks_dir: Optional[str] = typer.Option(None, "--masks-dir", metavar="DIR",
+                                            help="One PNG per mask + metadata.csv (segment-anything amg.py "
+                                                 "layout) in DIR/<image>/."),
+    save_viz: Optional[str] = typer.Option(None, "--save-viz", metavar="DIR", help="Coloured overlays here."),
+    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", metavar="DIR",
+                                            help="Embedding cache (default: the user cache dir)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the embedding cache."),
+    device: str = typer.Option("auto", "--device", metavar="auto|cpu|cuda|cuda:N|mps"),
+    dtype: str = typer.Option("auto", "--dtype", metavar="auto|float32|float16|bfloat16",
+                              help="Encoder precision (autocast); auto = float32 on CPU, float16 on GPU."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
+) -> None:
+    """Segment objects with Meta's segment-anything (SAM).
+
+    The image encoder runs once per image and its embedding is cached on disk, so further
+    calls on the same image with new prompts take a fraction of a second. Default checkpoint:
+    vit_b on CPU, vit_h on CUDA.
+
+    Examples: visiontool segment truck.jpg --point 500,375;
+    visiontool detect img.jpg --format jsonl | visiontool segment --boxes-from -
+
+    Exit codes: 0 success; 1 runtime failure or some images failed; 2 bad flag, missing file,
+    malformed JSON or a prompt outside the image.
+    """
+    from visiontool.render.console import set_quiet
+
+    set_quiet(quiet)
+    # ---- everything a user can get wrong, before any model loads
+    from visiontool.device import validate_device_spec, validate_dtype_spec
+    from visiontool.io.records import validate_format
+    from visiontool.models.sam import check_checkpoint_spec
+    from visiontool.render.console import stdout_is_tty
+    from visiontool.services import segment as svc
+
+    validate_device_spec(device)
+    validate_dtype_spec(dtype)
+    fmt = validate_format(fmt, SEGMENT_FORMATS) or ("table" if stdout_is_tty() and not output else "json")
+    if gt and fmt != "coco":
+        raise UsageError("--gt maps ids for --format coco; add --format coco")
+    if checkpoint:
+        check_checkpoint_spec(checkpoint)
+    if no_cache and cache_dir:
+        raise UsageError("--cache-dir and --no-cache contradict each other")
+    for flag, v in (("--points-per-side", points_per_side), ("--min-area", min_area)):
+        if v is not None and v < (1 if flag == "--points-per-side" else 0):
+            raise UsageError(f"invalid {flag} {v}")
+    for flag, v in (("--pred-iou-thresh", pred_iou_thresh), ("--stability-score-thresh", stability_score_thresh)):
+        if v is not None and not 0.0 <= v <= 1.0:
+            raise UsageError(f"invalid {flag} {v}: expected a number in [0, 1]")
+    if preset is not None and preset not in svc.PRESETS:
+        raise UsageError(f"invalid --preset '{preset}': expected fast|default|quality")
+    auto_knobs = any(v is not None for v in (preset, points_per_side, pred_iou_thresh, stability_score_thresh,
+                                              min_area))
+    if auto_knobs and not auto:
+        raise UsageError("--preset/--points-per-side/--pred-iou-thresh/--stability-score-thresh/--min-area "
+                         "apply to --auto; add --auto")
+    if mask_input:
+        import os
+
+        if not os.path.isfile(mask_input):
+            raise UsageError(f"--mask-input file not found: '{mask_input}'")
+
+    points = [svc.parse_xy(p, "--point") for p in point or []]
+    negs = [svc.parse_xy(p, "--neg-point") for p in neg_point or []]
+    boxes = [svc.parse_box(b) for b in box or []]
+    extra = []
+    if prompts_file:
+        from visiontool.io.coco import load_json_file
+
+        extra = svc.prompts_from_json(load_json_file(prompts_file, "--prompts"), prompts_file)
+    detections = None
+    if boxes_from:
+        detections = _read_boxes_from(boxes_from, svc)
+    base = svc.build_prompts(points=points, neg_points=negs, boxes=boxes, mask_input=mask_input, extra=extra)
+    if auto and (base or detections):
+        raise UsageError("--auto segments everything; it takes no prompts")
+    if not auto and not base and detections is None:
+        raise UsageError("nothing to segment: give --point, --box, --mask-input, --prompts, --boxes-from "
+                         "or --auto")
+
+    from visiontool.io.images import expand_sources
+
+    if images:
+        sources = expand_sources(list(images))
+    elif detections is not None:
+        if not detections:
+            raise UsageError(f"--boxes-from {boxes_from}: no records, so no images to segment")
+        sources = expand_sources(list(detections))
+    else:
+        raise UsageError("no image given (see 'visiontool segment --help')")
+    jobs = []
+    for s in sources:
+        ps = list(base)
+        if detections is not None:
+            ps += svc.prompts_for_detections(svc.match_detections(detections, s.name), "--boxes-from")
+        jobs.append(svc.SegmentJob(s, ps, auto))
+    # prompt coordinates against each image's size (header only), still before the model
+    for job in jobs:
+        if job.source.is_url:
+            continue
+        size = svc.image_size_hint(job.source.name)
+        if size is not None:
+            for p in job.prompts:
+                p.check_inside(size[0], size[1], job.source.name, tolerance=1.0 if p.score is not None else 0.0)
+    gt_index = None
+    if gt:
+        from visiontool.io.coco import GroundTruthIndex
+
+        gt_index = GroundTruthIndex.load(gt)
+    opts = None
+    if auto:
+        opts = svc.PRESETS[preset or "default"].replace(points_per_side=points_per_side,
+                                                         pred_iou_thresh=pred_iou_thresh,
+                                                         stability_score_thresh=stability_score_thresh,
+                                                         min_area=min_area)
+
+    # ---- the model, then one image at a time
+    from visiontool.io.records import RecordWriter
+    from visiontool.render.console import warn
+
+    engine = svc.SamEngine(checkpoint, device=device, dtype=dtype, cache_dir=cache_dir, use_cache=not no_cache,
+                           quiet=quiet)
+    failed: list[str] = []
+    used_viz: set[str] = set()
+    used_dirs: set[str] = set()
+    with RecordWriter(fmt, output, gt_index, kind="segment") as writer:
+        for result, rgb in svc.run_jobs(engine, jobs, multimask, opts, gt_index,
+                                        on_error=lambda msg: warn(msg)):
+            if result.error:
+                failed.append(result.image)
+                continue
+            writer.write(result)
+            if masks_dir:
+                from visiontool.io.masks_dir import image_folder, write_masks_dir
+
+                write_masks_dir(result, image_folder(masks_dir, result.image, used_dirs))
+            if save_viz:
+                from visiontool.io.mask_viz import save_viz as _save
+
+                _save(rgb, result, save_viz, used_viz)
+    if fmt == "coco" and gt_index is not None:
+        labels = writer.stats.get("unmatched_labels")
+        if labels:
+            warn(f"--gt: no category named {', '.join(sorted(str(x) for x in labels))}; those masks were left out")
+    if failed:
+        raise PartialFailure(f"{len(failed)} of {len(jobs)} images failed: {', '.join(failed)}")
+
+
+def _read_boxes_from(spec: str, svc) -> dict:
+    import os
+
+    if spec == "-":
+        text = sys.stdin.read()
+        origin = "--boxes-from -"
+    else:
+        if not os.path.isfile(spec):
+            raise UsageError(f"--boxes-from file not found: '{spec}'")
+        try:
+            with open(spec, encoding="utf-8") as fh:
+                text = fh.read()
+        except UnicodeDecodeError as exc:
+            from visiontool.errors import InvalidInputError
+
+            raise InvalidInputError(f"--boxes-from '{spec}' is not UTF-8 JSON") from exc
+        origin = f"--boxes-from {spec}"
+    return svc.detections_from_records(text, origin)

@@ -1,0 +1,157 @@
+"""Segment everything: ``SamAutomaticMaskGenerator``'s algorithm on the numpy decoder.
+
+A grid of single-point prompts per crop (multimask), then the same filters in the same
+order: predicted IoU, stability score (on full-resolution logits), boxes touching a crop
+edge, box NMS within a crop and across crops (smaller crops preferred). Embeddings of the
+image and of every crop go through the embedding cache. ``min_area`` drops masks with fewer
+pixels (SAM's hole/island clean-up needs OpenCV, which visiontool does not depend on).
+"""
+from __future__ import annotations
+
+import math
+from itertools import product
+
+import numpy as np
+
+from visiontool.types import Mask
+
+
+def build_point_grid(n_per_side: int) -> np.ndarray:
+    """(n², 2) points evenly spaced in [0, 1]², XY, as ``amg.build_point_grid``."""
+    offset = 1 / (2 * n_per_side)
+    side = np.linspace(offset, 1 - offset, n_per_side)
+    xs = np.tile(side[None, :], (n_per_side, 1))
+    ys = np.tile(side[:, None], (1, n_per_side))
+    return np.stack([xs, ys], axis=-1).reshape(-1, 2)
+
+
+def generate_crop_boxes(im_hw: tuple[int, int], n_layers: int, overlap_ratio: float):
+    """Crop boxes XYXY (the image first) and their layer, as ``amg.generate_crop_boxes``."""
+    im_h, im_w = im_hw
+    short = min(im_h, im_w)
+    boxes, layers = [[0, 0, im_w, im_h]], [0]
+
+    def crop_len(orig, n, overlap):
+        return int(math.ceil((overlap * (n - 1) + orig) / n))
+
+    for i in range(n_layers):
+        n = 2 ** (i + 1)
+        overlap = int(overlap_ratio * short * (2 / n))
+        cw, ch = crop_len(im_w, n, overlap), crop_len(im_h, n, overlap)
+        x0s = [int((cw - overlap) * k) for k in range(n)]
+        y0s = [int((ch - overlap) * k) for k in range(n)]
+        for x0, y0 in product(x0s, y0s):
+            boxes.append([x0, y0, min(x0 + cw, im_w), min(y0 + ch, im_h)])
+            layers.append(i + 1)
+    return boxes, layers
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, thresh: float) -> np.ndarray:
+    """Greedy NMS on XYXY boxes; indices kept, highest score first (stable on ties)."""
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        xx1 = np.maximum(boxes[i, 0], boxes[rest, 0])
+        yy1 = np.maximum(boxes[i, 1], boxes[rest, 1])
+        xx2 = np.minimum(boxes[i, 2], boxes[rest, 2])
+        yy2 = np.minimum(boxes[i, 3], boxes[rest, 3])
+        inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
+        iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-9)
+        order = rest[iou <= thresh]
+    return np.array(keep, dtype=np.int64)
+
+
+def _mask_boxes(binary_t: np.ndarray) -> np.ndarray:
+    """(b, W, H) bool -> (b, 4) XYXY with inclusive max (``amg.batched_mask_to_box``)."""
+    out = np.zeros((binary_t.shape[0], 4))
+    for i, m in enumerate(binary_t):
+        cols = np.nonzero(m.any(axis=1))[0]  # x
+        rows = np.nonzero(m.any(axis=0))[0]  # y
+        if cols.size:
+            out[i] = [cols[0], rows[0], cols[-1], rows[-1]]
+    return out
+
+
+def _near_crop_edge(box, crop, orig, atol=20.0) -> bool:
+    x0, y0, _, _ = crop
+    b = np.array(box, float) + [x0, y0, x0, y0]
+    near_crop = np.isclose(b, np.array(crop, float), atol=atol, rtol=0)
+    near_image = np.isclose(b, np.array(orig, float), atol=atol, rtol=0)
+    return bool(np.any(near_crop & ~near_image))
+
+
+def generate(engine, rgb: np.ndarray, opts, name: str = "image") -> list[Mask]:
+    """All masks of an (H, W, 3) image; records carry predicted IoU and stability score."""
+    from pycocotools import mask as mask_utils
+
+    from visiontool.services.segment import LOGIT_THRESHOLD, _box_area, _rle_str
+
+    h, w = rgb.shape[:2]
+    crops, layers = generate_crop_boxes((h, w), opts.crop_n_layers, opts.crop_overlap_ratio)
+    grids = [build_point_grid(int(opts.points_per_side / (opts.crop_n_points_downscale_factor ** i)))
+             for i in range(opts.crop_n_layers + 1)]
+    dec = engine.decoder
+    found = []  # (rle, box_full_xyxy, iou, stability, point, crop)
+    for crop, layer in zip(crops, layers):
+        x0, y0, x1, y1 = crop
+        sub = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+        ch, cw = sub.shape[:2]
+        emb = engine.embedding(sub, name if crop == crops[0] else f"{name} crop {crop}")
+        nh, nw, scale = engine.geometry(ch, cw)
+        up = engine.upscaler((ch, cw))
+        pts = grids[layer] * np.array([cw, ch])
+        crop_found = []
+        for b0 in range(0, len(pts), opts.points_per_batch):
+            batch = pts[b0:b0 + opts.points_per_batch]
+            tokens = dec.sparse_embeddings((batch * scale)[:, None, :], np.ones((len(batch), 1), np.int64), None)
+            low, iou = dec.decode(emb, tokens, dec.dense_embedding(None), True)
+            low = low.reshape(-1, *low.shape[2:])
+            iou = iou.reshape(-1)
+            point_of = np.repeat(batch, 3, axis=0)
+            keep = np.nonzero(iou > opts.pred_iou_thresh)[0] if opts.pred_iou_thresh > 0 else np.arange(len(iou))
+            for c0 in range(0, len(keep), 8):
+                idx = keep[c0:c0 + 8]
+                lg = up.logits_t(low[idx])  # (b, cw, ch)
+                inter = (lg > LOGIT_THRESHOLD + opts.stability_score_offset).sum(axis=(1, 2))
+                union = (lg > LOGIT_THRESHOLD - opts.stability_score_offset).sum(axis=(1, 2))
+                stab = inter / np.maximum(union, 1)
+                binary = lg > LOGIT_THRESHOLD
+                boxes = _mask_boxes(binary)
+                for j, i in enumerate(idx):
+                    if opts.stability_score_thresh > 0 and stab[j] < opts.stability_score_thresh:
+                        continue
+                    if _near_crop_edge(boxes[j], crop, [0, 0, w, h]):
+                        continue
+                    m = binary[j]
+                    if crop != [0, 0, w, h]:  # back to the image frame
+                        full = np.zeros((w, h), bool)
+                        full[x0:x1, y0:y1] = m
+                        m = full
+                    rle = mask_utils.encode(np.asfortranarray(m.T.view(np.uint8)))
+                    crop_found.append((rle, boxes[j] + [x0, y0, x0, y0], float(iou[i]), float(stab[j]),
+                                       point_of[i] + [x0, y0], crop))
+        if crop_found:
+            kb = nms(np.array([f[1] for f in crop_found], float), np.array([f[2] for f in crop_found]),
+                     opts.box_nms_thresh)
+            found.extend(crop_found[i] for i in kb)
+    if len(crops) > 1 and found:
+        areas = np.array([(f[5][2] - f[5][0]) * (f[5][3] - f[5][1]) for f in found], float)
+        kb = nms(np.array([f[1] for f in found], float), 1.0 / areas, opts.crop_nms_thresh)
+        found = [found[i] for i in kb]
+    masks = []
+    for rle, _, piou, stab, point, crop in found:
+        box, area = _box_area(rle)
+        if area < max(opts.min_area, 1):
+            continue
+        masks.append(Mask(id=0, score=piou, area=area, box=box, segmentation=_rle_str(rle),
+                          prompt={"auto": True, "points": [[float(point[0]), float(point[1])]],
+                                  "crop_box": [int(v) for v in crop]},
+                          predicted_iou=piou, stability_score=stab))
+    masks.sort(key=lambda m: -m.score)
+    for i, m in enumerate(masks):
+        m.id = i
+    return masks
