@@ -88,10 +88,34 @@ class Precision:
         return torch.autocast(device_type=self.device_type, dtype=dtype)
 
 
-def resolve_dtype(spec: str, device) -> Precision:
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU computes bfloat16 in hardware (AVX512-BF16 or AMX).
+
+    Without it (e.g. AVX2-only CPUs) PyTorch emulates bfloat16 and autocast is 10-500x
+    *slower* than float32 (measured here: a 256-channel 3x3 conv took 58 s vs 0.11 s).
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            flags = fh.read()
+    except OSError:
+        import torch
+
+        return "AVX512" in torch.backends.cpu.get_cpu_capability()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(spec: str, device, warn=None) -> Precision:
+    """The precision for ``spec`` on ``device``; ``warn(msg)`` is told about slow choices."""
     s = validate_dtype_spec(spec)
     if s == "auto":
         s = "float32" if device.type == "cpu" else "float16"
+    if warn is not None and device.type == "cpu":
+        if s == "bfloat16" and not cpu_has_native_bf16():
+            warn("this CPU has no native bfloat16 (AVX512-BF16/AMX): bfloat16 is emulated and far slower "
+                 "than float32 here; use --dtype float32")
+        elif s == "float16":
+            warn("float16 on CPU is emulated and slow; bfloat16 (on CPUs with AVX512-BF16/AMX) or float32 "
+                 "are the CPU choices")
     return Precision(s, device.type)
 
 

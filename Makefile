@@ -1,0 +1,39 @@
+# visiontool — make demo | make test | make bench | make lint
+# Every target bootstraps the virtual environment at .venv (python3 -m venv + pip).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: venv demo test bench bench-detect bench-evaluate bench-segment lint clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	./examples/demo.sh
+
+test: venv
+	$(PY) -m pytest -q
+
+bench: bench-detect bench-evaluate bench-segment
+
+bench-detect: venv
+	$(PY) benchmarks/detect.py
+
+bench-evaluate: venv
+	$(PY) benchmarks/evaluate.py
+
+bench-segment: venv
+	$(PY) benchmarks/segment.py
+
+lint: venv
+	$(VENV)/bin/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
