@@ -51,13 +51,13 @@ class Predictions:
     * ``path``: a COCO results file that passed validation unchanged (segm fast path)
     * ``results``: a list of COCO result dicts (already validated; may be mutated by engines)
 
-    ``image_ids`` / ``category_ids`` / ``scores`` are always filled (for diagnostics).
+    ``n``, ``min_score`` and ``predicted_categories`` (sorted unique ids) feed the diagnostics.
     """
 
     source: str
-    image_ids: np.ndarray
-    category_ids: np.ndarray
-    scores: np.ndarray
+    n: int
+    min_score: float
+    predicted_categories: np.ndarray
     rows: np.ndarray | None = None
     path: str | None = None
     results: list | None = None
@@ -67,7 +67,19 @@ class Predictions:
     n_unknown_images: int = 0  # visiontool records whose image is not in the GT
 
     def __len__(self) -> int:
-        return int(self.image_ids.shape[0])
+        return self.n
+
+    @staticmethod
+    def summarise(category_ids: np.ndarray, scores: np.ndarray) -> dict:
+        """The diagnostic summary fields of a set of predictions."""
+        n = int(scores.shape[0])
+        cats = category_ids
+        if n and cats.min() >= 0 and cats.max() < 10_000_000:
+            uniq = np.flatnonzero(np.bincount(cats))
+        else:
+            uniq = np.unique(cats)
+        return {"n": n, "min_score": float(scores.min()) if n else float("nan"),
+                "predicted_categories": uniq.astype(np.int64)}
 
     def to_results(self) -> list[dict]:
         """COCO result dicts (built on demand for engines that need them)."""
@@ -93,15 +105,17 @@ class _Invalid(Exception):
 # entry point
 
 
-def load_predictions(pred: Any, gt, iou_type: str = "bbox", lenient: bool = False) -> Predictions:
-    """Validated predictions from a path, a list of COCO result dicts or visiontool records."""
+def load_predictions(pred: Any, gt, iou_type: str = "bbox", lenient: bool = False,
+                     precise: bool = False) -> Predictions:
+    """Validated predictions from a path, a list of COCO result dicts or visiontool records.
+    ``precise=True`` skips the native fast path (every record checked in Python)."""
     if iou_type not in ("bbox", "segm"):
         raise UsageError(f"invalid iou type '{iou_type}': expected bbox or segm")
     if isinstance(pred, (str, os.PathLike)):
         path = str(pred)
         if path != "-" and not Path(path).is_file():
             raise UsageError(f"predictions file not found: '{path}'")
-        if path != "-":
+        if path != "-" and not precise:
             fast = _fast_path(path, gt, iou_type)
             if fast is not None:
                 return fast
@@ -135,9 +149,8 @@ def _fast_bbox(path: str, gt) -> Predictions | None:
         return None
     if (rows[:, 5] == 0.0).any() and not _scores_present(path, rows.shape[0]):
         return None
-    return Predictions(source=f"predictions '{path}'", image_ids=rows[:, 0].astype(np.int64),
-                       category_ids=rows[:, 6].astype(np.int64), scores=rows[:, 5].copy(), rows=rows,
-                       fmt="coco")
+    return Predictions(source=f"predictions '{path}'", rows=rows, fmt="coco",
+                       **Predictions.summarise(rows[:, 6].astype(np.int64), rows[:, 5]))
 
 
 def _rows_valid(rows: np.ndarray, gt) -> bool:
@@ -185,8 +198,7 @@ def _segm_decoder():
         import msgspec
 
         class RLE(msgspec.Struct, gc=False):
-            size: tuple[int, int]
-            counts: msgspec.Raw
+            size: tuple[int, int]  # "counts" is left to the engine (an engine error re-checks precisely)
 
         class SegmResult(msgspec.Struct, gc=False):
             image_id: int
@@ -204,11 +216,13 @@ def _fast_segm(path: str, gt) -> Predictions | None:
 
     decoder = _segm_decoder()
     with open(path, "rb") as fh:
-        data = fh.read()  # bytes, not mmap: the Raw counts reference the buffer
-    try:
-        recs = decoder.decode(data)
-    except msgspec.DecodeError:
-        return None
+        if os.fstat(fh.fileno()).st_size == 0:
+            return None
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            try:
+                recs = decoder.decode(mm)
+            except msgspec.DecodeError:
+                return None
     n = len(recs)
     if n == 0:
         return None
@@ -220,11 +234,11 @@ def _fast_segm(path: str, gt) -> Predictions | None:
     boxes = None
     if has_box.any():
         if not has_box.all():
+            del recs
             return None  # mixed: pycocotools would fail; the precise path names the record
         boxes = np.array([r.bbox for r in recs], dtype=np.float64)
-    counts_ok = all(memoryview(r.segmentation.counts)[0] in (34, 91) for r in recs)  # '"' or '['
-    del recs, data
-    if not counts_ok or not np.isfinite(scores).all():
+    del recs
+    if not np.isfinite(scores).all():
         return None
     if boxes is not None and (not np.isfinite(boxes).all() or (boxes[:, 2:] < 0).any()):
         return None
@@ -232,8 +246,9 @@ def _fast_segm(path: str, gt) -> Predictions | None:
         return None
     if not _sizes_match(image_ids, sizes, gt):
         return None
-    return Predictions(source=f"predictions '{path}'", image_ids=image_ids, category_ids=cat_ids,
-                       scores=scores, path=path, fmt="coco")
+    summary = Predictions.summarise(cat_ids, scores)
+    del image_ids, cat_ids, scores, sizes  # RSS matters on 500k masks: keep only the summary
+    return Predictions(source=f"predictions '{path}'", path=path, fmt="coco", **summary)
 
 
 def _sizes_match(image_ids: np.ndarray, sizes: np.ndarray, gt) -> bool:
@@ -515,9 +530,8 @@ def _make(kept: list, skipped: list, source: str, fmt: str, unknown: int) -> Pre
     n = len(kept)
     return Predictions(
         source=source,
-        image_ids=np.fromiter((r["image_id"] for r in kept), np.int64, n),
-        category_ids=np.fromiter((r["category_id"] for r in kept), np.int64, n),
-        scores=np.fromiter((float(r["score"]) for r in kept), np.float64, n),
+        **Predictions.summarise(np.fromiter((r["category_id"] for r in kept), np.int64, n),
+                                np.fromiter((float(r["score"]) for r in kept), np.float64, n)),
         results=kept, fmt=fmt, n_skipped=len(skipped), skipped_reasons=skipped[:5], n_unknown_images=unknown,
     )
 

@@ -362,6 +362,30 @@ def _run_torchmetrics(gt: GroundTruth, preds: Predictions, iou_type: str, per_cl
         (None if rec is None else np.asarray(rec, dtype=np.float64)), classes
 
 
+def release_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them after the validation pass over
+    a large file, which would otherwise add to the engine's peak RSS)."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _run(engine: str, gt: GroundTruth, preds: Predictions, iou_type: str, per_class: bool):
+    if engine == "torchmetrics":
+        return _run_torchmetrics(gt, preds, iou_type, per_class)
+    if engine == "ultrafast":
+        return _run_ultrafast(gt, preds, iou_type)
+    if engine == "hotcoco":
+        return _run_hotcoco(gt, preds, iou_type)
+    return _run_reference(gt, preds, iou_type, engine)
+
+
 def _importable(module: str) -> bool:
     import importlib.util
 
@@ -410,14 +434,12 @@ def diagnostics(stats: dict, preds: Predictions, gt: GroundTruth, cats_with_gt: 
     if m50 >= 0.1 and m75 >= 0 and m75 < 0.5 * m50:
         out.append(f"AP50 {m50:.3f} is much higher than AP75 {m75:.3f}: objects are found but localised "
                    f"coarsely")
-    low = float(preds.scores.min())
+    low = preds.min_score
     if low >= PRETHRESHOLD_SCORE and len(preds) >= 20:
         out.append(f"no prediction scores below {PRETHRESHOLD_SCORE} (lowest {low:.3f}): the predictions look "
                    f"pre-thresholded, which lowers AP; evaluate with a low detection threshold "
                    f"(e.g. --threshold 0.001)")
-    cids = preds.category_ids
-    predicted = (set(np.flatnonzero(np.bincount(cids)).tolist()) if cids.min() >= 0 and cids.max() < 10_000_000
-                 else set(np.unique(cids).tolist()))
+    predicted = set(preds.predicted_categories.tolist())
     if cats_with_gt is None:
         cats_with_gt = [c for c, n in sorted(gt.gt_counts.items()) if n > 0]
     missing = [c for c in cats_with_gt if c not in predicted]
@@ -444,16 +466,22 @@ def evaluate(gt: Any, predictions: Any, iou_type: str = "bbox", *, per_class: bo
             raise UsageError("torchmetrics-style predictions need torchmetrics-style targets as gt")
         gt, predictions = tensors_to_coco(list(gt), list(predictions), iou_type)
     gtobj = GroundTruth.load(gt)
+    if gtobj.path is not None:
+        release_memory()
     engine, note = choose_engine(backend, iou_type, gtobj)
     preds = load_predictions(predictions, gtobj, iou_type, lenient)
-    if engine == "torchmetrics":
-        stats, prec, rec, cats = _run_torchmetrics(gtobj, preds, iou_type, per_class)
-    elif engine == "ultrafast":
-        stats, prec, rec, cats = _run_ultrafast(gtobj, preds, iou_type)
-    elif engine == "hotcoco":
-        stats, prec, rec, cats = _run_hotcoco(gtobj, preds, iou_type)
-    else:
-        stats, prec, rec, cats = _run_reference(gtobj, preds, iou_type, engine)
+    if len(preds) >= 100_000:
+        release_memory()
+    try:
+        stats, prec, rec, cats = _run(engine, gtobj, preds, iou_type, per_class)
+    except (UsageError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:
+        # the fast path leaves some checks (e.g. RLE counts) to the engine: name the record
+        if preds.results is None and isinstance(predictions, (str, os.PathLike)):
+            load_predictions(predictions, gtobj, iou_type, lenient, precise=True)
+        raise InvalidInputError(f"{engine} could not evaluate {preds.source}: {type(exc).__name__}: {exc}"
+                                ) from exc
     stat_dict = {k: float(v) for k, v in zip(STAT_KEYS, stats.tolist())}
     rows: list[dict] = []
     if per_class and prec is not None and rec is not None and prec.ndim == 5:
