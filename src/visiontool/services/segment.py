@@ -313,17 +313,18 @@ class SamEngine:
             arrays = self.cache.get_decoder(self.checkpoint_sha) if self.cache is not None else None
             if arrays is None:
                 arrays = sam_models.decoder_arrays(self._state_dict())
-                if self.cache is not None:
-                    try:
-                        self.cache.put_decoder(self.checkpoint_sha, arrays)
-                    except OSError:
-                        pass
             try:
                 return NumpySamDecoder(arrays)
             except KeyError as exc:
                 raise ModelLoadError(f"checkpoint '{self.path}' lacks SAM decoder weights ({exc})") from exc
 
-        return cached(("sam-decoder", self.checkpoint_sha), make)
+        dec = cached(("sam-decoder", self.checkpoint_sha), make)
+        if self.cache is not None and not self.cache.decoder_path(self.checkpoint_sha).is_file():
+            try:  # next time, a cache hit needs neither torch nor the checkpoint
+                self.cache.put_decoder(self.checkpoint_sha, dec.w)
+            except OSError:
+                pass
+        return dec
 
     def _image_encoder(self):
         if self._encoder is None:
