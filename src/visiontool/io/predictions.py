@@ -29,6 +29,8 @@ objects, to find and name the offending record.
 import json
 import math
 import mmap
+from itertools import chain
+from operator import attrgetter
 import os
 import sys
 from dataclasses import dataclass, field
@@ -226,17 +228,21 @@ def _fast_segm(path: str, gt) -> Predictions | None:
     n = len(recs)
     if n == 0:
         return None
-    image_ids = np.fromiter((r.image_id for r in recs), np.int64, n)
-    cat_ids = np.fromiter((r.category_id for r in recs), np.int64, n)
-    scores = np.fromiter((r.score for r in recs), np.float64, n)
-    sizes = np.fromiter((v for r in recs for v in r.segmentation.size), np.int64, 2 * n).reshape(n, 2)
-    has_box = np.fromiter((r.bbox is not None for r in recs), bool, n)
+    # map(attrgetter) runs the per-record loop in C: about twice as fast as generators
+    image_ids = np.fromiter(map(attrgetter("image_id"), recs), np.int64, n)
+    cat_ids = np.fromiter(map(attrgetter("category_id"), recs), np.int64, n)
+    scores = np.fromiter(map(attrgetter("score"), recs), np.float64, n)
+    sizes = np.fromiter(chain.from_iterable(map(attrgetter("segmentation.size"), recs)), np.int64,
+                        2 * n).reshape(n, 2)
+    bboxes = list(map(attrgetter("bbox"), recs))
+    n_none = bboxes.count(None)
     boxes = None
-    if has_box.any():
-        if not has_box.all():
+    if n_none != n:
+        if n_none:
             del recs
             return None  # mixed: pycocotools would fail; the precise path names the record
-        boxes = np.array([r.bbox for r in recs], dtype=np.float64)
+        boxes = np.array(bboxes, dtype=np.float64)
+    del bboxes
     del recs
     if not np.isfinite(scores).all():
         return None
