@@ -319,12 +319,22 @@ class SamEngine:
                 raise ModelLoadError(f"checkpoint '{self.path}' lacks SAM decoder weights ({exc})") from exc
 
         dec = cached(("sam-decoder", self.checkpoint_sha), make)
+        self._report_discarded()
         if self.cache is not None and not self.cache.decoder_path(self.checkpoint_sha).is_file():
             try:  # next time, a cache hit needs neither torch nor the checkpoint
                 self.cache.put_decoder(self.checkpoint_sha, dec.w)
             except OSError:
                 pass
         return dec
+
+    def _report_discarded(self) -> None:
+        if self.cache is None or not self.cache.discarded:
+            return
+        from visiontool.render.console import warn
+
+        for path in self.cache.discarded:
+            warn(f"discarded a corrupt cache entry ({path}); recomputing it")
+        self.cache.discarded.clear()
 
     def _image_encoder(self):
         if self._encoder is None:
@@ -353,14 +363,10 @@ class SamEngine:
             key = embedding_key(image_digest(rgb), self.checkpoint_sha, f"{self.device_type}-{self.precision}",
                                 self.img_size)
             hit = self.cache.get(key)
+            self._report_discarded()
             if hit is not None:
                 self.cache_hits += 1
                 return hit[0]
-            for path in self.cache.discarded:
-                from visiontool.render.console import warn
-
-                warn(f"discarded a corrupt embedding-cache entry ({path}); recomputing")
-            self.cache.discarded.clear()
         emb = self.encode(rgb, name)
         if self.cache is not None:
             try:
