@@ -133,7 +133,7 @@ class NumpySamDecoder:
         return self._dense_pe
 
     def sparse_embeddings(self, points: np.ndarray | None, labels: np.ndarray | None,
-                          boxes: np.ndarray | None) -> np.ndarray:
+                          boxes: np.ndarray | None, batch: int = 1) -> np.ndarray:
         """points (B, P, 2) XY and labels (B, P) in {1 fg, 0 bg}; boxes (B, 4) XYXY; model frame.
 
         Returns (B, T, C) tokens exactly as ``PromptEncoder``: points (padded with a
@@ -159,6 +159,8 @@ class NumpySamDecoder:
             emb[:, 0] += w["prompt_encoder.point_embeddings.2.weight"][0]
             emb[:, 1] += w["prompt_encoder.point_embeddings.3.weight"][0]
             parts.append(emb)
+        if not parts:  # a mask-only prompt: no sparse tokens at all, as PromptEncoder
+            return np.zeros((batch, 0, self.dim), np.float32)
         return np.concatenate(parts, axis=1).astype(np.float32)
 
     def dense_embedding(self, mask_logits: np.ndarray | None) -> np.ndarray:

@@ -75,6 +75,15 @@ class Prompt:
             d["mask_input"] = self.mask_input
         return d
 
+    def check_mask_size(self, width: int, height: int, image: str) -> None:
+        """UsageError if the --mask-input PNG is not the image's size (header only)."""
+        if self.mask_input is None:
+            return
+        size = image_size_hint(self.mask_input)
+        if size is not None and size != (width, height):
+            raise UsageError(f"--mask-input '{self.mask_input}' is {size[0]}x{size[1]}, {image} is "
+                             f"{width}x{height}; give a mask the size of the image")
+
     def check_inside(self, width: int, height: int, image: str, tolerance: float = 0.0) -> None:
         """UsageError naming the offending value if the prompt leaves the image."""
         def bad(what: str) -> UsageError:
@@ -428,7 +437,7 @@ class SamEngine:
             pts = np.stack([prompts[i].points * scale for i in idx]) if npts else None
             labels = np.stack([prompts[i].labels for i in idx]) if npts else None
             boxes = np.stack([(prompts[i].box.reshape(2, 2) * scale).reshape(4) for i in idx]) if has_box else None
-            tokens = dec.sparse_embeddings(pts, labels, boxes)
+            tokens = dec.sparse_embeddings(pts, labels, boxes, batch=len(idx))
             dense = dec.dense_embedding(self.mask_logits(mask_path, hw) if mask_path else None)
             low, iou = dec.decode(emb, tokens, dense, mm)
             for j, i in enumerate(idx):

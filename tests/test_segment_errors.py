@@ -1,0 +1,144 @@
+"""Bad input: exit codes, one `visiontool: error:` line, never a traceback, and no model
+loaded for mistakes that can be seen from the command line."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from segment_helpers import assert_user_error, records, run_cli, tiny_ckpt  # noqa: F401
+
+from visiontool.services import segment as svc
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if anything tries to build the SAM engine."""
+    def boom(*a, **k):
+        raise AssertionError("the model was loaded before the input was validated")
+
+    monkeypatch.setattr(svc.SamEngine, "__init__", boom)
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--point", "1801,10"], ["point 1801,10", "outside", "1800x1200"]),
+    (["--point", "-1,10"], ["point -1,10"]),
+    (["--neg-point", "10,1300"], ["point 10,1300"]),
+    (["--box", "10,10,2000,500"], ["box 10,10,2000,500", "outside"]),
+    (["--box", "500,10,100,500"], ["box 500,10,100,500", "x2 < x1"]),
+    (["--point", "12"], ["--point '12'", "X,Y"]),
+    (["--box", "1,2,3"], ["--box '1,2,3'"]),
+    (["--point", "a,b"], ["--point 'a,b'"]),
+    (["--point", "5,5", "--box", "1,1,9,9", "--box", "2,2,8,8"], ["at most one --box"]),
+    ([], ["nothing to segment"]),
+    (["--auto", "--point", "5,5"], ["--auto"]),
+    (["--points-per-side", "8"], ["add --auto"]),
+    (["--auto", "--preset", "huge"], ["--preset 'huge'"]),
+    (["--auto", "--pred-iou-thresh", "1.5"], ["--pred-iou-thresh"]),
+    (["--point", "5,5", "--format", "csv"], ["--format 'csv'"]),
+    (["--point", "5,5", "--device", "tpu"], ["--device 'tpu'"]),
+    (["--point", "5,5", "--dtype", "int8"], ["--dtype 'int8'"]),
+    (["--point", "5,5", "--checkpoint", "nope.pth"], ["nope.pth"]),
+    (["--point", "5,5", "--mask-input", "missing.png"], ["missing.png"]),
+    (["--point", "5,5", "--gt", "gt.json"], ["--format coco"]),
+    (["--point", "5,5", "--no-cache", "--cache-dir", "x"], ["--no-cache"]),
+])
+def test_usage_errors_exit_2_before_the_model(images_dir, no_model, args, needles):
+    res = run_cli(["segment", images_dir / "truck.jpg", *args])
+    assert_user_error(res, 2, *needles)
+
+
+def test_missing_image_exit_2_before_the_model(images_dir, no_model):
+    res = run_cli(["segment", images_dir / "truck.jpg", images_dir / "nope.jpg", "--point", "5,5"])
+    assert_user_error(res, 2, "nope.jpg")
+
+
+@pytest.mark.parametrize("content, needles", [
+    ("{not json", ["--prompts", "not valid JSON"]),
+    ("[]", ["non-empty JSON list"]),
+    ('[{"points": [[1, 2, 3]]}]', ["[0]", "pairs"]),
+    ('[{"points": [[1, 2]], "labels": [1, 1]}]', ["labels"]),
+    ('[{"box": [1, 2]}]', ["box"]),
+    ('[{"label": "x"}]', ["needs points, a box or a mask"]),
+    ('[{"points": [[5000, 2]]}]', ["point 5000,2", "outside"]),
+    ('[{"box": [1, 2, 3, 4], "mask_input": "zz.png"}]', ["zz.png"]),
+    ('["oops"]', ["expected an object"]),
+])
+def test_malformed_prompts_file(images_dir, tmp_path, no_model, content, needles):
+    f = tmp_path / "p.json"
+    f.write_text(content)
+    res = run_cli(["segment", images_dir / "truck.jpg", "--prompts", f])
+    assert_user_error(res, 2, *needles)
+
+
+@pytest.mark.parametrize("content, needles", [
+    ("{oops", ["--boxes-from", "line 1"]),
+    ("[{oops", ["--boxes-from", "not valid JSON"]),
+    ('{"image": "a.jpg"}', ["record 1", "detections"]),
+    ('{"image": "a.jpg", "detections": [{"box": [1, 2]}]}', ["detection 1", "box"]),
+    ("", ["empty"]),
+])
+def test_malformed_boxes_from(images_dir, no_model, content, needles):
+    res = run_cli(["segment", "--boxes-from", "-"], input=content)
+    assert_user_error(res, 2, *needles)
+
+
+def test_boxes_from_naming_a_missing_image(images_dir, no_model):
+    rec = {"image": str(images_dir / "gone.jpg"), "detections": [{"box": [1, 2, 3, 4], "score": 0.5}]}
+    res = run_cli(["segment", "--boxes-from", "-"], input=json.dumps(rec))
+    assert_user_error(res, 2, "gone.jpg")
+
+
+def test_detection_box_outside_the_image(images_dir, no_model):
+    rec = {"image": str(images_dir / "dog.jpg"), "detections": [{"box": [1, 2, 3000, 40], "score": 0.5}]}
+    res = run_cli(["segment", "--boxes-from", "-"], input=json.dumps(rec))
+    assert_user_error(res, 2, "3000", "outside")
+
+
+def test_boxes_from_missing_file(no_model):
+    res = run_cli(["segment", "--boxes-from", "nope.jsonl"])
+    assert_user_error(res, 2, "nope.jsonl")
+
+
+def test_corrupt_image_among_several(tiny_ckpt, images_dir, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes((images_dir / "dog.jpg").read_bytes()[:2000])
+    res = run_cli(["segment", images_dir / "dog.jpg", bad, images_dir / "truck.jpg", "--checkpoint", tiny_ckpt,
+                   "--point", "20,20", "--format", "jsonl", "-q"])
+    assert res.exit_code == 1
+    warn = [ln for ln in res.stderr.splitlines() if "broken.jpg" in ln and "warning" in ln]
+    assert len(warn) == 1, res.stderr
+    assert_user_error(res, 1, "1 of 3 images failed", "broken.jpg")
+    assert [r["image"].rsplit("/", 1)[-1] for r in records(res.stdout)] == ["dog.jpg", "truck.jpg"]
+
+
+def test_mask_input_of_the_wrong_size(tiny_ckpt, images_dir, tmp_path):
+    from PIL import Image
+
+    Image.new("L", (10, 10), 255).save(tmp_path / "small.png")
+    res = run_cli(["segment", images_dir / "dog.jpg", "--checkpoint", tiny_ckpt, "--mask-input",
+                   tmp_path / "small.png", "-q"])
+    assert_user_error(res, 2, "10x10", "800x534")
+
+
+def test_mask_input_alone(tiny_ckpt, images_dir, tmp_path):
+    from PIL import Image
+
+    m = Image.new("L", (800, 534), 0)
+    m.paste(255, (100, 100, 400, 300))
+    m.save(tmp_path / "m.png")
+    res = run_cli(["segment", images_dir / "dog.jpg", "--checkpoint", tiny_ckpt, "--mask-input", tmp_path / "m.png",
+                   "-q", "--format", "json"])
+    assert res.exit_code == 0, res.stderr
+    [rec] = records(res.stdout)
+    assert len(rec["masks"]) == 1 and rec["masks"][0]["prompt"]["mask_input"].endswith("m.png")
+
+
+def test_help_is_instant_and_has_no_torch():
+    code = ("import sys; from visiontool.cli.main import app\n"
+            "try:\n app(['segment', '--help'])\nexcept SystemExit: pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported by --help'")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "--boxes-from" in p.stdout and "--masks-dir" in p.stdout
