@@ -73,7 +73,7 @@ def detect_command(
 
         raise UsageError("--save-viz must be a directory, not the --output file")
 
-    from visiontool.services.detect import detect
+    from visiontool.services.detect import run_detect
 
     progress = None
     task = None
@@ -102,7 +102,7 @@ def detect_command(
             progress.start()
             task = progress.add_task("detect", total=len(named))
         try:
-            run = detect(named, model, threshold=threshold, classes=classes, max_det=max_det,
+            run = run_detect(named, model, threshold=threshold, classes=classes, max_det=max_det,
                          batch_size=batch_size, device=device, dtype=dtype, gt=gt_index,
                          on_result=on_result, on_image=save_annotated if save_viz else None, warn=warn)
         finally:

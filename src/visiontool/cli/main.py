@@ -12,6 +12,22 @@ import traceback
 
 import click
 import typer
+
+try:  # Typer >= 0.20 vendors its own click (typer._click) and has its own Exit/Abort
+    from typer._click import exceptions as _tcx
+except ImportError:  # pragma: no cover
+    _tcx = click.exceptions
+
+
+def _classes(*candidates) -> tuple[type, ...]:
+    return tuple({c for c in candidates if isinstance(c, type)})
+
+
+_EXIT = _classes(click.exceptions.Exit, getattr(typer, "Exit", None), getattr(_tcx, "Exit", None))
+_ABORT = _classes(click.exceptions.Abort, getattr(typer, "Abort", None), getattr(_tcx, "Abort", None))
+_CLICK_ERROR = _classes(click.exceptions.ClickException, getattr(_tcx, "ClickException", None))
+_USAGE_ERROR = _classes(click.exceptions.UsageError, getattr(_tcx, "UsageError", None))
+_NO_ARGS = _classes(getattr(click.exceptions, "NoArgsIsHelpError", None), getattr(_tcx, "NoArgsIsHelpError", None))
 from typer.core import TyperGroup
 
 from visiontool import __version__
@@ -46,19 +62,21 @@ class VisionToolGroup(TyperGroup):
             rv = super().main(args=args, prog_name=prog_name or PROG, complete_var=complete_var,
                               standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else ExitCode.OK
-        except click.exceptions.Exit as exc:
+        except _EXIT as exc:
             code = exc.exit_code
-        except click.exceptions.Abort:
+        except _ABORT:
             error_line("interrupted")
             code = ExitCode.INTERRUPTED
-        except click.exceptions.ClickException as exc:  # usage errors, bad parameters
+        except _NO_ARGS:  # `visiontool` alone: Typer has printed the help; a usage error
+            code = ExitCode.USAGE
+        except _CLICK_ERROR as exc:  # usage errors, bad parameters
             if _debug["on"]:
                 traceback.print_exc()
             msg = exc.format_message()
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             error_line(msg + hint)
-            code = ExitCode.USAGE if isinstance(exc, click.UsageError) else exc.exit_code
+            code = ExitCode.USAGE if isinstance(exc, _USAGE_ERROR) else exc.exit_code
         except VisionToolError as exc:
             if _debug["on"]:
                 traceback.print_exc()

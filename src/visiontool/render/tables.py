@@ -17,11 +17,11 @@ def results_table(results: list[ImageResult], title: str | None = None) -> Table
     t.add_column("image", overflow="fold")
     if masks:
         t.add_column("id", justify="right")
-    t.add_column("label")
+    t.add_column("label", no_wrap=True)
     t.add_column("score", justify="right")
     if masks:
         t.add_column("area", justify="right")
-    t.add_column("box (x1, y1, x2, y2)", justify="right")
+    t.add_column("box (x1, y1, x2, y2)", justify="right", no_wrap=True)
     for r in results:
         name = r.image if len(r.image) <= 48 else "…" + r.image[-47:]
         if r.masks is not None:

@@ -216,7 +216,18 @@ def _image_id(name: str, position: int, gt: GroundTruthIndex | None) -> int | No
     return default_image_id(name, position)
 
 
-def detect(
+def detect(sources: str | Path | Any | Sequence[Any], model: str | None = None, **options) -> list[ImageResult]:
+    """``visiontool.detect``: the records ``visiontool detect`` prints, one per input.
+
+    Same options as :func:`run_detect`; an image that cannot be read raises
+    PartialFailure after the others are done unless ``raise_on_failure=False`` (then its
+    record carries ``error``).
+    """
+    options.setdefault("raise_on_failure", True)
+    return run_detect(sources, model, **options).results
+
+
+def run_detect(
     sources: str | Path | Any | Sequence[Any],
     model: str | None = None,
     *,
@@ -233,7 +244,7 @@ def detect(
     raise_on_failure: bool = False,
     warn: Callable[[str], None] | None = None,
 ) -> DetectRun:
-    """Detect objects; the Python face of ``visiontool detect``.
+    """Detect objects and time it: what ``visiontool detect`` and ``compare`` run.
 
     ``sources``: a path, directory, glob or URL (or a list of them), PIL images or HxWx3
     uint8 arrays. Returns a :class:`DetectRun` whose ``results`` are the records the CLI
