@@ -1,4 +1,8 @@
-"""``--save-viz DIR``: the image with each mask as a translucent colour, its box and a label."""
+"""``--save-viz DIR``: the image with each mask as a translucent colour, its box and a label.
+
+The box drawn is the prompt's box when there is one (a detection, ``--box``), else the
+mask's extent; the label is the detection label (or ``#id``) and the score.
+"""
 from __future__ import annotations
 
 import colorsys
@@ -40,7 +44,8 @@ def render(rgb: np.ndarray, result: ImageResult, alpha: float = 0.45):
         if m.area == 0:
             continue
         c = colours[m.id]
-        x1, y1, x2, y2 = m.box
+        # the box the user gave (a detection, --box) if any, else the mask's own extent
+        x1, y1, x2, y2 = (m.prompt or {}).get("box") or m.box
         draw.rectangle([x1, y1, x2, y2], outline=c, width=width)
         text = f"{m.label + ' ' if m.label else '#' + str(m.id) + ' '}{m.score:.2f}"
         tb = draw.textbbox((x1, y1), text, font=font)
