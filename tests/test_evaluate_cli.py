@@ -274,3 +274,47 @@ def test_torchmetrics_backend(real):
     exact = json.loads(run("--gt", gt, "--pred", bbox, "--format", "json").stdout)
     assert abs(tm["map"] - exact["map"]) < 0.01
     assert tm["map"] != exact["map"]
+
+
+def test_bad_counts_left_to_engine_are_named(coco_dir, tmp_path):
+    """The segm fast path does not read RLE counts; an engine failure is re-checked precisely."""
+    res = json.loads((coco_dir / "instances_val2014_fakesegm100_results.json").read_text())
+    res[4]["segmentation"]["counts"] = 17
+    p = tmp_path / "bad.json"
+    p.write_text(json.dumps(res))
+    line = one_error_line(run("--gt", coco_dir / "instances_val2014_100.json", "--pred", p, "--iou-type", "segm"))
+    assert "result 4:" in line and "counts" in line
+
+
+def test_segm_results_mixing_bbox_presence(coco_dir, tmp_path):
+    res = json.loads((coco_dir / "two-image" / "dt.json").read_text())
+    del res[1]["bbox"]
+    p = tmp_path / "mixed.json"
+    p.write_text(json.dumps(res))
+    line = one_error_line(run("--gt", coco_dir / "two-image" / "gt.json", "--pred", p, "--iou-type", "segm"))
+    assert "result 1:" in line and "pycocotools cannot mix them" in line
+
+
+def test_id_0_ground_truth_uses_a_reference_engine(tmp_path):
+    gt, res = adversarial_set(1, with_segm=False, first_id=0)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "dt.json").write_text(json.dumps(res))
+    r = run("--gt", tmp_path / "gt.json", "--pred", tmp_path / "dt.json", "--format", "json")
+    assert r.exit_code == 0
+    assert "annotation with id 0" in r.stderr
+    ref = oracle(gt, res, "bbox")["stats"]
+    got = json.loads(r.stdout)
+    assert all(abs(got[k] - ref[k]) <= 1e-12 for k in STAT_KEYS)
+
+
+def test_lenient_records(synth, tmp_path):
+    d, gt, res = synth
+    recs = detect_records(gt, res)
+    recs[0]["detections"][0]["score"] = "high"
+    k = next(i for i, rec in enumerate(recs) if i > 0 and len(rec["detections"]) >= 2)
+    recs[k]["detections"][1]["label"] = "unicorn"
+    p = tmp_path / "dets.json"
+    p.write_text(json.dumps(recs))
+    r = run("--gt", d / "gt.json", "--pred", p, "--lenient")
+    assert r.exit_code == 0 and "skipped 2 invalid prediction(s)" in r.stderr
+    assert "record 0" in r.stderr  # the first reason is quoted
