@@ -128,10 +128,14 @@ def main() -> None:
             x = torch.randn(1, 256, 50, 75)
             with torch.inference_mode():
                 conv(x)
-                t0 = time.perf_counter(); conv(x); c32 = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                conv(x)
+                c32 = time.perf_counter() - t0
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     conv(x)
-                    t0 = time.perf_counter(); conv(x); c16 = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    conv(x)
+                    c16 = time.perf_counter() - t0
             print(f"bfloat16: skipped — this CPU has no AVX512-BF16/AMX, so autocast is emulated: one 3x3 "
                   f"256-channel conv takes {c16 * 1000:.0f} ms in bfloat16 vs {c32 * 1000:.1f} ms in float32 "
                   f"({c16 / c32:.0f}x slower). Run with --force-bf16 to time it anyway.")

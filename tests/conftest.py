@@ -1,7 +1,6 @@
 """Shared fixtures: the real photos and COCO data in ../shared, isolated caches."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

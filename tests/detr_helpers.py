@@ -30,7 +30,7 @@ def build_tiny_detr(path: Path, num_queries: int = 12, seed: int = 0, id2label: 
     model = DetrForObjectDetection(cfg).eval()
     with torch.no_grad():
         model.model.query_position_embeddings.weight.normal_(0.0, 1.0)
-        for name, p in model.model.decoder.named_parameters():
+        for p in model.model.decoder.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.5)
         for layer in model.bbox_predictor.layers:

@@ -12,6 +12,10 @@ import traceback
 
 import click
 import typer
+from typer.core import TyperGroup
+
+from visiontool import __version__
+from visiontool.errors import ExitCode, VisionToolError
 
 try:  # Typer >= 0.20 vendors its own click (typer._click) and has its own Exit/Abort
     from typer._click import exceptions as _tcx
@@ -28,11 +32,6 @@ _ABORT = _classes(click.exceptions.Abort, getattr(typer, "Abort", None), getattr
 _CLICK_ERROR = _classes(click.exceptions.ClickException, getattr(_tcx, "ClickException", None))
 _USAGE_ERROR = _classes(click.exceptions.UsageError, getattr(_tcx, "UsageError", None))
 _NO_ARGS = _classes(getattr(click.exceptions, "NoArgsIsHelpError", None), getattr(_tcx, "NoArgsIsHelpError", None))
-from typer.core import TyperGroup
-
-from visiontool import __version__
-from visiontool.errors import ExitCode, VisionToolError
-
 PROG = "visiontool"
 _debug = {"on": bool(os.environ.get("VISIONTOOL_DEBUG"))}
 
