@@ -16,25 +16,25 @@ def detect_command(
     sources: List[str] = typer.Argument(..., metavar="SOURCE...",
                                         help="Image files, directories, globs, http(s) URLs, or '-' to read "
                                              "one path per line from stdin."),
-    model: str = typer.Option("facebook/detr-resnet-50", "--model", "-m",
+    model: str = typer.Option("facebook/detr-resnet-50", "--model", "-m", metavar="ID|PATH",
                               help="Hugging Face hub id or local directory of any object-detection model "
                                    "(DETR, Conditional/Deformable DETR, YOLOS, RT-DETR, Table Transformer)."),
-    threshold: float = typer.Option(0.5, "--threshold", "-t", min=0.0, max=1.0,
+    threshold: float = typer.Option(0.5, "--threshold", "-t", min=0.0, max=1.0, metavar="T",
                                     help="Keep detections with score >= T (inclusive). DETR scores are the "
                                          "softmax over classes with the no-object class left out."),
-    classes: Optional[List[str]] = typer.Option(None, "--classes", "-c",
+    classes: Optional[List[str]] = typer.Option(None, "--classes", "-c", metavar="NAMES|IDS",
                                                 help="Only these classes: names or model ids, comma-separated "
                                                      "or repeated (e.g. -c person,dog -c 3)."),
-    max_det: int = typer.Option(100, "--max-det", min=0, help="At most N detections per image (highest scores)."),
-    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1,
+    max_det: int = typer.Option(100, "--max-det", min=0, metavar="N", help="At most N detections per image (highest scores)."),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, metavar="N",
                                    help="Images per forward pass. Only images of equal processed size share "
                                         "a pass, so results never depend on the batch."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
-    fmt: Optional[str] = typer.Option(None, "--format", "-f",
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", metavar="FORMAT",
                                       help="table | json | jsonl | coco | csv. Default: table on a terminal, "
                                            "jsonl when piped, or from the --output extension."),
-    output: Optional[str] = typer.Option(None, "--output", "-o",
+    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="FILE",
                                          help="Write to FILE (atomically) instead of stdout."),
     save_viz: Optional[str] = typer.Option(None, "--save-viz", metavar="DIR",
                                            help="Write annotated copies (boxes, labels, scores) into DIR."),
