@@ -1,0 +1,149 @@
+"""`visiontool compare`: prediction files and/or detectors side by side on one COCO ground truth.
+
+stdout carries the data (tables, or the DESIGN.md §3 JSON ``{"runs": [...]}``); progress
+lines, evaluate's diagnostics and per-run errors go to stderr.
+"""
+from __future__ import annotations
+
+import json
+from typing import List, Optional
+
+import typer
+
+from visiontool.cli.main import app, error_line
+from visiontool.cli.options import DeviceOpt, DtypeOpt, QuietOpt, choose_format
+from visiontool.errors import UsageError
+
+
+@app.command("compare")
+def compare_command(
+    preds: Optional[List[str]] = typer.Argument(None, metavar="[PRED.json]...",
+                                                help="Prediction files: COCO results JSON or visiontool "
+                                                     "detect/segment json/jsonl records (as evaluate)."),
+    gt: str = typer.Option(None, "--gt", metavar="COCO.json", help="COCO ground-truth annotations. Required."),
+    names: Optional[List[str]] = typer.Option(None, "--name", "-n",
+                                              help="Label of each run, in order (files first, then models); "
+                                                   "repeat it. Default: file stem / model directory name."),
+    models: Optional[List[str]] = typer.Option(None, "--model", "-m",
+                                               help="A detector to run and score (hub id or local directory); "
+                                                    "repeat it. Needs --images."),
+    images: Optional[List[str]] = typer.Option(None, "--images", metavar="DIR",
+                                               help="Images the models run on (directory, files or globs; "
+                                                    "only those named in the GT's file_name are used)."),
+    iou_type: str = typer.Option("bbox", "--iou-type", help="bbox|segm (segm: prediction files with masks)."),
+    per_class: bool = typer.Option(False, "--per-class",
+                                   help="Also list the categories whose AP moved most between runs."),
+    top: int = typer.Option(10, "--top", min=1, help="How many categories --per-class lists."),
+    sort_by: Optional[str] = typer.Option(None, "--sort-by", metavar="KEY",
+                                          help="Order the runs after the baseline by KEY: AP, AP50, AP75, APs, "
+                                               "APm, APl, AR100, any JSON stat key, name, params, fps, ms, "
+                                               "memory, dup. Best first; '--sort-by=-KEY' forces descending, "
+                                               "'+KEY' ascending. The baseline stays first."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f",
+                                      help="table|json. Default: table on a terminal, json when piped or "
+                                           "for an --output ending in .json."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="FILE",
+                                         help="Write the data here (atomically) instead of stdout."),
+    plot: Optional[str] = typer.Option(None, "--plot", metavar="FILE",
+                                       help="Write a grouped bar chart of the metrics per run (PNG); with "
+                                            "models, a second panel shows ms per image by stage."),
+    backend: str = typer.Option("auto", "--backend", metavar="NAME",
+                                help="Evaluation engine, as for evaluate: auto|ultrafast|hotcoco|pycocotools|"
+                                     "faster-coco-eval|torchmetrics"),
+    lenient: bool = typer.Option(False, "--lenient", help="Skip invalid predictions instead of failing."),
+    threshold: float = typer.Option(0.0, "--threshold", "-t", min=0.0, max=1.0,
+                                    help="Models keep detections with score >= T. Default 0.0: AP integrates "
+                                         "the whole precision-recall curve, so low-score detections count "
+                                         "(a high threshold lowers AP)."),
+    max_det: int = typer.Option(100, "--max-det", min=1, help="At most N detections per image (COCO uses 100)."),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Look into subdirectories of --images."),
+    save_preds: Optional[str] = typer.Option(None, "--save-preds", metavar="DIR",
+                                             help="Keep each model's COCO results as DIR/<name>.json, so a "
+                                                  "later compare of those files costs no inference."),
+    dup_score: float = typer.Option(0.5, "--dup-score", min=0.0, max=1.0,
+                                    help="Duplicate rate counts detections with score >= this (those a "
+                                         "user would keep)."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Compare prediction files or detectors side by side: COCO AP/AR with Δ vs the first run.
+
+    Files: `visiontool compare --gt GT.json A.json B.json`. Models: `visiontool compare --gt
+    GT.json --images DIR --model M1 --model M2` runs each model through detect's path, one at
+    a time (memory released in between), and adds parameters, ms per image (preprocess /
+    inference / postprocess), images/s, peak memory (resident memory added during the
+    model's load and run: the kernel's high-water mark, reset before each model; on CUDA the
+    device's peak allocation), whether the architecture needs NMS, and the duplicate rate:
+    the share of detections (score >= --dup-score) overlapping a higher-scoring detection of
+    the same class in the same image at IoU > 0.7, i.e. what NMS would remove.
+
+    The first run is the baseline. One run alone is fine (its Δ are 0). Exit codes: 0
+    success; 1 a model failed to load or run (reported in its row; the others still run)
+    or images could not be read; 2 bad flag, missing file or invalid input.
+    """
+    if not gt:
+        raise UsageError("compare needs --gt COCO.json (see 'visiontool compare --help')")
+    out_format = choose_format(fmt, output, ("table", "json"))
+    if iou_type not in ("bbox", "segm"):
+        raise UsageError(f"invalid --iou-type '{iou_type}': expected bbox or segm")
+    from visiontool.errors import PartialFailure
+    from visiontool.render.console import info, set_quiet, warn
+    from visiontool.services.compare import compare, parse_sort_key
+
+    set_quiet(quiet)
+    if sort_by:
+        parse_sort_key(sort_by)  # a typo fails before any work
+    result = compare(gt, list(preds or []) or None, models=list(models or []) or None,
+                     images=list(images) if images else None, names=list(names or []), iou_type=iou_type,
+                     per_class=per_class, backend=backend, lenient=lenient, threshold=threshold,
+                     max_det=max_det, batch_size=batch_size, device=device, dtype=dtype, recursive=recursive,
+                     save_preds=save_preds, duplicate_min_score=dup_score, on_event=info, warn=warn)
+    for run in result.runs:
+        for line in run.diagnostics:
+            warn(f"{run.name}: {line}")
+        if run.error:
+            error_line(f"{run.name}: {run.error}")
+        elif run.failed_images:
+            for msg in run.failed_images:
+                error_line(f"{run.name}: {msg}")
+        if run.saved_to:
+            info(f"compare: {run.name}: predictions saved to {run.saved_to}")
+    shown = result.sorted(sort_by)
+    if plot:
+        from visiontool.io.compare_plot import write_compare_plot
+
+        info(f"wrote {write_compare_plot(shown, plot)}")
+    _write(shown, out_format, output, per_class, top)
+    failed = result.failed
+    if failed:
+        raise PartialFailure(f"{len(failed)} of {len(result.runs)} runs failed or were incomplete: "
+                             f"{', '.join(r.name for r in failed)} (see their rows)")
+
+
+def _write(result, out_format: str, output: Optional[str], per_class: bool, top: int) -> None:
+    from visiontool.io.output import open_output
+
+    with open_output(output) as fh:
+        if out_format == "json":
+            fh.write(json.dumps(result.to_dict()) + "\n")
+            return
+        import sys
+
+        from rich.console import Console
+
+        from visiontool.render.compare_tables import accuracy_table, cost_table, per_class_table
+        from visiontool.render.console import stdout_is_tty
+
+        # a fixed width off-terminal, so files and pipes get whole rows
+        width = None if fh is sys.stdout and stdout_is_tty() else 160
+        con = Console(file=fh, soft_wrap=False, width=width)
+        con.print(accuracy_table(result))
+        cost = cost_table(result)
+        if cost is not None:
+            con.print(cost)
+        if per_class:
+            pc = per_class_table(result, top)
+            if pc is not None:
+                con.print(pc)

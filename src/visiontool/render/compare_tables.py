@@ -1,0 +1,86 @@
+"""Rich tables for ``visiontool compare``: accuracy with Δ rows, model cost, per-class movers."""
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+
+ACCURACY_COLUMNS = (("AP", "map"), ("AP50", "map_50"), ("AP75", "map_75"), ("APs", "map_small"),
+                    ("APm", "map_medium"), ("APl", "map_large"), ("AR100", "mar_100"))
+
+
+def _v(x) -> str:
+    if x is None:
+        return "–"
+    return "-1" if x == -1 else f"{x:.4f}"
+
+
+def _d(x) -> Text:
+    if x is None:
+        return Text("–", style="dim")
+    if abs(x) < 5e-5:
+        return Text("0", style="dim")
+    return Text(f"{x:+.4f}", style="green" if x > 0 else "red")
+
+
+def accuracy_table(result) -> Table:
+    """One row per run (baseline first), each other run followed by its Δ row."""
+    t = Table(title=f"COCO {result.iou_type} accuracy (Δ = run − baseline '{result.baseline.name}')")
+    t.add_column("run", justify="left")
+    for label, _ in ACCURACY_COLUMNS:
+        t.add_column(label, justify="right")
+    with_error = any(r.error for r in result.runs)
+    if with_error:
+        t.add_column("error", justify="left", overflow="fold")
+    for i, run in enumerate(result.runs):
+        name = f"{run.name} (baseline)" if i == 0 else run.name
+        cells = [_v(None if run.stats is None else run.stats[k]) for _, k in ACCURACY_COLUMNS]
+        t.add_row(name, *cells, *([run.error or ""] if with_error else []))
+        if i > 0 and run.delta is not None:
+            t.add_row(Text("  Δ", style="dim"), *[_d(run.delta[k]) for _, k in ACCURACY_COLUMNS],
+                      *([""] if with_error else []))
+    return t
+
+
+def _fmt_params(n) -> str:
+    if n is None:
+        return "–"
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+
+
+def _f(x, spec: str) -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def cost_table(result) -> Table | None:
+    """Parameters, ms per image by stage, throughput, peak memory, NMS, duplicate rate (models only)."""
+    runs = [r for r in result.runs if r.kind == "model"]
+    if not runs:
+        return None
+    t = Table(title="models: cost and duplicates (duplicate = overlaps a higher-scoring same-class "
+                    "detection at IoU > 0.7)")
+    for col in ("run", "params", "pre ms", "infer ms", "post ms", "img/s", "peak MB", "NMS", "dup rate"):
+        t.add_column(col, justify="left" if col in ("run", "NMS") else "right")
+    for r in runs:
+        ms = r.ms_per_image or {}
+        nms = "–" if r.error else ("no" if r.needs_nms is False else "yes" if r.needs_nms else "unknown")
+        t.add_row(r.name, _fmt_params(r.params), _f(ms.get("preprocess"), ".1f"), _f(ms.get("inference"), ".1f"),
+                  _f(ms.get("postprocess"), ".1f"), _f(r.images_per_s, ".2f"), _f(r.peak_memory_mb, ".0f"), nms,
+                  _f(None if r.duplicate_rate is None else 100 * r.duplicate_rate, ".1f") +
+                  ("%" if r.duplicate_rate is not None else ""))
+    return t
+
+
+def per_class_table(result, top: int = 10) -> Table | None:
+    """The categories whose AP moved most from the baseline, with each run's AP."""
+    moves = result.per_class_moves(top)
+    if not moves:
+        return None
+    t = Table(title=f"per class: the {len(moves)} categor{'y' if len(moves) == 1 else 'ies'} whose AP moved most")
+    t.add_column("category", justify="left")
+    t.add_column("GT", justify="right")
+    for r in result.runs:
+        t.add_column(r.name, justify="right")
+    t.add_column("max |Δ|", justify="right")
+    for m in moves:
+        t.add_row(m["name"], str(m["gt_count"]), *[_v(v) for v in m["ap"]], f"{m['move']:.4f}")
+    return t
