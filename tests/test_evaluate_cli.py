@@ -109,7 +109,7 @@ def test_detect_records_by_file_name(synth, tmp_path):
 
 
 def test_diagnostics(synth, tmp_path):
-    d, gt, res = synth
+    d, _, res = synth
     thresholded = [dict(x, score=0.5 + x["score"] / 2) for x in res]
     p = tmp_path / "thr.json"
     p.write_text(json.dumps(thresholded))

@@ -6,8 +6,14 @@ import json
 import numpy as np
 import pytest
 
-from evaluate_helpers import (STAT_KEYS, adversarial_set, detect_records, integer_boxes, oracle,
-                              segment_records)
+from evaluate_helpers import (
+    STAT_KEYS,
+    adversarial_set,
+    detect_records,
+    integer_boxes,
+    oracle,
+    segment_records,
+)
 from visiontool.services.evaluate import GroundTruth, evaluate
 
 

@@ -29,12 +29,12 @@ objects, to find and name the offending record.
 import json
 import math
 import mmap
-from itertools import chain
-from operator import attrgetter
 import os
 import sys
 from dataclasses import dataclass, field
+from itertools import chain
 from numbers import Real
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +92,6 @@ class Predictions:
                      "score": r[5]} for r in self.rows.tolist()]
         with open(self.path, "rb") as fh:
             return json.load(fh)
-
-
-class GroundTruthLike:  # documentation of what the loader needs from the GT (duck-typed)
-    """``image_id_array``, ``category_id_array`` (sorted int64), ``index`` (GroundTruthIndex),
-    ``image_sizes`` {id: (h, w)}."""
 
 
 class _Invalid(Exception):
@@ -366,7 +361,7 @@ def _from_objects(data: Any, gt, iou_type: str, lenient: bool, source: str) -> P
     return _from_results(data, gt, iou_type, lenient, source)
 
 
-def _fail_or_skip(pred: Predictions | None, lenient: bool, where: str, msg: str, skipped: list) -> None:
+def _fail_or_skip(lenient: bool, where: str, msg: str, skipped: list) -> None:
     if not lenient:
         raise InvalidInputError(f"{where}: {msg}")
     skipped.append(f"{where}: {msg}")
@@ -450,7 +445,7 @@ def _from_results(data: list, gt, iou_type: str, lenient: bool, source: str) -> 
             if cid not in cats:
                 raise _Invalid(f"category_id {cid} is not in the ground truth")
         except _Invalid as exc:
-            _fail_or_skip(None, lenient, where, str(exc), skipped)
+            _fail_or_skip(lenient, where, str(exc), skipped)
             continue
         if r["image_id"] != iid or r["category_id"] != cid:
             r = dict(r, image_id=iid, category_id=cid)
@@ -464,20 +459,23 @@ def _from_records(data: list, gt, iou_type: str, lenient: bool, source: str) -> 
     for i, rec in enumerate(data):
         where = f"{source}: record {i}"
         if not isinstance(rec, dict) or not isinstance(rec.get("image"), str):
-            _fail_or_skip(None, lenient, where, "is not a visiontool record (no 'image' path)", skipped)
+            _fail_or_skip(lenient, where, "is not a visiontool record (no 'image' path)", skipped)
             continue
         where = f"{where} ('{rec['image']}')"
         iid = gt.index.image_id_for(rec["image"])
+        rid = rec.get("image_id")
+        if iid is None and isinstance(rid, int) and not isinstance(rid, bool) and rid in gt.image_id_set:
+            iid = rid  # detect --gt already resolved it (e.g. the file was renamed since)
         if iid is None:
             unknown += 1
             continue
         items_key = "detections" if iou_type == "bbox" or "masks" not in rec else "masks"
         items = rec.get(items_key, rec.get("detections", rec.get("masks")))
         if not isinstance(items, list):
-            _fail_or_skip(None, lenient, where, "has no 'detections' or 'masks' list", skipped)
+            _fail_or_skip(lenient, where, "has no 'detections' or 'masks' list", skipped)
             continue
         if iou_type == "segm" and items_key != "masks" and items:
-            _fail_or_skip(None, lenient, where, "has no 'masks' (segm evaluation needs segment records "
+            _fail_or_skip(lenient, where, "has no 'masks' (segm evaluation needs segment records "
                                                 "or COCO results with RLE)", skipped)
             continue
         for j, det in enumerate(items):
@@ -504,14 +502,13 @@ def _from_records(data: list, gt, iou_type: str, lenient: bool, source: str) -> 
                         raise _Invalid("has no 'segmentation'")
                     res["segmentation"] = _rle(det["segmentation"], gt, iid)
             except _Invalid as exc:
-                _fail_or_skip(None, lenient, w, str(exc), skipped)
+                _fail_or_skip(lenient, w, str(exc), skipped)
                 continue
             kept.append(res)
-    if iou_type == "segm" and kept:
-        # the COCO results a segment run writes carry bbox when every mask has one
-        if not all("bbox" in r for r in kept):
-            for r in kept:
-                r.pop("bbox", None)
+    # the COCO results a segment run writes carry bbox when every mask has one
+    if iou_type == "segm" and kept and not all("bbox" in r for r in kept):
+        for r in kept:
+            r.pop("bbox", None)
     return _make(kept, skipped, source, "records", unknown)
 
 

@@ -30,6 +30,7 @@ import copy
 import io
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -42,8 +43,13 @@ import numpy as np
 
 from visiontool.errors import InvalidInputError, UsageError
 from visiontool.io.coco import GroundTruthIndex, load_json_file
-from visiontool.io.predictions import (Predictions, is_tensor_style, load_predictions, read_gt_light,
-                                       tensors_to_coco)
+from visiontool.io.predictions import (
+    Predictions,
+    is_tensor_style,
+    load_predictions,
+    read_gt_light,
+    tensors_to_coco,
+)
 
 STAT_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
              "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")
@@ -109,15 +115,19 @@ class GroundTruth:
 
     @property
     def gt_counts(self) -> dict[int, int]:
-        ids, cats, crowd = self._ann_arrays()
+        _, cats, crowd = self._ann_arrays()
         u, n = np.unique(cats[crowd == 0], return_counts=True)
         return {int(c): int(k) for c, k in zip(u.tolist(), n.tolist())}
 
     # -- construction
 
     @classmethod
-    def load(cls, gt: Any) -> "GroundTruth":
-        """From a path, a COCO dict, or an existing GroundTruth (returned as is)."""
+    def load(cls, gt: Any, iou_type: str | None = None) -> GroundTruth:
+        """From a path, a COCO dict, or an existing GroundTruth (returned as is).
+
+        For bbox (or ``iou_type=None``) a path is read by ultrafast-pycocotools' native reader,
+        whose handle the evaluation reuses; for segm (hotcoco evaluates) msgspec reads only
+        what validation needs. Either way the annotations' schema is checked."""
         if isinstance(gt, GroundTruth):
             return gt
         if isinstance(gt, dict):
@@ -126,6 +136,10 @@ class GroundTruth:
             path = str(gt)
             if not Path(path).is_file():
                 raise UsageError(f"ground truth file not found: '{path}'")
+            if iou_type != "segm":
+                native = _native_gt(path)
+                if native is not None:
+                    return native
             light = read_gt_light(path)  # validates the annotations' schema too
             if light is not None:
                 return cls(path, None, *light)
@@ -133,7 +147,7 @@ class GroundTruth:
         raise UsageError(f"unsupported ground truth of type {type(gt).__name__}")
 
     @classmethod
-    def _from_dict(cls, d: Any, path: str | None) -> "GroundTruth":
+    def _from_dict(cls, d: Any, path: str | None) -> GroundTruth:
         name = path or "<gt>"
         if not isinstance(d, dict) or not isinstance(d.get("images"), list):
             raise InvalidInputError(f"ground truth '{name}' has no 'images' list (not a COCO annotation file)")
@@ -166,6 +180,42 @@ class GroundTruth:
                 else:
                     raise ValueError(engine)
         return self._handles[engine]
+
+
+_ZERO_ID = re.compile(rb'"id"\s*:\s*-?0(?:\.0*)?(?:[eE][-+]?\d+)?\s*[,}\]]')
+
+
+def _native_gt(path: str) -> GroundTruth | None:
+    """Images and categories from ultrafast-pycocotools' native reader (its columnar GT
+    handle is then reused for the evaluation). That reader requires each annotation's id,
+    image_id, category_id and bbox; a byte scan checks there is one non-null "area" per
+    annotation and rules annotation id 0 in or out. None: use the precise readers."""
+    try:
+        from ultrafast_pycocotools import COCO
+    except ImportError:
+        return None
+    try:
+        with _quiet():
+            h = COCO(path, verbose=False)
+        compact, meta = getattr(h, "_compact", None), getattr(h, "_dataset", None)
+        if compact is None or not isinstance(meta, dict) or not isinstance(meta.get("images"), list) \
+                or not isinstance(meta.get("categories"), list):
+            return None
+        data = Path(path).read_bytes()
+        if data.count(b'"area"') != compact.annotation_count:
+            return None
+        if b"null" in data and re.search(rb'"area"\s*:\s*null', data) is not None:
+            return None
+        images, cats = list(h.imgs.values()), list(h.cats.values())
+        if not all(isinstance(im, dict) and isinstance(im.get("id"), int) for im in images):
+            return None
+        if not all(isinstance(c, dict) and isinstance(c.get("id"), int) and "name" in c for c in cats):
+            return None
+        zero = _ZERO_ID.search(data) is not None
+        del data
+    except Exception:  # anything unusual: the precise readers report it
+        return None
+    return GroundTruth(path, None, images, cats, None, {"ultrafast": h}, zero_id_possible=zero)
 
 
 def _ann_arrays_of(d: dict, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -465,7 +515,7 @@ def evaluate(gt: Any, predictions: Any, iou_type: str = "bbox", *, per_class: bo
         if not isinstance(gt, (list, tuple)):
             raise UsageError("torchmetrics-style predictions need torchmetrics-style targets as gt")
         gt, predictions = tensors_to_coco(list(gt), list(predictions), iou_type)
-    gtobj = GroundTruth.load(gt)
+    gtobj = GroundTruth.load(gt, iou_type)
     if gtobj.path is not None:
         release_memory()
     engine, note = choose_engine(backend, iou_type, gtobj)
