@@ -475,7 +475,6 @@ def compare(
     runs: list[CompareRun] = []
     # -- prediction files: cheap, and an invalid one stops everything (exit 2) before models run
     for (source, _), name in zip(sources[:len(preds)], labels):
-        say(f"compare: {name}: evaluating {source if isinstance(source, (str, os.PathLike)) else 'predictions'}")
         res = evaluate(gtobj, source, iou_type, per_class=per_class, backend=backend, lenient=lenient)
         runs.append(CompareRun(name, "file", str(source) if isinstance(source, (str, os.PathLike)) else "<object>",
                                iou_type, res.stats, res.per_class, diagnostics=res.diagnostics,
@@ -492,7 +491,11 @@ def compare(
             if save_preds is not None:
                 run.saved_to = str(_save(results, save_preds, name))
             res = evaluate(gtobj, results, iou_type, per_class=per_class, backend=backend, lenient=lenient)
-            run.stats, run.per_class, run.diagnostics = res.stats, res.per_class, res.diagnostics
+            run.stats, run.per_class = res.stats, res.per_class
+            # we chose the threshold: evaluate's "looks pre-thresholded" hint would only mislead
+            # (a model with few queries simply has no low scores to give)
+            run.diagnostics = [d for d in res.diagnostics
+                               if not (d.startswith("no prediction scores below") and threshold < 0.05)]
             run.n_predictions = res.n_predictions
             say(f"compare: {name}: AP {res.stats['map']:.4f}, {run.images_per_s or 0:.2f} images/s, "
                 f"peak +{run.peak_memory_mb or 0:.0f} MB")
