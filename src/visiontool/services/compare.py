@@ -360,7 +360,7 @@ def _default_name(source: Any, kind: str, index: int) -> str:
         s = str(source).rstrip("/\\")
         if kind == "file":
             return Path(s).stem or s
-        return Path(s).name if Path(s).expanduser().exists() else s.split("/")[-1]
+        return Path(s).name if Path(s).expanduser().exists() else s  # a hub id names itself
     return f"run{index + 1}"
 
 
