@@ -36,7 +36,7 @@ from itertools import chain
 from numbers import Real
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -67,6 +67,7 @@ class Predictions:
     n_skipped: int = 0  # invalid records skipped with lenient=True
     skipped_reasons: list[str] = field(default_factory=list)
     n_unknown_images: int = 0  # visiontool records whose image is not in the GT
+    deferred_check: Callable[[], bool] | None = None  # a validation still running; must return True
 
     def __len__(self) -> int:
         return self.n
@@ -144,10 +145,36 @@ def _fast_bbox(path: str, gt) -> Predictions | None:
         return None
     if not _rows_valid(rows, gt):
         return None
-    if (rows[:, 5] == 0.0).any() and not _scores_present(path, rows.shape[0]):
-        return None
-    return Predictions(source=f"predictions '{path}'", rows=rows, fmt="coco",
+    pred = Predictions(source=f"predictions '{path}'", rows=rows, fmt="coco",
                        **Predictions.summarise(rows[:, 6].astype(np.int64), rows[:, 5]))
+    if (rows[:, 5] == 0.0).any():
+        # a 0.0 may be a null or missing score: scan the text in a thread while the engine
+        # (which releases the GIL) evaluates; evaluate() discards the result if the scan fails
+        pred.deferred_check = _in_thread(_scores_present, path, rows.shape[0])
+    return pred
+
+
+def _in_thread(fn, *args) -> Callable[[], bool]:
+    """Start ``fn(*args)`` in a daemon thread; the returned callable joins it and gives its
+    result (False if it raised)."""
+    import threading
+
+    box: dict = {}
+
+    def target():
+        try:
+            box["ok"] = bool(fn(*args))
+        except Exception:  # an unreadable file: let the precise path report it
+            box["ok"] = False
+
+    th = threading.Thread(target=target, daemon=True)
+    th.start()
+
+    def join() -> bool:
+        th.join()
+        return box.get("ok", False)
+
+    return join
 
 
 def _rows_valid(rows: np.ndarray, gt) -> bool:

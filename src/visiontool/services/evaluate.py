@@ -516,12 +516,10 @@ def evaluate(gt: Any, predictions: Any, iou_type: str = "bbox", *, per_class: bo
             raise UsageError("torchmetrics-style predictions need torchmetrics-style targets as gt")
         gt, predictions = tensors_to_coco(list(gt), list(predictions), iou_type)
     gtobj = GroundTruth.load(gt, iou_type)
-    if gtobj.path is not None:
-        release_memory()
     engine, note = choose_engine(backend, iou_type, gtobj)
     preds = load_predictions(predictions, gtobj, iou_type, lenient)
-    if len(preds) >= 100_000:
-        release_memory()
+    if iou_type == "segm" and len(preds) >= 100_000:
+        release_memory()  # masks: the engine's own peak is near the 0.5 GB budget
     try:
         stats, prec, rec, cats = _run(engine, gtobj, preds, iou_type, per_class)
     except (UsageError, KeyboardInterrupt, MemoryError):
@@ -532,6 +530,11 @@ def evaluate(gt: Any, predictions: Any, iou_type: str = "bbox", *, per_class: bo
             load_predictions(predictions, gtobj, iou_type, lenient, precise=True)
         raise InvalidInputError(f"{engine} could not evaluate {preds.source}: {type(exc).__name__}: {exc}"
                                 ) from exc
+    if preds.deferred_check is not None and not preds.deferred_check():
+        # the check that ran beside the engine failed: validate record by record (raises and
+        # names the record, or with lenient skips it) and evaluate what passes
+        preds = load_predictions(predictions, gtobj, iou_type, lenient, precise=True)
+        stats, prec, rec, cats = _run(engine, gtobj, preds, iou_type, per_class)
     stat_dict = {k: float(v) for k, v in zip(STAT_KEYS, stats.tolist())}
     rows: list[dict] = []
     if per_class and prec is not None and rec is not None and prec.ndim == 5:
