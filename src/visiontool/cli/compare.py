@@ -66,6 +66,9 @@ def compare_command(
     dup_score: float = typer.Option(0.5, "--dup-score", min=0.0, max=1.0,
                                     help="Duplicate rate counts detections with score >= this (those a "
                                          "user would keep)."),
+    warmup: bool = typer.Option(True, "--warmup/--no-warmup",
+                                help="Run each model on one untimed image first (and the first model once "
+                                     "before any measurement), so no model pays for one-time set-up."),
     quiet: bool = QuietOpt,
 ) -> None:
     """Compare prediction files or detectors side by side: COCO AP/AR with Δ vs the first run.
@@ -99,7 +102,7 @@ def compare_command(
                      images=list(images) if images else None, names=list(names or []), iou_type=iou_type,
                      per_class=per_class, backend=backend, lenient=lenient, threshold=threshold,
                      max_det=max_det, batch_size=batch_size, device=device, dtype=dtype, recursive=recursive,
-                     save_preds=save_preds, duplicate_min_score=dup_score, on_event=info, warn=warn)
+                     save_preds=save_preds, duplicate_min_score=dup_score, warmup=warmup, on_event=info, warn=warn)
     for run in result.runs:
         for line in run.diagnostics:
             warn(f"{run.name}: {line}")

@@ -407,6 +407,7 @@ def compare(
     save_preds: str | os.PathLike | None = None,
     duplicate_iou: float = DUPLICATE_IOU,
     duplicate_min_score: float = DUPLICATE_MIN_SCORE,
+    warmup: bool = True,
     on_event: Callable[[str], None] | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> CompareResult:
@@ -419,7 +420,9 @@ def compare(
     run) with the shared ``threshold`` (default 0.0: AP needs low-score detections),
     ``max_det``, ``batch_size``, ``device``, ``dtype``. ``names`` label the runs in order
     (files first, then models). ``save_preds``: a directory receiving each model's COCO
-    results as ``<name>.json``.
+    results as ``<name>.json``. ``warmup``: run each model on one image before timing it
+    (and, once, the first model before any memory is measured), so no model is charged for
+    one-time set-up.
 
     Invalid input (missing files, malformed predictions, bad options) raises UsageError /
     InvalidInputError before any model runs. A model that cannot be loaded or run does
@@ -485,7 +488,8 @@ def compare(
             f"{'s' if len(named_images) != 1 else ''}")
         run = _run_model(model, name, named_images, gtobj, threshold=threshold, max_det=max_det,
                          batch_size=batch_size, device=device, dtype=dtype, warn=tell,
-                         duplicate_iou=duplicate_iou, duplicate_min_score=duplicate_min_score)
+                         duplicate_iou=duplicate_iou, duplicate_min_score=duplicate_min_score,
+                         warmup=warmup, first=not any(r.kind == "model" and r.error is None for r in runs))
         if run.error is None:
             results = run._coco  # type: ignore[attr-defined]
             if save_preds is not None:
@@ -538,19 +542,31 @@ def _images_in_gt(images: Any, recursive: bool, gtobj, tell: Callable[[str], Non
 
 def _run_model(model: str, name: str, named_images: list[str], gtobj, *, threshold: float, max_det: int,
                batch_size: int, device: str, dtype: str, warn: Callable[[str], None],
-               duplicate_iou: float, duplicate_min_score: float) -> CompareRun:
-    """Load, run and time one model through detect's path; memory released before and after."""
+               duplicate_iou: float, duplicate_min_score: float, warmup: bool = True,
+               first: bool = False) -> CompareRun:
+    """Load, run and time one model through detect's path; memory released before and after.
+
+    Peak memory covers the load, the warm-up image and the timed pass; the timings are the
+    timed pass's (model loading excluded, the warm-up image not counted)."""
     from visiontool.io.records import coco_results
     from visiontool.models import loader
     from visiontool.services.detect import run_detect
 
     run = CompareRun(name, "model", model)
+    common = dict(threshold=threshold, max_det=max_det, device=device, dtype=dtype, gt=gtobj.index,
+                  raise_on_failure=False, warn=warn)
     _release()
     _warm_imports(model)
     try:
+        if first and warmup:
+            # once per process: the runtime's one-time set-up (thread pools, kernel caches,
+            # allocator arenas) would otherwise be charged to the first model only
+            run_detect(named_images[:1], model, batch_size=1, **common)
+            _release()
         with PeakMemory(_device_name(device)) as mem:
-            det = run_detect(named_images, model, threshold=threshold, max_det=max_det, batch_size=batch_size,
-                             device=device, dtype=dtype, gt=gtobj.index, raise_on_failure=False, warn=warn)
+            if warmup:  # load + one untimed image: the timed pass below reuses the loaded model
+                run_detect(named_images[:1], model, batch_size=1, **common)
+            det = run_detect(named_images, model, batch_size=batch_size, **common)
     except UsageError:
         raise
     except VisionToolError as exc:
