@@ -114,7 +114,9 @@ def compare_command(
         if run.saved_to:
             info(f"compare: {run.name}: predictions saved to {run.saved_to}")
     shown = result.sorted(sort_by)
-    if plot:
+    if plot and not any(r.ok for r in shown.runs):
+        warn("--plot: no run has numbers; no chart written")
+    elif plot:
         from visiontool.io.compare_plot import write_compare_plot
 
         info(f"wrote {write_compare_plot(shown, plot)}")

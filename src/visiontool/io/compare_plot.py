@@ -39,11 +39,13 @@ def write_compare_plot(result, path: str | os.PathLike) -> Path:
             ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=1, rotation=90 if len(runs) > 2 else 0)
     ax.set_xticks(x, [m for m, _ in metrics])
     top = max([r.stats[k] for r in runs for _, k in metrics] + [0.0])
-    ax.set_ylim(0, min(1.0, top * 1.25) if top > 0 else 1.0)
+    ax.set_ylim(0, min(1.12, top * 1.2) if top > 0 else 1.0)  # headroom for the value labels
     ax.set_ylabel("COCO metric")
     ax.set_title(f"COCO {result.iou_type}: runs side by side")
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    if runs:
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=min(len(runs), 4),
+                  frameon=False)
     if models:
         ax2 = axes[0][1]
         bottom = np.zeros(len(models))

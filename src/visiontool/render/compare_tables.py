@@ -22,6 +22,14 @@ def _d(x) -> Text:
     return Text(f"{x:+.4f}", style="green" if x > 0 else "red")
 
 
+def short_error(message: str | None, limit: int = 90) -> str:
+    """The first clause of an error for a table cell (the whole line is on stderr)."""
+    if not message:
+        return ""
+    first = message.split("; ")[0]
+    return first if len(first) <= limit else first[:limit - 1] + "…"
+
+
 def accuracy_table(result) -> Table:
     """One row per run (baseline first), each other run followed by its Δ row."""
     t = Table(title=f"COCO {result.iou_type} accuracy (Δ = run − baseline '{result.baseline.name}')")
@@ -34,7 +42,7 @@ def accuracy_table(result) -> Table:
     for i, run in enumerate(result.runs):
         name = f"{run.name} (baseline)" if i == 0 else run.name
         cells = [_v(None if run.stats is None else run.stats[k]) for _, k in ACCURACY_COLUMNS]
-        t.add_row(name, *cells, *([run.error or ""] if with_error else []))
+        t.add_row(name, *cells, *([short_error(run.error)] if with_error else []))
         if i > 0 and run.delta is not None:
             t.add_row(Text("  Δ", style="dim"), *[_d(run.delta[k]) for _, k in ACCURACY_COLUMNS],
                       *([""] if with_error else []))
@@ -78,9 +86,10 @@ def per_class_table(result, top: int = 10) -> Table | None:
     t = Table(title=f"per class: the {len(moves)} categor{'y' if len(moves) == 1 else 'ies'} whose AP moved most")
     t.add_column("category", justify="left")
     t.add_column("GT", justify="right")
-    for r in result.runs:
-        t.add_column(r.name, justify="right")
+    shown = [i for i, r in enumerate(result.runs) if r.ok]  # failed runs have no per-class numbers
+    for i in shown:
+        t.add_column(result.runs[i].name, justify="right")
     t.add_column("max |Δ|", justify="right")
     for m in moves:
-        t.add_row(m["name"], str(m["gt_count"]), *[_v(v) for v in m["ap"]], f"{m['move']:.4f}")
+        t.add_row(m["name"], str(m["gt_count"]), *[_v(m["ap"][i]) for i in shown], f"{m['move']:.4f}")
     return t

@@ -503,8 +503,6 @@ def compare(
             run.n_predictions = res.n_predictions
             say(f"compare: {name}: AP {res.stats['map']:.4f}, {run.images_per_s or 0:.2f} images/s, "
                 f"peak +{run.peak_memory_mb or 0:.0f} MB")
-        else:
-            say(f"compare: {name}: failed: {run.error}")
         run.__dict__.pop("_coco", None)
         runs.append(run)
     # -- deltas against the baseline
