@@ -180,20 +180,26 @@ class NumpySamDecoder:
 
     # --------------------------------------------------------------- mask decoder
     def decode(self, embedding: np.ndarray, tokens: np.ndarray, dense: np.ndarray,
-               multimask: bool, chunk: int = 8) -> tuple[np.ndarray, np.ndarray]:
+               multimask: bool, chunk: int = 8, extent: tuple[int, int] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         """embedding (C, g, g); tokens (B, T, C); dense (C,) shared or (g*g, C) for all B.
 
         Returns low-res logits (B, M, 4g, 4g) and predicted IoU (B, M); M = 3 if multimask
         else 1 — the same slices as ``MaskDecoder.forward``. Runs on torch's kernels when this
         process has already imported torch (multi-threaded), else on numpy.
+
+        ``extent`` = (rows, cols) of the low-res logits that will be used (the unpadded part
+        of the image, see :meth:`MaskUpscaler.low_extent`): the per-position upscaling head
+        then skips the padding; logits outside the extent are returned as 0.
         """
         o = _Ops.get(self)
         x = embedding.reshape(self.dim, -1).T  # (N, C)
         x0 = o.arr(np.ascontiguousarray(x + dense, dtype=np.float32))
         masks, ious = [], []
+        shared: dict = {}  # products of the embedding with fixed weights, reused by every chunk
         for i in range(0, tokens.shape[0], chunk):
             m, q = self._decode_chunk(o, x0, o.arr(np.ascontiguousarray(tokens[i:i + chunk], np.float32)),
-                                      multimask)
+                                      multimask, shared, extent)
             masks.append(o.np(m))
             ious.append(o.np(q))
         return np.concatenate(masks), np.concatenate(ious)
@@ -206,7 +212,7 @@ class NumpySamDecoder:
         a = o.softmax((qq @ o.perm(kk, (0, 1, 3, 2))) * np.float32(1.0 / math.sqrt(qq.shape[-1])), -1)
         return o.merge(a @ vv) @ wo + bo
 
-    def _tokens_to_image(self, o, name: str, q, keys, pe, shared: bool):
+    def _tokens_to_image(self, o, name: str, q, keys, kp, shared: bool):
         """Tokens (B, T, C) attend to image keys ((N, C) shared or (B, N, C)); -> (B, T, C)."""
         wq, bq, wk, bk, wv, bv, wo, bo = o.attn(name)
         h = self.num_heads
@@ -215,22 +221,22 @@ class NumpySamDecoder:
         d = qh.shape[-1]
         scale = np.float32(1.0 / math.sqrt(d))
         if shared:  # project the image once for the whole batch
-            kh = o.heads(((keys + pe) @ wk + bk)[None], h)[0]  # (h, N, d)
+            kh = o.heads((kp @ wk + bk)[None], h)[0]  # (h, N, d)
             vh = o.heads((keys @ wv + bv)[None], h)[0]
             a = o.softmax((qh @ o.perm(kh, (0, 2, 1))[None]) * scale, -1)  # (B, h, T, N)
             out = a @ vh[None]
         else:  # (q Wk)(X+PE)^T; the q.bk term is constant along the softmax axis
             wk3 = o.w("kh3:" + name, lambda: o.c(o.perm(wk, (1, 0)).reshape(h, d, -1)))  # (h, d, C)
-            qk = o.c(o.perm(o.einsum("bhtd,hdc->bcht", qh, wk3).reshape(b, -1, h * t), (0, 1, 2))) * scale
-            s = (keys + pe) @ qk  # (B, N, hT), C-contiguous operands
-            a = o.c(o.perm(o.softmax(s, 1), (0, 2, 1)))  # (B, hT, N)
+            qk = o.einsum("bhtd,hdc->bhtc", qh, wk3).reshape(b, h * t, -1) * scale  # (B, hT, C)
+            a = o.softmax(qk @ o.perm(kp, (0, 2, 1)), -1)  # (B, hT, N), softmax on the contiguous axis
             px = (a @ keys).reshape(b, h, t, -1)  # (B, h, T, C)
             wv3 = o.w("vh3:" + name, lambda: o.c(o.perm(wv, (1, 0)).reshape(h, d, -1)))
             out = o.einsum("bhtc,hdc->bhtd", px, wv3) + bv.reshape(h, 1, d)
         return o.merge(out) @ wo + bo
 
-    def _image_to_tokens(self, o, name: str, keys, pe, k_tok, v_tok):
-        """Image positions attend to the tokens: returns the (B, N, C) update of the keys."""
+    def _image_to_tokens(self, o, name: str, kp, k_tok, v_tok):
+        """Image positions attend to the tokens; the (B, N, C) update of the keys is returned
+        factorised as ``A1 (B, N, hT+1) @ VW1 (B, hT+1, C)`` (the bias as a last rank-1 term)."""
         wq, bq, wk, bk, wv, bv, wo, bo = o.attn(name)
         h = self.num_heads
         b, t, _ = k_tok.shape
@@ -241,14 +247,42 @@ class NumpySamDecoder:
         wq3 = o.w("qh3:" + name, lambda: o.c(o.perm(wq, (1, 0)).reshape(h, d, -1)))  # (h, d, C)
         m = o.c(o.einsum("hdc,bhjd->bchj", wq3, kh).reshape(b, -1, h * t))  # (B, C, hT)
         c = o.einsum("hd,bhjd->bhj", bq.reshape(h, d), kh).reshape(b, 1, h * t)
-        s = ((keys + pe) @ m + c) * np.float32(1.0 / math.sqrt(d))  # (B, N, hT)
+        s = (kp @ m + c) * np.float32(1.0 / math.sqrt(d))  # (B, N, hT); kp = keys + PE
         a = o.softmax(s.reshape(b, -1, h, t), -1).reshape(b, -1, h * t)
         # A (V Wo^T): fold the output projection into the T value vectors of each head
         wo3 = o.w("oh3:" + name, lambda: o.c(o.perm(wo.reshape(h, d, -1), (0, 1, 2))))  # (h, d, C)
-        vw = o.c(o.einsum("bhjd,hdc->bhjc", vh, wo3).reshape(b, h * t, -1))
-        return a @ vw + bo
+        vw = o.einsum("bhjd,hdc->bhjc", vh, wo3).reshape(b, h * t, -1)
+        # the update is a @ vw + bo, returned as [a, 1] @ [vw; bo] (rank h*T + 1)
+        a1 = o.cat([a, o.ones(a.shape[:2] + (1,))], -1)
+        vw1 = o.cat([vw, o.bcast(bo.reshape(1, 1, -1), (b, 1, bo.shape[0]))], 1)
+        return o.c(a1), o.c(vw1)
 
-    def _decode_chunk(self, o, x0, tokens, multimask: bool):
+    def _project_keys(self, o, x0, hist: list, m, tag: str, shared_cache: dict):
+        """``keys_L @ m`` for the keys after all L blocks, without forming ``keys_L @ m`` per
+        prompt: each block's keys are LayerNorm(previous + A VW + bo), so
+
+            keys_l m = r_l * ((keys_{l-1} + A_l VW_l + bo_l - mu_l) (gamma_l m)) + beta_l m
+
+        and recursively down to the shared embedding ``x0 @ (gamma_1 ... gamma_L m)``, which is
+        computed once per image. Per prompt this costs N x hT x D per block instead of N x C x D.
+        """
+        def proj(level: int, mm, key: str):
+            if level == 0:
+                if key not in shared_cache:
+                    shared_cache[key] = x0 @ mm
+                return shared_cache[key]
+            a1, vw1, mu, r, gamma, beta = hist[level - 1]
+            gm = gamma[:, None] * mm  # (C, D)
+            b = a1.shape[0]
+            # inner = prev @ gm + [A, 1, -mu] @ [VW gm; bo gm; 1^T gm]  (one batched GEMM pass)
+            lhs = o.cat([a1, -mu], -1)
+            rhs = o.cat([vw1 @ gm, o.bcast(gm.sum(0).reshape(1, 1, -1), (b, 1, gm.shape[1]))], 1)
+            inner = o.baddbmm(proj(level - 1, gm, key + "g"), lhs, rhs)
+            return o.addcmul(beta @ mm, r, inner)  # r * inner + beta m
+
+        return proj(len(hist), m, tag)
+
+    def _decode_chunk(self, o, x0, tokens, multimask: bool, shared_cache: dict, extent=None):
         pfx = "mask_decoder."
         W = o.raw
         b = tokens.shape[0]
@@ -256,6 +290,7 @@ class NumpySamDecoder:
         tok = o.cat([o.bcast(out_tok[None], (b,) + tuple(out_tok.shape)), tokens], 1)
         pe = o.w("dense_pe", lambda: o.arr(self.dense_pe()))
         queries, keys, shared = tok, x0, True
+        hist: list = []  # per block: the factorised key update and its LayerNorm (see _project_keys)
         for i in range(self.depth):
             L = f"{pfx}transformer.layers.{i}."
             if i == 0:  # skip_first_layer_pe
@@ -264,29 +299,57 @@ class NumpySamDecoder:
                 qp = queries + tok
                 queries = queries + self._token_attention(o, L + "self_attn", qp, qp, queries)
             queries = o.ln(queries, L + "norm1", 1e-5)
-            queries = queries + self._tokens_to_image(o, L + "cross_attn_token_to_image", queries + tok, keys, pe,
+            kp = keys + pe  # shared by both cross-attentions of this block
+            queries = queries + self._tokens_to_image(o, L + "cross_attn_token_to_image", queries + tok, keys, kp,
                                                       shared)
             queries = o.ln(queries, L + "norm2", 1e-5)
             hmid = o.relu(queries @ o.lin(L + "mlp.lin1.weight") + W(L + "mlp.lin1.bias"))
             queries = queries + hmid @ o.lin(L + "mlp.lin2.weight") + W(L + "mlp.lin2.bias")
             queries = o.ln(queries, L + "norm3", 1e-5)
-            upd = self._image_to_tokens(o, L + "cross_attn_image_to_token", keys, pe, queries + tok, queries)
-            keys = o.ln(keys + upd, L + "norm4", 1e-5)
+            a1, vw1 = self._image_to_tokens(o, L + "cross_attn_image_to_token", kp, queries + tok, queries)
+            y = o.baddbmm(keys, a1, vw1)  # keys + A VW + bo in one pass
+            mu, r = o.ln_stats(y, 1e-5)
+            keys = o.ln(y, L + "norm4", 1e-5)
+            hist.append((a1, vw1, mu, r, o.raw(L + "norm4.weight"), o.raw(L + "norm4.bias")))
             shared = False
         F = pfx + "transformer."
-        queries = queries + self._tokens_to_image(o, F + "final_attn_token_to_image", queries + tok, keys, pe,
-                                                  shared)
+        queries = queries + self._tokens_to_image(o, F + "final_attn_token_to_image", queries + tok, keys,
+                                                  keys + pe, shared)
         queries = o.ln(queries, F + "norm_final_attn", 1e-5)
 
         sel = list(range(1, self.n_mask_tokens)) if multimask else [0]
-        # upscale the image side: (B, g, g, C) -> (B, 4g, 4g, C/8), channels last
+        # upscale the image side to (B, 4g, 4g, C/8). ConvTranspose(2, stride 2) is a per-position
+        # matmul; its output stays in sub-pixel order (g, g, 2, 2, ...) until the final masks.
         g = self.grid
-        u = keys.reshape(b, g, g, self.dim)
-        u = o.gelu(o.ln(o.convt(u, pfx + "output_upscaling.0"), pfx + "output_upscaling.1", 1e-6))
-        u = o.gelu(o.convt(u, pfx + "output_upscaling.3"))
+        gr, gc = g, g
+        if extent is not None:  # embedding cells whose 4x4 logits are used
+            gr, gc = min(g, -(-int(extent[0]) // 4)), min(g, -(-int(extent[1]) // 4))
+        if (gr, gc) != (g, g):
+            def crop(x):  # (..., g*g, D) -> (..., gr*gc, D), row-major cells
+                lead = tuple(x.shape[:-2])
+                return o.c(x.reshape(lead + (g, g, x.shape[-1]))[..., :gr, :gc, :]).reshape(
+                    lead + (gr * gc, x.shape[-1]))
+            x0u = crop(x0)
+            histu = [(crop(a1), vw1, crop(mu), crop(r), gm_, bt) for a1, vw1, mu, r, gm_, bt in hist]
+            cache_key = f"k1@{gr}x{gc}"
+        else:
+            x0u, histu, cache_key = x0, hist, "k1"
+        k1, b1 = o.convt_w(pfx + "output_upscaling.0")  # (C, 4*C1), (4*C1,)
+        u = self._project_keys(o, x0u, histu, k1, cache_key, shared_cache) + b1  # == keys @ k1 + b1
+        c1 = k1.shape[1] // 4
+        u = o.gelu(o.ln(u.reshape(b, gr * gc * 4, c1), pfx + "output_upscaling.1", 1e-6))
+        k2, b2 = o.convt_w(pfx + "output_upscaling.3")  # (C1, 4*C2)
+        u = o.gelu(u @ k2 + b2)  # (B, cells*4, 4*C2)
+        c2 = k2.shape[1] // 4
         hyper = o.stack([o.mlp(queries[:, 1 + j], f"{pfx}output_hypernetworks_mlps.{j}.", 3) for j in sel], 2)
-        side = u.shape[1]
-        masks = o.perm(u.reshape(b, side * side, -1) @ hyper, (0, 2, 1)).reshape(b, len(sel), side, side)
+        m = u.reshape(b, gr * gc * 16, c2) @ hyper  # (B, cells*16, M)
+        m = o.perm(m.reshape(b, gr, gc, 2, 2, 2, 2, len(sel)), (0, 7, 1, 3, 5, 2, 4, 6))
+        m = o.c(m).reshape(b, len(sel), 4 * gr, 4 * gc)
+        if (gr, gc) != (g, g):
+            full = np.zeros((b, len(sel), 4 * g, 4 * g), np.float32)
+            full[:, :, :4 * gr, :4 * gc] = o.np(m)
+            m = o.arr(full)
+        masks = m
         iou = o.mlp(queries[:, 0], pfx + "iou_prediction_head.", self.iou_depth)[:, sel]
         return masks, iou
 
@@ -380,6 +443,44 @@ class _Ops:
                 x = self.relu(x)
         return x
 
+    def ones(self, shape):
+        return self.t.ones(shape) if self.t is not None else np.ones(shape, np.float32)
+
+    def baddbmm(self, inp, a, b):
+        """inp + a @ b (inp broadcast over the batch)."""
+        if self.t is not None:
+            if inp.dim() == 2:
+                inp = inp.expand(a.shape[0], *inp.shape)
+            return self.t.baddbmm(inp, a, b)
+        return inp + a @ b
+
+    def addcmul(self, c, r, x):
+        """c + r * x."""
+        return self.t.addcmul(c, r, x) if self.t is not None else c + r * x
+
+    def ln_stats(self, y, eps: float):
+        """Per-row mean and 1/std over the last axis (LayerNorm's statistics), keepdims."""
+        if self.t is not None:
+            var, mu = self.t.var_mean(y, dim=-1, keepdim=True, correction=0)
+            return mu, self.t.rsqrt(var + eps)
+        mu = y.mean(-1, keepdims=True)
+        yc = y - mu
+        var = (yc * yc).mean(-1, keepdims=True)
+        return mu, 1.0 / np.sqrt(var + np.float32(eps))
+
+    def convt_w(self, name: str):
+        """ConvTranspose2d(2, stride 2) weight (Ci, Co, 2, 2) as a (Ci, 4*Co) matrix in sub-pixel-major
+        order (kh, kw, co), and the bias tiled to match."""
+        def make():
+            k = self.raw(name + ".weight")
+            ci, co = k.shape[0], k.shape[1]
+            km = self.c(self.perm(k, (0, 2, 3, 1))).reshape(ci, 4 * co)
+            bias = self.raw(name + ".bias")
+            tiled = self.cat([bias] * 4, 0)
+            return km, tiled
+
+        return self.w("convt:" + name, make)
+
     def convt(self, x, name: str):
         """ConvTranspose2d(kernel 2, stride 2), channels last: (B, H, W, Ci) -> (B, 2H, 2W, Co)."""
         k = self.raw(name + ".weight")  # (Ci, Co, 2, 2)
@@ -455,6 +556,10 @@ class MaskUpscaler:
         self.h, self.w = original_hw
         self.ty = _band_tiles(upscale_matrix(low, padded, input_hw[0], self.h))
         self.tx = _band_tiles(upscale_matrix(low, padded, input_hw[1], self.w))
+
+    def low_extent(self) -> tuple[int, int]:
+        """(rows, cols) of the low-res logits that any output pixel reads."""
+        return max(t[3] for t in self.ty), max(t[3] for t in self.tx)
 
     def logits_t(self, low: np.ndarray) -> np.ndarray:
         """(B, 4g, 4g) -> (B, W, H) full-resolution logits, transposed (Fortran order per mask)."""

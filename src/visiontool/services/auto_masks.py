@@ -108,7 +108,7 @@ def generate(engine, rgb: np.ndarray, opts, name: str = "image") -> list[Mask]:
         for b0 in range(0, len(pts), opts.points_per_batch):
             batch = pts[b0:b0 + opts.points_per_batch]
             tokens = dec.sparse_embeddings((batch * scale)[:, None, :], np.ones((len(batch), 1), np.int64), None)
-            low, iou = dec.decode(emb, tokens, dec.dense_embedding(None), True)
+            low, iou = dec.decode(emb, tokens, dec.dense_embedding(None), True, extent=up.low_extent())
             low = low.reshape(-1, *low.shape[2:])
             iou = iou.reshape(-1)
             point_of = np.repeat(batch, 3, axis=0)

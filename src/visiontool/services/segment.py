@@ -439,7 +439,7 @@ class SamEngine:
             boxes = np.stack([(prompts[i].box.reshape(2, 2) * scale).reshape(4) for i in idx]) if has_box else None
             tokens = dec.sparse_embeddings(pts, labels, boxes, batch=len(idx))
             dense = dec.dense_embedding(self.mask_logits(mask_path, hw) if mask_path else None)
-            low, iou = dec.decode(emb, tokens, dense, mm)
+            low, iou = dec.decode(emb, tokens, dense, mm, extent=self.upscaler(hw).low_extent())
             for j, i in enumerate(idx):
                 results[i] = (low[j], iou[j])
         return results
@@ -468,8 +468,12 @@ class SamEngine:
     def upscaler(self, hw: tuple[int, int]):
         from visiontool.models.sam_decoder import MaskUpscaler
 
-        nh, nw, _ = self.geometry(*hw)
-        return MaskUpscaler(4 * self.decoder.grid, self.img_size, (nh, nw), hw)
+        cache = self.__dict__.setdefault("_upscalers", {})
+        if tuple(hw) not in cache:
+            nh, nw, _ = self.geometry(*hw)
+            cache.clear()
+            cache[tuple(hw)] = MaskUpscaler(4 * self.decoder.grid, self.img_size, (nh, nw), hw)
+        return cache[tuple(hw)]
 
 
 # ----------------------------------------------------------------------------- masks
@@ -479,16 +483,21 @@ def _rle_str(rle: dict) -> dict:
             "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
 
 
-def rles_with_stats(up, low: np.ndarray, offset: float = STABILITY_OFFSET, chunk: int = 8):
-    """Binary RLEs (bytes counts) of ``logits > 0`` at full size, and SAM's stability scores."""
+def rles_with_stats(up, low: np.ndarray, offset: float = STABILITY_OFFSET, chunk: int = 8,
+                    stability: bool = True):
+    """Binary RLEs (bytes counts) of ``logits > 0`` at full size, and SAM's stability scores
+    (None each when ``stability`` is False: SamPredictor does not compute them either)."""
     from pycocotools import mask as mask_utils
 
     rles, stab = [], []
     for i in range(0, low.shape[0], chunk):
         lg = up.logits_t(low[i:i + chunk])  # (b, W, H)
-        inter = (lg > LOGIT_THRESHOLD + offset).sum(axis=(1, 2))
-        union = (lg > LOGIT_THRESHOLD - offset).sum(axis=(1, 2))
-        stab.extend((inter / np.maximum(union, 1)).tolist())
+        if stability:
+            inter = (lg > LOGIT_THRESHOLD + offset).sum(axis=(1, 2))
+            union = (lg > LOGIT_THRESHOLD - offset).sum(axis=(1, 2))
+            stab.extend((inter / np.maximum(union, 1)).tolist())
+        else:
+            stab.extend([None] * lg.shape[0])
         binary = (lg > LOGIT_THRESHOLD).view(np.uint8)
         rles.extend(mask_utils.encode(binary.transpose(2, 1, 0)))
     return rles, stab
@@ -516,7 +525,7 @@ def masks_for_prompts(engine: SamEngine, emb: np.ndarray, prompts: list[Prompt],
     if not order:
         return []
     lows = np.stack([preds[pi][0][k] for pi, k, _ in order])
-    rles, stab = rles_with_stats(up, lows)
+    rles, stab = rles_with_stats(up, lows, stability=False)
     out: list[Mask] = []
     for mid, ((pi, k, n), rle, st) in enumerate(zip(order, rles, stab)):
         p = prompts[pi]
@@ -528,7 +537,7 @@ def masks_for_prompts(engine: SamEngine, emb: np.ndarray, prompts: list[Prompt],
         desc["index"] = pi
         out.append(Mask(id=mid, score=float(p.score) if p.score is not None else piou, area=area, box=box,
                         segmentation=_rle_str(rle), prompt=desc, label=p.label, category_id=p.category_id,
-                        predicted_iou=piou, stability_score=float(st)))
+                        predicted_iou=piou, stability_score=None if st is None else float(st)))
     return out
 
 
