@@ -144,3 +144,32 @@ def test_images_not_in_gt(setup, images_dir):
                             "--model", str(setup["q8"])])
     assert r.exit_code == 2
     assert r.stderr.startswith("visiontool: error: none of the 1 images given is named in the ground truth")
+
+
+def test_unreadable_image_is_reported_and_exit_1(setup, tmp_path):
+    """An image that cannot be decoded: named on stderr, the rest scored, exit 1."""
+    gt = json.loads(setup["gt"].read_text())
+    gt["images"].append({"id": 99, "file_name": "broken.jpg", "width": 10, "height": 10})
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    r = runner.invoke(app, ["compare", "--gt", str(tmp_path / "gt.json"), "--images", setup["photos"][0],
+                            "--images", str(tmp_path / "broken.jpg"), "--model", str(setup["q8"]),
+                            "--no-warmup", "-f", "json", "-q"])
+    assert r.exit_code == 1, r.stderr
+    row = json.loads(r.stdout)["runs"][0]
+    assert row["map"] is not None and "error" not in row
+    assert "broken.jpg" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--iou-type", "segm"], "detection models give boxes"),
+    (["--device", "cuda:7"], "cuda:7"),
+    (["--threshold", "2"], "--threshold"),
+])
+def test_model_bad_options_exit_2(setup, extra, message):
+    r = runner.invoke(app, ["compare", "--gt", str(setup["gt"]), "--images", setup["photos"][0],
+                            "--model", str(setup["q8"]), *extra])
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("visiontool: error: ") and message in lines[0], lines
+    assert "compare: [" not in r.stderr  # nothing ran

@@ -471,6 +471,9 @@ def compare(
         validate_dtype_spec(dtype)
         for m in models:
             check_model_spec(m)
+        from visiontool.device import resolve_device
+
+        resolve_device(device)  # an absent --device cuda fails here, not after the prediction files
         named_images = _images_in_gt(images, recursive, gtobj, tell)
     if save_preds is not None and Path(save_preds).exists() and not Path(save_preds).is_dir():
         raise UsageError(f"--save-preds '{save_preds}' is a file; expected a directory")
