@@ -26,7 +26,6 @@ import gc
 import os
 import re
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -489,12 +488,11 @@ def compare(
     for k, (model, name) in enumerate(zip(models, labels[len(preds):])):
         say(f"compare: [{k + 1}/{len(models)}] {name}: detecting on {len(named_images)} image"
             f"{'s' if len(named_images) != 1 else ''}")
-        run = _run_model(model, name, named_images, gtobj, threshold=threshold, max_det=max_det,
+        run, results = _run_model(model, name, named_images, gtobj, threshold=threshold, max_det=max_det,
                          batch_size=batch_size, device=device, dtype=dtype, warn=tell,
                          duplicate_iou=duplicate_iou, duplicate_min_score=duplicate_min_score,
                          warmup=warmup, first=not any(r.kind == "model" and r.error is None for r in runs))
         if run.error is None:
-            results = run._coco  # type: ignore[attr-defined]
             if save_preds is not None:
                 run.saved_to = str(_save(results, save_preds, name))
             res = evaluate(gtobj, results, iou_type, per_class=per_class, backend=backend, lenient=lenient)
@@ -506,7 +504,6 @@ def compare(
             run.n_predictions = res.n_predictions
             say(f"compare: {name}: AP {res.stats['map']:.4f}, {run.images_per_s or 0:.2f} images/s, "
                 f"peak +{run.peak_memory_mb or 0:.0f} MB")
-        run.__dict__.pop("_coco", None)
         runs.append(run)
     # -- deltas against the baseline
     base = runs[0]
@@ -544,11 +541,12 @@ def _images_in_gt(images: Any, recursive: bool, gtobj, tell: Callable[[str], Non
 def _run_model(model: str, name: str, named_images: list[str], gtobj, *, threshold: float, max_det: int,
                batch_size: int, device: str, dtype: str, warn: Callable[[str], None],
                duplicate_iou: float, duplicate_min_score: float, warmup: bool = True,
-               first: bool = False) -> CompareRun:
+               first: bool = False) -> tuple[CompareRun, list[dict]]:
     """Load, run and time one model through detect's path; memory released before and after.
 
     Peak memory covers the load, the warm-up image and the timed pass; the timings are the
-    timed pass's (model loading excluded, the warm-up image not counted)."""
+    timed pass's (model loading excluded, the warm-up image not counted). Returns the run and
+    its COCO results (ids mapped on the GT)."""
     from visiontool.io.records import coco_results
     from visiontool.models import loader
     from visiontool.services.detect import run_detect
@@ -573,14 +571,14 @@ def _run_model(model: str, name: str, named_images: list[str], gtobj, *, thresho
     except VisionToolError as exc:
         run.error = str(exc)
         _release()
-        return run
+        return run, []
     except (KeyboardInterrupt, MemoryError):
         loader.release()
         raise
     except Exception as exc:  # noqa: BLE001 - a model that breaks mid-run is reported in its row
         run.error = f"{type(exc).__name__}: {exc}"
         _release()
-        return run
+        return run, []
     t = det.timings
     run.params, run.needs_nms, run.device, run.dtype = int(det.params), det.needs_nms, det.device, det.dtype
     run.ms_per_image = t.ms_per_image()
@@ -597,10 +595,9 @@ def _run_model(model: str, name: str, named_images: list[str], gtobj, *, thresho
     if stats.get("unmatched_labels"):
         labels = ", ".join(sorted(str(x) for x in stats["unmatched_labels"]))
         warn(f"{name}: labels without a ground-truth category of the same name were not scored: {labels}")
-    run._coco = coco  # type: ignore[attr-defined]
     del det
     _release()
-    return run
+    return run, coco
 
 
 def _device_name(device: str) -> str:
