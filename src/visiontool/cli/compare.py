@@ -17,14 +17,14 @@ from visiontool.errors import UsageError
 
 @app.command("compare")
 def compare_command(
-    preds: Optional[List[str]] = typer.Argument(None, metavar="[PRED.json]...",
+    preds: Optional[List[str]] = typer.Argument(None, metavar="PRED.json...",
                                                 help="Prediction files: COCO results JSON or visiontool "
                                                      "detect/segment json/jsonl records (as evaluate)."),
     gt: str = typer.Option(None, "--gt", metavar="COCO.json", help="COCO ground-truth annotations. Required."),
-    names: Optional[List[str]] = typer.Option(None, "--name", "-n",
+    names: Optional[List[str]] = typer.Option(None, "--name", "-n", metavar="LABEL",
                                               help="Label of each run, in order (files first, then models); "
                                                    "repeat it. Default: file stem / model directory name."),
-    models: Optional[List[str]] = typer.Option(None, "--model", "-m",
+    models: Optional[List[str]] = typer.Option(None, "--model", "-m", metavar="ID|PATH",
                                                help="A detector to run and score (hub id or local directory); "
                                                     "repeat it. Needs --images."),
     images: Optional[List[str]] = typer.Option(None, "--images", metavar="DIR",
