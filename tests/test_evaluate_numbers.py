@@ -194,3 +194,26 @@ def test_empty_predictions(coco_dir, tmp_path):
     r = evaluate(str(coco_dir / "instances_val2014_100.json"), str(p), "bbox")
     assert r.stats["map"] == 0.0 and r.n_predictions == 0
     assert any("no predictions" in d for d in r.diagnostics)
+
+
+def test_torch_tensors_are_accepted():
+    """The torchmetrics input format itself (torch tensors, xyxy), through the exact engine."""
+    torch = pytest.importorskip("torch")
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0], [70.0, 5.0, 90.0, 30.0]]),
+                "labels": torch.tensor([1, 2])},
+               {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)}]
+    preds = [{"boxes": torch.tensor([[12.0, 10.0, 50.0, 58.0], [70.0, 6.0, 88.0, 30.0], [0.0, 0.0, 5.0, 5.0]]),
+              "scores": torch.tensor([0.9, 0.5, 0.5]), "labels": torch.tensor([1, 2, 2])},
+             {"boxes": torch.tensor([[1.0, 1.0, 9.0, 9.0]]), "scores": torch.tensor([0.25]),
+              "labels": torch.tensor([1])}]
+    gt = {"images": [{"id": 0, "width": 0, "height": 0}, {"id": 1, "width": 0, "height": 0}],
+          "categories": [{"id": 1, "name": "1"}, {"id": 2, "name": "2"}],
+          "annotations": [{"id": 1, "image_id": 0, "category_id": 1, "bbox": [10.0, 10.0, 40.0, 50.0],
+                           "area": 2000.0, "iscrowd": 0},
+                          {"id": 2, "image_id": 0, "category_id": 2, "bbox": [70.0, 5.0, 20.0, 25.0],
+                           "area": 500.0, "iscrowd": 0}]}
+    res = [{"image_id": 0, "category_id": 1, "bbox": [12.0, 10.0, 38.0, 48.0], "score": float(torch.tensor(0.9))},
+           {"image_id": 0, "category_id": 2, "bbox": [70.0, 6.0, 18.0, 24.0], "score": 0.5},
+           {"image_id": 0, "category_id": 2, "bbox": [0.0, 0.0, 5.0, 5.0], "score": 0.5},
+           {"image_id": 1, "category_id": 1, "bbox": [1.0, 1.0, 8.0, 8.0], "score": 0.25}]
+    assert_same(evaluate(targets, preds, "bbox", per_class=True), oracle(gt, res, "bbox"))

@@ -80,8 +80,10 @@ class GroundTruth:
         self._handles: dict[str, Any] = dict(handles or {})
         self._anns = anns
         self._zero_id_possible = zero_id_possible
-        name = path or "<gt>"
-        self.index = GroundTruthIndex.from_dict({"images": images, "categories": categories}, name)
+        self._images, self._categories, self._index = images, categories, None
+        for i, cat in enumerate(categories):
+            if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
+                raise InvalidInputError(f"ground truth '{path or '<gt>'}': categories[{i}] needs 'id' and 'name'")
         ids = np.array([int(im["id"]) for im in images], dtype=np.int64)
         order = np.argsort(ids, kind="stable")
         self.image_id_array = ids[order]
@@ -91,9 +93,17 @@ class GroundTruth:
         self.image_sizes = {int(i): (int(h), int(w)) for i, (h, w) in zip(ids.tolist(), hw.tolist())
                             if h >= 0 and w >= 0}
         self.image_id_set = set(ids.tolist())
-        self.category_names = dict(self.index.category_names)
+        self.category_names = {int(c["id"]): str(c["name"]) for c in categories}
         self.category_id_array = np.array(sorted(self.category_names), dtype=np.int64)
         self.category_id_set = set(self.category_names)
+
+    @property
+    def index(self) -> GroundTruthIndex:
+        """File-name and category-name lookups (built on first use: only records need them)."""
+        if self._index is None:
+            self._index = GroundTruthIndex.from_dict({"images": self._images, "categories": self._categories},
+                                                     self.path or "<gt>")
+        return self._index
 
     # -- annotation facts, computed on first use (the fast path never needs them)
 
