@@ -177,11 +177,11 @@ def test_bad_segm_records(coco_dir, tmp_path):
     res = json.loads((coco_dir / "instances_val2014_fakesegm100_results.json").read_text())
     gt = coco_dir / "instances_val2014_100.json"
     p = tmp_path / "bad.json"
-    for i, (mut, text) in enumerate([
+    for mut, text in [
             (lambda r: {k: v for k, v in r.items() if k != "segmentation"}, "has no 'segmentation'"),
             (lambda r: dict(r, segmentation=[[1, 2, 3, 4, 5, 6]]), "must be COCO RLE"),
             (lambda r: dict(r, segmentation=dict(r["segmentation"], size=[3, 3])), "differs from the GT"),
-            (lambda r: dict(r, score=None), "score is not a number")]):
+            (lambda r: dict(r, score=None), "score is not a number")]:
         bad = list(res)
         bad[3] = mut(bad[3])
         p.write_text(json.dumps(bad))
@@ -256,7 +256,8 @@ def test_no_heavy_imports(real):
             "from typer.testing import CliRunner\n"
             f"r = CliRunner().invoke(app, ['evaluate', '--gt', {str(gt)!r}, '--pred', {str(bbox)!r}, '--per-class'])\n"
             "assert r.exit_code == 0, r.stderr\n"
-            f"r = CliRunner().invoke(app, ['evaluate', '--gt', {str(gt)!r}, '--pred', {str(segm)!r}, '--iou-type', 'segm'])\n"
+            f"r = CliRunner().invoke(app, ['evaluate', '--gt', {str(gt)!r}, '--pred', {str(segm)!r}, "
+            "'--iou-type', 'segm'])\n"
             "assert r.exit_code == 0, r.stderr\n"
             "heavy = [m for m in ('torch', 'transformers', 'torchmetrics', 'matplotlib', 'pycocotools.cocoeval') "
             "if m in sys.modules]\n"
