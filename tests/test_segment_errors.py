@@ -90,10 +90,20 @@ def test_boxes_from_naming_a_missing_image(images_dir, no_model):
     assert_user_error(res, 2, "gone.jpg")
 
 
-def test_detection_box_outside_the_image(images_dir, no_model):
-    rec = {"image": str(images_dir / "dog.jpg"), "detections": [{"box": [1, 2, 3000, 40], "score": 0.5}]}
+def test_detection_boxes_overhanging_the_image_are_clipped(tiny_ckpt, images_dir):
+    rec = {"image": str(images_dir / "dog.jpg"),
+           "detections": [{"box": [-5, 2, 3000, 40], "score": 0.5, "label": "dog"}]}
+    res = run_cli(["segment", "--boxes-from", "-", "--checkpoint", tiny_ckpt, "--format", "json", "-q"],
+                  input=json.dumps(rec))
+    assert res.exit_code == 0, res.stderr
+    [r] = records(res.stdout)
+    assert r["masks"][0]["prompt"]["box"] == [0, 2, 800, 40]
+
+
+def test_detection_box_upside_down(images_dir, no_model):
+    rec = {"image": str(images_dir / "dog.jpg"), "detections": [{"box": [100, 2, 30, 40], "score": 0.5}]}
     res = run_cli(["segment", "--boxes-from", "-"], input=json.dumps(rec))
-    assert_user_error(res, 2, "3000", "outside")
+    assert_user_error(res, 2, "x2 < x1")
 
 
 def test_boxes_from_missing_file(no_model):

@@ -161,7 +161,7 @@ def segment_command(
         size = svc.image_size_hint(job.source.name)
         if size is not None:
             for p in job.prompts:
-                p.check_inside(size[0], size[1], job.source.name, tolerance=1.0 if p.score is not None else 0.0)
+                p.check_inside(size[0], size[1], job.source.name)
                 p.check_mask_size(size[0], size[1], job.source.name)
     gt_index = None
     if gt:

@@ -44,6 +44,7 @@ class Prompt:
     score: float | None = None
     multimask: bool | None = None
     source: str = "prompt"  # what the user wrote it with, for messages
+    from_detection: bool = False  # boxes from --boxes-from are clipped to the image, not rejected
 
     def __post_init__(self) -> None:
         if self.points is not None:
@@ -84,24 +85,30 @@ class Prompt:
             raise UsageError(f"--mask-input '{self.mask_input}' is {size[0]}x{size[1]}, {image} is "
                              f"{width}x{height}; give a mask the size of the image")
 
-    def check_inside(self, width: int, height: int, image: str, tolerance: float = 0.0) -> None:
+    def check_inside(self, width: int, height: int, image: str) -> None:
         """UsageError naming the offending value if the prompt leaves the image."""
         def bad(what: str) -> UsageError:
             return UsageError(f"{self.source}: {what} lies outside {image} ({width}x{height} pixels)")
 
         if self.points is not None:
             for x, y in self.points:
-                if not (-tolerance <= x <= width + tolerance and -tolerance <= y <= height + tolerance):
+                if not (0 <= x <= width and 0 <= y <= height):
                     raise bad(f"point {_fmt(x)},{_fmt(y)}")
+        if self.box is not None and self.from_detection:
+            # a detector's box may overhang the image (DETR regresses boxes freely): clip it
+            # to the image rather than reject the whole pipe
+            x1, y1, x2, y2 = self.box
+            if x2 < x1 or y2 < y1:
+                raise InvalidInputError(f"{self.source}: box has x2 < x1 or y2 < y1 (expected X1,Y1,X2,Y2)")
+            self.box = np.clip(self.box, 0, [width, height, width, height])
+            return
         if self.box is not None:
             x1, y1, x2, y2 = self.box
             s = "box " + ",".join(_fmt(v) for v in self.box)
             if x2 < x1 or y2 < y1:
                 raise UsageError(f"{self.source}: {s} has x2 < x1 or y2 < y1 (expected X1,Y1,X2,Y2)")
-            if x1 < -tolerance or y1 < -tolerance or x2 > width + tolerance or y2 > height + tolerance:
+            if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
                 raise bad(s)
-            if tolerance:
-                self.box = np.clip(self.box, 0, [width, height, width, height])
 
 
 def _fmt(v: float) -> str:
@@ -224,7 +231,8 @@ def detections_from_records(text: str, origin: str) -> dict[str, list[dict]]:
 
 def prompts_for_detections(dets: list[dict], origin: str) -> list[Prompt]:
     return [Prompt(box=np.array(d["box"]), label=d["label"], category_id=d["category_id"], score=d["score"],
-                   multimask=False, source=f"{origin} box {','.join(_fmt(v) for v in d['box'])}") for d in dets]
+                   multimask=False, source=f"{origin} box {','.join(_fmt(v) for v in d['box'])}",
+                   from_detection=True) for d in dets]
 
 
 # ----------------------------------------------------------------------------- auto
@@ -588,7 +596,7 @@ def run_jobs(engine: SamEngine, jobs: Iterable[SegmentJob], multimask: bool | No
         rgb = np.asarray(img)
         h, w = rgb.shape[:2]
         for p in job.prompts:
-            p.check_inside(w, h, name, tolerance=1.0 if p.score is not None else 0.0)
+            p.check_inside(w, h, name)
         if job.auto:
             from visiontool.services.auto_masks import generate
 
