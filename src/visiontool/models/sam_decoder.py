@@ -180,7 +180,7 @@ class NumpySamDecoder:
 
     # --------------------------------------------------------------- mask decoder
     def decode(self, embedding: np.ndarray, tokens: np.ndarray, dense: np.ndarray,
-               multimask: bool, chunk: int = 8, extent: tuple[int, int] | None = None
+               multimask: bool, chunk: int = 4, extent: tuple[int, int] | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
         """embedding (C, g, g); tokens (B, T, C); dense (C,) shared or (g*g, C) for all B.
 
@@ -212,7 +212,7 @@ class NumpySamDecoder:
         a = o.softmax((qq @ o.perm(kk, (0, 1, 3, 2))) * np.float32(1.0 / math.sqrt(qq.shape[-1])), -1)
         return o.merge(a @ vv) @ wo + bo
 
-    def _tokens_to_image(self, o, name: str, q, keys, kp, shared: bool):
+    def _tokens_to_image(self, o, name: str, q, keys, kp, shared: bool, cache: dict | None = None):
         """Tokens (B, T, C) attend to image keys ((N, C) shared or (B, N, C)); -> (B, T, C)."""
         wq, bq, wk, bk, wv, bv, wo, bo = o.attn(name)
         h = self.num_heads
@@ -221,8 +221,11 @@ class NumpySamDecoder:
         d = qh.shape[-1]
         scale = np.float32(1.0 / math.sqrt(d))
         if shared:  # project the image once for the whole batch
-            kh = o.heads((kp @ wk + bk)[None], h)[0]  # (h, N, d)
-            vh = o.heads((keys @ wv + bv)[None], h)[0]
+            cache = {} if cache is None else cache
+            if ("kv", name) not in cache:  # the same for every chunk of prompts
+                cache[("kv", name)] = (o.c(o.heads((kp @ wk + bk)[None], h)[0]),  # (h, N, d)
+                                       o.c(o.heads((keys @ wv + bv)[None], h)[0]))
+            kh, vh = cache[("kv", name)]
             a = o.softmax((qh @ o.perm(kh, (0, 2, 1))[None]) * scale, -1)  # (B, h, T, N)
             out = a @ vh[None]
         else:  # (q Wk)(X+PE)^T; the q.bk term is constant along the softmax axis
@@ -248,7 +251,7 @@ class NumpySamDecoder:
         m = o.c(o.einsum("hdc,bhjd->bchj", wq3, kh).reshape(b, -1, h * t))  # (B, C, hT)
         c = o.einsum("hd,bhjd->bhj", bq.reshape(h, d), kh).reshape(b, 1, h * t)
         s = (kp @ m + c) * np.float32(1.0 / math.sqrt(d))  # (B, N, hT); kp = keys + PE
-        a = o.softmax(s.reshape(b, -1, h, t), -1).reshape(b, -1, h * t)
+        a = o.softmax_small(s.reshape(b, -1, h, t)).reshape(b, -1, h * t)
         # A (V Wo^T): fold the output projection into the T value vectors of each head
         wo3 = o.w("oh3:" + name, lambda: o.c(o.perm(wo.reshape(h, d, -1), (0, 1, 2))))  # (h, d, C)
         vw = o.einsum("bhjd,hdc->bhjc", vh, wo3).reshape(b, h * t, -1)
@@ -299,17 +302,21 @@ class NumpySamDecoder:
                 qp = queries + tok
                 queries = queries + self._token_attention(o, L + "self_attn", qp, qp, queries)
             queries = o.ln(queries, L + "norm1", 1e-5)
-            kp = keys + pe  # shared by both cross-attentions of this block
+            if shared:
+                if "kp0" not in shared_cache:
+                    shared_cache["kp0"] = keys + pe
+                kp = shared_cache["kp0"]
+            else:
+                kp = keys + pe  # shared by both cross-attentions of this block
             queries = queries + self._tokens_to_image(o, L + "cross_attn_token_to_image", queries + tok, keys, kp,
-                                                      shared)
+                                                      shared, shared_cache)
             queries = o.ln(queries, L + "norm2", 1e-5)
             hmid = o.relu(queries @ o.lin(L + "mlp.lin1.weight") + W(L + "mlp.lin1.bias"))
             queries = queries + hmid @ o.lin(L + "mlp.lin2.weight") + W(L + "mlp.lin2.bias")
             queries = o.ln(queries, L + "norm3", 1e-5)
             a1, vw1 = self._image_to_tokens(o, L + "cross_attn_image_to_token", kp, queries + tok, queries)
             y = o.baddbmm(keys, a1, vw1)  # keys + A VW + bo in one pass
-            mu, r = o.ln_stats(y, 1e-5)
-            keys = o.ln(y, L + "norm4", 1e-5)
+            keys, mu, r = o.ln_with_stats(y, L + "norm4", 1e-5)
             hist.append((a1, vw1, mu, r, o.raw(L + "norm4.weight"), o.raw(L + "norm4.bias")))
             shared = False
         F = pfx + "transformer."
@@ -339,7 +346,7 @@ class NumpySamDecoder:
         c1 = k1.shape[1] // 4
         u = o.gelu(o.ln(u.reshape(b, gr * gc * 4, c1), pfx + "output_upscaling.1", 1e-6))
         k2, b2 = o.convt_w(pfx + "output_upscaling.3")  # (C1, 4*C2)
-        u = o.gelu(u @ k2 + b2)  # (B, cells*4, 4*C2)
+        u = o.gelu(o.addmm(b2, u.reshape(-1, c1), k2)).reshape(b, gr * gc * 4, -1)  # (B, cells*4, 4*C2)
         c2 = k2.shape[1] // 4
         hyper = o.stack([o.mlp(queries[:, 1 + j], f"{pfx}output_hypernetworks_mlps.{j}.", 3) for j in sel], 2)
         m = u.reshape(b, gr * gc * 16, c2) @ hyper  # (B, cells*16, M)
@@ -427,6 +434,18 @@ class _Ops:
     def softmax(self, x, axis):
         return self.t.softmax(x, dim=axis) if self.t is not None else softmax(x, axis)
 
+    def softmax_small(self, x):
+        """Softmax over a short last axis (the few prompt tokens): plain elementwise passes are
+        faster there than torch's softmax kernel."""
+        if self.t is None:
+            return softmax(x, -1)
+        e = (x - x.amax(-1, keepdim=True)).exp_()
+        return e.div_(e.sum(-1, keepdim=True))
+
+    def addmm(self, bias, x, w):
+        """bias + x @ w for 2-D x."""
+        return self.t.addmm(bias, x, w) if self.t is not None else x @ w + bias
+
     def gelu(self, x):
         return self.t.nn.functional.gelu(x) if self.t is not None else gelu(x)
 
@@ -457,6 +476,15 @@ class _Ops:
     def addcmul(self, c, r, x):
         """c + r * x."""
         return self.t.addcmul(c, r, x) if self.t is not None else c + r * x
+
+    def ln_with_stats(self, y, name: str, eps: float):
+        """LayerNorm over the last axis and its per-row mean and 1/std (keepdims), in one pass."""
+        wgt, bias = self.raw(name + ".weight"), self.raw(name + ".bias")
+        if self.t is not None:
+            out, mu, r = self.t.native_layer_norm(y, (y.shape[-1],), wgt, bias, eps)
+            return out, mu, r
+        mu, r = self.ln_stats(y, eps)
+        return (y - mu) * r * wgt + bias, mu, r
 
     def ln_stats(self, y, eps: float):
         """Per-row mean and 1/std over the last axis (LayerNorm's statistics), keepdims."""
