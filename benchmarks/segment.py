@@ -163,8 +163,9 @@ def main() -> None:
             print(f"[2] 64 boxes: predict_torch {r['predict_torch_64_boxes_s']:.2f} s, visiontool "
                   f"{r['ours_64_boxes_s']:.2f} s -> {r['boxes_speedup']:.1f}x; min mask IoU {r['min_mask_iou']:.5f}",
                   flush=True)
-            print(f"[3] vit_b encoder: float32 {r['encoder_float32_s']:.2f} s, bfloat16 {r['encoder_bfloat16_s']:.2f} s "
-                  f"-> {r['bf16_speedup']:.2f}x; relative error {100 * r['bf16_relative_error']:.2f} %", flush=True)
+            print(f"[3] vit_b encoder: float32 {r['encoder_float32_s']:.2f} s, bfloat16 "
+                  f"{r['encoder_bfloat16_s']:.2f} s -> {r['bf16_speedup']:.2f}x; relative error "
+                  f"{100 * r['bf16_relative_error']:.2f} %", flush=True)
     print(json.dumps(out))
 
 

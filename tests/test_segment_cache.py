@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from segment_helpers are re-bound as test arguments)
 """The embedding cache: hits skip the encoder, keys follow content, corrupt entries are
 recomputed, LRU eviction, and concurrent writers."""
 from __future__ import annotations

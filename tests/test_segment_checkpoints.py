@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from segment_helpers are re-bound as test arguments)
 """Checkpoint names, download from a loopback server, checksum and interruption handling,
 offline behaviour, and architecture inference from tensor shapes."""
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from segment_helpers are re-bound as test arguments)
 """Bad input: exit codes, one `visiontool: error:` line, never a traceback, and no model
 loaded for mistakes that can be seen from the command line."""
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from segment_helpers are re-bound as test arguments)
 """Every output format round-tripped through pycocotools' RLE decoder, --masks-dir in
 amg.py's layout, --save-viz, --output, and COCO results with --gt."""
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from segment_helpers are re-bound as test arguments)
 """detect → segment in one shell pipe: instance segmentation from two real processes."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from segment_helpers are re-bound as test arguments)
 """Every prompt kind through the CLI on a real photo, and the numpy decoder against
 segment-anything's own SamPredictor on the same tiny checkpoint."""
 from __future__ import annotations

@@ -527,7 +527,7 @@ def masks_for_prompts(engine: SamEngine, emb: np.ndarray, prompts: list[Prompt],
     preds = engine.predict(emb, prompts, hw, multimask)
     up = engine.upscaler(hw)
     order = []
-    for pi, (low, iou) in enumerate(preds):
+    for pi, (_, iou) in enumerate(preds):
         for k in np.argsort(-iou, kind="stable"):
             order.append((pi, int(k), len(iou)))
     if not order:
@@ -576,7 +576,8 @@ def image_size_hint(name: str) -> tuple[int, int] | None:
 
 
 def run_jobs(engine: SamEngine, jobs: Iterable[SegmentJob], multimask: bool | None = None,
-             auto_options: AutoOptions | None = None, gt=None, on_error=None) -> Iterator[tuple[ImageResult, np.ndarray | None]]:
+             auto_options: AutoOptions | None = None, gt=None,
+             on_error=None) -> Iterator[tuple[ImageResult, np.ndarray | None]]:
     """Yield (ImageResult, rgb or None) per job; per-image load failures become ``error``
     results (``on_error(message)`` is called) and the others go on."""
     from visiontool.io.images import load_image
