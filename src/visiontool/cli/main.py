@@ -55,8 +55,8 @@ class VisionToolGroup(TyperGroup):
         if args is None:
             args = sys.argv[1:]
         args = list(args)
-        if "--debug" in args:  # also honoured before the group's own parsing
-            _debug["on"] = True
+        # per invocation (tests run many in one process); honoured before the group's own parsing
+        _debug["on"] = bool(os.environ.get("VISIONTOOL_DEBUG")) or "--debug" in args
         try:
             rv = super().main(args=args, prog_name=prog_name or PROG, complete_var=complete_var,
                               standalone_mode=False, **extra)
