@@ -25,7 +25,8 @@ def detect_command(
     classes: Optional[List[str]] = typer.Option(None, "--classes", "-c", metavar="NAMES|IDS",
                                                 help="Only these classes: names or model ids, comma-separated "
                                                      "or repeated (e.g. -c person,dog -c 3)."),
-    max_det: int = typer.Option(100, "--max-det", min=0, metavar="N", help="At most N detections per image (highest scores)."),
+    max_det: int = typer.Option(100, "--max-det", min=0, metavar="N",
+                                help="At most N detections per image (highest scores)."),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, metavar="N",
                                    help="Images per forward pass. Only images of equal processed size share "
                                         "a pass, so results never depend on the batch."),
