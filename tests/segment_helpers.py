@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli_helpers import assert_user_error  # noqa: F401  (re-exported for the segment tests)
+
 PROMPT_DIM = 64
 
 
@@ -116,17 +118,6 @@ def run_cli(args: list[str], input: str | None = None):
     from visiontool.cli.main import app
 
     return CliRunner().invoke(app, [str(a) for a in args], input=input)
-
-
-def assert_user_error(result, code: int, *needles: str) -> str:
-    """Exit ``code``, exactly one ``visiontool: error:`` line, no traceback; returns the line."""
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("visiontool: error:")]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 def records(stdout: str) -> list[dict]:

@@ -8,6 +8,8 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
+from cli_helpers import one_error_line
+
 from visiontool.cli.main import app
 from visiontool.services.compare import STAT_KEYS
 from visiontool.services.evaluate import GroundTruth, evaluate
@@ -20,16 +22,6 @@ MODEL_KEYS = {"params", "ms_per_image", "images_per_s", "peak_memory_mb", "needs
 
 def run(*args):
     return runner.invoke(app, ["compare", *map(str, args)])
-
-
-def one_error_line(result, code=2):
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("visiontool: error: ")
-    assert result.stdout == ""
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from cli_helpers import assert_user_error
 from detr_helpers import build_tiny_detr
 from visiontool.cli.main import app
 
@@ -47,15 +48,6 @@ def invoke(*args, input=None):
 def records(result) -> list[dict]:
     assert result.exit_code == 0, result.stderr
     return json.loads(result.stdout)
-
-
-def assert_user_error(result, code: int, *needles: str) -> None:
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("visiontool: error:")]
-    assert lines, result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    for n in needles:
-        assert n in result.stderr, (n, result.stderr)
 
 
 # -- formats -------------------------------------------------------------------------------------------

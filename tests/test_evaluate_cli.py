@@ -8,6 +8,8 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
+from cli_helpers import one_error_line
+
 from evaluate_helpers import STAT_KEYS, adversarial_set, detect_records, oracle
 from visiontool.cli.main import app
 from visiontool.io.predictions import load_predictions
@@ -18,16 +20,6 @@ runner = CliRunner()
 
 def run(*args):
     return runner.invoke(app, ["evaluate", *map(str, args)])
-
-
-def one_error_line(result, code=2):
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("visiontool: error: ")
-    assert result.stdout == ""
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

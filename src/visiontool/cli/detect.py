@@ -93,7 +93,8 @@ def detect_command(
     with RecordWriter(out_format, output, gt=gt_index, kind="detect") as writer:
         def on_result(result) -> None:
             if result.error:
-                error_line(result.error)
+                if len(named) > 1:  # a lone image's failure is the final error line itself
+                    error_line(result.error)
             else:
                 writer.write(result)
             if progress is not None:
@@ -125,4 +126,6 @@ def detect_command(
                     soft_wrap=True)
     sys.stdout.flush()
     if run.failed:
+        if len(named) == 1:
+            raise PartialFailure(run.failed[0])
         raise PartialFailure(f"{len(run.failed)} of {len(named)} images could not be processed (named above)")

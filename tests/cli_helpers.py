@@ -1,0 +1,25 @@
+"""Assertions on CLI results shared by the command tests."""
+from __future__ import annotations
+
+
+def assert_user_error(result, code: int, *needles: str, single: bool = True) -> str:
+    """Exit ``code``, no traceback, ``visiontool: error:`` lines on stderr (exactly one when
+    ``single``) that mention every needle; returns the first error line."""
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("visiontool: error:")]
+    assert lines, result.stderr
+    if single:
+        assert len(lines) == 1, result.stderr
+    text = "\n".join(lines)
+    for n in needles:
+        assert n in text, (n, text)
+    return lines[0]
+
+
+def one_error_line(result, code: int = 2) -> str:
+    """The strictest form: stderr is exactly one error line and stdout is empty."""
+    line = assert_user_error(result, code)
+    assert [ln for ln in result.stderr.splitlines() if ln.strip()] == [line], result.stderr
+    assert result.stdout == ""
+    return line
