@@ -140,10 +140,39 @@ def test_auto_segments_everything(tiny_ckpt, images_dir):
     assert all(m["stability_score"] >= 0.99 for m in strict["masks"])
 
 
-def test_auto_min_area_and_preset_validation(tiny_ckpt, images_dir):
-    [rec] = _run(tiny_ckpt, images_dir, "--auto", "--points-per-side", "3", "--pred-iou-thresh", "0",
-                 "--stability-score-thresh", "0", "--min-area", "200000", image="dog.jpg")
-    assert all(m["area"] >= 200000 for m in rec["masks"])
+def test_auto_min_area_removes_small_islands_and_holes(tiny_ckpt, images_dir):
+    import cv2
+
+    args = ("--auto", "--points-per-side", "3", "--pred-iou-thresh", "0", "--stability-score-thresh", "0")
+    [plain] = _run(tiny_ckpt, images_dir, *args, image="dog.jpg")
+    [rec] = _run(tiny_ckpt, images_dir, *args, "--min-area", "5000", image="dog.jpg")
+    assert rec["masks"] and len(rec["masks"]) <= len(plain["masks"])
+    for m in rec["masks"]:
+        mask = decode(m["segmentation"]).astype(np.uint8)
+        assert int(mask.sum()) == m["area"]
+        for working in (mask, 1 - mask):  # islands, then holes (component 0 is the other side)
+            _, _, stats, _ = cv2.connectedComponentsWithStats(working, 8)
+            sizes = stats[1:, -1]
+            assert len(sizes) <= 1 or sizes.min() >= 5000, sizes
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("mode", ["holes", "islands"])
+def test_remove_small_regions_matches_segment_anything(seed, mode):
+    from segment_anything.utils.amg import remove_small_regions as reference
+
+    from visiontool.services.auto_masks import remove_small_regions
+
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((60, 80), bool)
+    for _ in range(12):  # blobs of assorted sizes, some touching
+        y, x, r = rng.integers(0, 60), rng.integers(0, 80), rng.integers(1, 9)
+        yy, xx = np.ogrid[:60, :80]
+        mask ^= (yy - y) ** 2 + (xx - x) ** 2 <= r * r
+    ours, changed = remove_small_regions(mask, 30, mode)
+    ref, ref_changed = reference(mask, 30, mode)
+    assert changed == ref_changed
+    assert np.array_equal(ours, ref)
 
 
 # ----------------------------------------------------------------------------- vs SamPredictor

@@ -48,7 +48,9 @@ def segment_command(
                                                     help="--auto: minimum predicted IoU."),
     stability_score_thresh: Optional[float] = typer.Option(None, "--stability-score-thresh",
                                                            help="--auto: minimum stability score."),
-    min_area: Optional[int] = typer.Option(None, "--min-area", help="--auto: drop masks under this many pixels."),
+    min_area: Optional[int] = typer.Option(
+        None, "--min-area",
+        help="--auto: remove holes and islands under this many pixels (SAM's min_mask_region_area)."),
     multimask: Optional[bool] = typer.Option(None, "--multimask/--single-mask",
                                              help="3 hypotheses ranked by predicted IoU, or 1. Default: 3 for a "
                                                   "single point, else 1."),

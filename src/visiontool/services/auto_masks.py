@@ -2,9 +2,11 @@
 
 A grid of single-point prompts per crop (multimask), then the same filters in the same
 order: predicted IoU, stability score (on full-resolution logits), boxes touching a crop
-edge, box NMS within a crop and across crops (smaller crops preferred). Embeddings of the
-image and of every crop go through the embedding cache. ``min_area`` drops masks with fewer
-pixels (SAM's hole/island clean-up needs OpenCV, which visiontool does not depend on).
+edge, box NMS within a crop and across crops (smaller crops preferred), then, with
+``min_area`` > 0, SAM's ``min_mask_region_area`` post-processing: holes and islands smaller
+than that many pixels are removed (OpenCV connected components, as ``amg.remove_small_regions``)
+and a box NMS prefers the masks that needed no change. Embeddings of the image and of every
+crop go through the embedding cache.
 """
 from __future__ import annotations
 
@@ -84,6 +86,55 @@ def _near_crop_edge(box, crop, orig, atol=20.0) -> bool:
     return bool(np.any(near_crop & ~near_image))
 
 
+def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tuple[np.ndarray, bool]:
+    """Remove connected ``"holes"`` or ``"islands"`` under ``area_thresh`` pixels from an
+    (H, W) bool mask; returns (mask, changed). segment-anything's ``amg.remove_small_regions``
+    (8-connectivity; if every island is small, the largest is kept)."""
+    import cv2
+
+    correct_holes = mode == "holes"
+    working = (correct_holes ^ mask).astype(np.uint8)
+    n_labels, regions, stats, _ = cv2.connectedComponentsWithStats(working, 8)
+    sizes = stats[:, -1][1:]  # row 0 is the background
+    small = [i + 1 for i, size in enumerate(sizes) if size < area_thresh]
+    if not small:
+        return mask, False
+    fill = [0] + small
+    if not correct_holes:
+        fill = [i for i in range(n_labels) if i not in fill]
+        if not fill:
+            fill = [int(np.argmax(sizes)) + 1]
+    return np.isin(regions, fill), True
+
+
+def postprocess_small_regions(found: list, min_area: int, nms_thresh: float) -> list:
+    """``SamAutomaticMaskGenerator.postprocess_small_regions`` on (rle, box, ...) tuples: clean
+    holes and islands, then NMS with score 1 for unchanged masks and 0 for changed ones, and
+    re-encode the kept masks that changed."""
+    from pycocotools import mask as mask_utils
+
+    cleaned, scores = [], []
+    for f in found:
+        m = mask_utils.decode(f[0]).astype(bool)
+        m, changed_holes = remove_small_regions(m, min_area, "holes")
+        m, changed_islands = remove_small_regions(m, min_area, "islands")
+        cleaned.append(m)
+        scores.append(0.0 if (changed_holes or changed_islands) else 1.0)
+    boxes = np.zeros((len(found), 4))
+    for i, m in enumerate(cleaned):
+        ys, xs = np.nonzero(m)
+        if xs.size:
+            boxes[i] = [xs.min(), ys.min(), xs.max(), ys.max()]
+    out = []
+    for i in nms(boxes, np.array(scores), nms_thresh):
+        f = found[i]
+        if scores[i] == 0.0:
+            rle = mask_utils.encode(np.asfortranarray(cleaned[i].astype(np.uint8)))
+            f = (rle, boxes[i], *f[2:])
+        out.append(f)
+    return out
+
+
 def generate(engine, rgb: np.ndarray, opts, name: str = "image") -> list[Mask]:
     """All masks of an (H, W, 3) image; records carry predicted IoU and stability score."""
     from pycocotools import mask as mask_utils
@@ -142,10 +193,12 @@ def generate(engine, rgb: np.ndarray, opts, name: str = "image") -> list[Mask]:
         areas = np.array([(f[5][2] - f[5][0]) * (f[5][3] - f[5][1]) for f in found], float)
         kb = nms(np.array([f[1] for f in found], float), 1.0 / areas, opts.crop_nms_thresh)
         found = [found[i] for i in kb]
+    if opts.min_area > 0 and found:
+        found = postprocess_small_regions(found, opts.min_area, opts.box_nms_thresh)
     masks = []
     for rle, _, piou, stab, point, crop in found:
         box, area = _box_area(rle)
-        if area < max(opts.min_area, 1):
+        if area < 1:  # nothing left
             continue
         masks.append(Mask(id=0, score=piou, area=area, box=box, segmentation=_rle_str(rle),
                           prompt={"auto": True, "points": [[float(point[0]), float(point[1])]],

@@ -250,7 +250,7 @@ class AutoOptions:
     crop_nms_thresh: float = 0.7
     crop_overlap_ratio: float = 512 / 1500
     crop_n_points_downscale_factor: int = 1
-    min_area: int = 0  # masks smaller than this many pixels are dropped
+    min_area: int = 0  # min_mask_region_area: holes/islands under this many pixels are removed
 
     def replace(self, **kw) -> "AutoOptions":
         from dataclasses import replace
