@@ -129,12 +129,17 @@ def oracle(gt: dict, results: list, iou_type: str = "bbox") -> dict:
             "precision": prec, "recall": rec}
 
 
-def detect_records(gt: dict, results: list, model: str = "test/model") -> list[dict]:
-    """visiontool detect-style records (xyxy boxes, labels by name) for the given COCO results."""
+def _names_and_results_by_image(gt: dict, results: list) -> tuple[dict[int, str], dict[int, list]]:
     names = {c["id"]: c["name"] for c in gt["categories"]}
     by_image: dict[int, list] = {}
     for r in results:
         by_image.setdefault(r["image_id"], []).append(r)
+    return names, by_image
+
+
+def detect_records(gt: dict, results: list, model: str = "test/model") -> list[dict]:
+    """visiontool detect-style records (xyxy boxes, labels by name) for the given COCO results."""
+    names, by_image = _names_and_results_by_image(gt, results)
     recs = []
     for im in gt["images"]:
         dets = []
@@ -150,10 +155,7 @@ def detect_records(gt: dict, results: list, model: str = "test/model") -> list[d
 def segment_records(gt: dict, results: list) -> list[dict]:
     """visiontool segment-style records ("masks" with xyxy box and RLE) for COCO results that
     carry both ``bbox`` and ``segmentation``."""
-    names = {c["id"]: c["name"] for c in gt["categories"]}
-    by_image: dict[int, list] = {}
-    for r in results:
-        by_image.setdefault(r["image_id"], []).append(r)
+    names, by_image = _names_and_results_by_image(gt, results)
     recs = []
     for im in gt["images"]:
         masks = []
