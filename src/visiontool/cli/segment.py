@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 
 from visiontool.cli.main import app
+from visiontool.cli.options import choose_format
 from visiontool.errors import PartialFailure, UsageError
 
 SEGMENT_FORMATS = ("table", "json", "jsonl", "coco")
@@ -55,7 +56,7 @@ def segment_command(
                                              help="3 hypotheses ranked by predicted IoU, or 1. Default: 3 for a "
                                                   "single point, else 1."),
     fmt: Optional[str] = typer.Option(None, "--format", metavar="table|json|jsonl|coco",
-                                      help="Default: table on a terminal, json otherwise."),
+                                      help="Default: table on a terminal, jsonl when piped, or from the --output extension."),
     gt: Optional[str] = typer.Option(None, "--gt", metavar="COCO.json",
                                      help="With --format coco: image and category ids from this ground truth."),
     output: Optional[str] = typer.Option(None, "--output", "-o", metavar="FILE",
@@ -89,14 +90,12 @@ def segment_command(
     set_quiet(quiet)
     # ---- everything a user can get wrong, before any model loads
     from visiontool.device import validate_device_spec, validate_dtype_spec
-    from visiontool.io.records import validate_format
     from visiontool.models.sam import check_checkpoint_spec
-    from visiontool.render.console import stdout_is_tty
     from visiontool.services import segment as svc
 
     validate_device_spec(device)
     validate_dtype_spec(dtype)
-    fmt = validate_format(fmt, SEGMENT_FORMATS) or ("table" if stdout_is_tty() and not output else "json")
+    fmt = choose_format(fmt, output, SEGMENT_FORMATS)  # as detect: table on a terminal, jsonl when piped
     if gt and fmt != "coco":
         raise UsageError("--gt maps ids for --format coco; add --format coco")
     if checkpoint:
