@@ -63,17 +63,6 @@ class Detections:
             for b, s, c, n in zip(self.xyxy, self.scores, self.class_ids, self.names)
         ]
 
-    @classmethod
-    def from_list(cls, items: list[dict]) -> "Detections":
-        if not items:
-            return cls.empty()
-        return cls(
-            np.array([d["box"] for d in items], dtype=np.float64),
-            np.array([d["score"] for d in items], dtype=np.float64),
-            np.array([d.get("category_id", -1) for d in items], dtype=np.int64),
-            np.array([d.get("label", str(d.get("category_id", ""))) for d in items], dtype=object),
-        )
-
 
 @dataclass
 class Mask:

@@ -56,7 +56,8 @@ def segment_command(
                                              help="3 hypotheses ranked by predicted IoU, or 1. Default: 3 for a "
                                                   "single point, else 1."),
     fmt: Optional[str] = typer.Option(None, "--format", metavar="table|json|jsonl|coco",
-                                      help="Default: table on a terminal, jsonl when piped, or from the --output extension."),
+                                      help="Default: table on a terminal, jsonl when piped, or from the "
+                                           "--output extension."),
     gt: Optional[str] = typer.Option(None, "--gt", metavar="COCO.json",
                                      help="With --format coco: image and category ids from this ground truth."),
     output: Optional[str] = typer.Option(None, "--output", "-o", metavar="FILE",

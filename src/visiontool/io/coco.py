@@ -22,11 +22,6 @@ def xyxy_to_xywh(box) -> list[float]:
     return [x1, y1, x2 - x1, y2 - y1]
 
 
-def xywh_to_xyxy(box) -> list[float]:
-    x, y, w, h = (float(v) for v in box)
-    return [x, y, x + w, y + h]
-
-
 def encode_rle(mask: np.ndarray) -> dict:
     """Binary (H, W) mask -> COCO RLE with string counts (JSON-ready)."""
     from pycocotools import mask as mask_utils

@@ -7,7 +7,6 @@ stability_score, crop_box_x0, crop_box_y0, crop_box_w, crop_box_h. PNGs are 0/25
 """
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
@@ -60,8 +59,3 @@ def _num(v) -> str:
     if isinstance(v, float):
         return str(int(v)) if v.is_integer() else repr(v)
     return str(v)
-
-
-def read_metadata(path: str | os.PathLike) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
