@@ -5,14 +5,41 @@ stdout carries the data (a table, or the §3 JSON); diagnostics and warnings go 
 from __future__ import annotations
 
 import json
+import re
+import sys
 
 import typer
+from typer.core import TyperCommand
 
-from visiontool.cli.main import app
+from visiontool.cli.main import app, direct_coercion
 from visiontool.errors import UsageError
 
 
-@app.command("evaluate")
+class _EvaluateCommand(TyperCommand):
+    """Its options are plain str/bool: coerced without pydantic (see ``direct_coercion``)."""
+
+    def parse_args(self, ctx, args):
+        direct_coercion(self.get_params(ctx))
+        return super().parse_args(ctx, args)
+
+
+_RICH_EMOJI = re.compile(r":\S*?:")
+
+
+def _warn(message: str) -> None:
+    """render.console.warn's line, written directly when rich would print it unchanged
+    (printable text without an :emoji: code): importing rich costs ~20 ms of a JSON run."""
+    line = f"visiontool: warning: {message}"
+    if not line.isprintable() or _RICH_EMOJI.search(line):
+        from visiontool.render.console import warn
+
+        warn(message)
+        return
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+@app.command("evaluate", cls=_EvaluateCommand)
 def evaluate_command(
     gt: str = typer.Option(None, "--gt", help="COCO ground-truth annotations (JSON). Required."),
     pred: str = typer.Option(None, "--pred", help="Predictions: COCO results JSON, or visiontool "
@@ -42,13 +69,14 @@ def evaluate_command(
     if iou_type not in ("bbox", "segm"):
         raise UsageError(f"invalid --iou-type '{iou_type}': expected bbox or segm")
     from visiontool.io.output import open_output
-    from visiontool.render.console import warn
     from visiontool.services.evaluate import evaluate
 
     result = evaluate(gt, pred, iou_type, per_class=per_class, backend=backend, lenient=lenient)
     for line in result.diagnostics:
-        warn(line)
+        _warn(line)
     if plot:
+        from visiontool.render.console import warn
+
         if result.precision is None or result.precision.ndim != 5:
             warn("--plot: this backend gives no precision arrays; no curves written")
         else:

@@ -1,8 +1,9 @@
 """The application, global options and the single error handler (DESIGN.md §4).
 
-Every command module registers one function here. Nothing heavy is imported at module
-level (torch, transformers, segment_anything load inside the commands), so
-``visiontool --help`` stays instant.
+Every command module registers one function here, and is imported only when its command
+runs or the commands are listed (VisionToolGroup.get_command / list_commands). Nothing
+heavy is imported at module level (torch, transformers, segment_anything load inside the
+commands), so ``visiontool --help`` stays instant.
 """
 from __future__ import annotations
 
@@ -41,6 +42,38 @@ def error_line(message: str) -> None:
     message = " ".join(str(message).split()) or "unknown error"
     sys.stderr.write(f"{PROG}: error: {message}\n")
     sys.stderr.flush()
+
+
+class _Direct:
+    """A parameter's coercion without pydantic when the value needs none.
+
+    Typer (>= 0.2x) coerces each parameter value through a pydantic TypeAdapter built on
+    first use, so merely parsing ``--help`` (value None) or a str option imports pydantic:
+    ~0.1 s of every invocation. None and values that already have the parameter's type
+    (str, bool) come back unchanged, as Typer's adapters return them; anything else (e.g.
+    an environment variable's text for a flag) goes to Typer's own coercion."""
+
+    def __init__(self, param):
+        self.param, self.full = param, None
+
+    def coerce(self, value, param=None, ctx=None):
+        if value is None or type(value) is self.param.type_descriptor.annotation:
+            return value
+        if self.full is None:
+            from typer.core import build_runtime_param
+
+            self.full = build_runtime_param(self.param.type_descriptor)
+        return self.full.coerce(value, param=param, ctx=ctx)
+
+
+def direct_coercion(params) -> None:
+    """Give the single-valued str/bool parameters of a Typer command a :class:`_Direct`
+    coercion (no-op on Typer versions without runtime coercion)."""
+    for p in params:
+        ann = getattr(getattr(p, "type_descriptor", None), "annotation", None)
+        if (ann in (str, bool) and hasattr(p, "get_runtime_param") and getattr(p, "_runtime_param", 0) is None
+                and not p.multiple and p.nargs == 1):
+            p._runtime_param = _Direct(p)
 
 
 class VisionToolGroup(TyperGroup):
@@ -99,6 +132,39 @@ class VisionToolGroup(TyperGroup):
             code = ExitCode.FAILURE
         sys.exit(int(code))
 
+    def parse_args(self, ctx, args):
+        direct_coercion(self.get_params(ctx))
+        return super().parse_args(ctx, args)
+
+    # commands load lazily: `visiontool evaluate` imports only evaluate's module; listing
+    # the commands (--help, a mistyped name's suggestions) imports them all
+
+    def _add_registered(self) -> None:
+        from typer.main import get_command_from_info
+
+        for info in app.registered_commands:
+            name = info.name or info.callback.__name__.replace("_", "-")
+            if name not in self.commands:
+                self.add_command(get_command_from_info(info, pretty_exceptions_short=app.pretty_exceptions_short,
+                                                       rich_markup_mode=app.rich_markup_mode), name)
+
+    def get_command(self, ctx, cmd_name):
+        if cmd_name not in self.commands:
+            from visiontool.cli import commands
+
+            if not commands.import_command(cmd_name):
+                commands.import_all()
+            self._add_registered()
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx):
+        from visiontool.cli import commands
+
+        commands.import_all()
+        self._add_registered()
+        names = super().list_commands(ctx)
+        return [n for n in commands.NAMES if n in names] + [n for n in names if n not in commands.NAMES]
+
 
 app = typer.Typer(
     cls=VisionToolGroup,
@@ -132,14 +198,6 @@ def main_callback(
         _debug["on"] = True
 
 
-def _register() -> None:
-    from visiontool.cli import commands  # noqa: F401  (each module adds its command to `app`)
-
-
 def run() -> None:
-    """Console-script entry point."""
-    _register()
+    """Console-script entry point (commands are imported when invoked: VisionToolGroup)."""
     app()
-
-
-_register()
