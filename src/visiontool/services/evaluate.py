@@ -358,8 +358,13 @@ def _run_hotcoco(gt: GroundTruth, preds: Predictions, iou_type: str):
             cd = cg.load_res(res)
         e = COCOeval(cg, cd, iou_type)
         e.evaluate()
+        big = len(preds) >= 100_000
+        if big:
+            release_memory()  # the parallel matching's freed buffers, before accumulate allocates
         e.accumulate()
         e.summarize()
+        if big:
+            release_memory()  # again before `eval` copies the arrays out (~15 MB for COCO)
         ev = e.eval
         cats = list(e.params.cat_ids) if hasattr(e.params, "cat_ids") else sorted(gt.category_names)
     return np.asarray(e.stats, dtype=np.float64), np.asarray(ev["precision"]), np.asarray(ev["recall"]), cats
