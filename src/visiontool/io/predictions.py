@@ -21,9 +21,9 @@ counted (``n_unknown_images``): running detect on a folder with extra photos is 
 Large COCO results files take a fast path that builds no per-record Python dicts: for
 bbox, ultrafast-pycocotools' native reader yields an ``(N, 7)`` float64 array
 ``[image_id, x, y, w, h, score, category_id]`` that is checked with numpy; for segm,
-msgspec checks the schema and types and the file itself goes to the native engine. Only
-when that check fails (or an input is not COCO results) is the file parsed into Python
-objects, to find and name the offending record.
+msgspec checks the schema, types and finite values (box sizes >= 0) and the file itself
+goes to the native engine. Only when that check fails (or an input is not COCO results)
+is the file parsed into Python objects, to find and name the offending record.
 """
 # no `from __future__ import annotations`: msgspec reads the annotations of the local schema classes
 import json
@@ -34,7 +34,7 @@ import sys
 from dataclasses import dataclass, field
 from itertools import chain
 from numbers import Real
-from operator import attrgetter
+from operator import attrgetter, countOf
 from pathlib import Path
 from typing import Any, Callable
 
@@ -221,15 +221,23 @@ def _segm_decoder():
     if _SEGM_DECODER is None:
         import msgspec
 
+        from typing import Annotated
+
+        # finite (NaN fails every comparison; 1e999 parses as inf) and, for w/h, >= 0: the
+        # decoder itself checks scores and boxes, so no column of them is built
+        big = 1.7976931348623157e308
+        finite = Annotated[float, msgspec.Meta(ge=-big, le=big)]
+        size = Annotated[float, msgspec.Meta(ge=0, le=big)]
+
         class RLE(msgspec.Struct, gc=False):
             size: tuple[int, int]  # "counts" is left to the engine (an engine error re-checks precisely)
 
         class SegmResult(msgspec.Struct, gc=False):
             image_id: int
             category_id: int
-            score: float
+            score: finite
             segmentation: RLE
-            bbox: tuple[float, float, float, float] | None = None
+            bbox: tuple[finite, finite, size, size] | None = None
 
         _SEGM_DECODER = msgspec.json.Decoder(list[SegmResult])
     return _SEGM_DECODER
@@ -256,20 +264,10 @@ def _fast_segm(path: str, gt) -> Predictions | None:
     scores = np.fromiter(map(attrgetter("score"), recs), np.float64, n)
     sizes = np.fromiter(chain.from_iterable(map(attrgetter("segmentation.size"), recs)), np.int64,
                         2 * n).reshape(n, 2)
-    bboxes = list(map(attrgetter("bbox"), recs))
-    n_none = bboxes.count(None)
-    boxes = None
-    if n_none != n:
-        if n_none:
-            del recs
-            return None  # mixed: pycocotools would fail; the precise path names the record
-        boxes = np.array(bboxes, dtype=np.float64)
-    del bboxes
+    n_none = countOf(map(attrgetter("bbox"), recs), None)
     del recs
-    if not np.isfinite(scores).all():
-        return None
-    if boxes is not None and (not np.isfinite(boxes).all() or (boxes[:, 2:] < 0).any()):
-        return None
+    if 0 < n_none < n:
+        return None  # mixed: pycocotools would fail; the precise path names the record
     if not is_member(image_ids, gt.image_id_array).all() or not is_member(cat_ids, gt.category_id_array).all():
         return None
     if not _sizes_match(image_ids, sizes, gt):
@@ -281,8 +279,13 @@ def _fast_segm(path: str, gt) -> Predictions | None:
 
 def _sizes_match(image_ids: np.ndarray, sizes: np.ndarray, gt) -> bool:
     hw = gt.image_hw_array  # (n_images, 2) aligned with image_id_array; -1 where unknown
-    pos = np.searchsorted(gt.image_id_array, image_ids)
-    want = hw[pos]
+    ids = gt.image_id_array  # every image id is known to be one of these
+    if ids.size and ids[0] >= 0 and ids[-1] < 2_000_000 and (ids[1:] != ids[:-1]).all():
+        table = np.empty((int(ids[-1]) + 1, 2), dtype=np.int64)  # a lookup beats a binary search
+        table[ids] = hw
+        want = table[image_ids]
+    else:
+        want = hw[np.searchsorted(ids, image_ids)]
     known = want[:, 0] >= 0
     return bool((sizes[known] == want[known]).all())
 
