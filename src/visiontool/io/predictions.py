@@ -352,24 +352,9 @@ def _parse_file(path: str) -> Any:
         raise InvalidInputError(f"predictions '{path}' is not UTF-8 JSON") from None
     except OSError as exc:
         raise UsageError(f"cannot read predictions '{path}': {exc.strerror or exc}") from None
-    if not text.strip():
-        raise InvalidInputError(f"predictions '{path}' is empty")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as first:
-        # JSONL: one record per line
-        lines = [(n, ln) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
-        if len(lines) < 2:
-            raise InvalidInputError(f"predictions '{path}' is not valid JSON: {first.msg} at line "
-                                    f"{first.lineno} column {first.colno}") from None
-        out = []
-        for n, ln in lines:
-            try:
-                out.append(json.loads(ln))
-            except json.JSONDecodeError as exc:
-                raise InvalidInputError(f"predictions '{path}' is neither JSON nor JSONL: line {n}: "
-                                        f"{exc.msg} at column {exc.colno}") from None
-        return out
+    from visiontool.io.records import parse_json_or_jsonl
+
+    return parse_json_or_jsonl(text, f"predictions '{path}'")
 
 
 def _from_objects(data: Any, gt, iou_type: str, lenient: bool, source: str) -> Predictions:

@@ -14,7 +14,7 @@ import re
 from contextlib import ExitStack
 from typing import TextIO
 
-from visiontool.errors import UsageError
+from visiontool.errors import InvalidInputError, UsageError
 from visiontool.io.coco import GroundTruthIndex, xyxy_to_xywh
 from visiontool.io.output import open_output
 from visiontool.types import ImageResult
@@ -30,6 +30,31 @@ def validate_format(fmt: str | None, allowed: tuple[str, ...] = FORMATS) -> str 
     if f not in allowed:
         raise UsageError(f"invalid --format '{fmt}': expected one of {'|'.join(allowed)}")
     return f
+
+
+def parse_json_or_jsonl(text: str, what: str):
+    """Parse ``text`` as one JSON document, else as JSON lines (detect's ``jsonl``).
+
+    Returns the document (a list, or the one record of a single-line ``jsonl``) or the list of
+    line records. ``what`` names the input in the one-line InvalidInputError.
+    """
+    if not text.strip():
+        raise InvalidInputError(f"{what} is empty")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as first:
+        lines = [(n, ln) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+        if len(lines) < 2:
+            raise InvalidInputError(f"{what} is not valid JSON: {first.msg} at line {first.lineno} "
+                                    f"column {first.colno}") from None
+        out = []
+        for n, ln in lines:
+            try:
+                out.append(json.loads(ln))
+            except json.JSONDecodeError as exc:
+                raise InvalidInputError(f"{what} is neither JSON nor JSONL: line {n}: {exc.msg} at column "
+                                        f"{exc.colno}") from None
+        return out
 
 
 def default_image_id(image: str, position: int) -> int:

@@ -187,26 +187,10 @@ def prompts_from_json(data, origin: str) -> list[Prompt]:
 
 def detections_from_records(text: str, origin: str) -> dict[str, list[dict]]:
     """``--boxes-from``: detect's json (a list) or jsonl output -> {image: [detection, ...]}."""
-    import json
+    from visiontool.io.records import parse_json_or_jsonl
 
-    text = text.strip()
-    if not text:
-        raise InvalidInputError(f"{origin}: no detection records (empty input)")
-    records = []
-    if text.startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InvalidInputError(f"{origin}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-                                    ) from exc
-    else:
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise InvalidInputError(f"{origin}: line {n} is not valid JSON: {exc.msg}") from exc
+    data = parse_json_or_jsonl(text, origin)
+    records = data if isinstance(data, list) else [data]  # one jsonl line parses as one record
     out: dict[str, list[dict]] = {}
     for i, r in enumerate(records):
         if not isinstance(r, dict) or not isinstance(r.get("image"), str) or \
