@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from visiontool.io.coco import decode_rle
+from visiontool.io.masks_dir import unique_stem
 from visiontool.types import ImageResult
 
 
@@ -60,12 +61,7 @@ def save_viz(rgb: np.ndarray, result: ImageResult, out_dir: str, used: set[str] 
     """Write ``out_dir/<image stem>.png`` (``-2``… for repeated stems) and return its path."""
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
-    stem = Path(result.image.split("?")[0]).stem or "image"
-    name, n = stem, 2
-    while used is not None and name in used:
-        name, n = f"{stem}-{n}", n + 1
-    if used is not None:
-        used.add(name)
+    name = unique_stem(result.image, used)
     path = d / f"{name}.png"
     tmp = d / f".{name}.png.tmp"
     render(rgb, result).save(tmp, format="PNG")

@@ -17,15 +17,21 @@ HEADER = ("id,area,bbox_x0,bbox_y0,bbox_w,bbox_h,point_input_x,point_input_y,pre
           "stability_score,crop_box_x0,crop_box_y0,crop_box_w,crop_box_h")
 
 
-def image_folder(root: str | os.PathLike, image: str, used: set[str] | None = None) -> Path:
-    """``root/<stem>``; a second image with the same stem gets ``<stem>-2`` and so on."""
+def unique_stem(image: str, used: set[str] | None = None) -> str:
+    """The image's file stem; a second image with the same stem gets ``<stem>-2`` and so on
+    (``used`` collects the names handed out)."""
     stem = Path(image.split("?")[0]).stem or "image"
     name, n = stem, 2
     while used is not None and name in used:
         name, n = f"{stem}-{n}", n + 1
     if used is not None:
         used.add(name)
-    return Path(root) / name
+    return name
+
+
+def image_folder(root: str | os.PathLike, image: str, used: set[str] | None = None) -> Path:
+    """``root/<stem>``, unique among the images of one run (see :func:`unique_stem`)."""
+    return Path(root) / unique_stem(image, used)
 
 
 def write_masks_dir(result: ImageResult, folder: Path) -> Path:

@@ -459,10 +459,9 @@ def compare(
     gtobj = GroundTruth.load(gt)
     named_images: list[str] = []
     if models:
-        if not 0.0 <= float(threshold) <= 1.0:
-            raise UsageError(f"--threshold must be within [0, 1], got {threshold}")
-        if batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+        from visiontool.services.detect import check_detect_options
+
+        check_detect_options(threshold, batch_size)
         from visiontool.device import validate_device_spec, validate_dtype_spec
         from visiontool.models.detr import check_model_spec
 

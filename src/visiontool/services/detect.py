@@ -90,6 +90,14 @@ def parse_classes(spec: str | Sequence[str] | None, id2label: dict[int, str]) ->
     return wanted
 
 
+def check_detect_options(threshold: float, batch_size: int) -> None:
+    """The option checks every detection run makes before loading anything (detect, compare)."""
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise UsageError(f"--threshold must be within [0, 1], got {threshold}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+
+
 def filter_detections(d: Detections, threshold: float, classes: set[int] | None, max_det: int | None) -> Detections:
     """Keep score >= threshold (inclusive) and wanted classes; sort by score; cut to max_det."""
     keep = d.scores >= threshold
@@ -258,10 +266,7 @@ def run_detect(
     from visiontool.models.detr import DEFAULT_MODEL, check_model_spec, load_config, load_detector
 
     model = model or DEFAULT_MODEL
-    if not 0.0 <= float(threshold) <= 1.0:
-        raise UsageError(f"--threshold must be within [0, 1], got {threshold}")
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    check_detect_options(threshold, batch_size)
     items = list(sources) if isinstance(sources, (list, tuple)) else [sources]
     if all(isinstance(s, (str, Path)) for s in items):
         named = [(s.name, None) for s in expand_sources([str(s) for s in items], recursive=recursive)]
