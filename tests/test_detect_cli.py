@@ -101,6 +101,19 @@ def test_table_lists_labels_and_scores(tiny_detr, photos):
     assert top["label"] in res.stdout and f"{top['score']:.3f}" in res.stdout
 
 
+def test_piped_table_has_whole_rows(tiny_detr, photos, tmp_path):
+    # off a terminal rich would assume 80 columns and fold a long path and the box column
+    deep = tmp_path / ("a_rather_long_folder_name_" * 3)
+    deep.mkdir()
+    (deep / "dog.jpg").write_bytes((photos / "dog.jpg").read_bytes())
+    res = invoke("detect", deep / "dog.jpg", "-m", tiny_detr, "-t", "0.3", "-f", "table", "-q")
+    assert res.exit_code == 0, res.stderr
+    top = records(invoke("detect", deep / "dog.jpg", "-m", tiny_detr, "-t", "0.3", "-f", "json", "-q"))[0]
+    row = next(line for line in res.stdout.splitlines() if "dog.jpg" in line)
+    d = top["detections"][0]
+    assert d["label"] in row and f"{d['score']:.3f}" in row and f"{d['box'][2]:.1f}" in row
+
+
 def test_output_file_is_written_and_stdout_stays_empty(tiny_detr, photos, tmp_path):
     out = tmp_path / "sub" / "dets.json"
     res = invoke("detect", photos / "dog.jpg", "-m", tiny_detr, "-t", "0", "-o", out, "-q")

@@ -134,21 +134,8 @@ def _write(result, out_format: str, output: Optional[str], per_class: bool, top:
         if out_format == "json":
             fh.write(json.dumps(result.to_dict()) + "\n")
             return
-        import sys
-
-        from rich.console import Console
-
         from visiontool.render.compare_tables import accuracy_table, cost_table, per_class_table
-        from visiontool.render.console import stdout_is_tty
+        from visiontool.render.console import print_tables
 
-        # a fixed width off-terminal, so files and pipes get whole rows
-        width = None if fh is sys.stdout and stdout_is_tty() else 160
-        con = Console(file=fh, soft_wrap=False, width=width)
-        con.print(accuracy_table(result))
-        cost = cost_table(result)
-        if cost is not None:
-            con.print(cost)
-        if per_class:
-            pc = per_class_table(result, top)
-            if pc is not None:
-                con.print(pc)
+        print_tables(fh, accuracy_table(result), cost_table(result),
+                     per_class_table(result, top) if per_class else None)

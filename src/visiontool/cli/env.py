@@ -61,7 +61,7 @@ def env_command(
         return
     from rich.table import Table
 
-    from visiontool.render.console import out
+    from visiontool.render.console import print_tables
 
     t = Table(title="visiontool env", show_header=False)
     t.add_column("key", style="bold")
@@ -76,4 +76,4 @@ def env_command(
                        "available": "devices"}.get(k, k), ", ".join(v) if isinstance(v, list) else str(v))
     for k, v in info["caches"].items():
         t.add_row(f"cache: {k}", v)
-    out().print(t)
+    print_tables(None, t)

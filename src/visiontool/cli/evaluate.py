@@ -88,11 +88,7 @@ def evaluate_command(
         if fmt == "json":
             fh.write(json.dumps(result.to_dict()) + "\n")
             return
-        from rich.console import Console
-
+        from visiontool.render.console import print_tables
         from visiontool.render.eval_tables import per_class_table, stats_table
 
-        con = Console(file=fh, soft_wrap=False)
-        con.print(stats_table(result))
-        if per_class:
-            con.print(per_class_table(result))
+        print_tables(fh, stats_table(result), per_class_table(result) if per_class else None)

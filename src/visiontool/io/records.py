@@ -179,10 +179,7 @@ class RecordWriter:
         return False
 
     def _render_table(self) -> None:
-        from rich.console import Console
-
-        from visiontool.render.console import out
+        from visiontool.render.console import print_tables
         from visiontool.render.tables import results_table
 
-        console = out() if self._fh is None else Console(file=self._fh, width=160, color_system=None)
-        console.print(results_table(self._table_rows, title=self.table_title))
+        print_tables(self._fh, results_table(self._table_rows, title=self.table_title))

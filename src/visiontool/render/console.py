@@ -25,6 +25,34 @@ def out() -> Console:
     return Console(file=sys.stdout, soft_wrap=False)
 
 
+def print_tables(fh, *tables) -> None:
+    """Print rich tables as data: terminal width on a terminal, whole rows anywhere else.
+
+    Off a terminal (pipe, file, CI log) rich would assume 80 columns and fold or
+    truncate cells (a long image path, a column header); there each table is
+    printed at its natural width, without colour codes, so every cell survives.
+    """
+    fh = sys.stdout if fh is None else fh
+    try:
+        tty = fh.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    if tty:
+        con = Console(file=fh, soft_wrap=False)
+        for t in tables:
+            if t is not None:
+                con.print(t)
+        return
+    from rich.measure import Measurement
+
+    probe = Console(file=fh, width=100_000, color_system=None)
+    for t in tables:
+        if t is None:
+            continue
+        width = Measurement.get(probe, probe.options, t).maximum
+        Console(file=fh, soft_wrap=False, width=max(80, width), color_system=None).print(t)
+
+
 def err() -> Console:
     """Console for progress, warnings and errors on stderr."""
     return Console(file=sys.stderr, stderr=True, highlight=False)
