@@ -20,11 +20,6 @@ def is_quiet() -> bool:
     return _state["quiet"]
 
 
-def out() -> Console:
-    """Console for data (tables) on stdout."""
-    return Console(file=sys.stdout, soft_wrap=False)
-
-
 def print_tables(fh, *tables) -> None:
     """Print rich tables as data: terminal width on a terminal, whole rows anywhere else.
 
@@ -33,11 +28,7 @@ def print_tables(fh, *tables) -> None:
     printed at its natural width, without colour codes, so every cell survives.
     """
     fh = sys.stdout if fh is None else fh
-    try:
-        tty = fh.isatty()
-    except (AttributeError, ValueError):
-        tty = False
-    if tty:
+    if _isatty(fh):
         con = Console(file=fh, soft_wrap=False)
         for t in tables:
             if t is not None:
@@ -58,11 +49,15 @@ def err() -> Console:
     return Console(file=sys.stderr, stderr=True, highlight=False)
 
 
-def stdout_is_tty() -> bool:
+def _isatty(stream) -> bool:
     try:
-        return sys.stdout.isatty()
+        return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def stdout_is_tty() -> bool:
+    return _isatty(sys.stdout)
 
 
 def warn(message: str) -> None:
