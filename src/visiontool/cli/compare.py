@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from visiontool.cli.main import app, error_line
-from visiontool.cli.options import DeviceOpt, DtypeOpt, QuietOpt, choose_format
+from visiontool.cli.options import DeviceOpt, DtypeOpt, OutputOpt, QuietOpt, choose_format
 from visiontool.errors import UsageError
 
 
@@ -42,8 +42,7 @@ def compare_command(
     fmt: Optional[str] = typer.Option(None, "--format", "-f",
                                       help="table|json. Default: table on a terminal, json when piped or "
                                            "for an --output ending in .json."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="FILE",
-                                         help="Write the data here (atomically) instead of stdout."),
+    output: Optional[str] = OutputOpt,
     plot: Optional[str] = typer.Option(None, "--plot", metavar="FILE",
                                        help="Write a grouped bar chart of the metrics per run (PNG); with "
                                             "models, a second panel shows ms per image by stage."),

@@ -6,7 +6,7 @@ from typing import List, Optional
 import typer
 
 from visiontool.cli.main import app, error_line
-from visiontool.cli.options import DeviceOpt, DtypeOpt, QuietOpt, choose_format
+from visiontool.cli.options import DeviceOpt, DtypeOpt, OutputOpt, QuietOpt, choose_format
 
 FORMATS = ("table", "json", "jsonl", "coco", "csv")
 
@@ -35,8 +35,7 @@ def detect_command(
     fmt: Optional[str] = typer.Option(None, "--format", "-f", metavar="FORMAT",
                                       help="table | json | jsonl | coco | csv. Default: table on a terminal, "
                                            "jsonl when piped, or from the --output extension."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="FILE",
-                                         help="Write to FILE (atomically) instead of stdout."),
+    output: Optional[str] = OutputOpt,
     save_viz: Optional[str] = typer.Option(None, "--save-viz", metavar="DIR",
                                            help="Write annotated copies (boxes, labels, scores) into DIR."),
     gt: Optional[str] = typer.Option(None, "--gt", metavar="COCO.json",

@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import re
 import sys
+from typing import Optional
 
 import typer
 from typer.core import TyperCommand
 
 from visiontool.cli.main import app, direct_coercion
+from visiontool.cli.options import OutputOpt
 from visiontool.errors import UsageError
 
 
@@ -52,8 +54,7 @@ def evaluate_command(
                                 help="auto|ultrafast|hotcoco|pycocotools|faster-coco-eval|torchmetrics"),
     lenient: bool = typer.Option(False, "--lenient", help="Skip invalid predictions (with a warning "
                                                           "count) instead of failing."),
-    output: str = typer.Option(None, "--output", "-o", metavar="FILE", help="Write the data here instead "
-                                                                             "of stdout."),
+    output: Optional[str] = OutputOpt,
 ) -> None:
     """Score predictions with the official COCO metrics (pycocotools' numbers, native speed).
 

@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from visiontool.cli.main import app
-from visiontool.cli.options import choose_format
+from visiontool.cli.options import OutputOpt, QuietOpt, choose_format
 from visiontool.errors import PartialFailure, UsageError
 
 SEGMENT_FORMATS = ("table", "json", "jsonl", "coco")
@@ -60,8 +60,7 @@ def segment_command(
                                            "--output extension."),
     gt: Optional[str] = typer.Option(None, "--gt", metavar="COCO.json",
                                      help="With --format coco: image and category ids from this ground truth."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="FILE",
-                                         help="Write the data here instead of stdout."),
+    output: Optional[str] = OutputOpt,
     masks_dir: Optional[str] = typer.Option(None, "--masks-dir", metavar="DIR",
                                             help="One PNG per mask + metadata.csv (segment-anything amg.py "
                                                  "layout) in DIR/<image>/."),
@@ -72,7 +71,7 @@ def segment_command(
     device: str = typer.Option("auto", "--device", metavar="auto|cpu|cuda|cuda:N|mps"),
     dtype: str = typer.Option("auto", "--dtype", metavar="auto|float32|float16|bfloat16",
                               help="Encoder precision (autocast); auto = float32 on CPU, float16 on GPU."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
+    quiet: bool = QuietOpt,
 ) -> None:
     """Segment objects with Meta's segment-anything (SAM).
 
