@@ -70,6 +70,14 @@ def tiny_ckpt_b(tmp_path_factory) -> Path:
     return save_tiny_sam(tmp_path_factory.mktemp("sam_b") / "sam_tiny.pth", seed=1)
 
 
+def sam_engine(ckpt, **options):
+    """The official-SAM adapter for a checkpoint, on the CPU in float32 (as the CLI builds it)."""
+    from visiontool.models.registry import load_segmenter
+
+    options.setdefault("quiet", True)
+    return load_segmenter(str(ckpt), "cpu", "float32", **options)
+
+
 # ----------------------------------------------------------------------------- HTTP
 class _Handler(http.server.BaseHTTPRequestHandler):
     routes: dict = {}

@@ -13,7 +13,8 @@ from visiontool.services.compare import STAT_KEYS
 
 runner = CliRunner()
 PHOTOS = ("dog.jpg", "groceries.jpg")
-MODEL_KEYS = {"params", "ms_per_image", "images_per_s", "peak_memory_mb", "needs_nms", "duplicate_rate"}
+MODEL_KEYS = {"params", "ms_per_image", "images_per_s", "peak_memory_mb", "needs_nms", "duplicate_rate",
+              "paradigm", "family", "backend"}
 
 
 def _tiny(path, queries, seed):
@@ -95,9 +96,20 @@ def test_model_rows_shape_and_values(model_run, setup):
         assert set(row["ms_per_image"]) == {"preprocess", "inference", "postprocess"}
         assert all(v > 0 for v in row["ms_per_image"].values())
         assert row["images_per_s"] > 0
-        assert row["peak_memory_mb"] is not None and row["peak_memory_mb"] >= 0
-        assert row["needs_nms"] is False  # DETR: set prediction
-        assert row["duplicate_rate"] is None or 0 <= row["duplicate_rate"] <= 1
+        assert row["peak_memory_mb"] is not None and row["peak_memory_mb"] > 0  # the model itself is memory
+        assert row["needs_nms"] is False and row["paradigm"] == "query-based"  # DETR: set prediction
+        assert row["family"] == "detr" and row["backend"] == "transformers"
+    # the duplicate rate is what duplicate_flags finds in the same model's own detections
+    from visiontool.services.detect import run_detect
+    from visiontool.services.duplicates import duplicate_flags
+
+    for row, model in ((q8, setup["q8"]), (q12, setup["q12"])):
+        dets = [r.detections for r in run_detect(setup["photos"], str(model), threshold=0.5, device="cpu").results]
+        kept = sum(len(d) for d in dets)
+        dups = sum(int(duplicate_flags(d.xyxy, d.scores, d.class_ids).sum()) for d in dets)
+        expected = None if kept == 0 else dups / kept
+        assert row["duplicate_rate"] == pytest.approx(expected) if expected is not None else \
+            row["duplicate_rate"] is None
     # the GT is q8's own detections: q8 finds every one of them exactly
     assert q8["map"] == pytest.approx(1.0) and q8["map_50"] == pytest.approx(1.0)
     assert q12["map"] < q8["map"] and q12["delta"]["map"] == pytest.approx(q12["map"] - q8["map"])
@@ -157,8 +169,14 @@ def test_unreadable_image_is_reported_and_exit_1(setup, tmp_path):
                             "--no-warmup", "-f", "json", "-q"])
     assert r.exit_code == 1, r.stderr
     row = json.loads(r.stdout)["runs"][0]
-    assert row["map"] is not None and "error" not in row
+    # numbers exist but are marked: the unread image's objects count as missed
+    assert row["map"] is not None and row["incomplete"] is True and row["failed_images"] == 1
+    assert "lower bound" in row["error"]
     assert "broken.jpg" in r.stderr and "Traceback" not in r.stderr
+    t = runner.invoke(app, ["compare", "--gt", str(tmp_path / "gt.json"), "--images", setup["photos"][0],
+                            "--images", str(tmp_path / "broken.jpg"), "--model", str(setup["q8"]),
+                            "--no-warmup", "-f", "table", "-q"])
+    assert t.exit_code == 1 and "≥" in t.stdout and "incomplete" in t.stdout
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -38,9 +38,13 @@ def real(coco_dir):
             coco_dir / "instances_val2014_fakesegm100_results.json")
 
 
-def test_table_is_default(real):
+def test_table_when_asked_json_when_piped(real):
+    """DESIGN §2: a table on a terminal or when asked, JSON when piped (CliRunner's stdout is a pipe)."""
     gt, bbox, _ = real
-    r = run("--gt", gt, "--pred", bbox)
+    piped = run("--gt", gt, "--pred", bbox)
+    assert piped.exit_code == 0, piped.stderr
+    assert json.loads(piped.stdout)["map"] == pytest.approx(0.5045806987249628)
+    r = run("--gt", gt, "--pred", bbox, "-f", "table")
     assert r.exit_code == 0, r.stderr
     assert "map_50" in r.stdout and "0.5046" in r.stdout
     assert "pizza" in r.stderr  # GT category never predicted: a diagnostic, on stderr only
@@ -63,7 +67,7 @@ def test_json_shape_and_values(real):
 
 def test_per_class_table_sorted(real):
     gt, bbox, _ = real
-    r = run("--gt", gt, "--pred", bbox, "--per-class")
+    r = run("--gt", gt, "--pred", bbox, "--per-class", "-f", "table")
     assert r.exit_code == 0
     body = r.stdout.split("per class")[1]
     aps = [float(ln.split("│")[3]) for ln in body.splitlines() if ln.count("│") == 8]

@@ -11,20 +11,20 @@ import numpy as np
 import pytest
 from segment_helpers import records, run_cli, tiny_ckpt, tiny_ckpt_b  # noqa: F401
 
-from visiontool.services import segment as svc
+from visiontool.models.sam_official import SamOfficial
 from visiontool.services.embedding_cache import EmbeddingCache, embedding_key
 
 
 @pytest.fixture
 def count_encodes(monkeypatch):
     calls = []
-    real = svc.SamEngine.encode
+    real = SamOfficial.encode
 
     def spy(self, rgb, name="image"):
         calls.append(name)
         return real(self, rgb, name)
 
-    monkeypatch.setattr(svc.SamEngine, "encode", spy)
+    monkeypatch.setattr(SamOfficial, "encode", spy)
     return calls
 
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 from segment_helpers import assert_user_error, records, run_cli, tiny_ckpt  # noqa: F401
 
-from visiontool.services import segment as svc
+from visiontool.models.sam_official import SamOfficial
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def no_model(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the model was loaded before the input was validated")
 
-    monkeypatch.setattr(svc.SamEngine, "__init__", boom)
+    monkeypatch.setattr(SamOfficial, "__init__", boom)
 
 
 @pytest.mark.parametrize("args, needles", [
@@ -93,12 +93,22 @@ def test_boxes_from_naming_a_missing_image(images_dir, no_model):
 
 def test_detection_boxes_overhanging_the_image_are_clipped(tiny_ckpt, images_dir):
     rec = {"image": str(images_dir / "dog.jpg"),
-           "detections": [{"box": [-5, 2, 3000, 40], "score": 0.5, "label": "dog"}]}
+           "detections": [{"box": [-5, 2, 830, 40], "score": 0.5, "label": "dog"}]}
     res = run_cli(["segment", "--boxes-from", "-", "--checkpoint", tiny_ckpt, "--format", "json", "-q"],
                   input=json.dumps(rec))
     assert res.exit_code == 0, res.stderr
     [r] = records(res.stdout)
     assert r["masks"][0]["prompt"]["box"] == [0, 2, 800, 40]
+
+
+@pytest.mark.parametrize("box", [[1e9, 1e9, 1e9 + 10, 1e9 + 10], [0, 0, 1e9, 40], [-900, 2, -100, 40]])
+def test_detection_box_far_outside_the_image_is_the_same_error_as_box(tiny_ckpt, images_dir, no_model, box):
+    """A --boxes-from box far off the image is exit 2 like --box, not a full-image mask."""
+    rec = {"image": str(images_dir / "dog.jpg"), "detections": [{"box": box, "score": 0.5, "label": "dog"}]}
+    res = run_cli(["segment", "--boxes-from", "-", "--checkpoint", tiny_ckpt, "--format", "json"],
+                  input=json.dumps(rec))
+    assert_user_error(res, 2, "lies outside", "800x534")
+    assert res.stdout == ""
 
 
 def test_detection_box_upside_down(images_dir, no_model):
@@ -118,9 +128,11 @@ def test_corrupt_image_among_several(tiny_ckpt, images_dir, tmp_path):
     res = run_cli(["segment", images_dir / "dog.jpg", bad, images_dir / "truck.jpg", "--checkpoint", tiny_ckpt,
                    "--point", "20,20", "--format", "jsonl", "-q"])
     assert res.exit_code == 1
-    warn = [ln for ln in res.stderr.splitlines() if "broken.jpg" in ln and "warning" in ln]
-    assert len(warn) == 1, res.stderr
-    assert_user_error(res, 1, "1 of 3 images failed", "broken.jpg")
+    # the failed image is an error (as in detect), named once, then the summary line
+    named = [ln for ln in res.stderr.splitlines() if "broken.jpg" in ln]
+    assert len(named) == 1 and named[0].startswith("visiontool: error:"), res.stderr
+    assert "warning" not in res.stderr
+    assert_user_error(res, 1, "1 of 3 images could not be processed", "broken.jpg", single=False)
     assert [r["image"].rsplit("/", 1)[-1] for r in records(res.stdout)] == ["dog.jpg", "truck.jpg"]
 
 

@@ -7,9 +7,10 @@ import json
 
 import numpy as np
 import pytest
-from segment_helpers import decode, records, run_cli, tiny_ckpt  # noqa: F401
+from segment_helpers import decode, records, run_cli, sam_engine, tiny_ckpt  # noqa: F401
 
-from visiontool.services import segment as svc
+from visiontool.masks import str_counts
+from visiontool.types import Prompt
 
 
 def _run(tiny_ckpt, images_dir, *args, image="truck.jpg", input=None):
@@ -190,7 +191,7 @@ def reference(tiny_ckpt, images_dir):
     rgb = np.asarray(load_image(str(images_dir / "truck.jpg")))
     pred = SamPredictor(sam)
     pred.set_image(rgb)
-    engine = svc.SamEngine(str(tiny_ckpt), device="cpu", use_cache=False, quiet=True)
+    engine = sam_engine(tiny_ckpt, use_cache=False)
     return pred, engine, rgb
 
 
@@ -205,26 +206,26 @@ def test_masks_match_sampredictor(reference, kind):
     kw, prompt = {}, None
     if kind == "point":
         kw = dict(point_coords=np.array([[600.0, 400.0]]), point_labels=np.array([1]), multimask_output=False)
-        prompt = svc.Prompt(points=[[600, 400]], multimask=False)
+        prompt = Prompt(points=[[600, 400]], multimask=False)
     elif kind == "points+neg":
         kw = dict(point_coords=np.array([[600.0, 400.0], [100.0, 900.0]]), point_labels=np.array([1, 0]),
                   multimask_output=False)
-        prompt = svc.Prompt(points=[[600, 400], [100, 900]], labels=[1, 0])
+        prompt = Prompt(points=[[600, 400], [100, 900]], labels=[1, 0])
     elif kind == "box":
         kw = dict(box=np.array([100.0, 150.0, 1300.0, 1000.0]), multimask_output=False)
-        prompt = svc.Prompt(box=[100, 150, 1300, 1000])
+        prompt = Prompt(box=[100, 150, 1300, 1000])
     elif kind == "box+point":
         kw = dict(point_coords=np.array([[600.0, 400.0]]), point_labels=np.array([1]),
                   box=np.array([100.0, 150.0, 1300.0, 1000.0]), multimask_output=False)
-        prompt = svc.Prompt(points=[[600, 400]], box=[100, 150, 1300, 1000])
+        prompt = Prompt(points=[[600, 400]], box=[100, 150, 1300, 1000])
     elif kind == "multimask":
         kw = dict(point_coords=np.array([[900.0, 700.0]]), point_labels=np.array([1]), multimask_output=True)
-        prompt = svc.Prompt(points=[[900, 700]])
+        prompt = Prompt(points=[[900, 700]])
     else:
         logits = np.random.default_rng(0).normal(0, 5, (1, 256, 256)).astype(np.float32)
         kw = dict(point_coords=np.array([[600.0, 400.0]]), point_labels=np.array([1]), mask_input=logits,
                   multimask_output=False)
-        prompt = svc.Prompt(points=[[600, 400]], multimask=False)
+        prompt = Prompt(points=[[600, 400]], multimask=False)
     ref_masks, ref_iou, _ = pred.predict(**kw)
     emb = engine.encode(rgb)
     np.testing.assert_allclose(emb, pred.features[0].numpy(), rtol=1e-4, atol=1e-4)
@@ -234,14 +235,14 @@ def test_masks_match_sampredictor(reference, kind):
         low, iou = dec.decode(emb, dec.sparse_embeddings(prompt.points[None] * scale, prompt.labels[None], None),
                               dec.dense_embedding(logits[0]), False)
         up = engine.upscaler((h, w))
-        ours = [(decode(svc._rle_str(r)).astype(bool)) for r in up.rles(low[0])]
+        ours = [(decode(str_counts(r)).astype(bool)) for r in up.rles(low[0])]
         got_iou = iou[0]
     else:
-        masks = svc.masks_for_prompts(engine, emb, [prompt], (h, w))
+        masks = engine.segment(rgb, [prompt])
         order = np.argsort(-ref_iou, kind="stable")
         ref_masks, ref_iou = ref_masks[order], ref_iou[order]
-        ours = [decode(m.segmentation).astype(bool) for m in masks]
-        got_iou = np.array([m.predicted_iou for m in masks])
+        ours = [masks.mask(i) for i in range(len(masks))]
+        got_iou = masks.data["predicted_iou"]
     assert len(ours) == len(ref_masks)
     np.testing.assert_allclose(got_iou, ref_iou, rtol=1e-4, atol=1e-5)
     for a, b in zip(ours, ref_masks):

@@ -41,3 +41,30 @@ class ImageLoadError(VisionToolError):
 
 class PartialFailure(VisionToolError):
     """Some inputs failed (each already reported on stderr) while the others were processed."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM while a command runs. A BaseException, like KeyboardInterrupt, so no
+    ``except Exception`` on the way swallows it; ``finally`` blocks still clean up."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+
+class MissingExtraError(UsageError):
+    """An optional extra (ultralytics, ray, openvino, onnxruntime, ...) is not installed."""
+
+    def __init__(self, what: str, extra: str, module: str | None = None):
+        super().__init__(f"{what} needs the optional extra '{extra}': pip install 'visiontool[{extra}]'"
+                         + (f" (module '{module}' is not installed)" if module else ""))
+
+
+def require(module: str, what: str, extra: str):
+    """Import ``module`` or raise MissingExtraError (exit 2 with the install line)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if exc.name is not None and exc.name.split(".")[0] != module.split(".")[0]:
+            raise  # the extra is there but broken: a real error, not a missing install
+        raise MissingExtraError(what, extra, module) from None

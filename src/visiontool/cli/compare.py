@@ -10,9 +10,10 @@ from typing import List, Optional
 
 import typer
 
-from visiontool.cli.main import app, error_line
-from visiontool.cli.options import DeviceOpt, DtypeOpt, OutputOpt, QuietOpt, choose_format
+from visiontool.cli.options import DeviceOpt, DtypeOpt, OutputOpt, PlotOpt, QuietOpt, choose_format, format_option
 from visiontool.errors import UsageError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 
 
 @app.command("compare")
@@ -24,9 +25,10 @@ def compare_command(
     names: Optional[List[str]] = typer.Option(None, "--name", "-n", metavar="LABEL",
                                               help="Label of each run, in order (files first, then models); "
                                                    "repeat it. Default: file stem / model directory name."),
-    models: Optional[List[str]] = typer.Option(None, "--model", "-m", metavar="ID|PATH",
-                                               help="A detector to run and score (hub id or local directory); "
-                                                    "repeat it. Needs --images."),
+    models: Optional[List[str]] = typer.Option(None, "--model", "-m", metavar="SPEC",
+                                               help="A detector to run and score (any detect --model spec: hub "
+                                                    "id, directory, torchvision:NAME, ultralytics:NAME); repeat "
+                                                    "it. Needs --images."),
     images: Optional[List[str]] = typer.Option(None, "--images", metavar="DIR",
                                                help="Images the models run on (directory, files or globs; "
                                                     "only those named in the GT's file_name are used)."),
@@ -39,13 +41,9 @@ def compare_command(
                                                "APm, APl, AR100, any JSON stat key, name, params, fps, ms, "
                                                "memory, dup. Best first; '--sort-by=-KEY' forces descending, "
                                                "'+KEY' ascending. The baseline stays first."),
-    fmt: Optional[str] = typer.Option(None, "--format", "-f",
-                                      help="table|json. Default: table on a terminal, json when piped or "
-                                           "for an --output ending in .json."),
+    fmt: Optional[str] = format_option(("table", "json"), "json"),
     output: Optional[str] = OutputOpt,
-    plot: Optional[str] = typer.Option(None, "--plot", metavar="FILE",
-                                       help="Write a grouped bar chart of the metrics per run (PNG); with "
-                                            "models, a second panel shows ms per image by stage."),
+    plot: Optional[str] = PlotOpt,
     backend: str = typer.Option("auto", "--backend", metavar="NAME",
                                 help="Evaluation engine, as for evaluate: auto|ultrafast|hotcoco|pycocotools|"
                                      "faster-coco-eval|torchmetrics"),
@@ -85,11 +83,19 @@ def compare_command(
     success; 1 a model failed to load or run (reported in its row; the others still run)
     or images could not be read; 2 bad flag, missing file or invalid input.
     """
+    from visiontool.cli.main import error_line
+
     if not gt:
         raise UsageError("compare needs --gt COCO.json (see 'visiontool compare --help')")
     out_format = choose_format(fmt, output, ("table", "json"))
-    if iou_type not in ("bbox", "segm"):
-        raise UsageError(f"invalid --iou-type '{iou_type}': expected bbox or segm")
+    if iou_type not in ("bbox", "segm", "keypoints"):
+        raise UsageError(f"invalid --iou-type '{iou_type}': expected bbox, segm or keypoints")
+    from visiontool.cli.options import common_checks
+    from visiontool.io.plots import plot_path
+
+    plot_file = plot_path(plot, "compare.png") if plot else None
+    common_checks(device=device, dtype=dtype, output=output, files={"--plot": plot_file},
+                  dirs={"--save-preds": save_preds})
     from visiontool.errors import PartialFailure
     from visiontool.render.console import info, set_quiet, warn
     from visiontool.services.compare import compare, parse_sort_key
@@ -118,7 +124,7 @@ def compare_command(
     elif plot:
         from visiontool.io.compare_plot import write_compare_plot
 
-        info(f"wrote {write_compare_plot(shown, plot)}")
+        info(f"wrote {write_compare_plot(shown, plot_file)}")
     _write(shown, out_format, output, per_class, top)
     failed = result.failed
     if failed:

@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
+from typing import Optional
 
 import typer
 
-from visiontool.cli.main import app
+from visiontool.cli.options import OutputOpt, choose_format, format_option
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 
 _PACKAGES = ("visiontool", "torch", "torchvision", "transformers", "timm", "huggingface_hub",
              "segment_anything", "pycocotools", "ultrafast_pycocotools", "torchmetrics", "numpy", "PIL",
@@ -48,16 +50,18 @@ def collect_env() -> dict:
 
 @app.command("env")
 def env_command(
-    fmt: str = typer.Option("table", "--format", help="table|json"),
+    fmt: Optional[str] = format_option(("table", "json"), "json"),
+    output: Optional[str] = OutputOpt,
 ) -> None:
     """Print versions, the devices seen, the dtype `auto` would pick, and the caches used."""
-    if fmt not in ("table", "json"):
-        from visiontool.errors import UsageError
+    from visiontool.io.output import check_output_file, open_output
 
-        raise UsageError(f"invalid --format '{fmt}': expected table or json")
+    fmt = choose_format(fmt, output, ("table", "json"))
+    check_output_file(output, "--output")
     info = collect_env()
     if fmt == "json":
-        sys.stdout.write(json.dumps(info, indent=2) + "\n")
+        with open_output(output) as fh:
+            fh.write(json.dumps(info, indent=2) + "\n")
         return
     from rich.table import Table
 
@@ -76,4 +80,5 @@ def env_command(
                        "available": "devices"}.get(k, k), ", ".join(v) if isinstance(v, list) else str(v))
     for k, v in info["caches"].items():
         t.add_row(f"cache: {k}", v)
-    print_tables(None, t)
+    with open_output(output) as fh:
+        print_tables(fh, t)

@@ -10,20 +10,12 @@ import sys
 from typing import Optional
 
 import typer
-from typer.core import TyperCommand
 
-from visiontool.cli.main import app, direct_coercion
-from visiontool.cli.options import OutputOpt
+from visiontool.cli.options import OutputOpt, PlotOpt, QuietOpt, choose_format, format_option
 from visiontool.errors import UsageError
 
-
-class _EvaluateCommand(TyperCommand):
-    """Its options are plain str/bool: coerced without pydantic (see ``direct_coercion``)."""
-
-    def parse_args(self, ctx, args):
-        direct_coercion(self.get_params(ctx))
-        return super().parse_args(ctx, args)
-
+IOU_TYPES = ("bbox", "segm", "keypoints")
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 
 _RICH_EMOJI = re.compile(r":\S*?:")
 
@@ -41,20 +33,21 @@ def _warn(message: str) -> None:
     sys.stderr.flush()
 
 
-@app.command("evaluate", cls=_EvaluateCommand)
+@app.command("evaluate")
 def evaluate_command(
     gt: str = typer.Option(None, "--gt", help="COCO ground-truth annotations (JSON). Required."),
     pred: str = typer.Option(None, "--pred", help="Predictions: COCO results JSON, or visiontool "
                                                  "detect/segment json/jsonl records. Required."),
-    iou_type: str = typer.Option("bbox", "--iou-type", help="bbox|segm"),
+    iou_type: str = typer.Option("bbox", "--iou-type", help="bbox|segm|keypoints"),
     per_class: bool = typer.Option(False, "--per-class", help="Add AP/AP50/AP75/AR100 per category."),
-    fmt: str = typer.Option("table", "--format", help="table|json"),
-    plot: str = typer.Option(None, "--plot", metavar="DIR", help="Write precision-recall curves (PNG) here."),
+    fmt: Optional[str] = format_option(("table", "json"), "json"),
+    plot: Optional[str] = PlotOpt,
     backend: str = typer.Option("auto", "--backend", metavar="NAME",
                                 help="auto|ultrafast|hotcoco|pycocotools|faster-coco-eval|torchmetrics"),
     lenient: bool = typer.Option(False, "--lenient", help="Skip invalid predictions (with a warning "
                                                           "count) instead of failing."),
     output: Optional[str] = OutputOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Score predictions with the official COCO metrics (pycocotools' numbers, native speed).
 
@@ -65,12 +58,19 @@ def evaluate_command(
     # app's error handler maps to exit 2
     if not gt or not pred:
         raise UsageError("evaluate needs --gt COCO.json and --pred FILE (see 'visiontool evaluate --help')")
-    if fmt not in ("table", "json"):
-        raise UsageError(f"invalid --format '{fmt}': expected table or json")
-    if iou_type not in ("bbox", "segm"):
-        raise UsageError(f"invalid --iou-type '{iou_type}': expected bbox or segm")
-    from visiontool.io.output import open_output
+    fmt = choose_format(fmt, output, ("table", "json"))
+    if iou_type not in IOU_TYPES:
+        raise UsageError(f"invalid --iou-type '{iou_type}': expected {'|'.join(IOU_TYPES)}")
+    from visiontool.io.output import check_output_file, open_output
+    from visiontool.io.plots import plot_path
+
+    check_output_file(output, "--output")
+    plot_file = plot_path(plot, f"pr_{iou_type}.png") if plot else None
+    check_output_file(plot_file, "--plot")
+    from visiontool.render.console import set_quiet
     from visiontool.services.evaluate import evaluate
+
+    set_quiet(quiet)
 
     result = evaluate(gt, pred, iou_type, per_class=per_class, backend=backend, lenient=lenient)
     for line in result.diagnostics:
@@ -84,7 +84,7 @@ def evaluate_command(
             from visiontool.io.plots import write_pr_curves
             from visiontool.render.console import info
 
-            info(f"wrote {write_pr_curves(result.precision, plot, iou_type, result.stats)}")
+            info(f"wrote {write_pr_curves(result.precision, plot_file, iou_type, result.stats)}")
     with open_output(output) as fh:
         if fmt == "json":
             fh.write(json.dumps(result.to_dict()) + "\n")

@@ -1,4 +1,9 @@
-"""Options shared by several commands, and format choice."""
+"""Options every command shares (one spelling, one help text, one check) and format choice.
+
+``-f/--format``, ``-o/--output``, ``-q/--quiet``, ``--device``, ``--dtype`` mean the same in
+every command. Formats default to a table on a terminal and a machine format when piped
+(DESIGN.md §2), or follow ``--output``'s extension.
+"""
 from __future__ import annotations
 
 import os
@@ -16,12 +21,24 @@ QuietOpt = typer.Option(False, "--quiet", "-q",
 OutputOpt = typer.Option(None, "--output", "-o", metavar="FILE",
                          help="Write the data to FILE (atomically: a temp file renamed when complete) instead of "
                               "stdout.")
+PlotOpt = typer.Option(None, "--plot", metavar="FILE.png|DIR",
+                       help="Write the chart to FILE.png (an image extension), or into DIR (created) under its "
+                            "default name.")
 
-_EXT_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "table"}
+
+def format_option(formats: tuple[str, ...], piped: str):
+    return typer.Option(None, "--format", "-f", metavar="FORMAT",
+                        help=f"{' | '.join(formats)}. Default: table on a terminal, {piped} when piped, or from "
+                             "the --output extension.")
 
 
-def choose_format(fmt: str | None, output: str | None, allowed: tuple[str, ...]) -> str:
-    """Explicit --format wins; else the --output extension; else table on a terminal, jsonl otherwise."""
+_EXT_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "table",
+                ".mot": "mot"}
+
+
+def choose_format(fmt: str | None, output: str | None, allowed: tuple[str, ...], piped: str | None = None) -> str:
+    """Explicit --format wins; else the --output extension; else table on a terminal and
+    ``piped`` (default: jsonl if allowed, else json) otherwise."""
     from visiontool.io.records import validate_format
     from visiontool.render.console import stdout_is_tty
 
@@ -32,4 +49,24 @@ def choose_format(fmt: str | None, output: str | None, allowed: tuple[str, ...])
         if guess in allowed:
             return guess
         return "json" if "json" in allowed else allowed[0]
-    return "table" if stdout_is_tty() else ("jsonl" if "jsonl" in allowed else "json")
+    if stdout_is_tty():
+        return "table"
+    return piped or ("jsonl" if "jsonl" in allowed else "json")
+
+
+def common_checks(*, device: str | None = None, dtype: str | None = None, output: str | None = None,
+                  dirs: dict[str, str | None] | None = None, files: dict[str, str | None] | None = None) -> None:
+    """The checks every command makes before any model loads: device and dtype syntax, and
+    that every output destination can be written (``dirs``/``files``: flag -> path)."""
+    from visiontool.device import validate_device_spec, validate_dtype_spec
+    from visiontool.io.output import check_output_dir, check_output_file
+
+    if device is not None:
+        validate_device_spec(device)
+    if dtype is not None:
+        validate_dtype_spec(dtype)
+    check_output_file(output, "--output")
+    for flag, path in (files or {}).items():
+        check_output_file(path, flag)
+    for flag, path in (dirs or {}).items():
+        check_output_dir(path, flag)

@@ -1,4 +1,4 @@
-"""`visiontool segment`: SAM masks from points, boxes, coarse masks, detector output, or everything.
+"""`visiontool segment`: masks from points, boxes, coarse masks, detector output, or everything.
 
 stdout carries data only (table / json / jsonl / coco); progress and problems go to stderr.
 Every user error is checked before the model loads: flags, files, JSON, prompt coordinates.
@@ -10,11 +10,11 @@ from typing import List, Optional
 
 import typer
 
-from visiontool.cli.main import app
-from visiontool.cli.options import OutputOpt, QuietOpt, choose_format
+from visiontool.cli.options import DeviceOpt, DtypeOpt, OutputOpt, QuietOpt, choose_format, format_option
 from visiontool.errors import PartialFailure, UsageError
 
 SEGMENT_FORMATS = ("table", "json", "jsonl", "coco")
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 
 
 @app.command("segment")
@@ -22,9 +22,10 @@ def segment_command(
     images: Optional[List[str]] = typer.Argument(None, metavar="IMAGE...",
                                                  help="Image files, directories, globs or URLs; optional "
                                                       "with --boxes-from (its records name the images)."),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", metavar="PATH|vit_b|vit_l|vit_h",
-                                             help="A segment-anything .pth, or a name downloaded once to the "
-                                                  "cache. Default: vit_b on CPU, vit_h on CUDA."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "--checkpoint", "-m", metavar="SPEC",
+        help="vit_b|vit_l|vit_h or a segment-anything .pth (downloaded once to the cache), or a Hugging Face "
+             "SAM-family model (SAM, SAM-HQ, SAM 2, EdgeTAM, SAM 3). Default: vit_b on CPU, vit_h on CUDA."),
     point: Optional[List[str]] = typer.Option(None, "--point", metavar="X,Y",
                                               help="Foreground point in image pixels (repeatable)."),
     neg_point: Optional[List[str]] = typer.Option(None, "--neg-point", metavar="X,Y",
@@ -55,9 +56,7 @@ def segment_command(
     multimask: Optional[bool] = typer.Option(None, "--multimask/--single-mask",
                                              help="3 hypotheses ranked by predicted IoU, or 1. Default: 3 for a "
                                                   "single point, else 1."),
-    fmt: Optional[str] = typer.Option(None, "--format", metavar="table|json|jsonl|coco",
-                                      help="Default: table on a terminal, jsonl when piped, or from the "
-                                           "--output extension."),
+    fmt: Optional[str] = format_option(SEGMENT_FORMATS, "jsonl"),
     gt: Optional[str] = typer.Option(None, "--gt", metavar="COCO.json",
                                      help="With --format coco: image and category ids from this ground truth."),
     output: Optional[str] = OutputOpt,
@@ -68,12 +67,11 @@ def segment_command(
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", metavar="DIR",
                                             help="Embedding cache (default: the user cache dir)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the embedding cache."),
-    device: str = typer.Option("auto", "--device", metavar="auto|cpu|cuda|cuda:N|mps"),
-    dtype: str = typer.Option("auto", "--dtype", metavar="auto|float32|float16|bfloat16",
-                              help="Encoder precision (autocast); auto = float32 on CPU, float16 on GPU."),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Segment objects with Meta's segment-anything (SAM).
+    """Segment objects with the SAM family (Meta's segment-anything checkpoints and more).
 
     The image encoder runs once per image and its embedding is cached on disk, so further
     calls on the same image with new prompts take a fraction of a second. Default checkpoint:
@@ -85,30 +83,35 @@ def segment_command(
     Exit codes: 0 success; 1 runtime failure or some images failed; 2 bad flag, missing file,
     malformed JSON or a prompt outside the image.
     """
+    from visiontool.cli.main import error_line
+    from visiontool.cli.options import common_checks
+    from visiontool.io import prompts as P
+    from visiontool.models.protocol import AUTO_PRESETS
     from visiontool.render.console import set_quiet
 
     set_quiet(quiet)
     # ---- everything a user can get wrong, before any model loads
-    from visiontool.device import validate_device_spec, validate_dtype_spec
-    from visiontool.models.sam import check_checkpoint_spec
-    from visiontool.services import segment as svc
-
-    validate_device_spec(device)
-    validate_dtype_spec(dtype)
     fmt = choose_format(fmt, output, SEGMENT_FORMATS)  # as detect: table on a terminal, jsonl when piped
     if gt and fmt != "coco":
         raise UsageError("--gt maps ids for --format coco; add --format coco")
-    if checkpoint:
-        check_checkpoint_spec(checkpoint)
+    common_checks(device=device, dtype=dtype, output=output, dirs={"--masks-dir": masks_dir, "--save-viz": save_viz})
+    if model:
+        from visiontool.models.registry import check_segmenter_spec
+
+        check_segmenter_spec(model)
     if no_cache and cache_dir:
         raise UsageError("--cache-dir and --no-cache contradict each other")
+    if not no_cache:
+        from visiontool.services.embedding_cache import default_max_bytes
+
+        default_max_bytes()  # a bad VISIONTOOL_EMBEDDING_CACHE_MB fails now, not after the encoder
     for flag, v in (("--points-per-side", points_per_side), ("--min-area", min_area)):
         if v is not None and v < (1 if flag == "--points-per-side" else 0):
             raise UsageError(f"invalid {flag} {v}")
     for flag, v in (("--pred-iou-thresh", pred_iou_thresh), ("--stability-score-thresh", stability_score_thresh)):
         if v is not None and not 0.0 <= v <= 1.0:
             raise UsageError(f"invalid {flag} {v}: expected a number in [0, 1]")
-    if preset is not None and preset not in svc.PRESETS:
+    if preset is not None and preset not in AUTO_PRESETS:
         raise UsageError(f"invalid --preset '{preset}': expected fast|default|quality")
     auto_knobs = any(v is not None for v in (preset, points_per_side, pred_iou_thresh, stability_score_thresh,
                                               min_area))
@@ -121,49 +124,49 @@ def segment_command(
         if not os.path.isfile(mask_input):
             raise UsageError(f"--mask-input file not found: '{mask_input}'")
 
-    points = [svc.parse_xy(p, "--point") for p in point or []]
-    negs = [svc.parse_xy(p, "--neg-point") for p in neg_point or []]
-    boxes = [svc.parse_box(b) for b in box or []]
+    points = [P.parse_xy(p, "--point") for p in point or []]
+    negs = [P.parse_xy(p, "--neg-point") for p in neg_point or []]
+    boxes = [P.parse_box(b) for b in box or []]
     extra = []
     if prompts_file:
         from visiontool.io.coco import load_json_file
 
-        extra = svc.prompts_from_json(load_json_file(prompts_file, "--prompts"), prompts_file)
-    detections = None
-    if boxes_from:
-        detections = _read_boxes_from(boxes_from, svc)
-    base = svc.build_prompts(points=points, neg_points=negs, boxes=boxes, mask_input=mask_input, extra=extra)
-    if auto and (base or detections):
+        extra = P.prompts_from_json(load_json_file(prompts_file, "--prompts"), prompts_file)
+    records = _read_boxes_from(boxes_from) if boxes_from else None
+    base = P.build_prompts(points=points, neg_points=negs, boxes=boxes, mask_input=mask_input, extra=extra)
+    if auto and (base or records is not None):
         raise UsageError("--auto segments everything; it takes no prompts")
-    if not auto and not base and detections is None:
+    if not auto and not base and records is None:
         raise UsageError("nothing to segment: give --point, --box, --mask-input, --prompts, --boxes-from "
                          "or --auto")
 
-    from visiontool.io.images import expand_sources
+    from visiontool.io.images import expand_sources, image_size
+    from visiontool.services.segment import SegmentJob
 
     if images:
         sources = expand_sources(list(images))
-    elif detections is not None:
-        if not detections:
+    elif records is not None:
+        if not records:
             raise UsageError(f"--boxes-from {boxes_from}: no records, so no images to segment")
-        sources = expand_sources(list(detections))
+        sources = expand_sources(list(records))
     else:
         raise UsageError("no image given (see 'visiontool segment --help')")
     jobs = []
     for s in sources:
         ps = list(base)
-        if detections is not None:
-            ps += svc.prompts_for_detections(svc.match_detections(detections, s.name), "--boxes-from")
-        jobs.append(svc.SegmentJob(s, ps, auto))
+        found = P.match_record(records, s.name)
+        if found is not None:
+            ps += P.prompts_for_detections(found.detections, "--boxes-from")
+        jobs.append(SegmentJob(s, ps, auto))
     # prompt coordinates against each image's size (header only), still before the model
     for job in jobs:
         if job.source.is_url:
             continue
-        size = svc.image_size_hint(job.source.name)
+        size = image_size(job.source.name)
         if size is not None:
             for p in job.prompts:
-                p.check_inside(size[0], size[1], job.source.name)
-                p.check_mask_size(size[0], size[1], job.source.name)
+                P.check_prompt(p, size[0], size[1], job.source.name)
+                P.check_mask_size(p, size[0], size[1], job.source.name)
     gt_index = None
     if gt:
         from visiontool.io.coco import GroundTruthIndex
@@ -171,25 +174,28 @@ def segment_command(
         gt_index = GroundTruthIndex.load(gt)
     opts = None
     if auto:
-        opts = svc.PRESETS[preset or "default"].replace(points_per_side=points_per_side,
+        opts = AUTO_PRESETS[preset or "default"].replace(points_per_side=points_per_side,
                                                          pred_iou_thresh=pred_iou_thresh,
                                                          stability_score_thresh=stability_score_thresh,
                                                          min_area=min_area)
 
     # ---- the model, then one image at a time
     from visiontool.io.records import RecordWriter
+    from visiontool.models.registry import load_segmenter
     from visiontool.render.console import warn
+    from visiontool.services.segment import iter_segment
 
-    engine = svc.SamEngine(checkpoint, device=device, dtype=dtype, cache_dir=cache_dir, use_cache=not no_cache,
-                           quiet=quiet)
+    engine = load_segmenter(model, device, dtype, warn=warn, cache_dir=cache_dir, use_cache=not no_cache,
+                            quiet=quiet)
     failed: list[str] = []
+    lone = len(jobs) == 1  # a lone image's failure is the final error line itself
     used_viz: set[str] = set()
     used_dirs: set[str] = set()
     with RecordWriter(fmt, output, gt_index, kind="segment") as writer:
-        for result, rgb in svc.run_jobs(engine, jobs, multimask, opts, gt_index,
-                                        on_error=lambda msg: warn(msg)):
+        for result, rgb in iter_segment(engine, jobs, multimask, opts, gt_index,
+                                        on_error=None if lone else error_line):
             if result.error:
-                failed.append(result.image)
+                failed.append(result.error)
                 continue
             writer.write(result)
             if masks_dir:
@@ -197,32 +203,23 @@ def segment_command(
 
                 write_masks_dir(result, image_folder(masks_dir, result.image, used_dirs))
             if save_viz:
-                from visiontool.io.mask_viz import save_viz as _save
+                from visiontool.io.viz import save_annotated, viz_path
 
-                _save(rgb, result, save_viz, used_viz)
+                save_annotated(rgb, result.detections, viz_path(save_viz, result.image, used_viz, ext=".png"),
+                               segment=True)
     if fmt == "coco" and gt_index is not None:
         labels = writer.stats.get("unmatched_labels")
         if labels:
             warn(f"--gt: no category named {', '.join(sorted(str(x) for x in labels))}; those masks were left out")
     if failed:
-        raise PartialFailure(f"{len(failed)} of {len(jobs)} images failed: {', '.join(failed)}")
+        raise PartialFailure(failed[0] if lone else f"{len(failed)} of {len(jobs)} images could not be processed "
+                             "(named above)")
 
 
-def _read_boxes_from(spec: str, svc) -> dict:
-    import os
+def _read_boxes_from(spec: str) -> dict:
+    """--boxes-from FILE or '-' (stdin) -> {image: record}."""
+    from visiontool.io.prompts import records_from_text
+    from visiontool.io.readers import read_text
 
-    if spec == "-":
-        text = sys.stdin.read()
-        origin = "--boxes-from -"
-    else:
-        if not os.path.isfile(spec):
-            raise UsageError(f"--boxes-from file not found: '{spec}'")
-        try:
-            with open(spec, encoding="utf-8") as fh:
-                text = fh.read()
-        except UnicodeDecodeError as exc:
-            from visiontool.errors import InvalidInputError
-
-            raise InvalidInputError(f"--boxes-from '{spec}' is not UTF-8 JSON") from exc
-        origin = f"--boxes-from {spec}"
-    return svc.detections_from_records(text, origin)
+    text = sys.stdin.read() if spec == "-" else read_text(spec, "--boxes-from")
+    return records_from_text(text, "--boxes-from -" if spec == "-" else f"--boxes-from {spec}")

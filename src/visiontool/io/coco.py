@@ -1,4 +1,4 @@
-"""COCO formats: the only place where ``[x, y, w, h]`` boxes and RLE encoding live.
+"""COCO ground truth: reading it, and mapping records onto it.
 
 ``GroundTruthIndex`` maps visiontool records onto a COCO ground-truth file: image ids
 come from ``images[].file_name`` (matched by full relative path, then by base name) and
@@ -12,34 +12,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
+from visiontool.convert import xyxy_to_xywh  # noqa: F401 (box spellings live in convert)
 from visiontool.errors import InvalidInputError, UsageError
-
-
-def xyxy_to_xywh(box) -> list[float]:
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return [x1, y1, x2 - x1, y2 - y1]
-
-
-def encode_rle(mask: np.ndarray) -> dict:
-    """Binary (H, W) mask -> COCO RLE with string counts (JSON-ready)."""
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def decode_rle(rle: dict) -> np.ndarray:
-    """COCO RLE (string or bytes counts, or uncompressed list counts) -> (H, W) uint8 mask."""
-    from pycocotools import mask as mask_utils
-
-    if isinstance(rle.get("counts"), list):
-        h, w = rle["size"]
-        rle = mask_utils.frPyObjects(rle, h, w)
-    elif isinstance(rle.get("counts"), str):
-        rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-    return mask_utils.decode(rle)
+from visiontool.masks import decode as decode_rle  # noqa: F401 (masks live in visiontool.masks)
+from visiontool.masks import encode as encode_rle  # noqa: F401
 
 
 def _norm_name(name: str) -> str:

@@ -59,8 +59,8 @@ def write_compare_plot(result, path: str | os.PathLike) -> Path:
         ax2.grid(True, axis="y", alpha=0.3)
         ax2.legend(fontsize=8)
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
+    from visiontool.io.plots import save_figure
+
+    out = save_figure(fig, Path(path))
     plt.close(fig)
     return out

@@ -41,7 +41,7 @@ class ImageSource:
         return os.path.basename(self.name.split("?")[0].rstrip("/"))
 
 
-def _is_url(s: str) -> bool:
+def is_url(s: str) -> bool:
     return s.startswith("http://") or s.startswith("https://")
 
 
@@ -59,10 +59,10 @@ def expand_sources(sources: list[str], recursive: bool = False, stdin=None) -> l
     out: list[ImageSource] = []
     seen: set[str] = set()
 
-    def add(name: str, is_url: bool = False) -> None:
+    def add(name: str, url: bool = False) -> None:
         if name not in seen:
             seen.add(name)
-            out.append(ImageSource(name, is_url))
+            out.append(ImageSource(name, url))
 
     if not sources:
         raise UsageError("no image given: pass files, directories, globs, URLs, or '-' for paths on stdin")
@@ -76,7 +76,7 @@ def expand_sources(sources: list[str], recursive: bool = False, stdin=None) -> l
             for item in expand_sources(lines, recursive=recursive):
                 add(item.name, item.is_url)
             continue
-        if _is_url(raw):
+        if is_url(raw):
             add(raw, True)
             continue
         p = Path(raw).expanduser()
@@ -161,7 +161,7 @@ def load_image(source: ImageSource | str):
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if isinstance(source, str):
-        source = ImageSource(source, _is_url(source))
+        source = ImageSource(source, is_url(source))
     name = source.name
     limit = max_pixels()
     try:
@@ -193,3 +193,19 @@ def load_image(source: ImageSource | str):
         raise ImageLoadError(f"{name}: not an image (or an unsupported format)") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageLoadError(f"{name}: corrupt or truncated image ({exc})") from exc
+
+
+def image_size(name: str) -> tuple[int, int] | None:
+    """(W, H) after EXIF orientation, from the header only; None if it cannot be read."""
+    try:
+        from PIL import Image
+
+        with Image.open(name) as im:
+            w, h = im.size
+            try:
+                orient = im.getexif().get(0x0112, 1)
+            except Exception:  # noqa: BLE001 - a broken EXIF block: no rotation
+                orient = 1
+        return (h, w) if orient in (5, 6, 7, 8) else (w, h)
+    except Exception:  # noqa: BLE001 - unreadable: the decode will say why
+        return None

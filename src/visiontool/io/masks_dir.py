@@ -10,23 +10,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from visiontool.io.coco import decode_rle, xyxy_to_xywh
+from visiontool.convert import xyxy_to_xywh
+from visiontool.io.output import atomic_write, save_image
+from visiontool.io.viz import unique_stem
 from visiontool.types import ImageResult
 
 HEADER = ("id,area,bbox_x0,bbox_y0,bbox_w,bbox_h,point_input_x,point_input_y,predicted_iou,"
           "stability_score,crop_box_x0,crop_box_y0,crop_box_w,crop_box_h")
-
-
-def unique_stem(image: str, used: set[str] | None = None) -> str:
-    """The image's file stem; a second image with the same stem gets ``<stem>-2`` and so on
-    (``used`` collects the names handed out)."""
-    stem = Path(image.split("?")[0]).stem or "image"
-    name, n = stem, 2
-    while used is not None and name in used:
-        name, n = f"{stem}-{n}", n + 1
-    if used is not None:
-        used.add(name)
-    return name
 
 
 def image_folder(root: str | os.PathLike, image: str, used: set[str] | None = None) -> Path:
@@ -38,10 +28,15 @@ def write_masks_dir(result: ImageResult, folder: Path) -> Path:
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
+    d = result.detections
     rows = [HEADER]
-    for m in result.masks or []:
-        Image.fromarray(decode_rle(m.segmentation) * 255).save(folder / f"{m.id}.png")
-        p = m.prompt or {}
+    areas = d.areas()
+    prompts = d.data.get("prompt")
+    piou = d.data.get("predicted_iou")
+    stab = d.data.get("stability_score")
+    for i in range(len(d)):
+        save_image(Image.fromarray(d.mask(i).astype("uint8") * 255), folder / f"{i}.png")
+        p = (prompts[i] if prompts is not None else None) or {}
         if p.get("points"):
             px, py = p["points"][0]
         elif p.get("box"):
@@ -51,14 +46,18 @@ def write_masks_dir(result: ImageResult, folder: Path) -> Path:
             px, py = "", ""
         crop = p.get("crop_box") or [0, 0, result.width, result.height]
         cx, cy, cw, ch = xyxy_to_xywh(crop)
-        vals = [m.id, m.area, *xyxy_to_xywh(m.box), px, py,
-                "" if m.predicted_iou is None else m.predicted_iou,
-                "" if m.stability_score is None else m.stability_score, cx, cy, cw, ch]
+        vals = [i, int(areas[i]), *xyxy_to_xywh(d.xyxy[i]), px, py, _opt(piou, i), _opt(stab, i), cx, cy, cw, ch]
         rows.append(",".join(_num(v) for v in vals))
-    tmp = folder / ".metadata.csv.tmp"
-    tmp.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / "metadata.csv")
+    with atomic_write(folder / "metadata.csv", fsync=False) as fh:
+        fh.write("\n".join(rows) + "\n")
     return folder
+
+
+def _opt(col, i: int):
+    if col is None:
+        return ""
+    v = float(col[i])
+    return "" if v != v else v
 
 
 def _num(v) -> str:

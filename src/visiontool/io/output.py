@@ -1,4 +1,16 @@
-"""Where data goes: stdout, or a file written atomically (temp file + rename)."""
+"""Where data goes: stdout, or files written atomically — the one writer every output uses.
+
+* :func:`atomic_write` writes to a unique temporary sibling (``mkstemp``: concurrent runs
+  never share a temp name) and renames it over the target only when the block finishes,
+  so a reader never sees half a file and a failed or interrupted run leaves the previous
+  file intact (and no temp file behind). A new file gets the mode the umask allows
+  (``0666 & ~umask``, like ``open()``), an existing file keeps its own mode.
+* :func:`check_output_file` / :func:`check_output_dir` find a bad destination (a directory
+  where a file goes, a file where a directory goes, a read-only mount, /proc, /sys) before
+  any model loads, by creating and removing a probe file where the output will go.
+* Names that are not valid UTF-8 (undecodable bytes in a file name, surrogate-escaped by
+  Python) are written back as their original bytes (``errors="surrogateescape"``).
+"""
 from __future__ import annotations
 
 import contextlib
@@ -6,31 +18,153 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import IO, Iterator, TextIO
+
+from visiontool.errors import UsageError
+
+TEXT_ERRORS = "surrogateescape"  # non-UTF-8 file names round-trip as their original bytes
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _target_mode(target: Path) -> int:
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
-def open_output(path: str | os.PathLike | None) -> Iterator[TextIO]:
-    """Yield a text stream for data.
-
-    ``None`` or ``"-"`` is stdout. A file is written to a temporary sibling and renamed
-    over the target only when the block finishes without error, so a reader never sees
-    half a file and a failed run leaves the previous file intact.
-    """
-    if path is None or str(path) == "-":
-        yield sys.stdout
-        sys.stdout.flush()
-        return
+def atomic_write(path: str | os.PathLike, mode: str = "w", fsync: bool = True) -> Iterator[IO]:
+    """Yield a file object whose content replaces ``path`` atomically when the block ends
+    without an exception (``mode``: "w" text UTF-8, or "wb"). Parent directories are created."""
     target = Path(path)
+    if _is_stream(target):  # /dev/null, /dev/stdout, a named pipe: nothing to replace, write through
+        kwargs = {} if "b" in mode else {"encoding": "utf-8", "errors": TEXT_ERRORS, "newline": ""}
+        with open(target, mode, **kwargs) as fh:
+            yield fh
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+        kwargs = {} if "b" in mode else {"encoding": "utf-8", "errors": TEXT_ERRORS, "newline": ""}
+        with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, _target_mode(target))
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _is_stream(p: Path) -> bool:
+    import stat
+
+    try:
+        mode = p.stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_write(path, "wb", fsync=False) as fh:
+        fh.write(data)
+
+
+def save_image(img, path: str | os.PathLike, **kwargs) -> None:
+    """A PIL image to ``path`` (format from the extension), atomically."""
+    p = Path(path)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP"}.get(p.suffix.lower(), "PNG")
+    if fmt == "JPEG":
+        kwargs.setdefault("quality", 92)
+    with atomic_write(p, "wb", fsync=False) as fh:
+        img.save(fh, format=fmt, **kwargs)
+
+
+@contextlib.contextmanager
+def open_output(path: str | os.PathLike | None) -> Iterator[TextIO]:
+    """A text stream for data: ``None`` or ``"-"`` is stdout, else an atomic file."""
+    if path is None or str(path) == "-":
+        with contextlib.suppress(AttributeError, ValueError):
+            sys.stdout.reconfigure(errors=TEXT_ERRORS)
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    with atomic_write(path) as fh:
+        yield fh
+
+
+def _probe(directory: Path, flag: str, shown: str) -> None:
+    """Create and remove a file in ``directory``: the only honest writability test (root
+    passes every os.access check; read-only mounts and /proc only fail on creation)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".visiontool-probe-", dir=directory)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise UsageError(f"{flag} '{shown}': cannot write there ({reason})") from None
+
+
+def _special(p: Path) -> bool:
+    parts = p.resolve().parts
+    return len(parts) > 1 and parts[1] in ("proc", "sys")
+
+
+def check_output_file(path: str | os.PathLike | None, flag: str = "--output") -> None:
+    """UsageError now if ``path`` cannot receive a file (stdout '-' and None always can)."""
+    if path is None or str(path) == "-":
+        return
+    p = Path(path)
+    shown = os.fsdecode(path)
+    if p.is_dir():
+        raise UsageError(f"{flag} '{shown}' is a directory; give a file name")
+    if _is_stream(p):
+        return  # /dev/null, /dev/stdout, a named pipe: written through
+    if p.exists() and not p.is_file():
+        raise UsageError(f"{flag} '{shown}' is not a regular file")
+    if _special(p.parent if not p.exists() else p):
+        raise UsageError(f"{flag} '{shown}': cannot write data files under /proc or /sys")
+    parent = p.parent
+    existing = parent
+    while not existing.exists():
+        if existing.is_symlink():
+            raise UsageError(f"{flag} '{shown}': '{existing}' is a broken symbolic link")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{flag} '{shown}': '{existing}' is not a directory")
+    _probe(existing, flag, shown)
+
+
+def check_output_dir(path: str | os.PathLike | None, flag: str) -> None:
+    """UsageError now if ``path`` cannot be (or become) a directory we write into; creates it."""
+    if path is None:
+        return
+    p = Path(path)
+    shown = os.fsdecode(path)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{flag} '{shown}' is a file; give a directory")
+    if _special(p) or str(p.resolve()).startswith("/dev/"):
+        raise UsageError(f"{flag} '{shown}': cannot write under /proc, /sys or /dev")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"{flag} '{shown}': a file is in the way of that directory") from None
+    except OSError as exc:
+        raise UsageError(f"{flag} '{shown}': cannot create the directory ({exc.strerror or exc})") from None
+    _probe(p, flag, shown)
+
+
+def same_path(a: str | os.PathLike | None, b: str | os.PathLike | None) -> bool:
+    if a is None or b is None or str(a) == "-" or str(b) == "-":
+        return False
+    return os.path.abspath(a) == os.path.abspath(b)

@@ -20,16 +20,36 @@ def mean_curve(precision: np.ndarray, t: int | None) -> np.ndarray:
     return np.where(den > 0, num / np.maximum(den, 1), np.nan)
 
 
-def write_pr_curves(precision: np.ndarray, out_dir: str | os.PathLike, iou_type: str,
+IMAGE_EXTENSIONS = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
+
+
+def plot_path(target: str | os.PathLike, default_name: str) -> Path:
+    """``--plot`` in every command: a path with an image extension (or an existing file) is
+    the file to write; anything else is a directory (created) that receives ``default_name``."""
+    p = Path(target)
+    if p.suffix.lower() in IMAGE_EXTENSIONS or p.is_file():
+        return p
+    return p / default_name
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Save a matplotlib figure atomically (format from the extension, PNG otherwise)."""
+    from visiontool.io.output import atomic_write
+
+    ext = path.suffix.lower().lstrip(".")
+    with atomic_write(path, "wb", fsync=False) as fh:
+        fig.savefig(fh, format=ext if ext in ("png", "svg", "pdf", "jpg", "jpeg") else "png")
+    return path
+
+
+def write_pr_curves(precision: np.ndarray, path: str | os.PathLike, iou_type: str,
                     stats: dict | None = None) -> Path:
-    """Write ``<out_dir>/pr_<iou_type>.png`` with the IoU .50, .75 and mean curves; return its path."""
+    """Write the IoU .50, .75 and mean precision-recall curves to ``path``; return it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
     labels = [(0, "IoU 0.50", "map_50"), (5, "IoU 0.75", "map_75"), (None, "IoU 0.50:0.95 (mean)", "map")]
     for t, name, key in labels:
@@ -45,7 +65,6 @@ def write_pr_curves(precision: np.ndarray, out_dir: str | os.PathLike, iou_type:
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower left")
     fig.tight_layout()
-    path = out / f"pr_{iou_type}.png"
-    fig.savefig(path)
+    save_figure(fig, Path(path))
     plt.close(fig)
-    return path
+    return Path(path)

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import re
 from contextlib import ExitStack
 from typing import TextIO
 
+from visiontool.convert import csv_header, to_coco_results, to_csv_rows, to_record
 from visiontool.errors import InvalidInputError, UsageError
-from visiontool.io.coco import GroundTruthIndex, xyxy_to_xywh
+from visiontool.io.coco import GroundTruthIndex
 from visiontool.io.output import open_output
 from visiontool.types import ImageResult
 
 FORMATS = ("table", "json", "jsonl", "coco", "csv")
-_NUMERIC_STEM = re.compile(r"^\d+$")
 
 
 def validate_format(fmt: str | None, allowed: tuple[str, ...] = FORMATS) -> str | None:
@@ -57,54 +55,6 @@ def parse_json_or_jsonl(text: str, what: str):
         return out
 
 
-def default_image_id(image: str, position: int) -> int:
-    """Image id when no GT is given: the file's numeric stem (COCO names such as
-    ``000000039769.jpg`` -> 39769), else the 1-based position among the inputs."""
-    stem = os.path.splitext(os.path.basename(image.split("?")[0]))[0]
-    return int(stem) if _NUMERIC_STEM.match(stem) else position
-
-
-def coco_results(result: ImageResult, gt: GroundTruthIndex | None, stats: dict | None = None) -> list[dict]:
-    """COCO result dicts for one image; ids mapped by file name / category name on ``gt``."""
-    stats = stats if stats is not None else {}
-    image_id = result.image_id
-    if image_id is None:
-        stats["unmatched_images"] = stats.get("unmatched_images", 0) + 1
-        return []
-    rows: list[dict] = []
-
-    def category(label: str | None, cid: int | None) -> int | None:
-        if gt is None:
-            return cid
-        mapped = gt.category_id_for(label) if label is not None else None
-        if mapped is None:
-            stats.setdefault("unmatched_labels", set()).add(label)
-        return mapped
-
-    if result.masks is not None:
-        for m in result.masks:
-            cid = category(m.label, m.category_id if m.category_id is not None else 1)
-            if cid is None:
-                continue
-            rows.append({"image_id": image_id, "category_id": int(cid), "bbox": xyxy_to_xywh(m.box),
-                         "score": float(m.score), "segmentation": m.segmentation})
-        return rows
-    d = result.detections
-    for box, score, cid0, name in zip(d.xyxy, d.scores, d.class_ids, d.names):
-        cid = category(str(name), int(cid0))
-        if cid is None:
-            continue
-        rows.append({"image_id": image_id, "category_id": int(cid), "bbox": xyxy_to_xywh(box),
-                     "score": float(score)})
-    return rows
-
-
-_CSV_DET = ["image", "image_id", "width", "height", "model", "label", "category_id", "score",
-            "x1", "y1", "x2", "y2"]
-_CSV_MASK = ["image", "image_id", "width", "height", "model", "mask_id", "label", "score", "area",
-             "x1", "y1", "x2", "y2"]
-
-
 class RecordWriter:
     """Context manager writing results in one format to stdout or an atomic file.
 
@@ -124,6 +74,7 @@ class RecordWriter:
         self._fh: TextIO | None = None
         self._count = 0
         self._csv = None
+        self._header: list[str] = []
         self._table_rows: list[ImageResult] = []
 
     def __enter__(self) -> "RecordWriter":
@@ -131,9 +82,6 @@ class RecordWriter:
             else None
         if self.fmt in ("json", "coco"):
             self._fh.write("[")
-        elif self.fmt == "csv":
-            self._csv = csv.writer(self._fh, lineterminator="\n")
-            self._csv.writerow(_CSV_MASK if self.kind == "segment" else _CSV_DET)
         return self
 
     def _list_item(self, obj: dict) -> None:
@@ -141,37 +89,36 @@ class RecordWriter:
         self._count += 1
 
     def write(self, result: ImageResult) -> None:
+        """Write one record (failed inputs are reported on stderr by the command, not written)."""
         fmt = self.fmt
         if fmt == "jsonl":
-            self._fh.write(json.dumps(result.to_dict()) + "\n")
+            self._fh.write(json.dumps(to_record(result)) + "\n")
             self._fh.flush()
         elif fmt == "json":
-            self._list_item(result.to_dict())
+            self._list_item(to_record(result))
             self._fh.flush()
         elif fmt == "coco":
-            for row in coco_results(result, self.gt, self.stats):
+            for row in to_coco_results(result, self.gt, self.stats):
                 self._list_item(row)
             self._fh.flush()
         elif fmt == "csv":
-            self._write_csv(result)
+            if self._csv is None:
+                self._csv = csv.writer(self._fh, lineterminator="\n")
+                self._header = csv_header(result)
+                self._csv.writerow(self._header)
+            self._csv.writerows(to_csv_rows(result, self._header))
             self._fh.flush()
         else:
             self._table_rows.append(result)
-
-    def _write_csv(self, r: ImageResult) -> None:
-        head = [r.image, "" if r.image_id is None else r.image_id, r.width, r.height, r.model]
-        if r.masks is not None:
-            for m in r.masks:
-                self._csv.writerow(head + [m.id, m.label or "", f"{m.score:.6g}", m.area, *m.box])
-        else:
-            for item in r.detections.to_list():
-                self._csv.writerow(head + [item["label"], item["category_id"], item["score"], *item["box"]])
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
             if exc_type is None:
                 if self.fmt in ("json", "coco"):
                     self._fh.write("\n]\n" if self._count else "]\n")
+                elif self.fmt == "csv" and self._csv is None:  # no record: the header alone
+                    csv.writer(self._fh, lineterminator="\n").writerow(
+                        csv_header(ImageResult("", 0, 0, "", kind=self.kind)))
                 elif self.fmt == "table":
                     self._render_table()
         finally:

@@ -1,6 +1,6 @@
 """The one place models are loaded: a per-process cache keyed by (kind, source, device, dtype).
 
-Adapters (:mod:`visiontool.models.detr`, :mod:`visiontool.models.sam`) provide factories;
+The registry (:mod:`visiontool.models.registry`) and the adapters provide factories;
 this module makes sure each model is loaded once per process, put in eval mode on its
 device, and can be released (``compare`` runs models one at a time).
 """
@@ -42,7 +42,6 @@ def release(key: tuple | None = None) -> None:
 
 
 def is_offline() -> bool:
-    import os
+    from visiontool.models.hf_hub import is_offline as _is_offline
 
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on") or \
-        os.environ.get("VISIONTOOL_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    return _is_offline()

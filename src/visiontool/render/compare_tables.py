@@ -36,13 +36,17 @@ def accuracy_table(result) -> Table:
     t.add_column("run", justify="left")
     for label, _ in ACCURACY_COLUMNS:
         t.add_column(label, justify="right")
-    with_error = any(r.error for r in result.runs)
+    with_error = any(r.error or r.incomplete for r in result.runs)
     if with_error:
         t.add_column("error", justify="left", overflow="fold")
     for i, run in enumerate(result.runs):
         name = f"{run.name} (baseline)" if i == 0 else run.name
-        cells = [_v(None if run.stats is None else run.stats[k]) for _, k in ACCURACY_COLUMNS]
-        t.add_row(name, *cells, *([short_error(run.error)] if with_error else []))
+        # an incomplete run's numbers are lower bounds (unread images count as missed): marked ≥
+        mark = "≥" if run.incomplete else ""
+        cells = [mark + _v(None if run.stats is None else run.stats[k]) for _, k in ACCURACY_COLUMNS]
+        note = run.error or (f"incomplete: {len(run.failed_images)} image(s) unread, numbers are lower bounds"
+                             if run.incomplete else "")
+        t.add_row(name, *cells, *([short_error(note)] if with_error else []))
         if i > 0 and run.delta is not None:
             t.add_row(Text("  Δ", style="dim"), *[_d(run.delta[k]) for _, k in ACCURACY_COLUMNS],
                       *([""] if with_error else []))

@@ -1,4 +1,9 @@
-"""Segment everything: ``SamAutomaticMaskGenerator``'s algorithm on the numpy decoder.
+"""Segment everything: ``SamAutomaticMaskGenerator``'s algorithm over any promptable model.
+
+Backend-blind: the model is reached through three primitives every SAM-family adapter has —
+``embedding(rgb, name)`` (cached), ``decode_points(emb, points, hw)`` (single foreground
+points -> low-res logits (B, 3, h, w) and predicted IoU (B, 3)) and ``upscale_t(low, hw)``
+(-> full-size logits transposed, (b, W, H)).
 
 A grid of single-point prompts per crop (multimask), then the same filters in the same
 order: predicted IoU, stability score (on full-resolution logits), boxes touching a crop
@@ -15,7 +20,7 @@ from itertools import product
 
 import numpy as np
 
-from visiontool.types import Mask
+from visiontool.types import Detections
 
 
 def build_point_grid(n_per_side: int) -> np.ndarray:
@@ -135,41 +140,37 @@ def postprocess_small_regions(found: list, min_area: int, nms_thresh: float) -> 
     return out
 
 
-def generate(engine, rgb: np.ndarray, opts, name: str = "image") -> list[Mask]:
-    """All masks of an (H, W, 3) image; records carry predicted IoU and stability score."""
+def generate(model, rgb: np.ndarray, opts, name: str = "image") -> Detections:
+    """All masks of an (H, W, 3) image, best predicted IoU first, with ``predicted_iou``,
+    ``stability_score`` and ``prompt`` (the grid point and crop box) columns."""
     from pycocotools import mask as mask_utils
 
-    from visiontool.services.segment import LOGIT_THRESHOLD, _box_area, _rle_str
+    from visiontool.convert import from_sam
+    from visiontool.masks import LOGIT_THRESHOLD, stability_scores, str_counts
 
     h, w = rgb.shape[:2]
     crops, layers = generate_crop_boxes((h, w), opts.crop_n_layers, opts.crop_overlap_ratio)
     grids = [build_point_grid(int(opts.points_per_side / (opts.crop_n_points_downscale_factor ** i)))
              for i in range(opts.crop_n_layers + 1)]
-    dec = engine.decoder
     found = []  # (rle, box_full_xyxy, iou, stability, point, crop)
     for crop, layer in zip(crops, layers):
         x0, y0, x1, y1 = crop
         sub = np.ascontiguousarray(rgb[y0:y1, x0:x1])
         ch, cw = sub.shape[:2]
-        emb = engine.embedding(sub, name if crop == crops[0] else f"{name} crop {crop}")
-        nh, nw, scale = engine.geometry(ch, cw)
-        up = engine.upscaler((ch, cw))
+        emb = model.embedding(sub, name if crop == crops[0] else f"{name} crop {crop}")
         pts = grids[layer] * np.array([cw, ch])
         crop_found = []
         for b0 in range(0, len(pts), opts.points_per_batch):
             batch = pts[b0:b0 + opts.points_per_batch]
-            tokens = dec.sparse_embeddings((batch * scale)[:, None, :], np.ones((len(batch), 1), np.int64), None)
-            low, iou = dec.decode(emb, tokens, dec.dense_embedding(None), True, extent=up.low_extent())
+            low, iou = model.decode_points(emb, batch, (ch, cw))
             low = low.reshape(-1, *low.shape[2:])
             iou = iou.reshape(-1)
             point_of = np.repeat(batch, 3, axis=0)
             keep = np.nonzero(iou > opts.pred_iou_thresh)[0] if opts.pred_iou_thresh > 0 else np.arange(len(iou))
             for c0 in range(0, len(keep), 8):
                 idx = keep[c0:c0 + 8]
-                lg = up.logits_t(low[idx])  # (b, cw, ch)
-                inter = (lg > LOGIT_THRESHOLD + opts.stability_score_offset).sum(axis=(1, 2))
-                union = (lg > LOGIT_THRESHOLD - opts.stability_score_offset).sum(axis=(1, 2))
-                stab = inter / np.maximum(union, 1)
+                lg = model.upscale_t(low[idx], (ch, cw))  # (b, cw, ch)
+                stab = stability_scores(lg, LOGIT_THRESHOLD, opts.stability_score_offset)
                 binary = lg > LOGIT_THRESHOLD
                 boxes = _mask_boxes(binary)
                 for j, i in enumerate(idx):
@@ -195,16 +196,9 @@ def generate(engine, rgb: np.ndarray, opts, name: str = "image") -> list[Mask]:
         found = [found[i] for i in kb]
     if opts.min_area > 0 and found:
         found = postprocess_small_regions(found, opts.min_area, opts.box_nms_thresh)
-    masks = []
-    for rle, _, piou, stab, point, crop in found:
-        box, area = _box_area(rle)
-        if area < 1:  # nothing left
-            continue
-        masks.append(Mask(id=0, score=piou, area=area, box=box, segmentation=_rle_str(rle),
-                          prompt={"auto": True, "points": [[float(point[0]), float(point[1])]],
-                                  "crop_box": [int(v) for v in crop]},
-                          predicted_iou=piou, stability_score=stab))
-    masks.sort(key=lambda m: -m.score)
-    for i, m in enumerate(masks):
-        m.id = i
-    return masks
+    found = [f for f in found if mask_utils.area(f[0]) >= 1]  # nothing left of these
+    found.sort(key=lambda f: -f[2])  # stable: ties keep their order
+    return from_sam([str_counts(f[0]) for f in found], [f[2] for f in found], [None] * len(found),
+                    stability=[f[3] for f in found],
+                    extra_prompt=[{"auto": True, "points": [[float(f[4][0]), float(f[4][1])]],
+                                   "crop_box": [int(v) for v in f[5]]} for f in found])

@@ -6,7 +6,7 @@ Pure orchestration over the two existing code paths (no second evaluator or infe
   :class:`~visiontool.services.evaluate.GroundTruth` parsed once;
 * a model run goes through :func:`visiontool.services.detect.run_detect` (one model at a
   time, its cached weights released before the next one loads), its records become COCO
-  results with :func:`visiontool.io.records.coco_results` on the GT's index, and those are
+  results with :func:`visiontool.convert.to_coco_results` on the GT's index, and those are
   evaluated like a file.
 
 Python API::
@@ -25,330 +25,23 @@ from __future__ import annotations
 import gc
 import os
 import re
-import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 
 from visiontool.errors import UsageError, VisionToolError
+from visiontool.services.compare_runs import (  # noqa: F401 (the public names of compare)
+    MODEL_KEYS,
+    STAT_KEYS,
+    CompareResult,
+    CompareRun,
+    deltas,
+    parse_sort_key,
+)
+from visiontool.services.duplicates import DUPLICATE_IOU, DUPLICATE_MIN_SCORE, duplicate_flags, duplicate_rate
+from visiontool.services.peak_memory import PeakMemory
 
-STAT_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
-             "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")
-MODEL_KEYS = ("params", "ms_per_image", "images_per_s", "peak_memory_mb", "needs_nms", "duplicate_rate")
 DEFAULT_THRESHOLD = 0.0  # AP integrates over the whole precision-recall curve: keep low scores
-DUPLICATE_IOU = 0.7
-DUPLICATE_MIN_SCORE = 0.5  # duplicates are counted among the detections a user would keep
-
-# short names people type -> JSON keys (for --sort-by); "lower is better" keys sort ascending
-SORT_ALIASES = {"ap": "map", "ap50": "map_50", "ap75": "map_75", "aps": "map_small", "apm": "map_medium",
-                "apl": "map_large", "ar1": "mar_1", "ar10": "mar_10", "ar100": "mar_100", "ars": "mar_small",
-                "arm": "mar_medium", "arl": "mar_large", "fps": "images_per_s", "ms": "inference",
-                "memory": "peak_memory_mb", "mem": "peak_memory_mb", "dup": "duplicate_rate",
-                "duplicates": "duplicate_rate", "preprocess": "preprocess", "inference": "inference",
-                "postprocess": "postprocess"}
-SORT_KEYS = STAT_KEYS + ("name", "params", "images_per_s", "peak_memory_mb", "duplicate_rate",
-                         "preprocess", "inference", "postprocess")
-_ASCENDING = {"name", "params", "peak_memory_mb", "duplicate_rate", "preprocess", "inference", "postprocess"}
-
-
-# ---------------------------------------------------------------------------------------
-# records
-
-
-@dataclass
-class CompareRun:
-    """One row: a prediction set or a model, its COCO numbers and (models) cost figures.
-
-    ``stats``: the 12 COCO stats (torchmetrics key names, -1 where COCO says -1);
-    ``delta``: ``stats - baseline stats`` (None where only one side is -1);
-    ``error``: why the run has no numbers (a model that failed to load or run).
-    """
-
-    name: str
-    kind: str  # "file" | "model"
-    source: str
-    iou_type: str = "bbox"
-    stats: dict[str, float] | None = None
-    per_class: list[dict] = field(default_factory=list)
-    delta: dict[str, float | None] | None = None
-    error: str | None = None
-    diagnostics: list[str] = field(default_factory=list)
-    n_predictions: int = 0
-    # model runs only
-    params: int | None = None
-    ms_per_image: dict[str, float] | None = None
-    images_per_s: float | None = None
-    peak_memory_mb: float | None = None
-    needs_nms: bool | None = None
-    duplicate_rate: float | None = None
-    images: int = 0
-    failed_images: list[str] = field(default_factory=list)
-    device: str | None = None
-    dtype: str | None = None
-    saved_to: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and self.stats is not None
-
-    def value(self, key: str) -> Any:
-        """A sortable/plottable value by JSON key (ms keys read ``ms_per_image``)."""
-        if key in STAT_KEYS:
-            return None if self.stats is None else self.stats[key]
-        if key in ("preprocess", "inference", "postprocess"):
-            return None if self.ms_per_image is None else self.ms_per_image[key]
-        return getattr(self, key, None)
-
-    def to_dict(self) -> dict:
-        """DESIGN.md §3: name, every evaluate key, delta, and the model-only keys for models."""
-        d: dict[str, Any] = {"name": self.name, "iou_type": self.iou_type}
-        for k in STAT_KEYS:
-            d[k] = None if self.stats is None else float(self.stats[k])
-        d["per_class"] = [dict(r) for r in self.per_class]
-        d["delta"] = None if self.delta is None else dict(self.delta)
-        if self.kind == "model":
-            d.update(params=self.params, ms_per_image=None if self.ms_per_image is None else dict(self.ms_per_image),
-                     images_per_s=self.images_per_s, peak_memory_mb=self.peak_memory_mb,
-                     needs_nms=self.needs_nms, duplicate_rate=self.duplicate_rate)
-        if self.error is not None:
-            d["error"] = self.error
-        return d
-
-
-@dataclass
-class CompareResult:
-    """All runs, baseline first (``runs[0]``)."""
-
-    runs: list[CompareRun]
-    iou_type: str = "bbox"
-    gt: str | None = None
-
-    @property
-    def baseline(self) -> CompareRun:
-        return self.runs[0]
-
-    @property
-    def failed(self) -> list[CompareRun]:
-        """Runs without numbers, or model runs on which some images could not be read."""
-        return [r for r in self.runs if not r.ok or r.failed_images]
-
-    def to_dict(self) -> dict:
-        return {"runs": [r.to_dict() for r in self.runs]}
-
-    def sorted(self, key: str | None) -> "CompareResult":
-        """The baseline stays first; the other runs ordered by ``key`` (see :func:`parse_sort_key`),
-        runs without a value last."""
-        if not key:
-            return self
-        name, descending = parse_sort_key(key)
-        head, rest = self.runs[:1], self.runs[1:]
-        have = [r for r in rest if r.value(name) is not None]
-        missing = [r for r in rest if r.value(name) is None]
-        have.sort(key=lambda r: r.value(name), reverse=descending)
-        return CompareResult(head + have + missing, self.iou_type, self.gt)
-
-    def per_class_moves(self, top: int = 10) -> list[dict]:
-        """Categories whose AP moved most between runs: ``{"category_id", "name", "gt_count",
-        "ap": [per run, None where absent or -1], "move": max |AP - baseline AP|}``, largest first.
-        Categories without ground truth (AP -1 everywhere) are left out."""
-        ok = [r for r in self.runs if r.ok and r.per_class]
-        if not ok:
-            return []
-        table: dict[int, dict] = {}
-        for i, run in enumerate(self.runs):
-            for row in run.per_class:
-                entry = table.setdefault(int(row["category_id"]), {
-                    "category_id": int(row["category_id"]), "name": row["name"], "gt_count": row["gt_count"],
-                    "ap": [None] * len(self.runs)})
-                entry["ap"][i] = None if row["ap"] == -1 else float(row["ap"])
-        moves = []
-        for entry in table.values():
-            vals = [v for v in entry["ap"] if v is not None]
-            if not vals:
-                continue
-            base = entry["ap"][0]
-            if base is not None:
-                move = max(abs(v - base) for v in vals)
-            else:
-                move = max(vals) - min(vals)
-            moves.append(dict(entry, move=float(move)))
-        moves.sort(key=lambda e: (-e["move"], e["name"]))
-        return moves[:top] if top and top > 0 else moves
-
-
-def parse_sort_key(key: str) -> tuple[str, bool]:
-    """``--sort-by`` value -> (JSON key, descending). Accepts JSON keys and short names (AP,
-    AP50, AR100, fps, ms, memory, dup, ...); a leading ``-`` or ``+`` forces descending or
-    ascending. Default direction: best first (AP high, time/memory/duplicates low)."""
-    raw = key.strip()
-    forced = None
-    if raw[:1] in "+-":
-        forced = raw[0] == "-"
-        raw = raw[1:]
-    low = raw.lower()
-    name = low if low in SORT_KEYS else SORT_ALIASES.get(low.replace("_", "").replace("-", ""), None)
-    if name is None:
-        name = SORT_ALIASES.get(low)
-    if name is None:
-        raise UsageError(f"invalid --sort-by '{key}': expected one of {', '.join(SORT_KEYS)} "
-                         f"(or AP, AP50, AP75, APs, APm, APl, AR100, fps, ms, memory, dup)")
-    descending = name not in _ASCENDING
-    return name, (descending if forced is None else forced)
-
-
-def deltas(stats: dict[str, float], base: dict[str, float]) -> dict[str, float | None]:
-    """``stats - base`` per COCO key; 0 where both are -1, None where only one is."""
-    out: dict[str, float | None] = {}
-    for k in STAT_KEYS:
-        a, b = float(stats[k]), float(base[k])
-        if a == -1 and b == -1:
-            out[k] = 0.0
-        elif a == -1 or b == -1:
-            out[k] = None
-        else:
-            out[k] = a - b
-    return out
-
-
-# ---------------------------------------------------------------------------------------
-# duplicate rate
-
-
-def duplicate_flags(xyxy: np.ndarray, scores: np.ndarray, class_ids: np.ndarray,
-                    iou: float = DUPLICATE_IOU) -> np.ndarray:
-    """For one image's detections, True where a detection overlaps a higher-scoring detection
-    of the same class with IoU > ``iou`` (what NMS would remove). ``xyxy`` (N, 4) pixels.
-
-    Equal scores are ranked by position (the earlier one is "higher"), so two identical
-    boxes with the same score count as one duplicate, not two.
-    """
-    xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
-    n = len(xyxy)
-    flags = np.zeros(n, dtype=bool)
-    if n < 2:
-        return flags
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    b = xyxy[order]
-    c = np.asarray(class_ids)[order]
-    x1 = np.maximum(b[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(b[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(b[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(b[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    union = area[:, None] + area[None, :] - inter
-    ious = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    # row i, column j < i: j ranks above i
-    higher = np.tril(np.ones((n, n), dtype=bool), k=-1)
-    dup_sorted = ((ious > iou) & (c[:, None] == c[None, :]) & higher).any(axis=1)
-    flags[order] = dup_sorted
-    return flags
-
-
-def duplicate_rate(results: Sequence[Any], min_score: float = DUPLICATE_MIN_SCORE,
-                   iou: float = DUPLICATE_IOU) -> float | None:
-    """Share of detections (score >= ``min_score``, over all images) that overlap a
-    higher-scoring same-class detection in the same image at IoU > ``iou``; None when there
-    are no such detections. ``results``: ImageResult records (or objects with ``detections``)."""
-    total = dups = 0
-    for r in results:
-        d = getattr(r, "detections", None)
-        if d is None or len(d) == 0:
-            continue
-        keep = d.scores >= min_score
-        if not keep.any():
-            continue
-        flags = duplicate_flags(d.xyxy[keep], d.scores[keep], d.class_ids[keep], iou)
-        total += int(keep.sum())
-        dups += int(flags.sum())
-    return None if total == 0 else dups / total
-
-
-# ---------------------------------------------------------------------------------------
-# peak memory
-
-
-class PeakMemory:
-    """Peak resident memory (MB) a block adds on top of what the process held when it started.
-
-    On Linux the kernel's high-water mark is reset (``/proc/self/clear_refs`` <- 5) and read
-    back from ``VmHWM``; where that is not allowed, a thread samples ``/proc/self/statm``
-    every 5 ms. On CUDA the device's peak allocated memory is reported instead (the weights
-    and activations live there). ``mb`` is None where neither works.
-    """
-
-    def __init__(self, device: str = "cpu"):
-        self.device = str(device)
-        self.mb: float | None = None
-        self._base = 0
-        self._peak = 0
-        self._mode = "none"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @staticmethod
-    def _rss() -> int:
-        try:
-            with open("/proc/self/statm") as fh:
-                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            return 0
-
-    @staticmethod
-    def _hwm() -> int:
-        try:
-            with open("/proc/self/status") as fh:
-                for line in fh:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) * 1024
-        except (OSError, ValueError):
-            pass
-        return 0
-
-    def __enter__(self) -> "PeakMemory":
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self._base = torch.cuda.memory_allocated()
-            self._mode = "cuda"
-            return self
-        self._base = self._rss()
-        if self._base == 0:
-            return self
-        try:
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")
-            self._mode = "hwm"
-        except OSError:
-            self._mode = "sample"
-            self._peak = self._base
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self._peak = max(self._peak, self._rss())
-
-    def __exit__(self, *exc) -> bool:
-        if self._mode == "cuda":
-            import torch
-
-            torch.cuda.synchronize()
-            self.mb = max(0, torch.cuda.max_memory_allocated() - self._base) / 2 ** 20
-        elif self._mode == "hwm":
-            self.mb = max(0, self._hwm() - self._base) / 2 ** 20
-        elif self._mode == "sample":
-            self._stop.set()
-            self._thread.join()
-            self._peak = max(self._peak, self._rss())
-            self.mb = max(0, self._peak - self._base) / 2 ** 20
-        return False
-
 
 # ---------------------------------------------------------------------------------------
 # names
@@ -462,14 +155,13 @@ def compare(
         from visiontool.services.detect import check_detect_options
 
         check_detect_options(threshold, batch_size)
-        from visiontool.device import validate_device_spec, validate_dtype_spec
-        from visiontool.models.detr import check_model_spec
+        from visiontool.device import resolve_device, validate_device_spec, validate_dtype_spec
+        from visiontool.models.registry import check_detector_spec
 
         validate_device_spec(device)
         validate_dtype_spec(dtype)
         for m in models:
-            check_model_spec(m)
-        from visiontool.device import resolve_device
+            check_detector_spec(m)
 
         resolve_device(device)  # an absent --device cuda fails here, not after the prediction files
         named_images = _images_in_gt(images, recursive, gtobj, tell)
@@ -546,7 +238,7 @@ def _run_model(model: str, name: str, named_images: list[str], gtobj, *, thresho
     Peak memory covers the load, the warm-up image and the timed pass; the timings are the
     timed pass's (model loading excluded, the warm-up image not counted). Returns the run and
     its COCO results (ids mapped on the GT)."""
-    from visiontool.io.records import coco_results
+    from visiontool.convert import to_coco_results
     from visiontool.models import loader
     from visiontool.services.detect import run_detect
 
@@ -579,7 +271,9 @@ def _run_model(model: str, name: str, named_images: list[str], gtobj, *, thresho
         _release()
         return run, []
     t = det.timings
-    run.params, run.needs_nms, run.device, run.dtype = int(det.params), det.needs_nms, det.device, det.dtype
+    info = det.info
+    run.params, run.needs_nms, run.device, run.dtype = int(info.params), info.needs_nms, info.device, info.dtype
+    run.paradigm, run.family, run.backend = info.paradigm, info.family, info.backend
     run.ms_per_image = t.ms_per_image()
     run.images_per_s = t.images / t.wall if t.wall > 0 else None
     run.peak_memory_mb = mem.mb
@@ -590,7 +284,7 @@ def _run_model(model: str, name: str, named_images: list[str], gtobj, *, thresho
     stats: dict = {}
     coco: list[dict] = []
     for r in ok:
-        coco.extend(coco_results(r, gtobj.index, stats))
+        coco.extend(to_coco_results(r, gtobj.index, stats))
     if stats.get("unmatched_labels"):
         labels = ", ".join(sorted(str(x) for x in stats["unmatched_labels"]))
         warn(f"{name}: labels without a ground-truth category of the same name were not scored: {labels}")
@@ -603,22 +297,19 @@ def _device_name(device: str) -> str:
     from visiontool.device import resolve_device
 
     try:
-        return str(resolve_device(device))
+        return resolve_device(device)
     except VisionToolError:
         return "cpu"
 
 
 def _warm_imports(model: str) -> None:
-    """Import the model's code (transformers modelling module, timm) before memory is
-    measured, so the first model is not charged for library imports the others reuse."""
+    """Import the model's code before memory is measured, so the first model is not charged
+    for library imports the others reuse (the adapter's own ``warm`` hook)."""
+    from visiontool.models.registry import warm
+
     try:
-        import torch  # noqa: F401
-        from transformers.models.auto.modeling_auto import MODEL_FOR_OBJECT_DETECTION_MAPPING
-
-        from visiontool.models.detr import load_config
-
-        MODEL_FOR_OBJECT_DETECTION_MAPPING[type(load_config(model))]
-    except (VisionToolError, KeyError, ImportError, ValueError):
+        warm(model)
+    except (VisionToolError, ImportError, KeyError, ValueError):
         pass  # the load itself reports what is wrong
 
 

@@ -1,55 +1,28 @@
-"""Detection: sources in, ImageResult records out (no printing here).
+"""Detection: sources in, ImageResult records out (no printing here), for every model family.
 
-Pipeline per window of ``batch_size`` images: decode (EXIF, RGB) -> preprocess with the
-model's own image processor -> group images whose processed tensors have the same shape
--> one forward pass per group -> the processor's post-processing -> threshold, class
-filter, score sort, max-det.
-
-Why group by shape: Hugging Face pads a mixed-size batch to its largest image, and the
-padding changes every padded image's detections (transformers #23218). Images of equal
-processed shape need no padding, so a batch of them gives each image exactly what it gets
-alone (up to float summation order; the tests bound it), and images of other shapes run in
-their own forward pass.
+The registry gives a :class:`~visiontool.models.protocol.Detector` for ``--model``; this
+loop feeds it windows of ``batch_size`` decoded images and turns what comes back into
+records: threshold (inclusive), class filter, score order, max-det, image ids. Whatever the
+backend, the record is the same (absolute xyxy pixels on the original image, sorted by score).
 """
 from __future__ import annotations
 
 import time
+from itertools import islice
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from visiontool.errors import ImageLoadError, PartialFailure, UsageError
+from visiontool.convert import default_image_id
+from visiontool.errors import PartialFailure, UsageError
 from visiontool.io.coco import GroundTruthIndex
-from visiontool.io.images import ImageSource, expand_sources, load_image
-from visiontool.io.records import default_image_id
-from visiontool.types import Detections, ImageResult
+from visiontool.io.sources import Item, iter_items, resolve_inputs
+from visiontool.models.protocol import DetectOptions, ModelInfo
+from visiontool.types import Detections, ImageResult, Timings
 
 DEFAULT_THRESHOLD = 0.5
-
-
-@dataclass
-class Timings:
-    """Seconds spent per stage over ``images`` images."""
-
-    preprocess: float = 0.0
-    inference: float = 0.0
-    postprocess: float = 0.0
-    images: int = 0
-    wall: float = 0.0
-
-    def ms_per_image(self) -> dict[str, float]:
-        n = max(self.images, 1)
-        return {"preprocess": 1000 * self.preprocess / n, "inference": 1000 * self.inference / n,
-                "postprocess": 1000 * self.postprocess / n}
-
-    def summary(self) -> str:
-        ms = self.ms_per_image()
-        rate = self.images / self.wall if self.wall > 0 else 0.0
-        return (f"{self.images} image{'s' if self.images != 1 else ''} in {self.wall:.2f} s "
-                f"({rate:.2f} images/s): preprocess {ms['preprocess']:.0f} ms, inference "
-                f"{ms['inference']:.0f} ms, postprocess {ms['postprocess']:.1f} ms per image")
 
 
 @dataclass
@@ -58,12 +31,28 @@ class DetectRun:
 
     results: list[ImageResult]
     timings: Timings
-    model: str
-    params: int = 0
-    needs_nms: bool | None = False
-    device: str = "cpu"
-    dtype: str = "float32"
+    info: ModelInfo
     failed: list[str] = field(default_factory=list)
+
+    @property
+    def model(self) -> str:
+        return self.info.name
+
+    @property
+    def params(self) -> int:
+        return self.info.params
+
+    @property
+    def needs_nms(self) -> bool | None:
+        return self.info.needs_nms
+
+    @property
+    def device(self) -> str:
+        return self.info.device
+
+    @property
+    def dtype(self) -> str:
+        return self.info.dtype
 
 
 def parse_classes(spec: str | Sequence[str] | None, id2label: dict[int, str]) -> set[int] | None:
@@ -90,6 +79,22 @@ def parse_classes(spec: str | Sequence[str] | None, id2label: dict[int, str]) ->
     return wanted
 
 
+def parse_text(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """``--text "forklift, person in a hi-vis vest"`` -> ("forklift", "person in a hi-vis vest").
+    Repeated flags add phrases; an empty phrase is a usage error."""
+    if text is None:
+        return None
+    items = [text] if isinstance(text, str) else list(text)
+    phrases: list[str] = []
+    for item in items:
+        parts = [p.strip() for p in str(item).split(",")]
+        if any(not p for p in parts):
+            raise UsageError(f"--text '{item}': empty phrase (give comma-separated phrases, e.g. "
+                             "--text \"forklift, person in a hi-vis vest\")")
+        phrases += [p for p in parts if p not in phrases]
+    return tuple(phrases) or None
+
+
 def check_detect_options(threshold: float, batch_size: int) -> None:
     """The option checks every detection run makes before loading anything (detect, compare)."""
     if not 0.0 <= float(threshold) <= 1.0:
@@ -109,119 +114,33 @@ def filter_detections(d: Detections, threshold: float, classes: set[int] | None,
     return d
 
 
-def _named_images(items: Iterable[Any]) -> list[tuple[str, Any]]:
-    """Python-API inputs: paths/URLs become sources, PIL images and arrays are used as given."""
-    named: list[tuple[str, Any]] = []
-    for i, item in enumerate(items):
-        if isinstance(item, (str, Path)):
-            named.append((str(item), None))
-        else:
-            from PIL import Image
-
-            if isinstance(item, np.ndarray):
-                item = Image.fromarray(item)
-            if not isinstance(item, Image.Image):
-                raise UsageError(f"cannot detect on a {type(item).__name__}: pass paths, URLs, PIL images "
-                                 "or HxWx3 uint8 arrays")
-            named.append((getattr(item, "filename", "") or f"<image {i}>", item.convert("RGB")))
-    return named
-
-
-class _Window:
-    """Images of one window: decoded, preprocessed, grouped, detected."""
-
-    def __init__(self, detector, precision, timings: Timings):
-        self.detector = detector
-        self.precision = precision
-        self.timings = timings
-
-    def run(self, images: list) -> list[Detections]:
-        import torch
-
-        det = self.detector
-        t0 = time.perf_counter()
-        tensors = []
-        for im in images:
-            enc = det.processor(images=im, return_tensors="pt")
-            tensors.append(enc["pixel_values"])
-        t1 = time.perf_counter()
-        self.timings.preprocess += t1 - t0
-        groups: dict[tuple, list[int]] = {}
-        for i, t in enumerate(tensors):
-            groups.setdefault(tuple(t.shape), []).append(i)
-        out: list[Detections | None] = [None] * len(images)
-        for idxs in groups.values():
-            t2 = time.perf_counter()
-            pixel_values = torch.cat([tensors[i] for i in idxs]).to(det.device)
-            if det.device.type == "cpu" and det.info.get("channels_last"):
-                pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode(), self.precision.context():
-                outputs = det.model(pixel_values=pixel_values)
-            t3 = time.perf_counter()
-            self.timings.inference += t3 - t2
-            for key in ("logits", "pred_boxes"):
-                if getattr(outputs, key, None) is not None:
-                    setattr(outputs, key, getattr(outputs, key).float())
-            sizes = [(images[i].height, images[i].width) for i in idxs]
-            processed = det.processor.post_process_object_detection(outputs, threshold=-1.0, target_sizes=sizes)
-            for i, p in zip(idxs, processed):
-                labels = p["labels"].cpu().numpy().astype(np.int64)
-                names = np.array([det.id2label.get(int(c), str(int(c))) for c in labels], dtype=object)
-                out[i] = Detections(p["boxes"].double().cpu().numpy(), p["scores"].double().cpu().numpy(),
-                                    labels, names)
-            self.timings.postprocess += time.perf_counter() - t3
-        return out  # type: ignore[return-value]
-
-
-def iter_detect(
-    named: list[tuple[str, Any]],
-    detector,
-    precision,
-    *,
-    threshold: float = DEFAULT_THRESHOLD,
-    classes: set[int] | None = None,
-    max_det: int | None = 100,
-    batch_size: int = 1,
-    gt: GroundTruthIndex | None = None,
-    timings: Timings | None = None,
-) -> Iterator[tuple[ImageResult, Any]]:
-    """Yield ``(result, decoded image or None)`` per input, in input order; failed images
-    carry ``result.error``."""
+def iter_detect(items: Iterable[Item], detector, options: DetectOptions, *, classes: set[int] | None = None,
+                batch_size: int = 1, gt: GroundTruthIndex | None = None,
+                timings: Timings | None = None) -> Iterator[tuple[ImageResult, Any]]:
+    """Yield ``(result, decoded image or None)`` per item, in order; failed items carry
+    ``result.error``. Decoding time counts as preprocessing."""
     timings = timings if timings is not None else Timings()
-    window = _Window(detector, precision, timings)
-    batch_size = max(1, int(batch_size))
-    for start in range(0, len(named), batch_size):
-        chunk = named[start:start + batch_size]
-        decoded: list[tuple[int, str, Any]] = []
-        failures: dict[int, ImageResult] = {}
-        for k, (name, img) in enumerate(chunk):
-            position = start + k + 1
-            t0 = time.perf_counter()
-            try:
-                if img is None:
-                    img = load_image(ImageSource(name, name.startswith(("http://", "https://"))))
-                decoded.append((k, name, img))
-            except ImageLoadError as exc:
-                failures[k] = ImageResult(image=name, width=0, height=0, model=detector.name, error=str(exc),
-                                          image_id=_image_id(name, position, gt))
-            timings.preprocess += time.perf_counter() - t0
-        dets = window.run([img for _, _, img in decoded]) if decoded else []
-        by_k = {k: (name, img, d) for (k, name, img), d in zip(decoded, dets)}
-        for k in range(len(chunk)):
-            if k in failures:
-                yield failures[k], None
+    name = detector.info.name
+    it = iter(items)
+    while True:
+        t0 = time.perf_counter()
+        window = list(islice(it, max(1, int(batch_size))))  # decoding happens as items are drawn
+        timings.preprocess += time.perf_counter() - t0
+        if not window:
+            return
+        good = [x for x in window if x.error is None]
+        dets = detector.predict([x.image for x in good], options, timings) if good else []
+        by_id = {id(x): d for x, d in zip(good, dets)}
+        for x in window:
+            image_id = gt.image_id_for(x.name) if gt is not None else default_image_id(x.name, x.position)
+            if x.error is not None:
+                yield ImageResult(image=x.name, width=0, height=0, model=name, image_id=image_id, error=x.error,
+                                  frame=x.frame, time_s=x.time_s), None
                 continue
-            name, img, d = by_k[k]
             timings.images += 1
-            yield ImageResult(image=name, width=img.width, height=img.height, model=detector.name,
-                              image_id=_image_id(name, start + k + 1, gt),
-                              detections=filter_detections(d, threshold, classes, max_det)), img
-
-
-def _image_id(name: str, position: int, gt: GroundTruthIndex | None) -> int | None:
-    if gt is not None:
-        return gt.image_id_for(name)
-    return default_image_id(name, position)
+            d = filter_detections(by_id[id(x)], options.threshold, classes, options.max_det)
+            yield ImageResult(image=x.name, width=x.image.width, height=x.image.height, model=name,
+                              image_id=image_id, detections=d, frame=x.frame, time_s=x.time_s), x.image
 
 
 def detect(sources: str | Path | Any | Sequence[Any], model: str | None = None, **options) -> list[ImageResult]:
@@ -233,6 +152,27 @@ def detect(sources: str | Path | Any | Sequence[Any], model: str | None = None, 
     """
     options.setdefault("raise_on_failure", True)
     return run_detect(sources, model, **options).results
+
+
+def prepare_detector(model: str | None, *, classes=None, text=None, device: str = "auto", dtype: str = "auto",
+                     warn: Callable[[str], None] | None = None, **load_options: Any):
+    """Check, then load: ``(detector, class ids wanted, phrases)``. Everything a user can get
+    wrong (spec, --classes, --text) fails before the weights load where the family allows."""
+    from visiontool.models import registry
+
+    phrases = parse_text(text)
+    model = model or (registry.DEFAULT_TEXT_DETECTOR if phrases else registry.DEFAULT_DETECTOR)
+    registry.check_detector_spec(model)
+    names = registry.peek_class_names(model) if classes is not None and not phrases else None
+    if classes is not None and phrases:
+        raise UsageError("--classes selects among a model's fixed classes; with --text the phrases are the classes")
+    wanted = parse_classes(classes, names) if names is not None else None
+    if phrases:
+        load_options["text"] = True
+    detector = registry.load_detector(model, device, dtype, warn=warn, **load_options)
+    if classes is not None and names is None and not phrases:
+        wanted = parse_classes(classes, detector.info.class_names)
+    return detector, wanted, phrases
 
 
 def run_detect(
@@ -247,54 +187,54 @@ def run_detect(
     dtype: str = "auto",
     gt: str | Path | GroundTruthIndex | None = None,
     recursive: bool = False,
+    text: str | Sequence[str] | None = None,
+    text_threshold: float | None = None,
+    nms_iou: float | None = None,
+    items: Iterable[Item] | None = None,
     on_result: Callable[[ImageResult], None] | None = None,
     on_image: Callable[[ImageResult, Any], None] | None = None,
     raise_on_failure: bool = False,
     warn: Callable[[str], None] | None = None,
+    load_options: dict | None = None,
+    keep_results: bool = True,
 ) -> DetectRun:
     """Detect objects and time it: what ``visiontool detect`` and ``compare`` run.
 
     ``sources``: a path, directory, glob or URL (or a list of them), PIL images or HxWx3
-    uint8 arrays. Returns a :class:`DetectRun` whose ``results`` are the records the CLI
-    prints (boxes xyxy in original-image pixels). ``threshold`` is inclusive.
+    uint8 arrays (or ``items``: prepared :class:`~visiontool.io.sources.Item` s, e.g. video
+    frames). ``model``: any spec of :mod:`visiontool.models.registry` (default DETR-R50, or
+    Grounding DINO tiny with ``text``). ``threshold`` is inclusive; ``text``: open-vocabulary
+    phrases. Returns a :class:`DetectRun` whose ``results`` are the records the CLI prints.
     ``on_result`` is called as each image finishes (the CLI streams with it); ``on_image``
-    also gets the decoded RGB image (for annotated copies). Images that
-    cannot be read are reported through ``result.error``; with ``raise_on_failure`` a
-    PartialFailure is raised at the end.
+    also gets the decoded RGB image (annotated copies). Images that cannot be read are
+    reported through ``result.error``; with ``raise_on_failure`` a PartialFailure is raised
+    at the end. ``keep_results=False`` keeps no records in memory (a long video streamed
+    through ``on_result``).
     """
-    from visiontool.device import resolve_device, resolve_dtype
-    from visiontool.models.detr import DEFAULT_MODEL, check_model_spec, load_config, load_detector
-
-    model = model or DEFAULT_MODEL
     check_detect_options(threshold, batch_size)
-    items = list(sources) if isinstance(sources, (list, tuple)) else [sources]
-    if all(isinstance(s, (str, Path)) for s in items):
-        named = [(s.name, None) for s in expand_sources([str(s) for s in items], recursive=recursive)]
-    else:
-        named = _named_images(items)
+    named = resolve_inputs(sources, recursive) if items is None else None
     gt_index = GroundTruthIndex.load(gt) if isinstance(gt, (str, Path)) else gt
-    check_model_spec(model)
-    dev = resolve_device(device)
-    precision = resolve_dtype(dtype, dev, warn=warn)
-    config = load_config(model)
-    wanted = parse_classes(classes, {int(k): str(v) for k, v in (config.id2label or {}).items()})
-    detector = load_detector(model, dev)
+    detector, wanted, phrases = prepare_detector(model, classes=classes, text=text, device=device, dtype=dtype,
+                                                 warn=warn, **(load_options or {}))
+    options = DetectOptions(threshold=float(threshold), max_det=max_det, nms_iou=nms_iou, text=phrases,
+                            text_threshold=text_threshold)
     timings = Timings()
     results: list[ImageResult] = []
     failed: list[str] = []
     t0 = time.perf_counter()
-    for r, img in iter_detect(named, detector, precision, threshold=threshold, classes=wanted, max_det=max_det,
-                         batch_size=batch_size, gt=gt_index, timings=timings):
+    stream = iter_items(named) if items is None else items
+    for r, img in iter_detect(stream, detector, options, classes=wanted, batch_size=batch_size, gt=gt_index,
+                              timings=timings):
         if r.error:
             failed.append(r.error)
-        results.append(r)
+        if keep_results:
+            results.append(r)
         if on_result is not None:
             on_result(r)
         if on_image is not None and img is not None:
             on_image(r, img)
     timings.wall = time.perf_counter() - t0
-    run = DetectRun(results, timings, detector.name, detector.params, detector.needs_nms, str(dev),
-                    precision.name, failed)
+    run = DetectRun(results, timings, detector.info, failed)
     if failed and raise_on_failure:
-        raise PartialFailure(f"{len(failed)} of {len(named)} images failed")
+        raise PartialFailure(f"{len(failed)} of {timings.images + len(failed)} images failed")
     return run

@@ -1,0 +1,270 @@
+"""The segment-anything adapter: Meta's official ``.pth`` checkpoints (vit_b / vit_l / vit_h).
+
+One checkpoint on one device: the ViT image encoder (torch, built only on an embedding
+cache miss), the prompt encoder + mask decoder in numpy (:mod:`visiontool.models.sam_decoder`),
+full-size masks through :class:`~visiontool.models.sam_decoder.MaskUpscaler`, stored as RLE.
+On a cache hit neither torch nor the checkpoint's encoder weights are touched.
+
+Coordinates are original-image pixels after EXIF orientation: points ``(X, Y)``, boxes
+``XYXY``. Checkpoint names, download, verification and architecture live in
+:mod:`visiontool.models.sam`; the on-disk cache in :mod:`visiontool.services.embedding_cache`.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from visiontool.convert import from_sam
+from visiontool.errors import InvalidInputError, ModelLoadError, UsageError
+from visiontool.masks import encode_transposed
+from visiontool.models.protocol import AutoOptions, ModelInfo
+from visiontool.models.sam import check_checkpoint_spec, default_checkpoint_name, is_checkpoint_name  # noqa: F401
+from visiontool.types import Detections, Prompt
+
+MASK_INPUT_LOGIT = 10.0  # a binary --mask-input becomes ±10 low-res logits
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+def check(spec: str) -> None:
+    check_checkpoint_spec(spec)
+
+
+def load(spec: str, device: str, precision, cache_dir=None, use_cache: bool = True, quiet: bool = False):
+    return SamOfficial(spec, device, precision, cache_dir=cache_dir, use_cache=use_cache, quiet=quiet)
+
+
+class SamOfficial:
+    """A segment-anything checkpoint: cached embeddings, the numpy decoder, masks as RLE."""
+
+    def __init__(self, spec: str, device: str, precision, cache_dir=None, use_cache: bool = True,
+                 quiet: bool = False):
+        from visiontool.models import sam as sam_models
+        from visiontool.models.cache import embeddings_dir
+        from visiontool.services.embedding_cache import EmbeddingCache
+
+        self.device = device
+        self.device_type = device.split(":")[0]
+        self.precision = precision.name
+        self.model_name = spec if is_checkpoint_name(spec) else Path(spec).name
+        self.quiet = quiet
+        self.path = sam_models.resolve_checkpoint(spec, quiet=quiet)
+        self.checkpoint_sha = sam_models.checkpoint_sha256(self.path)
+        self.cache = EmbeddingCache(Path(cache_dir) if cache_dir else embeddings_dir()) if use_cache else None
+        self._sd = None
+        self._encoder = None
+        self.decoder = self._load_decoder()
+        self.stats = {"encoder_runs": 0, "cache_hits": 0}
+        self.last_encode_s = 0.0
+        self.info = ModelInfo(name=self.model_name, family="sam", backend="segment-anything", task="segment",
+                              paradigm="promptable", needs_nms=None, device=device, dtype=self.precision,
+                              capabilities=frozenset({"points", "boxes", "mask_input", "auto"}),
+                              extra={"checkpoint": str(self.path)})
+
+    # ------------------------------------------------------------------ weights
+    def _state_dict(self) -> dict:
+        if self._sd is None:
+            from visiontool.models import sam as sam_models
+
+            self._sd = sam_models.load_state_dict(self.path)
+        return self._sd
+
+    def _load_decoder(self):
+        from visiontool.models import sam as sam_models
+        from visiontool.models.loader import cached
+        from visiontool.models.sam_decoder import NumpySamDecoder
+
+        def make():
+            arrays = self.cache.get_decoder(self.checkpoint_sha) if self.cache is not None else None
+            if arrays is None:
+                arrays = sam_models.decoder_arrays(self._state_dict())
+            try:
+                return NumpySamDecoder(arrays)
+            except KeyError as exc:
+                raise ModelLoadError(f"checkpoint '{self.path}' lacks SAM decoder weights ({exc})") from exc
+
+        dec = cached(("sam-decoder", self.checkpoint_sha), make)
+        self._report_discarded()
+        if self.cache is not None and not self.cache.decoder_path(self.checkpoint_sha).is_file():
+            try:  # next time, a cache hit needs neither torch nor the checkpoint
+                self.cache.put_decoder(self.checkpoint_sha, dec.w)
+            except OSError:
+                pass
+        return dec
+
+    def _report_discarded(self) -> None:
+        if self.cache is None or not self.cache.discarded:
+            return
+        from visiontool.render.console import warn
+
+        for path in self.cache.discarded:
+            warn(f"discarded a corrupt cache entry ({path}); recomputing it")
+        self.cache.discarded.clear()
+
+    def _image_encoder(self):
+        if self._encoder is None:
+            import torch
+
+            from visiontool.models import sam as sam_models
+            from visiontool.models.loader import cached
+
+            def make():
+                return sam_models.build_image_encoder(self._state_dict()).to(torch.device(self.device))
+
+            self._encoder = cached(("sam-encoder", self.checkpoint_sha, self.device), make)
+            self.info.params = sum(p.numel() for p in self._encoder.parameters())
+        return self._encoder
+
+    @property
+    def img_size(self) -> int:
+        return self.decoder.img_size
+
+    # ------------------------------------------------------------------ embeddings
+    def embedding(self, rgb: np.ndarray, name: str = "image") -> np.ndarray:
+        """(C, g, g) float32 embedding of an (H, W, 3) uint8 image — from the cache if possible."""
+        from visiontool.services.embedding_cache import embedding_key, image_digest
+
+        key = None
+        if self.cache is not None:
+            key = embedding_key(image_digest(rgb), self.checkpoint_sha, f"{self.device_type}-{self.precision}",
+                                self.img_size)
+            hit = self.cache.get(key)
+            self._report_discarded()
+            if hit is not None:
+                self.stats["cache_hits"] += 1
+                return hit[0]
+        emb = self.encode(rgb, name)
+        if self.cache is not None:
+            try:
+                self.cache.put(key, emb, {"image_hw": list(rgb.shape[:2]), "model": self.model_name,
+                                          "precision": self.precision})
+            except OSError as exc:
+                from visiontool.render.console import warn
+
+                warn(f"cannot write the embedding cache ({exc}); continuing without it")
+        return emb
+
+    def encode(self, rgb: np.ndarray, name: str = "image") -> np.ndarray:
+        """Run the ViT encoder (torch): resize longest side to img_size, normalise, pad."""
+        import torch
+        from PIL import Image
+
+        from visiontool.device import Precision
+        from visiontool.models.sam_decoder import preprocess_shape
+        from visiontool.render.console import info
+
+        enc = self._image_encoder()
+        h, w = rgb.shape[:2]
+        nh, nw = preprocess_shape(h, w, self.img_size)
+        info(f"encoding {name} with {self.model_name} ({self.device}, {self.precision})…")
+        t0 = time.perf_counter()
+        small = np.array(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR))
+        x = torch.as_tensor(small, device=self.device).permute(2, 0, 1).float()
+        mean = torch.tensor(PIXEL_MEAN, device=self.device).view(-1, 1, 1)
+        std = torch.tensor(PIXEL_STD, device=self.device).view(-1, 1, 1)
+        x = torch.nn.functional.pad((x - mean) / std, (0, self.img_size - nw, 0, self.img_size - nh))[None]
+        with torch.inference_mode(), Precision(self.precision, self.device_type).context():
+            feats = enc(x)
+        self.stats["encoder_runs"] += 1
+        self.last_encode_s = time.perf_counter() - t0
+        return feats[0].float().cpu().numpy()
+
+    # ------------------------------------------------------------------ the promptable primitives
+    def geometry(self, h: int, w: int):
+        from visiontool.models.sam_decoder import preprocess_shape
+
+        nh, nw = preprocess_shape(h, w, self.img_size)
+        return nh, nw, np.array([nw / w, nh / h])
+
+    def upscaler(self, hw: tuple[int, int]):
+        from visiontool.models.sam_decoder import MaskUpscaler
+
+        cache = self.__dict__.setdefault("_upscalers", {})
+        if tuple(hw) not in cache:
+            nh, nw, _ = self.geometry(*hw)
+            cache.clear()
+            cache[tuple(hw)] = MaskUpscaler(4 * self.decoder.grid, self.img_size, (nh, nw), hw)
+        return cache[tuple(hw)]
+
+    def decode_points(self, emb: np.ndarray, points: np.ndarray, hw: tuple[int, int]):
+        """Single foreground points (B, 2) pixels -> low-res logits (B, 3, h, w), IoU (B, 3)."""
+        dec = self.decoder
+        _, _, scale = self.geometry(*hw)
+        tokens = dec.sparse_embeddings((points * scale)[:, None, :], np.ones((len(points), 1), np.int64), None)
+        return dec.decode(emb, tokens, dec.dense_embedding(None), True, extent=self.upscaler(hw).low_extent())
+
+    def upscale_t(self, low: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+        """Low-res logits (b, h, w) -> full-size logits transposed (b, W, H)."""
+        return self.upscaler(hw).logits_t(low)
+
+    # ------------------------------------------------------------------ prompts
+    def predict(self, emb: np.ndarray, prompts: list[Prompt], hw: tuple[int, int],
+                multimask: bool | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Low-res logits (M, 4g, 4g) and predicted IoU (M,) for each prompt, batched by shape."""
+        h, w = hw
+        _, _, scale = self.geometry(h, w)
+        dec = self.decoder
+        results: list = [None] * len(prompts)
+        groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(prompts):
+            sig = (0 if p.points is None else len(p.points), p.box is not None, p.mask_input,
+                   p.wants_multimask(multimask))
+            groups.setdefault(sig, []).append(i)
+        for (npts, has_box, mask_path, mm), idx in groups.items():
+            pts = np.stack([prompts[i].points * scale for i in idx]) if npts else None
+            labels = np.stack([prompts[i].labels for i in idx]) if npts else None
+            boxes = np.stack([(prompts[i].box.reshape(2, 2) * scale).reshape(4) for i in idx]) if has_box else None
+            tokens = dec.sparse_embeddings(pts, labels, boxes, batch=len(idx))
+            dense = dec.dense_embedding(self.mask_logits(mask_path, hw) if mask_path else None)
+            low, iou = dec.decode(emb, tokens, dense, mm, extent=self.upscaler(hw).low_extent())
+            for j, i in enumerate(idx):
+                results[i] = (low[j], iou[j])
+        return results
+
+    def mask_logits(self, path: str, hw: tuple[int, int]) -> np.ndarray:
+        """A coarse mask PNG the size of the image -> (4g, 4g) logits in the padded frame."""
+        from PIL import Image
+
+        h, w = hw
+        try:
+            with Image.open(path) as im:
+                m = np.asarray(im.convert("L"), dtype=np.float32) > 0
+        except (OSError, ValueError) as exc:
+            raise InvalidInputError(f"--mask-input '{path}' is not a readable image ({exc})") from exc
+        if m.shape != (h, w):
+            raise UsageError(f"--mask-input '{path}' is {m.shape[1]}x{m.shape[0]}, the image is {w}x{h}; "
+                             "give a mask the size of the image")
+        nh, nw, _ = self.geometry(h, w)
+        small = np.asarray(Image.fromarray(m.astype(np.float32), mode="F").resize((nw, nh), Image.BILINEAR))
+        padded = np.zeros((self.img_size, self.img_size), np.float32)
+        padded[:nh, :nw] = small
+        side = 4 * self.decoder.grid
+        low = np.asarray(Image.fromarray(padded, mode="F").resize((side, side), Image.BILINEAR))
+        return (low - 0.5) * (2 * MASK_INPUT_LOGIT)
+
+    def segment(self, image: np.ndarray, prompts: list[Prompt], *, multimask: bool | None = None,
+                name: str = "image") -> Detections:
+        """Every prompt's masks (multimask: 3, best predicted IoU first), in prompt order."""
+        if not prompts:
+            return Detections.empty(with_masks=True)
+        hw = image.shape[:2]
+        preds = self.predict(self.embedding(image, name), prompts, hw, multimask)
+        order = []
+        for pi, (_, iou) in enumerate(preds):
+            ranked = np.argsort(-iou, kind="stable")
+            for rank, k in enumerate(ranked, 1):
+                order.append((pi, int(k), rank if len(iou) > 1 else None))
+        lows = np.stack([preds[pi][0][k] for pi, k, _ in order])
+        up = self.upscaler(hw)
+        rles: list[dict] = []
+        for c0 in range(0, len(lows), 8):
+            rles += encode_transposed(up.logits_t(lows[c0:c0 + 8]) > 0)
+        return from_sam(rles, [preds[pi][1][k] for pi, k, _ in order], [prompts[pi] for pi, _, _ in order],
+                        ranks=[r for _, _, r in order], prompt_index=[pi for pi, _, _ in order])
+
+    def segment_auto(self, image: np.ndarray, options: AutoOptions, *, name: str = "image") -> Detections:
+        from visiontool.services.auto_masks import generate
+
+        return generate(self, image, options, name)
