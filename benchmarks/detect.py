@@ -58,8 +58,11 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from visiontool.device import Precision, cpu_has_native_bf16
-    from visiontool.models.detr import load_detector
-    from visiontool.services.detect import Timings, iter_detect
+    from visiontool.io.sources import Item
+    from visiontool.models.hf_detection import HFDetector
+    from visiontool.models.protocol import DetectOptions
+    from visiontool.services.detect import iter_detect
+    from visiontool.types import Timings
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -83,8 +86,9 @@ def main() -> None:
             return out
 
         pipe.image_processor.post_process_object_detection = capture
-        detector = load_detector(str(model_dir))
-        named = [(str(p), im) for p, im in zip(paths, images)]
+        detectors = {name: HFDetector.load(str(model_dir), "cpu", Precision(name, "cpu"))
+                     for name in ("float32", "bfloat16")}
+        items = [Item(str(p), im, i) for i, (p, im) in enumerate(zip(paths, images), 1)]
 
         def run_pipeline():
             captured.clear()
@@ -92,10 +96,11 @@ def main() -> None:
                 pipe(im, threshold=0.0)
             return list(captured)
 
-        def run_ours(precision):
-            return [r for r, _ in iter_detect(named, detector, precision, threshold=0.0, timings=Timings())]
+        def run_ours(precision: str):
+            return [r for r, _ in iter_detect(items, detectors[precision], DetectOptions(threshold=0.0),
+                                              timings=Timings())]
 
-        fp32 = Precision("float32", "cpu")
+        fp32 = "float32"
         run_pipeline(), run_ours(fp32)  # warm-up (oneDNN primitive caches, allocator)
         t_pipe, t_ours = [], []
         for _ in range(args.rounds):
@@ -116,7 +121,7 @@ def main() -> None:
         print(f"target >= 1.5x with boxes within 0.01 px: {'MET' if p / o >= 1.5 and diff <= 0.01 else 'NOT MET'}")
 
         if cpu_has_native_bf16() or args.force_bf16:
-            bf16 = Precision("bfloat16", "cpu")
+            bf16 = "bfloat16"
             run_ours(bf16)
             t0 = time.perf_counter()
             ours16 = run_ours(bf16)

@@ -80,11 +80,12 @@ def bench_boxes_and_encoder(ckpt: Path, image: Path, reps: int, bf16: bool = Tru
 
     from visiontool.io.images import load_image
     from visiontool.models import sam as sam_models
-    from visiontool.services import segment as svc
+    from visiontool.models.registry import load_segmenter
+    from visiontool.types import Prompt
 
     rgb = np.asarray(load_image(str(image)))
     h, w = rgb.shape[:2]
-    engine = svc.SamEngine(str(ckpt), device="cpu", dtype="float32", use_cache=False, quiet=True)
+    engine = load_segmenter(str(ckpt), "cpu", "float32", use_cache=False, quiet=True)
 
     # (3) encoder: float32 vs bfloat16 autocast
     t = time.perf_counter()
@@ -110,7 +111,7 @@ def bench_boxes_and_encoder(ckpt: Path, image: Path, reps: int, bf16: bool = Tru
     pred.is_image_set = True
     boxes = _boxes(h, w)
     tb = torch.as_tensor(pred.transform.apply_boxes(boxes, (h, w)), dtype=torch.float)
-    prompts = [svc.Prompt(box=b) for b in boxes]
+    prompts = [Prompt(box=b) for b in boxes]
     t_ref, t_ours = [], []
     ref = ours = None
     for _ in range(reps):
@@ -119,13 +120,11 @@ def bench_boxes_and_encoder(ckpt: Path, image: Path, reps: int, bf16: bool = Tru
             ref, _, _ = pred.predict_torch(None, None, tb, None, multimask_output=False)
         t_ref.append(time.perf_counter() - t)
         t = time.perf_counter()
-        ours = svc.masks_for_prompts(engine, emb32, prompts, (h, w))
+        ours = engine.masks_from_embedding(emb32, prompts, (h, w))
         t_ours.append(time.perf_counter() - t)
-    from pycocotools import mask as mask_utils
-
     ious = []
-    for i, m in enumerate(ours):
-        a = mask_utils.decode({"size": m.segmentation["size"], "counts": m.segmentation["counts"].encode()})
+    for i in range(len(ours)):
+        a = ours.mask(i)
         b = ref[i, 0].numpy()
         ious.append(float((a.astype(bool) & b).sum() / max((a.astype(bool) | b).sum(), 1)))
     return {"encoder_float32_s": enc32, "encoder_bfloat16_s": enc16, "bf16_speedup": enc32 / enc16,
@@ -133,7 +132,7 @@ def bench_boxes_and_encoder(ckpt: Path, image: Path, reps: int, bf16: bool = Tru
             "predict_torch_64_boxes_s": min(t_ref), "ours_64_boxes_s": min(t_ours),
             "predict_torch_runs_s": t_ref, "ours_runs_s": t_ours,
             "boxes_speedup": min(t_ref) / min(t_ours), "min_mask_iou": min(ious),
-            "mean_fg_fraction": float(np.mean([m.area for m in ours]) / (h * w))}
+            "mean_fg_fraction": float(np.mean(ours.areas()) / (h * w))}
 
 
 def main() -> None:

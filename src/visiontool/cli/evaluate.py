@@ -5,7 +5,6 @@ stdout carries the data (a table, or the §3 JSON); diagnostics and warnings go 
 from __future__ import annotations
 
 import json
-import re
 import sys
 from typing import Optional
 
@@ -17,19 +16,12 @@ from visiontool.errors import UsageError
 IOU_TYPES = ("bbox", "segm", "keypoints")
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 
-_RICH_EMOJI = re.compile(r":\S*?:")
-
 
 def _warn(message: str) -> None:
-    """render.console.warn's line, written directly when rich would print it unchanged
-    (printable text without an :emoji: code): importing rich costs ~20 ms of a JSON run."""
-    line = f"visiontool: warning: {message}"
-    if not line.isprintable() or _RICH_EMOJI.search(line):
-        from visiontool.render.console import warn
+    """A warning line written directly (rich's import would cost ~20 ms of a JSON run)."""
+    from visiontool.render.text import clean
 
-        warn(message)
-        return
-    sys.stderr.write(line + "\n")
+    sys.stderr.write(f"visiontool: warning: {clean(message)}\n")
     sys.stderr.flush()
 
 

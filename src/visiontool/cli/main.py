@@ -28,6 +28,7 @@ from typer.core import TyperGroup
 
 from visiontool import __version__
 from visiontool.errors import ExitCode, Interrupted, VisionToolError
+from visiontool.render.text import clean
 
 PROG = "visiontool"
 # command -> (module, one-line help shown by `visiontool --help` without importing the module)
@@ -41,13 +42,6 @@ COMMANDS = {
     "env": ("visiontool.cli.env", "Versions, devices, the dtype auto picks, caches."),
 }
 _debug = {"on": bool(os.environ.get("VISIONTOOL_DEBUG"))}
-
-
-def clean(text: str) -> str:
-    """One line, safe for a terminal: control characters (escape sequences in file names)
-    are shown as ``\\x1b``-style escapes instead of being interpreted."""
-    text = " ".join(str(text).split())
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def error_line(message: str) -> None:

@@ -65,6 +65,9 @@ def common_checks(*, device: str | None = None, dtype: str | None = None, output
         validate_device_spec(device)
     if dtype is not None:
         validate_dtype_spec(dtype)
+    from visiontool.io.images import max_pixels
+
+    max_pixels()  # a bad VISIONTOOL_MAX_PIXELS fails now
     check_output_file(output, "--output")
     for flag, path in (files or {}).items():
         check_output_file(path, flag)

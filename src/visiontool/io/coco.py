@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 from visiontool.convert import xyxy_to_xywh  # noqa: F401 (box spellings live in convert)
-from visiontool.errors import InvalidInputError, UsageError
+from visiontool.errors import InvalidInputError
 from visiontool.masks import decode as decode_rle  # noqa: F401 (masks live in visiontool.masks)
 from visiontool.masks import encode as encode_rle  # noqa: F401
 
@@ -24,9 +24,10 @@ def _norm_name(name: str) -> str:
 
 
 def load_json_file(path: str | os.PathLike, what: str) -> object:
+    from visiontool.io.readers import check_input_file
+
     p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"{what} file not found: '{path}'")
+    check_input_file(p, what)
     try:
         with open(p, "rb") as fh:
             return json.load(fh)

@@ -45,9 +45,22 @@ def is_url(s: str) -> bool:
     return s.startswith("http://") or s.startswith("https://")
 
 
-def _images_in_dir(d: Path, recursive: bool) -> list[Path]:
-    it = d.rglob("*") if recursive else d.iterdir()
-    return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+def _images_in_dir(d: Path, recursive: bool, extensions=None) -> list[Path]:
+    """Files of ``d`` (and its subdirectories) with the extensions; a subdirectory that cannot
+    be read is reported once on stderr and skipped."""
+    extensions = extensions or IMAGE_EXTENSIONS
+    if not recursive:
+        return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in extensions)
+    unreadable: list[str] = []
+    found = []
+    for root, _dirs, files in os.walk(d, onerror=lambda e: unreadable.append(f"{e.filename}: {e.strerror}")):
+        found += [Path(root) / f for f in files if os.path.splitext(f)[1].lower() in extensions]
+    if unreadable:
+        from visiontool.render.console import once
+
+        once(f"unreadable:{d}", f"cannot read {len(unreadable)} subdirector{'y' if len(unreadable) == 1 else 'ies'} "
+                                f"of {d} (first: {unreadable[0]}); their images were skipped")
+    return sorted(p for p in found if p.is_file())
 
 
 def expand_sources(sources: list[str], recursive: bool = False, stdin=None) -> list[ImageSource]:
@@ -102,10 +115,18 @@ def expand_sources(sources: list[str], recursive: bool = False, stdin=None) -> l
 
 
 def max_pixels() -> int:
-    try:
-        return int(os.environ.get("VISIONTOOL_MAX_PIXELS", DEFAULT_MAX_PIXELS))
-    except ValueError:
+    """The largest image (in pixels) we decode: ``VISIONTOOL_MAX_PIXELS`` or 89,478,485."""
+    raw = os.environ.get("VISIONTOOL_MAX_PIXELS", "").strip()
+    if not raw:
         return DEFAULT_MAX_PIXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise UsageError(f"VISIONTOOL_MAX_PIXELS='{raw}': expected a positive whole number of pixels "
+                         f"(default {DEFAULT_MAX_PIXELS:,})")
+    return value
 
 
 def _fetch_url(url: str) -> bytes:
@@ -170,9 +191,11 @@ def load_image(source: ImageSource | str):
         raise ImageLoadError(f"{name}: cannot open ({exc.strerror or exc})") from exc
     try:
         with fp, warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # our limit, our message: PIL's own check (a warning at 1x, an error quoting 2x its
+            # limit) is off while the header is read, and ours runs before any pixel is decoded
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             old = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = limit
+            Image.MAX_IMAGE_PIXELS = None
             try:
                 img = Image.open(fp)
                 w, h = img.size
@@ -180,6 +203,12 @@ def load_image(source: ImageSource | str):
                     raise ImageLoadError(
                         f"{name}: refused, {w}x{h} = {w * h:,} pixels exceeds the limit of {limit:,} "
                         "(possible decompression bomb; set VISIONTOOL_MAX_PIXELS to allow it)")
+                frames = getattr(img, "n_frames", 1)
+                if frames > 1:
+                    from visiontool.render.console import once
+
+                    once("multi-frame", f"{name} holds {frames} frames (an animated or multi-page image); only "
+                                        "the first is used (further such images are not reported)")
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 return to_rgb(img)
@@ -187,8 +216,6 @@ def load_image(source: ImageSource | str):
                 Image.MAX_IMAGE_PIXELS = old
     except ImageLoadError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageLoadError(f"{name}: refused as a possible decompression bomb ({exc})") from exc
     except UnidentifiedImageError as exc:
         raise ImageLoadError(f"{name}: not an image (or an unsupported format)") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

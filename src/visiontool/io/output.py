@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator, TextIO
 
-from visiontool.errors import UsageError
+from visiontool.errors import Interrupted, UsageError
 
 TEXT_ERRORS = "surrogateescape"  # non-UTF-8 file names round-trip as their original bytes
 
@@ -39,9 +39,14 @@ def _target_mode(target: Path) -> int:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w", fsync: bool = True) -> Iterator[IO]:
+def atomic_write(path: str | os.PathLike, mode: str = "w", fsync: bool = True,
+                 keep_on_interrupt: bool = False) -> Iterator[IO]:
     """Yield a file object whose content replaces ``path`` atomically when the block ends
-    without an exception (``mode``: "w" text UTF-8, or "wb"). Parent directories are created."""
+    without an exception (``mode``: "w" text UTF-8, or "wb"). Parent directories are created.
+
+    ``keep_on_interrupt``: on Ctrl-C / SIGTERM (:class:`~visiontool.errors.Interrupted`) the
+    content written so far still replaces ``path`` — for record streams whose every finished
+    record is complete (the writer closes its brackets first), so no computed work is lost."""
     target = Path(path)
     if _is_stream(target):  # /dev/null, /dev/stdout, a named pipe: nothing to replace, write through
         kwargs = {} if "b" in mode else {"encoding": "utf-8", "errors": TEXT_ERRORS, "newline": ""}
@@ -53,16 +58,26 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", fsync: bool = True) -
     try:
         kwargs = {} if "b" in mode else {"encoding": "utf-8", "errors": TEXT_ERRORS, "newline": ""}
         with os.fdopen(fd, mode, **kwargs) as fh:
-            yield fh
-            fh.flush()
-            if fsync:
-                os.fsync(fh.fileno())
-        os.chmod(tmp, _target_mode(target))
-        os.replace(tmp, target)
+            try:
+                yield fh
+            except Interrupted:
+                if not keep_on_interrupt:
+                    raise
+                _commit(fh, tmp, target, fsync)
+                raise
+            _commit(fh, tmp, target, fsync)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _commit(fh, tmp: str, target: Path, fsync: bool) -> None:
+    fh.flush()
+    if fsync:
+        os.fsync(fh.fileno())
+    os.chmod(tmp, _target_mode(target))
+    os.replace(tmp, target)
 
 
 def _is_stream(p: Path) -> bool:
@@ -91,7 +106,7 @@ def save_image(img, path: str | os.PathLike, **kwargs) -> None:
 
 
 @contextlib.contextmanager
-def open_output(path: str | os.PathLike | None) -> Iterator[TextIO]:
+def open_output(path: str | os.PathLike | None, keep_on_interrupt: bool = False) -> Iterator[TextIO]:
     """A text stream for data: ``None`` or ``"-"`` is stdout, else an atomic file."""
     if path is None or str(path) == "-":
         with contextlib.suppress(AttributeError, ValueError):
@@ -99,7 +114,7 @@ def open_output(path: str | os.PathLike | None) -> Iterator[TextIO]:
         yield sys.stdout
         sys.stdout.flush()
         return
-    with atomic_write(path) as fh:
+    with atomic_write(path, keep_on_interrupt=keep_on_interrupt) as fh:
         yield fh
 
 

@@ -27,8 +27,13 @@ def plot_path(target: str | os.PathLike, default_name: str) -> Path:
     """``--plot`` in every command: a path with an image extension (or an existing file) is
     the file to write; anything else is a directory (created) that receives ``default_name``."""
     p = Path(target)
-    if p.suffix.lower() in IMAGE_EXTENSIONS or p.is_file():
+    if p.suffix.lower() in IMAGE_EXTENSIONS:
         return p
+    if p.exists() and not p.is_dir():
+        from visiontool.errors import UsageError
+
+        raise UsageError(f"--plot '{target}' is an existing file without an image extension; give FILE.png "
+                         "(or .svg, .pdf) or a directory")
     return p / default_name
 
 

@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from typing import TextIO
 
 from visiontool.convert import csv_header, to_coco_results, to_csv_rows, to_record
-from visiontool.errors import InvalidInputError, UsageError
+from visiontool.errors import InvalidInputError, Interrupted, UsageError
 from visiontool.io.coco import GroundTruthIndex
 from visiontool.io.output import open_output
 from visiontool.types import ImageResult
@@ -78,8 +78,9 @@ class RecordWriter:
         self._table_rows: list[ImageResult] = []
 
     def __enter__(self) -> "RecordWriter":
-        self._fh = self._stack.enter_context(open_output(self.output)) if self.fmt != "table" or self.output \
-            else None
+        # an interrupted run keeps every finished record (the list is closed first)
+        self._fh = self._stack.enter_context(open_output(self.output, keep_on_interrupt=True)) \
+            if self.fmt != "table" or self.output else None
         if self.fmt in ("json", "coco"):
             self._fh.write("[")
         return self
@@ -113,7 +114,7 @@ class RecordWriter:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
-            if exc_type is None:
+            if exc_type is None or issubclass(exc_type, Interrupted):
                 if self.fmt in ("json", "coco"):
                     self._fh.write("\n]\n" if self._count else "]\n")
                 elif self.fmt == "csv" and self._csv is None:  # no record: the header alone

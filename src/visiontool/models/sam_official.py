@@ -249,8 +249,12 @@ class SamOfficial:
         """Every prompt's masks (multimask: 3, best predicted IoU first), in prompt order."""
         if not prompts:
             return Detections.empty(with_masks=True)
-        hw = image.shape[:2]
-        preds = self.predict(self.embedding(image, name), prompts, hw, multimask)
+        return self.masks_from_embedding(self.embedding(image, name), prompts, image.shape[:2], multimask)
+
+    def masks_from_embedding(self, emb: np.ndarray, prompts: list[Prompt], hw: tuple[int, int],
+                             multimask: bool | None = None) -> Detections:
+        """:meth:`segment` on an embedding already computed (for an image of size ``hw``)."""
+        preds = self.predict(emb, prompts, hw, multimask)
         order = []
         for pi, (_, iou) in enumerate(preds):
             ranked = np.argsort(-iou, kind="stable")

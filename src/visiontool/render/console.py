@@ -9,11 +9,23 @@ import sys
 
 from rich.console import Console
 
+from visiontool.render.text import clean
+
 _state = {"quiet": False}
+_said: set[str] = set()
 
 
 def set_quiet(quiet: bool) -> None:
+    """Called once at the start of each command: also forgets which notes were given."""
     _state["quiet"] = quiet
+    _said.clear()
+
+
+def once(key: str, message: str) -> None:
+    """A warning given once per command run for ``key``."""
+    if key not in _said:
+        _said.add(key)
+        warn(message)
 
 
 def is_quiet() -> bool:
@@ -62,10 +74,10 @@ def stdout_is_tty() -> bool:
 
 def warn(message: str) -> None:
     """One warning line on stderr (shown even with -q: warnings are not progress)."""
-    err().print(f"visiontool: warning: {message}", markup=False, soft_wrap=True)
+    err().print(f"visiontool: warning: {clean(message)}", markup=False, soft_wrap=True)
 
 
 def info(message: str) -> None:
     """One informational line on stderr, silenced by -q."""
     if not _state["quiet"]:
-        err().print(message, markup=False, soft_wrap=True)
+            err().print(clean(message), markup=False, soft_wrap=True)

@@ -1,0 +1,292 @@
+"""The hostile run of issue 8: bad destinations, odd file names, signals, modes, messages.
+
+Every case is exit 2 (or the documented code) with one `visiontool: error:` line, before any
+model loads where the mistake is visible on the command line, and nothing computed is lost.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from cli_helpers import assert_user_error, one_error_line
+from detr_helpers import build_tiny_detr
+from visiontool.cli.main import app
+
+runner = CliRunner()
+
+
+def invoke(*args, input=None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+@pytest.fixture(scope="module")
+def tiny_detr(tmp_path_factory) -> str:
+    return str(build_tiny_detr(tmp_path_factory.mktemp("tiny-detr-hostile")))
+
+
+@pytest.fixture
+def photo(tmp_path, images_dir) -> Path:
+    p = tmp_path / "dog.jpg"
+    shutil.copy(images_dir / "dog.jpg", p)
+    return p
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if any model loads (the error must come first)."""
+    from visiontool.models import registry
+
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded before the bad destination was found")
+
+    monkeypatch.setattr(registry, "load_detector", boom)
+    monkeypatch.setattr(registry, "load_segmenter", boom)
+
+
+# -- 1. a bad output destination is found before any model loads ----------------------------------
+
+def test_output_destinations_checked_before_the_model(photo, tmp_path, no_model, coco_dir):
+    a_file = tmp_path / "a-file.txt"
+    a_file.write_text("keep me")
+    gt = coco_dir / "instances_val2014_100.json"
+    pred = coco_dir / "instances_val2014_fakebbox100_results.json"
+    cases = [
+        (["detect", photo, "-o", tmp_path], "is a directory"),
+        (["evaluate", "--gt", gt, "--pred", pred, "-o", tmp_path], "is a directory"),
+        (["detect", photo, "--save-viz", a_file], "is a file"),
+        (["segment", photo, "--point", "1,1", "--masks-dir", a_file], "is a file"),
+        (["segment", photo, "--point", "1,1", "--save-viz", a_file], "is a file"),
+        (["evaluate", "--gt", gt, "--pred", pred, "--plot", a_file], "without an image extension"),
+        (["detect", photo, "-o", "/proc/visiontool-out.json"], "/proc"),
+        (["detect", photo, "-o", "/sys/visiontool-out.json"], "/sys"),
+        (["detect", photo, "-o", a_file / "out.json"], "not a directory"),
+        (["compare", "--gt", gt, pred, "--plot", "/proc/self/plot.png"], "/proc"),
+    ]
+    for args, needle in cases:
+        res = invoke(*args)
+        line = one_error_line(res, 2)
+        assert needle in line, (args, line)
+    assert a_file.read_text() == "keep me"
+
+
+def test_dev_null_and_named_outputs_are_written_through(photo, tiny_detr):
+    res = invoke("detect", photo, "-m", tiny_detr, "-f", "json", "-o", os.devnull, "-q")
+    assert res.exit_code == 0, res.stderr
+    assert Path(os.devnull).exists() and not Path(os.devnull).is_file()  # still the device
+
+
+# -- 2. file names that are not UTF-8 ---------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "jsonl", "coco", "table"])
+def test_non_utf8_file_names_in_every_format(tmp_path, images_dir, tiny_detr, fmt):
+    d = tmp_path / "in"
+    d.mkdir()
+    raw = os.path.join(os.fsencode(d), b"caf\xe9.jpg")  # Latin-1 bytes: not valid UTF-8
+    shutil.copy(images_dir / "dog.jpg", raw)
+    out = tmp_path / f"out.{fmt}"
+    res = invoke("detect", d, "-m", tiny_detr, "-t", "0.5", "-f", fmt, "-o", out, "-q")
+    assert res.exit_code == 0, res.stderr
+    data = out.read_bytes()
+    if fmt in ("csv", "table"):
+        assert b"caf\xe9.jpg" in data  # the original bytes, usable to open the file again
+    elif fmt == "coco":
+        assert json.loads(data) and all(r["image_id"] == 1 for r in json.loads(data))
+    else:
+        text = data.decode("utf-8")  # valid UTF-8 JSON; the name is escaped and round-trips
+        rec = json.loads(text.splitlines()[0] if fmt == "jsonl" else text)
+        rec = rec if fmt == "jsonl" else rec[0]
+        assert os.fsencode(rec["image"]) == raw
+
+
+# -- 8. signals: one line, exit 130, every finished record kept, no temp file ------------------------
+
+@pytest.mark.parametrize("sig, word", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated")])
+@pytest.mark.parametrize("to_file", [False, True])
+def test_signal_keeps_finished_records(tmp_path, images_dir, tiny_detr, sig, word, to_file):
+    d = tmp_path / "many"
+    d.mkdir()
+    for i in range(60):
+        shutil.copy(images_dir / "dog.jpg", d / f"img{i:03d}.jpg")
+    out = tmp_path / "out.jsonl"
+    exe = Path(sys.executable).with_name("visiontool")
+    args = [str(exe), "detect", str(d), "-m", tiny_detr, "-f", "jsonl", "-q"] + (["-o", str(out)] if to_file else [])
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.time() + 240
+    if to_file:  # the temp file grows as records are flushed
+        while time.time() < deadline and not any(p.stat().st_size for p in tmp_path.glob(".out.jsonl.*.tmp")):
+            time.sleep(0.1)
+    else:
+        first = proc.stdout.readline()
+        assert first, proc.stderr.read()
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    stderr = stderr.decode()
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == f"visiontool: error: {word}", stderr
+    assert "Traceback" not in stderr
+    lines = (out.read_text() if to_file else (first + stdout).decode()).splitlines()
+    assert 1 <= len(lines) < 60
+    assert all(json.loads(ln)["image"].endswith(".jpg") for ln in lines)  # every line complete
+    assert not list(tmp_path.glob(".out.jsonl.*"))  # no hidden temp file left behind
+
+
+# -- 9. output file modes ---------------------------------------------------------------------------
+
+def test_output_modes_follow_umask_and_existing_files(photo, tiny_detr, tmp_path):
+    old = os.umask(0o022)
+    try:
+        new = tmp_path / "new.json"
+        assert invoke("detect", photo, "-m", tiny_detr, "-f", "json", "-o", new, "-q").exit_code == 0
+        assert new.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+        kept = tmp_path / "kept.json"
+        kept.write_text("old")
+        kept.chmod(0o640)
+        assert invoke("detect", photo, "-m", tiny_detr, "-f", "json", "-o", kept, "-q").exit_code == 0
+        assert kept.stat().st_mode & 0o777 == 0o640 and kept.read_text() != "old"
+    finally:
+        os.umask(old)
+
+
+# -- 11. accepted silently before: multi-frame images, unreadable subdirectories ---------------------
+
+def test_multi_frame_images_are_reported_once(tmp_path, tiny_detr):
+    d = tmp_path / "anim"
+    d.mkdir()
+    for name in ("a.gif", "b.gif"):
+        frames = [Image.new("RGB", (64, 48), (i * 40, 0, 0)) for i in range(3)]
+        frames[0].save(d / name, save_all=True, append_images=frames[1:])
+    res = invoke("detect", d, "-m", tiny_detr, "-f", "json", "-q")
+    assert res.exit_code == 0, res.stderr
+    notes = [ln for ln in res.stderr.splitlines() if "frames" in ln]
+    assert len(notes) == 1 and "only the first is used" in notes[0] and "3 frames" in notes[0]
+    assert len(json.loads(res.stdout)) == 2
+
+
+def test_unreadable_subdirectories_are_reported_once(tmp_path, images_dir, tiny_detr, monkeypatch):
+    root = tmp_path / "tree"
+    (root / "ok").mkdir(parents=True)
+    (root / "locked").mkdir()
+    (root / "locked2").mkdir()
+    shutil.copy(images_dir / "dog.jpg", root / "ok" / "dog.jpg")
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.path.basename(os.fspath(path)).startswith("locked"):  # root reads everything: simulate it
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    res = invoke("detect", root, "-r", "-m", tiny_detr, "-f", "json", "-q")
+    assert res.exit_code == 0, res.stderr
+    notes = [ln for ln in res.stderr.splitlines() if "cannot read" in ln]
+    assert len(notes) == 1 and "2 subdirectories" in notes[0] and "Permission denied" in notes[0]
+    assert [Path(r["image"]).name for r in json.loads(res.stdout)] == ["dog.jpg"]
+
+
+# -- 12. messages that say what is wrong ---------------------------------------------------------------
+
+def test_bomb_message_quotes_our_limit(photo, monkeypatch, tiny_detr):
+    monkeypatch.setenv("VISIONTOOL_MAX_PIXELS", "100000")
+    res = invoke("detect", photo, "-m", tiny_detr)
+    line = assert_user_error(res, 1, "exceeds the limit of 100,000", "VISIONTOOL_MAX_PIXELS")
+    assert "200000" not in line and "200,000" not in line  # not PIL's own (2x) figure
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "0"])
+def test_bad_max_pixels_setting_is_exit_2(photo, monkeypatch, value, no_model):
+    monkeypatch.setenv("VISIONTOOL_MAX_PIXELS", value)
+    one_error_line(invoke("detect", photo), 2)
+
+
+def test_escape_sequences_in_names_are_not_sent_to_the_terminal(tmp_path, tiny_detr):
+    evil = tmp_path / "evil\x1b[2J\x1b[31mred.jpg"
+    evil.write_bytes(b"not an image")
+    res = invoke("detect", evil, "-m", tiny_detr)
+    assert res.exit_code == 1
+    assert "\x1b" not in res.stderr and "\\x1b[2J" in res.stderr
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda p: p.mkdir(), "is a directory"),
+    (lambda p: p.symlink_to(p), "symbolic link loop"),
+    (lambda p: p.symlink_to(p.parent / "nowhere"), "dangling symbolic link"),
+])
+def test_input_files_say_what_they_are(tmp_path, photo, no_model, make, needle):
+    target = tmp_path / "input.json"
+    make(target)
+    for flag in ("--boxes-from", "--prompts"):
+        line = one_error_line(invoke("segment", photo, flag, target), 2)
+        assert needle in line and flag in line
+    assert needle in one_error_line(invoke("segment", photo, "--boxes-from", os.devnull), 2) or \
+        "device" in one_error_line(invoke("segment", photo, "--boxes-from", os.devnull), 2)
+
+
+def test_lone_visiontool_prints_help_and_exits_2():
+    res = invoke()
+    assert res.exit_code == 2 and "Commands" in res.stderr and res.stdout == ""
+
+
+# -- 13. the hub probe goes through the proxy the environment names ----------------------------------
+
+def test_hub_probe_honours_http_proxy(monkeypatch):
+    import http.server
+    import threading
+
+    from huggingface_hub.utils import close_session
+
+    from visiontool.models import hf_hub
+
+    seen = []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_HEAD(self):  # noqa: N802 - a forward proxy receives the absolute URL
+            seen.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        for var in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{srv.server_address[1]}")
+        close_session()
+        hf_hub.endpoint_reachable.cache_clear()
+        # the host does not resolve: only the proxy can answer for it
+        assert hf_hub.endpoint_reachable("http://hub.invalid") is True
+        assert seen and seen[0].startswith("http://hub.invalid")
+        monkeypatch.setenv("NO_PROXY", "hub.invalid")
+        close_session()
+        hf_hub.endpoint_reachable.cache_clear()
+        assert hf_hub.endpoint_reachable("http://hub.invalid") is False
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        close_session()
+        hf_hub.endpoint_reachable.cache_clear()
+
+
+def test_hub_errors_are_classified_by_type():
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from visiontool.models.hf_hub import classify
+
+    wrapped = OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+    wrapped.__cause__ = LocalEntryNotFoundError("not cached")
+    assert "not in the Hugging Face cache" in str(classify("org/model", wrapped))
+    assert "not in the Hugging Face cache" not in str(classify("org/model", ValueError("something else")))
