@@ -363,7 +363,8 @@ class SamEngine:
         if self.cache is not None:
             key = embedding_key(image_digest(rgb), self.checkpoint_sha, f"{self.device_type}-{self.precision}",
                                 self.img_size)
-            hit = self.cache.get(key)
+            # hook (wt-sam): an intact entry of another shape is discarded, not fed to the decoder
+            hit = self.cache.get(key, expected_shape=self.decoder.embedding_shape)
             self._report_discarded()
             if hit is not None:
                 self.cache_hits += 1
