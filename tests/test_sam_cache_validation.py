@@ -200,6 +200,14 @@ def test_good_cache_sizes(tmp_path, monkeypatch, value, mb):
     assert EmbeddingCache(tmp_path).max_bytes == int(mb * 1024 * 1024)
 
 
+def test_bad_cache_size_is_found_before_any_download(images_dir, monkeypatch):
+    """Checked before the checkpoint is fetched (here: offline, so fetching would fail with exit 1)."""
+    monkeypatch.setenv("VISIONTOOL_EMBEDDING_CACHE_MB", "nan")
+    monkeypatch.setenv("VISIONTOOL_OFFLINE", "1")
+    res = run_cli(["segment", images_dir / "dog.jpg", "--checkpoint", "vit_h", "--point", "1,1", "-q"])
+    assert_user_error(res, 2, "VISIONTOOL_EMBEDDING_CACHE_MB")
+
+
 def test_bad_cache_size_is_irrelevant_without_cache(tiny_ckpt, images_dir, monkeypatch):
     monkeypatch.setenv("VISIONTOOL_EMBEDDING_CACHE_MB", "nan")
     res = run_cli(["segment", images_dir / "dog.jpg", "--checkpoint", tiny_ckpt, "--point", "300,200",
@@ -215,3 +223,32 @@ def test_python_api_raises_usage_error(tiny_ckpt, images_dir, tmp_path, monkeypa
     with pytest.raises(UsageError, match="VISIONTOOL_EMBEDDING_CACHE_MB"):
         segment(str(images_dir / "dog.jpg"), checkpoint=str(tiny_ckpt), points=[(10, 10)],
                 cache_dir=str(tmp_path), device="cpu")
+
+
+def test_a_cache_hit_still_needs_no_torch(tiny_ckpt, images_dir, tmp_path):
+    """The validation of cached files is torch-free: a second run on the same image (decoder
+    arrays and embedding from the cache) imports neither torch nor segment_anything."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import visiontool
+
+    cache = tmp_path / "emb"
+    assert _seg(tiny_ckpt, images_dir, cache).exit_code == 0
+    src = Path(visiontool.__file__).resolve().parents[1]
+    code = ("import sys, runpy\n"
+            "sys.argv = ['visiontool', 'segment', sys.argv[1], '--checkpoint', sys.argv[2], '--point', '20,30',\n"
+            "            '--cache-dir', sys.argv[3], '--format', 'json', '-q']\n"
+            "try:\n"
+            "    runpy.run_module('visiontool', run_name='__main__')\n"
+            "except SystemExit as e:\n"
+            "    assert not e.code, e.code\n"
+            "heavy = [m for m in ('torch', 'segment_anything') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, "-c", code, str(images_dir / "dog.jpg"), str(tiny_ckpt), str(cache)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert records(proc.stdout)[0]["masks"], proc.stdout

@@ -284,6 +284,10 @@ class SamEngine:
 
         self.device, self.device_type = resolve_device_light(device)
         dt = validate_dtype_spec(dtype)
+        if use_cache:  # hook (wt-sam): a bad VISIONTOOL_EMBEDDING_CACHE_MB is exit 2 before any download
+            from visiontool.services.embedding_cache import default_max_bytes
+
+            default_max_bytes()
         self.precision = ("float32" if self.device_type == "cpu" else "float16") if dt == "auto" else dt
         spec = checkpoint or sam_models.default_checkpoint_name(self.device_type)
         self.model_name = spec if sam_models.is_checkpoint_name(spec) else Path(spec).name
