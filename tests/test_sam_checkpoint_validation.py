@@ -197,6 +197,8 @@ def _no_unpickling_advice(text: str) -> None:
     ("text", ["not a PyTorch checkpoint"]),
     ("empty", ["empty"]),
     ("tensor", ["holds a Tensor, not a state dict"]),
+    # torch's weights-only reader stops at protocol 4's FRAME opcode
+    ("legacy-protocol-4", ["legacy (pre-zip) torch file written with pickle protocol 4", "never unpickles"]),
 ])
 def test_not_a_state_dict_says_what_it_is_not(tiny_ckpt, tmp_path, images_dir, kind, needles):
     import numpy as np
@@ -223,6 +225,9 @@ def test_not_a_state_dict_says_what_it_is_not(tiny_ckpt, tmp_path, images_dir, k
         path.write_text("hello\n" * 20)
     elif kind == "empty":
         path.write_bytes(b"")
+    elif kind == "legacy-protocol-4":
+        torch.save({"image_encoder.x": torch.zeros(2)}, path, _use_new_zipfile_serialization=False,
+                   pickle_protocol=4)
     else:
         torch.save(torch.zeros(3), path)
     res = _segment(path, images_dir)

@@ -28,8 +28,9 @@ DECODER_META = ("__img_size__", "__embed_grid__")  # encoder geometry stored wit
 CHECKPOINT_SHA_KEY = "__checkpoint_sha256__"  # optional in a cached .npz: whose decoder it is
 _NAMED = 3  # tensors named in a message before "… and N more"
 
-# torch.save's legacy (pre-zip) files start with a pickled magic number, protocol 2
-_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
+# torch.save's legacy (pre-zip) files start with a pickled magic number (a 10-byte LONG1),
+# right after the protocol (and, from protocol 4, frame) opcodes
+_LEGACY_TORCH_MAGIC = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 
 
 # ----------------------------------------------------------------------------- decoder dims
@@ -286,7 +287,7 @@ def sniff(path: str | os.PathLike) -> str:
 
     p = Path(path)
     with open(p, "rb") as fh:
-        head = fh.read(16)
+        head = fh.read(32)
     if not head:
         return "empty"
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
@@ -296,7 +297,7 @@ def sniff(path: str | os.PathLike) -> str:
         except (zipfile.BadZipFile, OSError, ValueError):
             return "bad-zip"
         return "torch-zip" if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names) else "zip"
-    if head.startswith(_LEGACY_TORCH_MAGIC):
+    if head[:1] == b"\x80" and head.find(_LEGACY_TORCH_MAGIC) in (2, 11):  # protocol 2 | 4+ (framed)
         return "torch-legacy"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "pickle"
@@ -337,15 +338,24 @@ def read_checkpoint(path: str | os.PathLike):
             warnings.simplefilter("ignore")
             return torch.load(str(path), map_location="cpu", weights_only=True, mmap=kind == "torch-zip")
     except pickle.UnpicklingError as exc:
-        raise ModelLoadError(f"cannot load checkpoint '{path}': {_unpickling_reason(str(exc))}") from exc
+        raise ModelLoadError(f"cannot load checkpoint '{path}': {_unpickling_reason(str(exc), kind, path)}"
+                             ) from exc
     except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, TypeError,
             AttributeError, IndexError) as exc:
         raise ModelLoadError(f"cannot load checkpoint '{path}': {_torch_reason(exc)}") from exc
 
 
-def _unpickling_reason(message: str) -> str:
+def _unpickling_reason(message: str, kind: str = "", path=None) -> str:
     """torch's weights-only refusal, reworded: which code the file wants run, never the
     advice to run it."""
+    if kind == "torch-legacy" and "Unsupported operand" in message:
+        try:
+            with open(path, "rb") as fh:
+                protocol = fh.read(2)[1]
+        except (OSError, IndexError, TypeError):
+            protocol = "?"
+        return (f"it is a legacy (pre-zip) torch file written with pickle protocol {protocol}, which torch's "
+                "weights-only reader does not support; visiontool never unpickles code")
     m = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", message)
     if m is None:
         return ("it is not a plain tensor state dict (it holds pickled Python objects); "
