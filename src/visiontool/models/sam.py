@@ -7,6 +7,9 @@
 * The architecture (encoder width, depth, heads, global-attention blocks, window size,
   image size) is read from the checkpoint's tensor shapes, so a checkpoint can never be
   built with the wrong model type.
+* A checkpoint must hold exactly the tensors of segment_anything's ``Sam`` for that
+  architecture (:mod:`visiontool.models.sam_weights`): a missing IoU head, a stray or a
+  mis-shaped tensor is one error line naming them, never a silently wrong model.
 * Weights are read with ``torch.load(weights_only=True, mmap=True)``: on an embedding-cache
   hit only the prompt encoder and mask decoder are used (as numpy arrays, cached in a
   ``.npz`` next to the embeddings), so the image encoder is never built and torch is not

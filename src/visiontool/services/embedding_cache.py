@@ -12,12 +12,13 @@ The header records the key, shape and the payload's SHA-256; an entry whose magi
 length or checksum is wrong, or whose array is not the shape the model expects
 (``get(key, expected_shape=(C, g, g))``), is deleted and treated as a miss (then recomputed).
 The prompt-encoder / mask-decoder arrays cached per checkpoint (``decoders/<sha>.npz``) are
-checked the same way (keys, shapes and dtypes of SAM's decoder for the dimensions they
-describe, the checkpoint they were written for). Every discarded file is listed in
-``discarded`` (one stderr warning each, by the caller) and never blamed on the checkpoint. Writes go to
-a unique temporary file in the same directory followed by ``os.replace``, so readers never
-see half an entry and two processes writing the same entry both leave a complete one. The
-cache is bounded (``max_bytes``, default 2 GiB or ``VISIONTOOL_EMBEDDING_CACHE_MB``): after
+checked the same way: keys, shapes and dtypes of SAM's decoder for the dimensions they
+describe, and the checkpoint they were written for. Every discarded file is listed in
+``discarded`` (the caller warns once per file, never blaming the checkpoint) with its reason
+in ``reasons``. Writes go to a unique temporary file in the same directory followed by
+``os.replace``, so readers never see half an entry and two processes writing the same entry
+both leave a complete one. The cache is bounded (``max_bytes``, default 2 GiB or
+``VISIONTOOL_EMBEDDING_CACHE_MB``, a finite number of megabytes >= 0, else exit 2): after
 each write the least recently used entries (by mtime, bumped on every hit) are evicted.
 """
 from __future__ import annotations
