@@ -140,3 +140,102 @@ def decode(rle: dict) -> np.ndarray:
     from pycocotools import mask as mask_utils
 
     return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")})
+
+
+# ----------------------------------------------------------------------------- a SAM that finds blobs
+BLOB_SCENE_SIZE = (320, 214)  # W, H
+BLOBS = [  # (x, y, radius, RGB, group): group 0 red, 1 green, 2 blue
+    (50, 45, 18, (220, 40, 40), 0), (110, 62, 15, (220, 40, 40), 0), (255, 50, 22, (40, 190, 60), 1),
+    (245, 165, 20, (40, 190, 60), 1), (70, 165, 22, (40, 60, 220), 2), (160, 110, 14, (40, 60, 220), 2),
+]
+
+
+def blob_scene() -> tuple[np.ndarray, np.ndarray]:
+    """A grey (H, W, 3) uint8 picture with coloured discs, and its (H, W) group map (255 = none)."""
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", BLOB_SCENE_SIZE, (120, 120, 120))
+    lab = Image.new("L", BLOB_SCENE_SIZE, 255)
+    draw, draw_lab = ImageDraw.Draw(im), ImageDraw.Draw(lab)
+    for x, y, r, colour, group in BLOBS:
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
+        draw_lab.ellipse([x - r, y - r, x + r, y + r], fill=group)
+    return np.asarray(im), np.asarray(lab)
+
+
+def build_blob_sam(token_groups=((0, 1, 2), (2,), (0,), (1,)), token_iou=(0.5, 0.95, 0.90, 0.84)):
+    """The tiny SAM rewired so that its masks are regions of the blob scene, not noise.
+
+    A random tiny SAM gives every prompt the same near-threshold, image-wide texture, so an
+    automatic-mask comparison would compare one degenerate mask. Here the encoder keeps only
+    local colour (residual branches off, patch embedding = random mixes of the mean colour),
+    the mask decoder's image tokens are left unchanged by the prompt tokens, and the output
+    upscaling carries, for each mask token, a linear read-out of the embedding fitted (least
+    squares) to that token's blob groups: mask token t is "the blobs of token_groups[t]".
+    The prompt tokens still reach the IoU head (whose output is centred on token_iou) and,
+    faintly, the hypernetworks, so scores differ from point to point.
+    """
+    import torch
+    from PIL import Image
+    from segment_anything.predictor import SamPredictor
+
+    sam = build_tiny_sam()
+    md = sam.mask_decoder
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        enc = sam.image_encoder
+        for block in enc.blocks:
+            for lin in (block.attn.proj, block.mlp.lin2):
+                lin.weight.zero_()
+                lin.bias.zero_()
+        mix = torch.randn(enc.patch_embed.proj.weight.shape[0], 3, generator=gen) / 256.0
+        enc.patch_embed.proj.weight.copy_(mix[:, :, None, None].expand_as(enc.patch_embed.proj.weight))
+        for layer in md.transformer.layers:
+            layer.cross_attn_image_to_token.out_proj.weight.zero_()
+            layer.cross_attn_image_to_token.out_proj.bias.zero_()
+    # the image side of the decoder, as output_upscaling receives it, on the scene itself
+    rgb, groups = blob_scene()
+    seen = {}
+    hook = md.output_upscaling.register_forward_pre_hook(lambda mod, args: seen.__setitem__("src", args[0]))
+    pred = SamPredictor(sam)
+    pred.set_image(rgb)
+    pred.predict(point_coords=np.array([[10.0, 10.0]]), point_labels=np.array([1]), multimask_output=True)
+    hook.remove()
+    src = seen["src"][0].numpy()  # (C, g, g)
+    c = src.shape[0]
+    nh, nw = pred.input_size
+    rows, cols = -(-nh // 16), -(-nw // 16)
+    x = np.concatenate([src[:, :rows, :cols].reshape(c, -1).T, np.ones((rows * cols, 1))], 1)
+    cells = np.asarray(Image.fromarray(groups).resize((cols, rows), Image.NEAREST)).reshape(-1)
+    up0, norm, up1 = md.output_upscaling[0], md.output_upscaling[1], md.output_upscaling[3]
+    mid = up0.weight.shape[1]
+    big = 1000.0  # a constant channel that dominates LayerNorm2d's statistics
+    mu, sd = big / mid, (big * big / mid - (big / mid) ** 2) ** 0.5
+    with torch.no_grad():
+        for p in (up0.weight, up0.bias, norm.weight, norm.bias, up1.weight, up1.bias):
+            p.zero_()
+        for t, wanted in enumerate(token_groups):
+            target = np.isin(cells, wanted)
+            weight = np.where(target, 0.5 / target.mean(), 0.5 / (1 - target.mean())) ** 0.5
+            a, y = x * weight[:, None], np.where(target, 1.0, -1.0) * weight
+            gram = a.T @ a
+            # ridge: plain least squares gives coefficients ~1e6 that turn float32 rounding into
+            # visible differences between two correct implementations
+            coef = np.linalg.solve(gram + 0.1 * np.trace(gram) / len(gram) * np.eye(len(gram)), a.T @ y) * 20
+            w = torch.from_numpy(coef[:c]).float()[:, None, None]
+            up0.weight[:, t], up0.bias[t] = w, float(coef[c])
+            up0.weight[:, t + 4], up0.bias[t + 4] = -w, -float(coef[c])  # the mean stays big / mid
+            norm.weight[t], norm.bias[t] = sd, mu  # undo the normalisation: channel t ~ read-out t
+            up1.weight[t, t] = 1.0
+            last = md.output_hypernetworks_mlps[t].layers[2]
+            last.weight.mul_(0.01)
+            bias = torch.zeros_like(last.bias)
+            bias[t], bias[-1] = 1.0, -3.0 / 0.673  # logit = read-out - 3 (0.673 = gelu(gelu(1)))
+            last.bias.copy_(bias)
+        up0.bias[mid - 1] = big
+        norm.bias[mid - 1] = 1.0
+        up1.weight[mid - 1, -1] = 1.0
+        head = md.iou_prediction_head.layers[-1]
+        head.weight.mul_(0.05)
+        head.bias.copy_(torch.tensor(token_iou, dtype=head.bias.dtype))
+    return sam.eval()

@@ -22,10 +22,15 @@ def fold_frozen_batchnorm(module) -> int:
     from torch import nn
 
     def norm_params(bn):
-        if not all(hasattr(bn, a) for a in ("weight", "bias", "running_mean", "running_var")):
+        # only a norm in eval mode with running statistics and an affine map is a fixed per-channel
+        # affine transform (BatchNorm2d(affine=False) has no weight; track_running_stats=False normalises
+        # with the batch's own statistics; a training-mode norm updates its statistics)
+        if getattr(bn, "training", False) or getattr(bn, "track_running_stats", True) is False:
             return None
-        eps = getattr(bn, "eps", 1e-5)
-        return bn.weight, bn.bias, bn.running_mean, bn.running_var, eps
+        tensors = [getattr(bn, a, None) for a in ("weight", "bias", "running_mean", "running_var")]
+        if not all(torch.is_tensor(t) for t in tensors):
+            return None
+        return (*tensors, getattr(bn, "eps", 1e-5))
 
     def fold(conv: nn.Conv2d, bn) -> bool:
         p = norm_params(bn)

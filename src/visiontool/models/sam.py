@@ -7,6 +7,9 @@
 * The architecture (encoder width, depth, heads, global-attention blocks, window size,
   image size) is read from the checkpoint's tensor shapes, so a checkpoint can never be
   built with the wrong model type.
+* A checkpoint must hold exactly the tensors of segment_anything's ``Sam`` for that
+  architecture (:mod:`visiontool.models.sam_weights`): a missing IoU head, a stray or a
+  mis-shaped tensor is one error line naming them, never a silently wrong model.
 * Weights are read with ``torch.load(weights_only=True, mmap=True)``: on an embedding-cache
   hit only the prompt encoder and mask decoder are used (as numpy arrays, cached in a
   ``.npz`` next to the embeddings), so the image encoder is never built and torch is not
@@ -260,27 +263,50 @@ class SamArchitecture:
 
 
 def infer_architecture(shapes: dict[str, tuple[int, ...]]) -> SamArchitecture:
-    """Encoder hyper-parameters from ``{state-dict key: shape}``; ModelLoadError if not SAM."""
+    """Encoder hyper-parameters from ``{state-dict key: shape}``; ModelLoadError if not SAM.
+
+    Each dimension is read from any tensor that carries it (SAM's value otherwise), so a
+    checkpoint with missing tensors still yields its architecture and
+    :func:`visiontool.models.sam_weights.check_state_dict` can name what is missing.
+    """
     pre = "image_encoder."
+    if not any(k.startswith(pre) for k in shapes):
+        raise ModelLoadError("not a segment-anything checkpoint (no image_encoder weights)")
     try:
-        proj = shapes[pre + "patch_embed.proj.weight"]  # (embed_dim, 3, p, p)
-        embed_dim, patch = int(proj[0]), int(proj[2])
-        pos = shapes.get(pre + "pos_embed")  # (1, H/p, W/p, embed_dim)
-        grid = int(pos[1]) if pos is not None else 64
-        blocks = sorted({int(k[len(pre) + 7:].split(".")[0]) for k in shapes if k.startswith(pre + "blocks.")})
-        depth = len(blocks)
-        if depth == 0 or blocks != list(range(depth)):
-            raise KeyError("blocks")
-        mlp_hidden = int(shapes[pre + "blocks.0.mlp.lin1.weight"][0])
-        out_chans = int(shapes[pre + "neck.0.weight"][0])
-    except (KeyError, IndexError, TypeError) as exc:
+        blocks = sorted({int(k[len(pre) + 7:].split(".")[0]) for k in shapes
+                         if k.startswith(pre + "blocks.") and k[len(pre) + 7:].split(".")[0].isdigit()})
+        depth = blocks[-1] + 1 if blocks else 0
+        if depth == 0:
+            raise KeyError(pre + "blocks")
+
+        def first(cands, default):
+            """shapes[key][axis] of the first (key, axis) present."""
+            for k, axis in cands:
+                s = shapes.get(k)
+                if s is not None and len(s) > axis:
+                    return int(s[axis])
+            return default
+
+        per_block = [f"{pre}blocks.{i}." for i in blocks]
+        embed_dim = first([(pre + "patch_embed.proj.weight", 0), (pre + "pos_embed", 3)] +
+                          [(b + n, 0) for b in per_block for n in ("norm1.weight", "attn.proj.weight")], None)
+        if embed_dim is None or embed_dim <= 0:
+            raise KeyError(pre + "patch_embed.proj.weight")
+        patch = first([(pre + "patch_embed.proj.weight", 2)], 16)
+        grid = first([(pre + "pos_embed", 1)], 64)
+        mlp_hidden = first([(b + "mlp.lin1.weight", 0) for b in per_block], 4 * embed_dim)
+        out_chans = first([(pre + f"neck.{i}.weight", 0) for i in range(4)] +
+                          [("prompt_encoder.no_mask_embed.weight", 1)], 256)
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise ModelLoadError(f"not a segment-anything checkpoint (missing {exc})") from exc
-    rel = [shapes.get(f"{pre}blocks.{i}.attn.rel_pos_h") for i in range(depth)]
-    if all(r is not None for r in rel):
-        head_dim = int(rel[0][1])
+    rel = {i: shapes.get(f"{pre}blocks.{i}.attn.rel_pos_h") or shapes.get(f"{pre}blocks.{i}.attn.rel_pos_w")
+           for i in range(depth)}
+    present = {i: r for i, r in rel.items() if r is not None and len(r) == 2}
+    if present:
+        head_dim = max(1, int(next(iter(present.values()))[1]))
         global_len = 2 * grid - 1
-        glob = tuple(i for i, r in enumerate(rel) if int(r[0]) == global_len)
-        windowed = [int(r[0]) for r in rel if int(r[0]) != global_len]
+        glob = tuple(i for i, r in present.items() if int(r[0]) == global_len)
+        windowed = [int(r[0]) for r in present.values() if int(r[0]) != global_len]
         window = (windowed[0] + 1) // 2 if windowed else 14
         use_rel = True
     else:  # without relative positions the head count is not in the shapes: SAM's 64-wide heads
@@ -317,26 +343,23 @@ def sam_modeling():
 
 
 def load_state_dict(path: str | os.PathLike) -> dict:
-    """The checkpoint's tensors (memory-mapped where possible; weights_only)."""
-    import pickle
-    import zipfile
+    """The checkpoint's tensors (memory-mapped where possible; weights_only), checked to be
+    exactly those of a segment-anything model of the architecture they describe.
 
-    import torch
+    ModelLoadError (one line) when the file is not a tensor state dict (saying what it is
+    instead), or when tensors are missing, unexpected or mis-shaped (naming them).
+    """
+    from visiontool.models.sam_weights import check_state_dict, read_checkpoint
 
-    try:
-        try:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:  # legacy (non-zip) format cannot be mapped
-            if "mmap" not in str(exc) and "zip" not in str(exc):
-                raise
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load checkpoint '{path}': {str(exc).splitlines()[0] if str(exc) else exc}"
-                             ) from exc
+    sd = read_checkpoint(path)
     if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
         sd = sd["model"]
-    if not isinstance(sd, dict) or "image_encoder.patch_embed.proj.weight" not in sd:
+    if not isinstance(sd, dict):
+        raise ModelLoadError(f"'{path}' is not a segment-anything checkpoint (it holds a {type(sd).__name__}, "
+                             "not a state dict of tensors)")
+    if not any(isinstance(k, str) and k.startswith("image_encoder.") for k in sd):
         raise ModelLoadError(f"'{path}' is not a segment-anything checkpoint (no image_encoder weights)")
+    check_state_dict(sd, path)
     return sd
 
 
@@ -367,27 +390,15 @@ def build_sam(sd: dict):
     """A full ``segment_anything`` ``Sam`` (for the benchmark's and tests' reference path)."""
     import torch
 
-    m = sam_modeling()
-    arch = infer_architecture({k: tuple(v.shape) for k, v in sd.items()})
-    shapes = {k: tuple(v.shape) for k, v in sd.items()}
-    emb = arch.img_size // arch.patch_size
-    prompt_dim = int(shapes["prompt_encoder.no_mask_embed.weight"][1])
-    n_tokens = int(shapes["mask_decoder.mask_tokens.weight"][0])
-    layers = len({k.split(".")[3] for k in shapes if k.startswith("mask_decoder.transformer.layers.")})
-    mlp_dim = int(shapes["mask_decoder.transformer.layers.0.mlp.lin1.weight"][0])
-    iou_hidden = int(shapes["mask_decoder.iou_prediction_head.layers.0.weight"][0])
-    iou_depth = len({k.split(".")[3] for k in shapes if k.startswith("mask_decoder.iou_prediction_head.layers.")})
-    mask_in = int(shapes["prompt_encoder.mask_downscaling.3.weight"][0])
-    sam = m.Sam(image_encoder=build_image_encoder(sd, arch),
-                prompt_encoder=m.PromptEncoder(embed_dim=prompt_dim, image_embedding_size=(emb, emb),
-                                               input_image_size=(arch.img_size, arch.img_size),
-                                               mask_in_chans=mask_in),
-                mask_decoder=m.MaskDecoder(num_multimask_outputs=n_tokens - 1,
-                                           transformer=m.TwoWayTransformer(depth=layers, embedding_dim=prompt_dim,
-                                                                           mlp_dim=mlp_dim, num_heads=8),
-                                           transformer_dim=prompt_dim, iou_head_depth=iou_depth,
-                                           iou_head_hidden_dim=iou_hidden))
-    sam.load_state_dict({k: v for k, v in sd.items()}, strict=False)
+    from visiontool.models.sam_weights import build_sam_module, check_state_dict
+
+    arch, dims = check_state_dict(sd, "state dict")
+    sam = build_sam_module(arch, dims)
+    try:
+        sam.load_state_dict(dict(sd), strict=True)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"checkpoint does not match its inferred architecture: "
+                             f"{str(exc).splitlines()[0]}") from exc
     return sam.eval().to(torch.float32)
 
 

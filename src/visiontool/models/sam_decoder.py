@@ -116,6 +116,11 @@ class NumpySamDecoder:
                               if k.startswith("mask_decoder.iou_prediction_head.layers.")})
         self._dense_pe: np.ndarray | None = None
 
+    @property
+    def embedding_shape(self) -> tuple[int, int, int]:
+        """(C, g, g): the image embedding this decoder takes."""
+        return (self.dim, self.grid, self.grid)
+
     # --------------------------------------------------------------- prompt encoder
     def _pe(self, coords01: np.ndarray) -> np.ndarray:
         g = self.w["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"]

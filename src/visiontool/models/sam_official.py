@@ -45,6 +45,10 @@ class SamOfficial:
         from visiontool.models.cache import embeddings_dir
         from visiontool.services.embedding_cache import EmbeddingCache
 
+        if use_cache:  # a bad VISIONTOOL_EMBEDDING_CACHE_MB is exit 2 before any download
+            from visiontool.services.embedding_cache import default_max_bytes
+
+            default_max_bytes()
         self.device = device
         self.device_type = device.split(":")[0]
         self.precision = precision.name
@@ -130,7 +134,8 @@ class SamOfficial:
         if self.cache is not None:
             key = embedding_key(image_digest(rgb), self.checkpoint_sha, f"{self.device_type}-{self.precision}",
                                 self.img_size)
-            hit = self.cache.get(key)
+            # an intact entry of another shape is discarded, not fed to the decoder
+            hit = self.cache.get(key, expected_shape=self.decoder.embedding_shape)
             self._report_discarded()
             if hit is not None:
                 self.stats["cache_hits"] += 1

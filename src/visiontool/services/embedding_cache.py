@@ -9,10 +9,16 @@ Entry file ``<root>/<k[:2]>/<k>.emb``::
     b"VTEMB\\x01" | uint32 little-endian header length | header JSON | payload (float32, C order)
 
 The header records the key, shape and the payload's SHA-256; an entry whose magic, header,
-length or checksum is wrong is deleted and treated as a miss (then recomputed). Writes go to
-a unique temporary file in the same directory followed by ``os.replace``, so readers never
-see half an entry and two processes writing the same entry both leave a complete one. The
-cache is bounded (``max_bytes``, default 2 GiB or ``VISIONTOOL_EMBEDDING_CACHE_MB``): after
+length or checksum is wrong, or whose array is not the shape the model expects
+(``get(key, expected_shape=(C, g, g))``), is deleted and treated as a miss (then recomputed).
+The prompt-encoder / mask-decoder arrays cached per checkpoint (``decoders/<sha>.npz``) are
+checked the same way: keys, shapes and dtypes of SAM's decoder for the dimensions they
+describe, and the checkpoint they were written for. Every discarded file is listed in
+``discarded`` (the caller warns once per file, never blaming the checkpoint) with its reason
+in ``reasons``. Writes go to a unique temporary file in the same directory followed by
+``os.replace``, so readers never see half an entry and two processes writing the same entry
+both leave a complete one. The cache is bounded (``max_bytes``, default 2 GiB or
+``VISIONTOOL_EMBEDDING_CACHE_MB``, a finite number of megabytes >= 0, else exit 2): after
 each write the least recently used entries (by mtime, bumped on every hit) are evicted.
 """
 from __future__ import annotations
@@ -47,11 +53,24 @@ def embedding_key(image_sha: str, checkpoint_sha: str, precision: str, img_size:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+MAX_MB_ENV = "VISIONTOOL_EMBEDDING_CACHE_MB"
+
+
 def default_max_bytes() -> int:
+    """The size bound in bytes: ``VISIONTOOL_EMBEDDING_CACHE_MB`` (megabytes, a finite number
+    >= 0; unset or empty = 2048). UsageError (exit 2) for anything else: nan, inf, -5, abc."""
+    from visiontool.errors import UsageError
+
+    raw = os.environ.get(MAX_MB_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_MB * 1024 * 1024
     try:
-        mb = float(os.environ.get("VISIONTOOL_EMBEDDING_CACHE_MB", DEFAULT_MAX_MB))
+        mb = float(raw)
     except ValueError:
-        mb = DEFAULT_MAX_MB
+        mb = float("nan")
+    if not (0.0 <= mb < float("inf")):  # also false for nan
+        raise UsageError(f"{MAX_MB_ENV}={raw!r} is not a cache size: expected megabytes as a finite number "
+                         f">= 0 (e.g. {DEFAULT_MAX_MB}), or unset it for the default")
     return int(mb * 1024 * 1024)
 
 
@@ -61,7 +80,8 @@ class EmbeddingCache:
 
     root: Path
     max_bytes: int = field(default_factory=default_max_bytes)
-    discarded: list[str] = field(default_factory=list)  # entries found corrupt (for a stderr note)
+    discarded: list[str] = field(default_factory=list)  # files found unusable (for a stderr note)
+    reasons: dict[str, str] = field(default_factory=dict)  # discarded file -> why
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -70,8 +90,12 @@ class EmbeddingCache:
     def path_for(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.emb"
 
-    def get(self, key: str) -> tuple[np.ndarray, dict] | None:
-        """The cached array and header, or None (missing, or corrupt and now deleted)."""
+    def get(self, key: str, expected_shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, dict] | None:
+        """The cached array and header, or None (missing, or unusable and now deleted).
+
+        ``expected_shape``: what the model needs, e.g. ``(C, g, g)`` from the decoder's
+        dimensions; an entry that is intact but of another shape is discarded too.
+        """
         path = self.path_for(key)
         try:
             with open(path, "rb") as fh:
@@ -80,9 +104,11 @@ class EmbeddingCache:
             return None
         parsed = _parse(data, key)
         if parsed is None:
-            self.discarded.append(str(path))
-            with contextlib.suppress(OSError):
-                path.unlink()
+            self._discard(path, "damaged (header, length or checksum)")
+            return None
+        if expected_shape is not None and tuple(parsed[0].shape) != tuple(int(v) for v in expected_shape):
+            self._discard(path, f"holds an array of shape {tuple(parsed[0].shape)}, the model needs "
+                                f"{tuple(int(v) for v in expected_shape)}")
             return None
         with contextlib.suppress(OSError):
             os.utime(path)  # least-recently-used order is mtime order
@@ -134,30 +160,48 @@ class EmbeddingCache:
         return self.root / "decoders" / f"{checkpoint_sha[:32]}.npz"
 
     def get_decoder(self, checkpoint_sha: str) -> dict | None:
-        """Prompt-encoder + mask-decoder arrays saved by a previous run (None if absent/corrupt)."""
+        """Prompt-encoder + mask-decoder arrays saved by a previous run: None if absent, or if
+        unreadable or not SAM's decoder arrays (other keys, shapes or dtypes, or written for
+        another checkpoint) — then deleted, to be rebuilt from the checkpoint."""
+        from visiontool.models.sam_weights import decoder_problem
+
         path = self.decoder_path(checkpoint_sha)
         if not path.is_file():
             return None
         try:
             with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
+                arrays = {k: z[k] for k in z.files}
         except Exception:  # truncated or corrupt archive: drop it, rebuild from the checkpoint
-            self.discarded.append(str(path))
-            with contextlib.suppress(OSError):
-                path.unlink()
+            self._discard(path, "not a readable .npz archive")
             return None
+        problem = decoder_problem(arrays, checkpoint_sha)
+        if problem is not None:
+            self._discard(path, f"not this checkpoint's decoder arrays: {problem}")
+            return None
+        return arrays
 
     def put_decoder(self, checkpoint_sha: str, arrays: dict) -> None:
+        """Write the decoder arrays (and the checkpoint hash they belong to) atomically."""
+        from visiontool.models.sam_weights import CHECKPOINT_SHA_KEY
+
         path = self.decoder_path(checkpoint_sha)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".dec.", suffix=".npz", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
+                np.savez(fh, **{**arrays, CHECKPOINT_SHA_KEY: np.array(checkpoint_sha)})
             os.replace(tmp, path)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+    def _discard(self, path: Path, reason: str) -> None:
+        """Delete an unusable cache file and remember it (once) for the caller's warning."""
+        if str(path) not in self.discarded:
+            self.discarded.append(str(path))
+        self.reasons[str(path)] = reason
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def _parse(data: bytes, key: str) -> tuple[np.ndarray, dict] | None:
