@@ -22,7 +22,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -120,7 +120,7 @@ def _open(name: str, timeout: float = OPEN_TIMEOUT_S):
     if name.lower().startswith(("rtsp://", "rtsps://")):
         options["rtsp_transport"] = "tcp"
     try:
-        return mod.open(target, mode="r", format=fmt, options=options, timeout=(timeout, READ_TIMEOUT_S))
+        return mod.open(target, mode="r", format=fmt, options=options, timeout=(timeout, read_timeout_s()))
     except (mod.error.FFmpegError, OSError) as exc:
         raise VideoError(f"{name}: cannot open video ({_reason(exc)})") from exc
 
@@ -155,70 +155,149 @@ def probe(name: str) -> VideoInfo:
 @dataclass
 class Frame:
     index: int  # 0-based in the decoded stream
-    time_s: float
+    time_s: float  # presentation time in seconds from the stream's start
     image: Any  # PIL RGB image
+    fps: float | None = None  # the stream's average frame rate (None: unknown)
+
+
+def is_network(name: str) -> bool:
+    """A source read over the network (or a device): reconnecting makes sense for it."""
+    return is_stream(name) or name.lower().startswith(("http://", "https://"))
+
+
+def read_timeout_s() -> float:
+    """Seconds a source may stay silent before it counts as stalled (VISIONTOOL_STREAM_TIMEOUT)."""
+    try:
+        return max(0.1, float(os.environ.get("VISIONTOOL_STREAM_TIMEOUT", READ_TIMEOUT_S)))
+    except ValueError:
+        return READ_TIMEOUT_S
 
 
 def iter_frames(name: str, *, stride: int = 1, start: Position | None = None, end: Position | None = None,
-                max_frames: int | None = None, reconnect: int = 0) -> Iterator[Frame]:
+                max_frames: int | None = None, reconnect: int = 0, live: bool | None = None,
+                on_retry: Callable[[str], None] | None = None) -> Iterator[Frame]:
     """Decoded RGB frames of ``name``: every ``stride``-th frame from ``start`` up to (excluding)
-    ``end``, at most ``max_frames`` of them. VideoError after the last good frame if the
-    video breaks; a live source is reopened up to ``reconnect`` times (1, 2, 4, ... s apart)."""
+    ``end``, at most ``max_frames`` of them.
+
+    ``live`` (default: :func:`is_stream`) is a source without an end or a seekable past:
+    its frames keep counting across reconnects. A network source (a live one, or a video
+    file over http(s)) that cannot be opened, fails or stalls is reopened up to ``reconnect``
+    times (1, 2, 4, ... s apart; ``on_retry`` hears why); a file over http resumes after the
+    last frame it gave, so no frame comes twice. A local file is never retried: VideoError
+    after its last good frame (also when it ends short of the frames or duration its header
+    declares — a truncated file)."""
     if stride < 1:
         raise UsageError(f"--vid-stride must be at least 1, got {stride}")
+    live = is_stream(name) if live is None else live
+    network = live or is_network(name)
+    first = start.frame(None) if start is not None and start.unit == "frame" else None
     emitted = 0
-    next_index = 0  # frames of a live source keep counting across reconnects
+    next_index = 0  # the first frame not handed out yet (live: keeps counting across reconnects)
     attempts = 0
-    live = is_stream(name)
+    selected_first: int | None = None  # time-based --start: stride counts from the first frame reached
     while True:
         try:
-            for fr in _decode(name, next_index, live):
-                next_index = fr.index + 1
+            for index, t, frame, fps in _decode(name, next_index, live, network):
+                next_index = index + 1
                 attempts = 0
-                if end is not None and end.reached(fr.index, fr.time_s):
+                if end is not None and end.reached(index, t):
                     return
-                if start is not None and not start.reached(fr.index, fr.time_s):
+                if start is not None and not start.reached(index, t):
                     continue
-                offset = fr.index - (start.frame(None) if start is not None and start.unit == "frame" else 0)
-                if offset % stride:
+                if selected_first is None:
+                    selected_first = first if first is not None else index
+                if (index - selected_first) % stride:
                     continue
-                yield fr
+                yield Frame(index, t, frame.to_image(), fps)
                 emitted += 1
                 if max_frames is not None and emitted >= max_frames:
                     return
             return  # the source ended cleanly
-        except VideoError:
-            if not live or attempts >= reconnect:
+        except VideoError as exc:
+            if not network or attempts >= reconnect:
+                if network and reconnect:
+                    raise VideoError(f"{exc} (gave up after {reconnect} reconnect attempt"
+                                     f"{'s' if reconnect != 1 else ''})") from exc
                 raise
             attempts += 1
-            time.sleep(min(2 ** (attempts - 1), 30))
+            delay = min(2 ** (attempts - 1), 30)
+            if on_retry is not None:
+                on_retry(f"{exc}; reconnecting in {delay} s (attempt {attempts} of {reconnect})")
+            time.sleep(delay)
 
 
-def _decode(name: str, first_index: int, live: bool) -> Iterator[Frame]:
+# container formats whose header states the duration (an MPEG-TS/PS "duration" is an estimate)
+_DECLARED_DURATION = ("matroska", "mov", "mp4", "avi", "flv", "asf", "ogg", "nut")
+
+
+def _decode(name: str, resume_from: int, live: bool,
+            network: bool = False) -> Iterator[tuple[int, float, Any, float | None]]:
+    """(index, time_s, av.VideoFrame, fps) for each decoded frame. A live source numbers its
+    frames from ``resume_from``; any other source from 0, silently skipping the frames below
+    ``resume_from`` (those a previous connection already gave)."""
     mod = av()
     container = _open(name)
     try:
         stream = _video_stream(container, name)
-        fps = float(stream.average_rate) if stream.average_rate else None
-        index = first_index
+        fps = float(stream.average_rate) if stream.average_rate else \
+            (float(stream.guessed_rate) if stream.guessed_rate else None)
+        tb = float(stream.time_base) if stream.time_base else None
+        t0 = stream.start_time if stream.start_time is not None else 0
+        index = resume_from if live else 0
+        first = index
+        last_t = -1.0
         try:
             for frame in container.decode(stream):
-                t = float(frame.time) if frame.time is not None else (index / fps if fps else 0.0)
-                yield Frame(index, t, frame.to_image())
+                if frame.pts is not None and tb:
+                    t = (frame.pts - t0) * tb
+                else:
+                    t = index / fps if fps else 0.0
+                if index >= resume_from:
+                    yield index, t, frame, fps
+                last_t = max(last_t, t)
                 index += 1
         except (mod.error.FFmpegError, OSError, ValueError) as exc:
-            what = "stream failed" if live else "corrupt or truncated video"
-            raise VideoError(f"{name}: {what} after {index - first_index} decoded frame(s) "
+            what = "stream failed" if live or network else "corrupt or truncated video"
+            raise VideoError(f"{name}: {what} after {index - first} decoded frame(s) "
                              f"({_reason(exc)})") from exc
-        if index == first_index and not live:
+        if live:
+            return
+        if index == 0:
             raise VideoError(f"{name}: no decodable frame (empty or corrupt video)")
+        short = _shortfall(container, stream, index, last_t, fps)
+        if short:
+            raise VideoError(f"{name}: truncated or corrupt video: {short}")
     finally:
         container.close()
 
 
+def _shortfall(container, stream, decoded: int, last_t: float, fps: float | None) -> str | None:
+    """Why a file that ended cleanly is nevertheless incomplete (None: it is complete): fewer
+    frames than its header counts, or (no count) an end well before its declared duration."""
+    declared = int(stream.frames or 0)
+    if declared:
+        if decoded < declared - (2 + declared // 500):
+            return f"decoded {decoded} of the {declared} frames its header declares"
+        return None
+    fmt = (container.format.name or "") if container.format is not None else ""
+    if not any(f in fmt.split(",") for f in _DECLARED_DURATION):
+        return None
+    tb = float(stream.time_base) if stream.time_base else None
+    duration = float(stream.duration * tb) if stream.duration and tb else \
+        (container.duration / 1_000_000 if container.duration else None)
+    if duration is None or fps is None:
+        return None
+    covered = last_t + 1.0 / fps
+    if covered < duration - max(0.5, 2.0 / fps, 0.002 * duration):
+        return f"decoded {decoded} frame(s) covering {covered:.2f} s of its declared {duration:.2f} s"
+    return None
+
+
 def prefetch(items: Iterator[Any], depth: int = 4) -> Iterator[Any]:
     """Run ``items`` (e.g. decoding) in a background thread, ``depth`` ahead of the consumer,
-    so decoding overlaps inference. Exceptions are re-raised in the consumer, in order."""
+    so decoding overlaps inference. Exceptions are re-raised in the consumer, in order. When
+    the consumer stops early (an error, an interrupt, ``--max-frames``), the thread stops at
+    its next hand-over and drops ``items``."""
     import queue
     import threading
 
@@ -226,20 +305,23 @@ def prefetch(items: Iterator[Any], depth: int = 4) -> Iterator[Any]:
     done = object()
     stop = threading.Event()
 
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work():
         try:
             for it in items:
-                while not stop.is_set():
-                    try:
-                        q.put((it, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put((it, None)):
                     return
-            q.put((done, None))
+            put((done, None))
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            q.put((done, exc))
+            put((done, exc))
 
     th = threading.Thread(target=work, daemon=True, name="visiontool-prefetch")
     th.start()
