@@ -122,7 +122,10 @@ def _open(name: str, timeout: float = OPEN_TIMEOUT_S):
     try:
         return mod.open(target, mode="r", format=fmt, options=options, timeout=(timeout, read_timeout_s()))
     except (mod.error.FFmpegError, OSError) as exc:
-        raise VideoError(f"{name}: cannot open video ({_reason(exc)})") from exc
+        reason = _reason(exc)
+        if "end of file" in reason.lower():
+            reason += ": the file is empty or cut short"
+        raise VideoError(f"{name}: cannot open video ({reason})") from exc
 
 
 def _reason(exc: BaseException) -> str:
@@ -400,17 +403,22 @@ class VideoWriter:
 
 def write_test_video(path: str | os.PathLike, frames: int = 24, size: tuple[int, int] = (160, 120),
                      fps: int = 12, squares: int = 1) -> list[list[tuple[int, int, int, int]]]:
-    """A synthetic clip of white squares moving on grey (for tests and benchmarks); returns
-    each frame's square boxes (x1, y1, x2, y2), the known trajectories."""
+    """A synthetic clip of squares moving on grey (for tests and benchmarks); returns each
+    frame's square boxes (x1, y1, x2, y2), the known trajectories. Square k moves along its
+    own row (rows never overlap) and bounces off the edges, so every trajectory is continuous;
+    square 0 crosses the frame from left to right over the clip."""
     w, h = size
     side = max(8, min(w, h) // 6)
+    span = max(w - side, 1)
+    speed = span / max(frames - 1, 1)
     boxes_per_frame = []
     with VideoWriter(path, fps, w, h) as vw:
         for i in range(frames):
             img = np.full((h, w, 3), 96, np.uint8)
             boxes = []
             for k in range(squares):
-                x = int((k * w / max(squares, 1) + i * (w - side) / max(frames - 1, 1)) % (w - side))
+                u = (k * w / max(squares, 1) + i * speed) % (2 * span)
+                x = int(round(u if u <= span else 2 * span - u))
                 y = int((k + 1) * (h - side) / (squares + 1))
                 img[y:y + side, x:x + side] = (240, 240, 240) if k % 2 == 0 else (220, 60, 60)
                 boxes.append((x, y, x + side, y + side))
