@@ -221,3 +221,11 @@ def build_video_detr(path: Path) -> str:
     build_tiny_detr(path)
     DetrImageProcessor(size={"shortest_edge": 128, "longest_edge": 192}).save_pretrained(path)
     return str(path)
+
+
+def session_video_detr(tmp_path_factory) -> str:
+    """One tiny video DETR per test session, shared by every module that asks for it."""
+    path = tmp_path_factory.getbasetemp() / "video-detr"
+    if not (path / "config.json").is_file():
+        build_video_detr(path)
+    return str(path)

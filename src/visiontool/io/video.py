@@ -32,8 +32,7 @@ VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".mpg", ".m
                     ".flv", ".3gp", ".ogv"}
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "srt://", "udp://", "tcp://", "rtp://")
 WEBCAM = re.compile(r"^webcam:(\d+)$")
-OPEN_TIMEOUT_S = 10.0  # connecting / first packet
-READ_TIMEOUT_S = 10.0  # a live stream silent this long has stalled
+READ_TIMEOUT_S = 10.0  # a source silent this long (connecting, probing or reading) has stalled
 
 
 class VideoError(ImageLoadError):
@@ -108,7 +107,7 @@ class VideoInfo:
     live: bool = False
 
 
-def _open(name: str, timeout: float = OPEN_TIMEOUT_S):
+def _open(name: str):
     """An av container for a file, URL or webcam (VideoError with FFmpeg's reason)."""
     mod = av()
     options: dict[str, str] = {}
@@ -120,7 +119,7 @@ def _open(name: str, timeout: float = OPEN_TIMEOUT_S):
     if name.lower().startswith(("rtsp://", "rtsps://")):
         options["rtsp_transport"] = "tcp"
     try:
-        return mod.open(target, mode="r", format=fmt, options=options, timeout=(timeout, read_timeout_s()))
+        return mod.open(target, mode="r", format=fmt, options=options, timeout=read_timeout_s())
     except (mod.error.FFmpegError, OSError) as exc:
         reason = _reason(exc)
         if "end of file" in reason.lower():
@@ -130,7 +129,10 @@ def _open(name: str, timeout: float = OPEN_TIMEOUT_S):
 
 def _reason(exc: BaseException) -> str:
     text = getattr(exc, "strerror", None) or str(exc)
-    return " ".join(str(text).split()) or type(exc).__name__
+    text = " ".join(str(text).split()) or type(exc).__name__
+    if "immediate exit requested" in text.lower():  # PyAV's timeout interrupt
+        return f"stalled: no data for {read_timeout_s():g} s"
+    return text
 
 
 def _video_stream(container, name: str):

@@ -218,7 +218,7 @@ class AnnotationSink:
             import re
 
             safe = re.sub(r"[:/\\?*]+", "-", name.split("?")[0].rstrip("/").split("/")[-1] or name)
-            path = viz_path(self.target, safe + ".mp4", self.used, ext=".mp4")
+            path = viz_path(self.target, name if os.path.exists(name) else safe, self.used, ext=".mp4")
         fps = self.fps_table.get(name) or 30.0
         self._writer = VideoWriter(path, fps / self.stride, size[0], size[1])
         self._source = name
