@@ -178,7 +178,7 @@ def detect_command(
     if interrupted is not None:
         raise interrupted
     report_mapping(outputs.stats, gt_index, out_format)
-    if not quiet:
+    if not quiet and run.timings.images:
         line = f"{run.timings.summary(unit)} [{run.device}, {run.dtype}]"
         if save_viz and outputs.viz is not None and outputs.viz.written:
             line += f"; annotated: {_shown(outputs.viz.written)}"
