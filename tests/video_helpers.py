@@ -31,9 +31,10 @@ def jsonl(text: str) -> list[dict]:
     return [json.loads(ln) for ln in text.splitlines() if ln.strip()]
 
 
-def make_clip(path: Path, frames: int = 12, size=(160, 120), fps: int = 12, squares: int = 2):
+def make_clip(path: Path, frames: int = 12, size=(160, 120), fps: int = 12, squares: int = 2,
+              speed: float | None = None):
     """Write a clip of moving squares; returns each frame's square boxes (x1, y1, x2, y2)."""
-    return write_test_video(path, frames=frames, size=size, fps=fps, squares=squares)
+    return write_test_video(path, frames=frames, size=size, fps=fps, squares=squares, speed=speed)
 
 
 # ----------------------------------------------------------------------------- a detector for the squares
@@ -229,3 +230,75 @@ def session_video_detr(tmp_path_factory) -> str:
     if not (path / "config.json").is_file():
         build_video_detr(path)
     return str(path)
+
+
+# ----------------------------------------------------------------------------- MOTChallenge data
+def synthetic_sequence(seed: int, frames: int = 40, objects: int = 4, mot17: bool = True):
+    """(gt rows, prediction rows) of a made-up sequence: objects on straight paths; the
+    predictions jitter, miss some boxes, swap one id half-way and add false positives. With
+    ``mot17`` the ground truth has MOTChallenge columns (consider flag, class, visibility),
+    one distractor (class 8) and one zero-marked object; else MOT15's -1 columns."""
+    rng = np.random.default_rng(seed)
+    gt, pred = [], []
+    for f in range(1, frames + 1):
+        for k in range(objects):
+            x, y = 20 + 7 * f + 90 * k, 30 + 40 * k + 3 * np.sin(f / 5 + k)
+            w, h = 40 + 4 * k, 80
+            if mot17:
+                cls = 8 if k == objects - 1 else 1
+                flag = 0 if k == 0 and f % 7 == 0 else 1
+                gt.append(f"{f},{k + 1},{x:.2f},{y:.2f},{w},{h},{flag},{cls},{rng.uniform(0.3, 1):.3f}")
+            else:
+                gt.append(f"{f},{k + 1},{x:.2f},{y:.2f},{w},{h},1,-1,-1,-1")
+            if rng.random() < 0.85:
+                tid = k + 1
+                if k == 1 and f > frames // 2:
+                    tid = 50  # an id switch
+                jx, jy = rng.normal(0, 3, 2)
+                pred.append(f"{f},{tid},{x + jx:.2f},{y + jy:.2f},{w + rng.normal(0, 2):.2f},{h},"
+                            f"{rng.uniform(0.3, 1):.4f},-1,-1,-1")
+        if rng.random() < 0.3:
+            pred.append(f"{f},{90 + f % 3},{rng.uniform(0, 500):.1f},{rng.uniform(0, 300):.1f},30,60,0.4,-1,-1,-1")
+    return gt, pred
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(ln + "\n" for ln in lines))
+    return path
+
+
+def trackeval_reference(gt_folder: Path, trackers_folder: Path, tracker: str, benchmark: str,
+                        split: str = "train", preproc: bool = True) -> dict:
+    """TrackEval run the way its own docs run it (MotChallenge2DBox on the standard folder
+    layout with seqmaps and seqinfo.ini): {seq or COMBINED_SEQ: {metric: {field: value}}}."""
+    import contextlib
+    import io
+
+    import trackeval
+
+    eval_cfg = {"USE_PARALLEL": False, "PRINT_RESULTS": False, "PRINT_CONFIG": False, "TIME_PROGRESS": False,
+                "OUTPUT_SUMMARY": False, "OUTPUT_DETAILED": False, "PLOT_CURVES": False, "LOG_ON_ERROR": None}
+    ds_cfg = {"GT_FOLDER": str(gt_folder), "TRACKERS_FOLDER": str(trackers_folder), "TRACKERS_TO_EVAL": [tracker],
+              "BENCHMARK": benchmark, "SPLIT_TO_EVAL": split, "DO_PREPROC": preproc, "PRINT_CONFIG": False}
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = trackeval.Evaluator(eval_cfg)
+        ds = trackeval.datasets.MotChallenge2DBox(ds_cfg)
+        metrics = [trackeval.metrics.HOTA(), trackeval.metrics.CLEAR(), trackeval.metrics.Identity()]
+        res, _ = ev.evaluate([ds], metrics)
+    return {seq: r["pedestrian"] for seq, r in res["MotChallenge2DBox"][tracker].items()}
+
+
+def mot_layout(root: Path, benchmark: str, seqs: dict[str, tuple[list[str], list[str]]], tracker: str = "mine",
+               split: str = "train") -> tuple[Path, Path]:
+    """Write TrackEval's standard layout: gt/<BENCH>-<split>/<seq>/{gt/gt.txt,seqinfo.ini},
+    gt/seqmaps/<BENCH>-<split>.txt and trackers/<BENCH>-<split>/<tracker>/data/<seq>.txt."""
+    gt_root, tr_root = root / "gt", root / "trackers"
+    split_dir = f"{benchmark}-{split}"
+    for name, (gt, pred) in seqs.items():
+        n = max(int(ln.split(",")[0]) for ln in gt + pred)
+        write_lines(gt_root / split_dir / name / "gt" / "gt.txt", gt)
+        (gt_root / split_dir / name / "seqinfo.ini").write_text(f"[Sequence]\nname={name}\nseqLength={n}\n")
+        write_lines(tr_root / split_dir / tracker / "data" / f"{name}.txt", pred)
+    write_lines(gt_root / "seqmaps" / f"{split_dir}.txt", ["name"] + list(seqs))
+    return gt_root, tr_root

@@ -404,15 +404,17 @@ class VideoWriter:
 
 
 def write_test_video(path: str | os.PathLike, frames: int = 24, size: tuple[int, int] = (160, 120),
-                     fps: int = 12, squares: int = 1) -> list[list[tuple[int, int, int, int]]]:
+                     fps: int = 12, squares: int = 1,
+                     speed: float | None = None) -> list[list[tuple[int, int, int, int]]]:
     """A synthetic clip of squares moving on grey (for tests and benchmarks); returns each
-    frame's square boxes (x1, y1, x2, y2), the known trajectories. Square k moves along its
-    own row (rows never overlap) and bounces off the edges, so every trajectory is continuous;
+    frame's square boxes (x1, y1, x2, y2), the known trajectories. Square k starts at
+    x = k * width / squares on its own row (rows never overlap) and moves right by ``speed``
+    pixels per frame, bouncing off the edges, so every trajectory is continuous; by default
     square 0 crosses the frame from left to right over the clip."""
     w, h = size
     side = max(8, min(w, h) // 6)
     span = max(w - side, 1)
-    speed = span / max(frames - 1, 1)
+    speed = span / max(frames - 1, 1) if speed is None else float(speed)
     boxes_per_frame = []
     with VideoWriter(path, fps, w, h) as vw:
         for i in range(frames):
