@@ -4,7 +4,6 @@ by detect --track --format mot round-trip through the metric library."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
