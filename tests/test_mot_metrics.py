@@ -74,6 +74,7 @@ def test_mot15_file_pair_equals_trackevals_own_run(tmp_path):
     assert_same(out["metrics"], ref["COMBINED_SEQ"])
 
 
+@pytest.mark.filterwarnings("ignore::Warning:motmetrics")
 def test_clear_and_identity_agree_with_py_motmetrics(tmp_path, monkeypatch):
     mm = pytest.importorskip("motmetrics")
     if not hasattr(np, "asfarray"):  # py-motmetrics 1.4.0's IoU distance calls it; NumPy 2 removed it
