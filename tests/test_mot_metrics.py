@@ -147,6 +147,10 @@ def test_several_videos_write_one_sequence_file_each_and_evaluate_as_a_folder(tm
     out = evaluate_json(gt_dir, out_dir)
     assert out["sequences"] == ["SEQ-A", "SEQ-B"] and out["metrics"]["IDSW"] == 0
     assert out["metrics"]["GT_IDs"] == 4
+    # one video into a directory (an existing one, or a path ending with a separator) works the same way
+    res = invoke("detect", videos[0], "-m", "squares", "--track", "-f", "mot", "-o", f"{tmp_path / 'one'}/", "-q")
+    assert res.exit_code == 0, res.stderr
+    assert (tmp_path / "one" / "SEQ-A.txt").read_text() == (out_dir / "SEQ-A.txt").read_text()
 
 
 def test_preproc_mot17_needs_mot_classes(tmp_path):

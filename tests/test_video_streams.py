@@ -78,3 +78,12 @@ def test_an_unreachable_stream_is_one_line_after_the_retries(squares):
     assert res.stdout == ""
     res = invoke("detect", f"http://127.0.0.1:{port}/cam.mp4", "-m", "squares", "--reconnect", "0")
     assert_user_error(res, 1, "Connection refused")
+
+
+def test_a_live_stream_on_a_terminal_streams_jsonl_instead_of_a_final_table(server, squares, monkeypatch):
+    from visiontool.render import console
+
+    monkeypatch.setattr(console, "stdout_is_tty", lambda: True)
+    res = invoke("detect", "--source-type", "stream", server.url("clip.ts"), "-m", "squares", "-q")
+    assert res.exit_code == 0, res.stderr
+    assert [r["frame"] for r in jsonl(res.stdout)] == list(range(FRAMES))

@@ -120,6 +120,8 @@ def detect_command(
         check_detector_spec(model)
     srcs = expand_media(sources, recursive=recursive, source_type=source_type)
     videos = [s for s in srcs if s.is_video]
+    if out_format == "table" and not fmt and not output and any(s.kind == "stream" for s in srcs):
+        out_format = "jsonl"  # a table is printed at the end, and a live stream has none: stream records
     video = _video_options(start, end, vid_stride, max_frames, reconnect)
     if videos:
         from visiontool.io.video import av
@@ -171,6 +173,8 @@ def detect_command(
                              on_image=outputs.image if outputs.wants_images else None, warn=warn,
                              keep_results=False, video=video, track=track_opts)
         except Interrupted as exc:
+            if not outputs.written:
+                raise  # nothing finished: leave any previous --output file as it was
             interrupted = exc  # close every output normally first: the finished frames stay written
         finally:
             if progress is not None:

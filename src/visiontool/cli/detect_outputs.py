@@ -64,12 +64,14 @@ def check_outputs(sources: list, fmt: str, output: str | None, save_viz: str | N
     from visiontool.io.output import check_output_dir, check_output_file, same_path
     from visiontool.io.video import is_video_path
 
+    import os
+
     videos = [s for s in sources if s.is_video]
     plan = OutputPlan(fmt, output)
     if fmt == "mot":
         if not videos:
             raise UsageError("--format mot writes MOTChallenge rows for video frames, and every source is a photo")
-        if len(videos) > 1:
+        if len(videos) > 1 or (output and output != "-" and (os.path.isdir(output) or output.endswith(os.sep))):
             if not output or output == "-":
                 raise UsageError(f"--format mot with {len(videos)} videos writes one SEQ.txt per video: give "
                                  "--output DIR")
@@ -113,6 +115,7 @@ class Outputs:
         self.writer: Any = None
         self.viz: Any = None
         self.crops: Any = None
+        self.written = 0  # records written
 
     def __enter__(self) -> "Outputs":
         from visiontool.io.records import RecordWriter
@@ -142,6 +145,7 @@ class Outputs:
     def record(self, result) -> None:
         with deferred_signals():
             self.writer.write(result)
+            self.written += 1
 
     def image(self, result, image) -> None:
         with deferred_signals():
