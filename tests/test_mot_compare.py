@@ -75,3 +75,26 @@ def test_usage_errors(tmp_path, kwargs, needle):
     g = write_lines(tmp_path / "gt.txt", ["1,1,1,1,5,5,1,-1"])
     with pytest.raises(UsageError, match=needle.replace("(", r"\(")):
         compare_tracking(str(g), **kwargs)
+
+
+def test_the_compare_mot_entry_prints_json_and_table(tmp_path, capsys, monkeypatch):
+    from visiontool.cli import compare_mot
+
+    install_detector(monkeypatch, SquareDetector())
+    clip = tmp_path / "clip.mp4"
+    truth = make_clip(clip, frames=10, size=(240, 120), squares=2, speed=2)
+    g = write_lines(tmp_path / "gt.txt", [f"{f + 1},{k + 1},{b[0]},{b[1]},{b[2] - b[0]},{b[3] - b[1]},1,1,1"
+                                          for f, boxes in enumerate(truth) for k, b in enumerate(boxes)])
+    _, pred = synthetic_sequence(14, frames=10, mot17=False)
+    p = write_lines(tmp_path / "other.txt", pred)
+    compare_mot.run(str(g), [str(p)], models=["squares"], video=str(clip), fmt="json", quiet=True)
+    d = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in d["runs"]] == ["other", "squares+bytetrack"] and d["runs"][1]["fps"] > 0
+    compare_mot.run(str(g), [str(p)], fmt="table", quiet=True)
+    assert "other" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="--per-class applies to COCO comparisons, not --mot"):
+        compare_mot.run(str(g), [str(p)], coco_flags={"--per-class": True})
+    from visiontool.errors import PartialFailure
+
+    with pytest.raises(PartialFailure, match="1 of 2 runs failed"):
+        compare_mot.run(str(g), [str(p)], models=["./missing"], video=str(clip), fmt="json", quiet=True)
