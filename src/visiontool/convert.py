@@ -7,9 +7,10 @@ spellings. Every command converts through here:
 * ``from_sam`` — masks answering prompts (RLE, predicted IoU, the prompts);
 * ``to_record`` / ``from_record`` — the JSON record of DESIGN.md §3 (detect and segment);
 * ``to_coco_results`` / ``from_coco_results`` — COCO results (``[x, y, w, h]`` only here);
-* ``to_csv_rows`` — the csv format.
+* ``to_csv_rows`` — the csv format;
+* ``to_mot_rows`` — MOTChallenge rows (``frame,id,x,y,w,h,score,-1,-1,-1``, 1-based frames).
 
-COCO's xywh boxes exist in this module only (and in COCO files).
+COCO's and MOT's xywh boxes exist in this module only (and in COCO and MOT files).
 """
 from __future__ import annotations
 
@@ -356,4 +357,32 @@ def to_csv_rows(r: ImageResult, header: list[str]) -> list[list]:
                 v = d.data[key][i]
                 row[key] = "" if v is None or (key != "phrase" and int(v) < 0) else v
         rows.append([row.get(col, "") for col in header])
+    return rows
+
+
+# ----------------------------------------------------------------------------- MOTChallenge
+def _num(v: float, places: int) -> str:
+    text = f"{float(v):.{places}f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def to_mot_rows(r: ImageResult) -> list[str]:
+    """MOTChallenge text rows for one video frame: ``frame,id,x,y,w,h,score,-1,-1,-1``.
+
+    MOT frames are 1-based: ``frame = r.frame + 1`` (record frame 0 is MOT frame 1). With a
+    ``track_id`` column (``--track``) only tracked detections are written, with their id;
+    without one every detection is written with id -1 (MOTChallenge's ``det.txt`` form).
+    Boxes in pixels to 1/1000 px, ``[x, y, w, h]`` with (x, y) the top-left corner."""
+    if r.frame is None or r.error is not None:
+        return []
+    d = r.detections
+    ids = d.data.get("track_id")
+    rows = []
+    for i in range(len(d)):
+        tid = -1 if ids is None else int(ids[i])
+        if ids is not None and tid < 0:
+            continue
+        x, y, w, h = xyxy_to_xywh(d.xyxy[i])
+        rows.append(f"{int(r.frame) + 1},{tid},{_num(x, 3)},{_num(y, 3)},{_num(w, 3)},{_num(h, 3)},"
+                    f"{_num(d.scores[i], 6)},-1,-1,-1")
     return rows

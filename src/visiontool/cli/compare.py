@@ -66,6 +66,16 @@ def compare_command(
     warmup: bool = typer.Option(True, "--warmup/--no-warmup",
                                 help="Run each model on one untimed image first (and the first model once "
                                      "before any measurement), so no model pays for one-time set-up."),
+    mot: bool = typer.Option(False, "--mot", help="Tracking runs: --gt a MOTChallenge file or folder, MOT "
+                                                   "prediction files and/or --model with --video; HOTA, MOTA, "
+                                                   "IDF1 side by side (TrackEval)."),
+    video: Optional[str] = typer.Option(None, "--video", metavar="VIDEO",
+                                        help="--mot with --model: the video the models detect and track on."),
+    trackers: Optional[List[str]] = typer.Option(None, "--tracker", metavar="NAME",
+                                                 help="--mot: tracker per model run (repeatable; default "
+                                                      "bytetrack)."),
+    preproc: str = typer.Option("auto", "--preproc", metavar="MODE",
+                                help="--mot: MOTChallenge preprocessing, as evaluate --mot."),
     quiet: bool = QuietOpt,
 ) -> None:
     """Compare prediction files or detectors side by side: COCO AP/AR with Δ vs the first run.
@@ -87,6 +97,17 @@ def compare_command(
 
     if not gt:
         raise UsageError("compare needs --gt COCO.json (see 'visiontool compare --help')")
+    if mot:
+        from visiontool.cli import compare_mot
+
+        compare_mot.run(gt, list(preds or []), models=list(models or []), video=video, trackers=list(trackers or []),
+                        names=list(names or []), preproc=preproc, threshold=threshold or 0.5, max_det=max_det,
+                        batch_size=batch_size, device=device, dtype=dtype, fmt=fmt, output=output, quiet=quiet,
+                        coco_flags={"--iou-type": iou_type != "bbox", "--per-class": per_class,
+                                    "--images": bool(images), "--save-preds": bool(save_preds), "--plot": bool(plot),
+                                    "--sort-by": bool(sort_by), "--backend": backend != "auto",
+                                    "--lenient": lenient})
+        return
     out_format = choose_format(fmt, output, ("table", "json"))
     if iou_type not in ("bbox", "segm", "keypoints"):
         raise UsageError(f"invalid --iou-type '{iou_type}': expected bbox, segm or keypoints")

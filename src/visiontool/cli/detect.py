@@ -1,5 +1,5 @@
-"""`visiontool detect`: object detection with any model family on images from files, folders,
-globs, URLs or stdin."""
+"""`visiontool detect`: object detection with any model family on photos, videos, streams and
+webcams (files, folders, globs, URLs or stdin), with optional tracking across video frames."""
 from __future__ import annotations
 
 from typing import List, Optional
@@ -8,15 +8,17 @@ import typer
 
 from visiontool.cli.options import DeviceOpt, DtypeOpt, OutputOpt, QuietOpt, choose_format, format_option
 
-FORMATS = ("table", "json", "jsonl", "coco", "csv")
+FORMATS = ("table", "json", "jsonl", "coco", "csv", "mot")
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 
 
 @app.command("detect")
 def detect_command(
     sources: List[str] = typer.Argument(..., metavar="SOURCE...",
-                                        help="Image files, directories, globs, http(s) URLs, or '-' to read "
-                                             "one path per line from stdin."),
+                                        help="Photos, videos (mp4, mkv, webm, mov, avi, ...), directories of "
+                                             "either, globs, http(s) URLs, live streams (rtsp://, rtmp://, "
+                                             "srt://, udp://), webcam:N, or '-' to read one path per line from "
+                                             "stdin."),
     model: Optional[str] = typer.Option(
         None, "--model", "-m", metavar="SPEC",
         help="A Hugging Face hub id or local directory (DETR, RT-DETR, D-FINE, YOLOS, … ; Grounding DINO, OWLv2 "
@@ -40,33 +42,70 @@ def detect_command(
                                             help="NMS IoU for models that need NMS (default: the model's own); "
                                                  "set predictors (DETR family) use none."),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, metavar="N",
-                                   help="Images per forward pass; results never depend on the batch."),
+                                   help="Images (or consecutive frames) per forward pass; results never depend "
+                                        "on the batch."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
     fmt: Optional[str] = format_option(FORMATS, "jsonl"),
     output: Optional[str] = OutputOpt,
-    save_viz: Optional[str] = typer.Option(None, "--save-viz", metavar="DIR",
-                                           help="Write annotated copies (boxes, masks, labels, scores) into DIR."),
+    save_viz: Optional[str] = typer.Option(None, "--save-viz", metavar="DIR|FILE.mp4",
+                                           help="Write annotated copies (boxes, masks, labels, scores; track ids "
+                                                "and trails) into DIR: photos as images, videos as DIR/<stem>.mp4; "
+                                                "or, for one video, the annotated video FILE.mp4 (same size, the "
+                                                "source's frame rate / --vid-stride)."),
+    save_crops: Optional[str] = typer.Option(None, "--save-crops", metavar="DIR",
+                                             help="Write one image per detection into DIR/<label>/ (photos and "
+                                                  "frames)."),
     gt: Optional[str] = typer.Option(None, "--gt", metavar="COCO.json",
-                                     help="COCO ground truth: image ids from its file names, category ids "
-                                          "matched by name (for --format coco)."),
+                                     help="COCO ground truth: image ids from its file names (a video frame is "
+                                          "'<video>#frame=<N>', N 0-based), category ids matched by name (for "
+                                          "--format coco)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Look into subdirectories."),
+    source_type: str = typer.Option("auto", "--source-type", metavar="TYPE",
+                                    help="auto | image | video | stream | webcam. auto: by URL scheme and "
+                                         "extension; webcam: SOURCE is a device number (0 = /dev/video0); "
+                                         "stream: a live URL without a video extension; video: decode whatever "
+                                         "the extension."),
+    vid_stride: int = typer.Option(1, "--vid-stride", min=1, metavar="K",
+                                   help="Videos: process every K-th decoded frame."),
+    start: Optional[str] = typer.Option(None, "--start", metavar="POS",
+                                        help="Videos: first frame to process: a frame index (120), seconds "
+                                             "(4.5s) or a time (1:30)."),
+    end: Optional[str] = typer.Option(None, "--end", metavar="POS",
+                                      help="Videos: stop before this frame index or time (as --start)."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, metavar="N",
+                                             help="Videos: at most N frames per video or stream."),
+    reconnect: int = typer.Option(3, "--reconnect", min=0, metavar="N",
+                                  help="Streams and http(s) videos: reopen a source that fails, stalls or cannot "
+                                       "be reached up to N times (1, 2, 4, … s apart); a stream that ends "
+                                       "cleanly ends the run."),
+    track: bool = typer.Option(False, "--track",
+                               help="Follow objects across each video's frames: persistent track_id per "
+                                    "detection (with the trackers library)."),
+    tracker: Optional[str] = typer.Option(None, "--tracker", metavar="NAME",
+                                          help="bytetrack (default) | sort | ocsort | botsort | cbiou | mcbyte "
+                                               "(implies --track)."),
+    tracker_opts: Optional[List[str]] = typer.Option(None, "--tracker-opt", metavar="KEY=VALUE",
+                                                     help="A tracker constructor option, e.g. "
+                                                          "lost_track_buffer=60 (repeat it)."),
     quiet: bool = QuietOpt,
 ) -> None:
     """Detect objects with any model family: set predictors (DETR, RT-DETR, …), two-stage and
-    one-stage detectors (torchvision, Ultralytics YOLO) and open-vocabulary models (--text).
+    one-stage detectors (torchvision, Ultralytics YOLO) and open-vocabulary models (--text),
+    in photos, videos, streams and webcams.
 
     Boxes are absolute pixel floats [x1, y1, x2, y2] on the original image (after EXIF
-    orientation), sorted by score. Exit 1 if some images failed (each named on stderr; the
-    rest are written).
+    orientation), sorted by score. A video gives one record per processed frame (frame,
+    time_s); --track adds track ids; --format mot writes MOTChallenge rows. Exit 1 if some
+    inputs failed (each named on stderr; the rest, and a broken video's good frames, are
+    written); 130 when interrupted, after every finished frame is written.
     """
+    from visiontool.cli.detect_outputs import Outputs, check_outputs
     from visiontool.cli.main import error_line
     from visiontool.cli.options import common_checks
-    from visiontool.errors import PartialFailure, UsageError
+    from visiontool.errors import Interrupted, PartialFailure
     from visiontool.io.coco import GroundTruthIndex
-    from visiontool.io.images import expand_sources
-    from visiontool.io.output import same_path
-    from visiontool.io.records import RecordWriter
+    from visiontool.io.sources import expand_media, expected_items, iter_items
     from visiontool.models.registry import check_detector_spec
     from visiontool.render.console import err, set_quiet, warn
     from visiontool.services.detect import check_detect_options, parse_text
@@ -74,63 +113,104 @@ def detect_command(
     set_quiet(quiet)
     # everything a user can get wrong is checked before any model loads
     out_format = choose_format(fmt, output, FORMATS)
-    if save_viz and same_path(save_viz, output):
-        raise UsageError("--save-viz must be a directory, not the --output file")
-    common_checks(device=device, dtype=dtype, output=output, dirs={"--save-viz": save_viz})
+    common_checks(device=device, dtype=dtype)
     check_detect_options(threshold, batch_size)
     phrases = parse_text(text)
     if model:
         check_detector_spec(model)
-    named = [s.name for s in expand_sources(sources, recursive=recursive)]
+    srcs = expand_media(sources, recursive=recursive, source_type=source_type)
+    videos = [s for s in srcs if s.is_video]
+    if out_format == "table" and not fmt and not output and any(s.kind == "stream" for s in srcs):
+        out_format = "jsonl"  # a table is printed at the end, and a live stream has none: stream records
+    video = _video_options(start, end, vid_stride, max_frames, reconnect)
+    if videos:
+        from visiontool.io.video import av
+
+        av()  # PyAV missing: exit 2 with the install line, now
+    track_opts = None
+    if track or tracker or tracker_opts:
+        from visiontool.services.track import check_track_options
+        from visiontool.services.video_detect import check_track_sources
+
+        check_track_sources(srcs)
+        track_opts = check_track_options(tracker, tracker_opts)
+    plan = check_outputs(srcs, out_format, output, save_viz, save_crops)
     gt_index = GroundTruthIndex.load(gt) if gt else None
 
     from visiontool.services.detect import run_detect
 
-    progress = None
-    task = None
-    if len(named) > 1 and not quiet:
+    unit = "frame" if videos else "image"
+    progress = task = None
+    if (len(srcs) > 1 or videos) and not quiet:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        total = expected_items(srcs, video)
         progress = Progress(TextColumn("detect"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                             console=err(), transient=True)
-    used: set[str] = set()
-
-    def save_annotated(result, image) -> None:
-        from visiontool.io.viz import save_annotated as save, viz_path
-
-        save(image, result.detections, viz_path(save_viz, result.image, used))
-
-    with RecordWriter(out_format, output, gt=gt_index, kind="detect") as writer:
+    fps_table: dict = {}
+    items = iter_items(srcs, video, on_retry=warn, fps_table=fps_table)
+    interrupted = None
+    with Outputs(plan, gt=gt_index, save_viz=save_viz, save_crops=save_crops, fps_table=fps_table,
+                 stride=vid_stride) as outputs:
         def on_result(result) -> None:
             if result.error:
-                if len(named) > 1:  # a lone image's failure is the final error line itself
+                if len(srcs) > 1:  # a lone source's failure is the final error line itself
                     error_line(result.error)
             else:
-                writer.write(result)
+                outputs.record(result)
                 if gt_index is not None and result.image_id is None:
-                    writer.stats["null_image_ids"] = writer.stats.get("null_image_ids", 0) + 1
+                    outputs.stats["null_image_ids"] = outputs.stats.get("null_image_ids", 0) + 1
             if progress is not None:
                 progress.update(task, advance=1)
 
         if progress is not None:
             progress.start()
-            task = progress.add_task("detect", total=len(named))
+            task = progress.add_task("detect", total=total)
         try:
-            run = run_detect(named, model, threshold=threshold, classes=classes, max_det=max_det,
+            run = run_detect(None, model, threshold=threshold, classes=classes, max_det=max_det,
                              batch_size=batch_size, device=device, dtype=dtype, gt=gt_index, text=phrases,
-                             text_threshold=text_threshold, nms_iou=nms_iou, on_result=on_result,
-                             on_image=save_annotated if save_viz else None, warn=warn, keep_results=False)
+                             text_threshold=text_threshold, nms_iou=nms_iou, items=items, on_result=on_result,
+                             on_image=outputs.image if outputs.wants_images else None, warn=warn,
+                             keep_results=False, video=video, track=track_opts)
+        except Interrupted as exc:
+            if not outputs.written:
+                raise  # nothing finished: leave any previous --output file as it was
+            interrupted = exc  # close every output normally first: the finished frames stay written
         finally:
             if progress is not None:
                 progress.stop()
-    report_mapping(writer.stats, gt_index, out_format)
-    if not quiet:
-        err().print(f"{run.timings.summary()} [{run.device}, {run.dtype}]", markup=False, highlight=False,
-                    soft_wrap=True)
+    if interrupted is not None:
+        raise interrupted
+    report_mapping(outputs.stats, gt_index, out_format)
+    if not quiet and run.timings.images:
+        line = f"{run.timings.summary(unit)} [{run.device}, {run.dtype}]"
+        if save_viz and outputs.viz is not None and outputs.viz.written:
+            line += f"; annotated: {_shown(outputs.viz.written)}"
+        if save_crops and outputs.crops is not None:
+            line += f"; {outputs.crops.count} crop(s) in {save_crops}"
+        err().print(line, markup=False, highlight=False, soft_wrap=True)
     if run.failed:
-        if len(named) == 1:
+        if len(srcs) == 1:
             raise PartialFailure(run.failed[0])
-        raise PartialFailure(f"{len(run.failed)} of {len(named)} images could not be processed (named above)")
+        what = "inputs could not be processed, or only in part" if videos else "images could not be processed"
+        raise PartialFailure(f"{len(run.failed)} of {len(srcs)} {what} (named above)")
+
+
+def _shown(paths: list) -> str:
+    return str(paths[0]) if len(paths) == 1 else f"{len(paths)} files"
+
+
+def _video_options(start: Optional[str], end: Optional[str], stride: int, max_frames: Optional[int],
+                   reconnect: int):
+    from visiontool.errors import UsageError
+    from visiontool.io.sources import VideoOptions
+    from visiontool.io.video import parse_position
+
+    first = parse_position(start, "--start")
+    last = parse_position(end, "--end")
+    if first is not None and last is not None and first.unit == last.unit and last.value <= first.value:
+        raise UsageError(f"--end {end} is not after --start {start}: no frame would be processed")
+    return VideoOptions(stride=stride, start=first, end=last, max_frames=max_frames, reconnect=reconnect)
 
 
 def report_mapping(stats: dict, gt_index, out_format: str) -> None:

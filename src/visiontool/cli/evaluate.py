@@ -5,6 +5,7 @@ stdout carries the data (a table, or the §3 JSON); diagnostics and warnings go 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Optional
 
@@ -39,17 +40,33 @@ def evaluate_command(
     lenient: bool = typer.Option(False, "--lenient", help="Skip invalid predictions (with a warning "
                                                           "count) instead of failing."),
     output: Optional[str] = OutputOpt,
+    mot: bool = typer.Option(False, "--mot",
+                             help="Tracking: --gt and --pred are MOTChallenge files (frame,id,x,y,w,h,...) or "
+                                  "folders of sequences; prints HOTA, MOTA, IDF1 and their components, computed "
+                                  "by TrackEval."),
+    preproc: str = typer.Option("auto", "--preproc", metavar="MODE",
+                                help="--mot: auto | mot17 | mot16 | mot20 | none. MOTChallenge preprocessing "
+                                     "(pedestrians only, predictions on distractors removed); auto applies it "
+                                     "to MOTChallenge data (seqinfo.ini or MOT17-.. names, class ids)."),
     quiet: bool = QuietOpt,
 ) -> None:
-    """Score predictions with the official COCO metrics (pycocotools' numbers, native speed).
+    """Score predictions with the official COCO metrics (pycocotools' numbers, native speed),
+    or tracks with the MOTChallenge metrics (--mot: TrackEval's HOTA, CLEAR MOT, IDF1).
 
     Exit codes: 0 success; 2 bad flag, missing file or invalid input (the first offending
-    record is named; --lenient skips such records instead).
+    record is named; --lenient skips such records instead; a bad MOT row is named by its line).
     """
     # checked here rather than by typer: its MissingParameter is not the click class the
     # app's error handler maps to exit 2
+    if mot:
+        _evaluate_mot(gt, pred, fmt, output, preproc, quiet,
+                      coco_flags={"--iou-type": iou_type != "bbox", "--per-class": per_class, "--plot": bool(plot),
+                                  "--backend": backend != "auto", "--lenient": lenient})
+        return
     if not gt or not pred:
         raise UsageError("evaluate needs --gt COCO.json and --pred FILE (see 'visiontool evaluate --help')")
+    if gt.lower().endswith(".txt") or os.path.isdir(gt):
+        raise UsageError(f"--gt '{gt}' looks like MOTChallenge tracking ground truth, not COCO JSON: add --mot")
     fmt = choose_format(fmt, output, ("table", "json"))
     if iou_type not in IOU_TYPES:
         raise UsageError(f"invalid --iou-type '{iou_type}': expected {'|'.join(IOU_TYPES)}")
@@ -85,3 +102,34 @@ def evaluate_command(
         from visiontool.render.eval_tables import per_class_table, stats_table
 
         print_tables(fh, stats_table(result), per_class_table(result) if per_class else None)
+
+
+def _evaluate_mot(gt: Optional[str], pred: Optional[str], fmt: Optional[str], output: Optional[str], preproc: str,
+                  quiet: bool, coco_flags: dict) -> None:
+    """``evaluate --mot``: TrackEval's HOTA / CLEAR / Identity as a table or JSON."""
+    if not gt or not pred:
+        raise UsageError("evaluate --mot needs --gt GT.txt|DIR and --pred PRED.txt|DIR (see 'visiontool evaluate "
+                         "--help')")
+    used = [flag for flag, given in coco_flags.items() if given]
+    if used:
+        raise UsageError(f"{', '.join(used)} appl{'y' if len(used) > 1 else 'ies'} to COCO evaluation, not --mot")
+    fmt = choose_format(fmt, output, ("table", "json"))
+    from visiontool.io.output import check_output_file, open_output
+    from visiontool.render.console import set_quiet
+    from visiontool.services.mot_metrics import PREPROC, evaluate_mot
+
+    if preproc not in PREPROC:
+        raise UsageError(f"invalid --preproc '{preproc}': expected {'|'.join(PREPROC)}")
+    check_output_file(output, "--output")
+    set_quiet(quiet)
+    result = evaluate_mot(gt, pred, preproc=preproc)
+    for line in result.diagnostics:
+        _warn(line)
+    with open_output(output) as fh:
+        if fmt == "json":
+            fh.write(json.dumps(result.to_dict()) + "\n")
+            return
+        from visiontool.render.console import print_tables
+        from visiontool.render.mot_tables import metrics_table
+
+        print_tables(fh, metrics_table(result))

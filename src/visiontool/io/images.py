@@ -7,10 +7,8 @@ orientation and converts every PIL mode (L, P, RGBA, CMYK, I;16, ...) to RGB.
 """
 from __future__ import annotations
 
-import glob
 import io
 import os
-import sys
 import urllib.error
 import urllib.request
 import warnings
@@ -45,9 +43,9 @@ def is_url(s: str) -> bool:
     return s.startswith("http://") or s.startswith("https://")
 
 
-def _images_in_dir(d: Path, recursive: bool, extensions=None) -> list[Path]:
-    """Files of ``d`` (and its subdirectories) with the extensions; a subdirectory that cannot
-    be read is reported once on stderr and skipped."""
+def files_in_dir(d: Path, recursive: bool, extensions=None) -> list[Path]:
+    """Files of ``d`` (and its subdirectories) with the extensions (default: photos), sorted;
+    a subdirectory that cannot be read is reported once on stderr and skipped."""
     extensions = extensions or IMAGE_EXTENSIONS
     if not recursive:
         return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in extensions)
@@ -64,54 +62,15 @@ def _images_in_dir(d: Path, recursive: bool, extensions=None) -> list[Path]:
 
 
 def expand_sources(sources: list[str], recursive: bool = False, stdin=None) -> list[ImageSource]:
-    """Expand SOURCE arguments into image sources, in a stable order, without duplicates.
+    """Expand SOURCE arguments into photo sources, in a stable order, without duplicates
+    (:func:`visiontool.io.sources.expand_media` restricted to photos).
 
     Raises UsageError for a path that does not exist, a glob that matches nothing, or a
     directory without images.
     """
-    out: list[ImageSource] = []
-    seen: set[str] = set()
+    from visiontool.io.sources import expand_media
 
-    def add(name: str, url: bool = False) -> None:
-        if name not in seen:
-            seen.add(name)
-            out.append(ImageSource(name, url))
-
-    if not sources:
-        raise UsageError("no image given: pass files, directories, globs, URLs, or '-' for paths on stdin")
-    for raw in sources:
-        if raw == "-":
-            stream = stdin if stdin is not None else sys.stdin
-            lines = [ln.strip() for ln in stream.read().splitlines()]
-            lines = [ln for ln in lines if ln and not ln.startswith("#")]
-            if not lines:
-                raise UsageError("'-' was given but stdin holds no image paths")
-            for item in expand_sources(lines, recursive=recursive):
-                add(item.name, item.is_url)
-            continue
-        if is_url(raw):
-            add(raw, True)
-            continue
-        p = Path(raw).expanduser()
-        if p.is_dir():
-            files = _images_in_dir(p, recursive)
-            if not files:
-                hint = "" if recursive else " (use --recursive to look in subdirectories)"
-                raise UsageError(f"directory '{raw}' holds no images{hint}")
-            for f in files:
-                add(str(f))
-        elif p.is_file():
-            add(str(p))
-        elif glob.has_magic(raw):
-            matches = sorted(m for m in glob.glob(os.path.expanduser(raw), recursive=recursive)
-                             if os.path.isfile(m))
-            if not matches:
-                raise UsageError(f"no file matches '{raw}'")
-            for m in matches:
-                add(m)
-        else:
-            raise UsageError(f"no such file or directory: '{raw}'")
-    return out
+    return [ImageSource(s.name, is_url(s.name)) for s in expand_media(sources, recursive, "image", stdin=stdin)]
 
 
 def max_pixels() -> int:

@@ -22,7 +22,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -32,8 +32,7 @@ VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".mpg", ".m
                     ".flv", ".3gp", ".ogv"}
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "srt://", "udp://", "tcp://", "rtp://")
 WEBCAM = re.compile(r"^webcam:(\d+)$")
-OPEN_TIMEOUT_S = 10.0  # connecting / first packet
-READ_TIMEOUT_S = 10.0  # a live stream silent this long has stalled
+READ_TIMEOUT_S = 10.0  # a source silent this long (connecting, probing or reading) has stalled
 
 
 class VideoError(ImageLoadError):
@@ -108,7 +107,7 @@ class VideoInfo:
     live: bool = False
 
 
-def _open(name: str, timeout: float = OPEN_TIMEOUT_S):
+def _open(name: str):
     """An av container for a file, URL or webcam (VideoError with FFmpeg's reason)."""
     mod = av()
     options: dict[str, str] = {}
@@ -120,14 +119,20 @@ def _open(name: str, timeout: float = OPEN_TIMEOUT_S):
     if name.lower().startswith(("rtsp://", "rtsps://")):
         options["rtsp_transport"] = "tcp"
     try:
-        return mod.open(target, mode="r", format=fmt, options=options, timeout=(timeout, READ_TIMEOUT_S))
+        return mod.open(target, mode="r", format=fmt, options=options, timeout=read_timeout_s())
     except (mod.error.FFmpegError, OSError) as exc:
-        raise VideoError(f"{name}: cannot open video ({_reason(exc)})") from exc
+        reason = _reason(exc)
+        if "end of file" in reason.lower():
+            reason += ": the file is empty or cut short"
+        raise VideoError(f"{name}: cannot open video ({reason})") from exc
 
 
 def _reason(exc: BaseException) -> str:
     text = getattr(exc, "strerror", None) or str(exc)
-    return " ".join(str(text).split()) or type(exc).__name__
+    text = " ".join(str(text).split()) or type(exc).__name__
+    if "immediate exit requested" in text.lower():  # PyAV's timeout interrupt
+        return f"stalled: no data for {read_timeout_s():g} s"
+    return text
 
 
 def _video_stream(container, name: str):
@@ -155,70 +160,149 @@ def probe(name: str) -> VideoInfo:
 @dataclass
 class Frame:
     index: int  # 0-based in the decoded stream
-    time_s: float
+    time_s: float  # presentation time in seconds from the stream's start
     image: Any  # PIL RGB image
+    fps: float | None = None  # the stream's average frame rate (None: unknown)
+
+
+def is_network(name: str) -> bool:
+    """A source read over the network (or a device): reconnecting makes sense for it."""
+    return is_stream(name) or name.lower().startswith(("http://", "https://"))
+
+
+def read_timeout_s() -> float:
+    """Seconds a source may stay silent before it counts as stalled (VISIONTOOL_STREAM_TIMEOUT)."""
+    try:
+        return max(0.1, float(os.environ.get("VISIONTOOL_STREAM_TIMEOUT", READ_TIMEOUT_S)))
+    except ValueError:
+        return READ_TIMEOUT_S
 
 
 def iter_frames(name: str, *, stride: int = 1, start: Position | None = None, end: Position | None = None,
-                max_frames: int | None = None, reconnect: int = 0) -> Iterator[Frame]:
+                max_frames: int | None = None, reconnect: int = 0, live: bool | None = None,
+                on_retry: Callable[[str], None] | None = None) -> Iterator[Frame]:
     """Decoded RGB frames of ``name``: every ``stride``-th frame from ``start`` up to (excluding)
-    ``end``, at most ``max_frames`` of them. VideoError after the last good frame if the
-    video breaks; a live source is reopened up to ``reconnect`` times (1, 2, 4, ... s apart)."""
+    ``end``, at most ``max_frames`` of them.
+
+    ``live`` (default: :func:`is_stream`) is a source without an end or a seekable past:
+    its frames keep counting across reconnects. A network source (a live one, or a video
+    file over http(s)) that cannot be opened, fails or stalls is reopened up to ``reconnect``
+    times (1, 2, 4, ... s apart; ``on_retry`` hears why); a file over http resumes after the
+    last frame it gave, so no frame comes twice. A local file is never retried: VideoError
+    after its last good frame (also when it ends short of the frames or duration its header
+    declares — a truncated file)."""
     if stride < 1:
         raise UsageError(f"--vid-stride must be at least 1, got {stride}")
+    live = is_stream(name) if live is None else live
+    network = live or is_network(name)
+    first = start.frame(None) if start is not None and start.unit == "frame" else None
     emitted = 0
-    next_index = 0  # frames of a live source keep counting across reconnects
+    next_index = 0  # the first frame not handed out yet (live: keeps counting across reconnects)
     attempts = 0
-    live = is_stream(name)
+    selected_first: int | None = None  # time-based --start: stride counts from the first frame reached
     while True:
         try:
-            for fr in _decode(name, next_index, live):
-                next_index = fr.index + 1
+            for index, t, frame, fps in _decode(name, next_index, live, network):
+                next_index = index + 1
                 attempts = 0
-                if end is not None and end.reached(fr.index, fr.time_s):
+                if end is not None and end.reached(index, t):
                     return
-                if start is not None and not start.reached(fr.index, fr.time_s):
+                if start is not None and not start.reached(index, t):
                     continue
-                offset = fr.index - (start.frame(None) if start is not None and start.unit == "frame" else 0)
-                if offset % stride:
+                if selected_first is None:
+                    selected_first = first if first is not None else index
+                if (index - selected_first) % stride:
                     continue
-                yield fr
+                yield Frame(index, t, frame.to_image(), fps)
                 emitted += 1
                 if max_frames is not None and emitted >= max_frames:
                     return
             return  # the source ended cleanly
-        except VideoError:
-            if not live or attempts >= reconnect:
+        except VideoError as exc:
+            if not network or attempts >= reconnect:
+                if network and reconnect:
+                    raise VideoError(f"{exc} (gave up after {reconnect} reconnect attempt"
+                                     f"{'s' if reconnect != 1 else ''})") from exc
                 raise
             attempts += 1
-            time.sleep(min(2 ** (attempts - 1), 30))
+            delay = min(2 ** (attempts - 1), 30)
+            if on_retry is not None:
+                on_retry(f"{exc}; reconnecting in {delay} s (attempt {attempts} of {reconnect})")
+            time.sleep(delay)
 
 
-def _decode(name: str, first_index: int, live: bool) -> Iterator[Frame]:
+# container formats whose header states the duration (an MPEG-TS/PS "duration" is an estimate)
+_DECLARED_DURATION = ("matroska", "mov", "mp4", "avi", "flv", "asf", "ogg", "nut")
+
+
+def _decode(name: str, resume_from: int, live: bool,
+            network: bool = False) -> Iterator[tuple[int, float, Any, float | None]]:
+    """(index, time_s, av.VideoFrame, fps) for each decoded frame. A live source numbers its
+    frames from ``resume_from``; any other source from 0, silently skipping the frames below
+    ``resume_from`` (those a previous connection already gave)."""
     mod = av()
     container = _open(name)
     try:
         stream = _video_stream(container, name)
-        fps = float(stream.average_rate) if stream.average_rate else None
-        index = first_index
+        fps = float(stream.average_rate) if stream.average_rate else \
+            (float(stream.guessed_rate) if stream.guessed_rate else None)
+        tb = float(stream.time_base) if stream.time_base else None
+        t0 = stream.start_time if stream.start_time is not None else 0
+        index = resume_from if live else 0
+        first = index
+        last_t = -1.0
         try:
             for frame in container.decode(stream):
-                t = float(frame.time) if frame.time is not None else (index / fps if fps else 0.0)
-                yield Frame(index, t, frame.to_image())
+                if frame.pts is not None and tb:
+                    t = (frame.pts - t0) * tb
+                else:
+                    t = index / fps if fps else 0.0
+                if index >= resume_from:
+                    yield index, t, frame, fps
+                last_t = max(last_t, t)
                 index += 1
         except (mod.error.FFmpegError, OSError, ValueError) as exc:
-            what = "stream failed" if live else "corrupt or truncated video"
-            raise VideoError(f"{name}: {what} after {index - first_index} decoded frame(s) "
+            what = "stream failed" if live or network else "corrupt or truncated video"
+            raise VideoError(f"{name}: {what} after {index - first} decoded frame(s) "
                              f"({_reason(exc)})") from exc
-        if index == first_index and not live:
+        if live:
+            return
+        if index == 0:
             raise VideoError(f"{name}: no decodable frame (empty or corrupt video)")
+        short = _shortfall(container, stream, index, last_t, fps)
+        if short:
+            raise VideoError(f"{name}: truncated or corrupt video: {short}")
     finally:
         container.close()
 
 
+def _shortfall(container, stream, decoded: int, last_t: float, fps: float | None) -> str | None:
+    """Why a file that ended cleanly is nevertheless incomplete (None: it is complete): fewer
+    frames than its header counts, or (no count) an end well before its declared duration."""
+    declared = int(stream.frames or 0)
+    if declared:
+        if decoded < declared - (2 + declared // 500):
+            return f"decoded {decoded} of the {declared} frames its header declares"
+        return None
+    fmt = (container.format.name or "") if container.format is not None else ""
+    if not any(f in fmt.split(",") for f in _DECLARED_DURATION):
+        return None
+    tb = float(stream.time_base) if stream.time_base else None
+    duration = float(stream.duration * tb) if stream.duration and tb else \
+        (container.duration / 1_000_000 if container.duration else None)
+    if duration is None or fps is None:
+        return None
+    covered = last_t + 1.0 / fps
+    if covered < duration - max(0.5, 2.0 / fps, 0.002 * duration):
+        return f"decoded {decoded} frame(s) covering {covered:.2f} s of its declared {duration:.2f} s"
+    return None
+
+
 def prefetch(items: Iterator[Any], depth: int = 4) -> Iterator[Any]:
     """Run ``items`` (e.g. decoding) in a background thread, ``depth`` ahead of the consumer,
-    so decoding overlaps inference. Exceptions are re-raised in the consumer, in order."""
+    so decoding overlaps inference. Exceptions are re-raised in the consumer, in order. When
+    the consumer stops early (an error, an interrupt, ``--max-frames``), the thread stops at
+    its next hand-over and drops ``items``."""
     import queue
     import threading
 
@@ -226,20 +310,23 @@ def prefetch(items: Iterator[Any], depth: int = 4) -> Iterator[Any]:
     done = object()
     stop = threading.Event()
 
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work():
         try:
             for it in items:
-                while not stop.is_set():
-                    try:
-                        q.put((it, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put((it, None)):
                     return
-            q.put((done, None))
+            put((done, None))
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            q.put((done, exc))
+            put((done, exc))
 
     th = threading.Thread(target=work, daemon=True, name="visiontool-prefetch")
     th.start()
@@ -317,18 +404,25 @@ class VideoWriter:
 
 
 def write_test_video(path: str | os.PathLike, frames: int = 24, size: tuple[int, int] = (160, 120),
-                     fps: int = 12, squares: int = 1) -> list[list[tuple[int, int, int, int]]]:
-    """A synthetic clip of white squares moving on grey (for tests and benchmarks); returns
-    each frame's square boxes (x1, y1, x2, y2), the known trajectories."""
+                     fps: int = 12, squares: int = 1,
+                     speed: float | None = None) -> list[list[tuple[int, int, int, int]]]:
+    """A synthetic clip of squares moving on grey (for tests and benchmarks); returns each
+    frame's square boxes (x1, y1, x2, y2), the known trajectories. Square k starts at
+    x = k * width / squares on its own row (rows never overlap) and moves right by ``speed``
+    pixels per frame, bouncing off the edges, so every trajectory is continuous; by default
+    square 0 crosses the frame from left to right over the clip."""
     w, h = size
     side = max(8, min(w, h) // 6)
+    span = max(w - side, 1)
+    speed = span / max(frames - 1, 1) if speed is None else float(speed)
     boxes_per_frame = []
     with VideoWriter(path, fps, w, h) as vw:
         for i in range(frames):
             img = np.full((h, w, 3), 96, np.uint8)
             boxes = []
             for k in range(squares):
-                x = int((k * w / max(squares, 1) + i * (w - side) / max(frames - 1, 1)) % (w - side))
+                u = (k * w / max(squares, 1) + i * speed) % (2 * span)
+                x = int(round(u if u <= span else 2 * span - u))
                 y = int((k + 1) * (h - side) / (squares + 1))
                 img[y:y + side, x:x + side] = (240, 240, 240) if k % 2 == 0 else (220, 60, 60)
                 boxes.append((x, y, x + side, y + side))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import colorsys
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -137,3 +138,101 @@ def save_annotated(image, dets: Detections, path: Path, segment: bool = False) -
 
     save_image(render(image, dets, segment), path)
     return path
+
+
+# ----------------------------------------------------------------------------- videos and trails
+TRAIL_FRAMES = 30  # a trail shows a track's last centres over this many frames
+
+
+class Trails:
+    """Short trails for ``--save-viz`` of a tracked video: each track's recent box centres
+    (``{track id: [(x, y), ...]}`` for :func:`render`). Tracks unseen for ``length`` frames
+    are forgotten, so memory stays bounded however long the video."""
+
+    def __init__(self, length: int = TRAIL_FRAMES):
+        from collections import deque
+
+        self.length = length
+        self._deque = deque
+        self._points: dict[int, Any] = {}
+        self._last: dict[int, int] = {}
+        self._step = 0
+
+    def update(self, dets: Detections) -> dict:
+        self._step += 1
+        ids = dets.data.get("track_id")
+        if ids is not None:
+            for box, tid in zip(dets.xyxy, ids):
+                tid = int(tid)
+                if tid < 0:
+                    continue
+                pts = self._points.setdefault(tid, self._deque(maxlen=self.length))
+                pts.append(((box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0))
+                self._last[tid] = self._step
+        for tid in [t for t, s in self._last.items() if self._step - s > self.length]:
+            del self._points[tid], self._last[tid]
+        return {t: list(p) for t, p in self._points.items()}
+
+
+class AnnotationSink:
+    """``--save-viz``: annotated copies, as results arrive.
+
+    A photo becomes an annotated image in ``target`` (a directory; never an input, never
+    written twice). A video or stream becomes an annotated video — ``target`` itself when it
+    is a video file name (one video source), else ``target/<stem>.mp4`` — with the source's
+    size and frame rate divided by ``stride`` (so its duration matches), ids and trails
+    drawn for tracks. Each video file is written to a temporary sibling and renamed when
+    closed: also on an interrupt, after the encoder is flushed, so it always plays."""
+
+    def __init__(self, target: str | os.PathLike, fps_table: dict | None = None, stride: int = 1,
+                 video_file: bool = False):
+        self.target = Path(target)
+        self.fps_table = fps_table if fps_table is not None else {}
+        self.stride = max(1, int(stride))
+        self.video_file = video_file
+        self.used: set[str] = set()
+        self.written: list[Path] = []
+        self._writer = None
+        self._source: str | None = None
+        self._trails = Trails()
+
+    def __call__(self, result, image) -> None:
+        if result.frame is None:
+            self.written.append(save_annotated(image, result.detections, viz_path(self.target, result.image,
+                                                                                  self.used)))
+            return
+        if result.image != self._source:
+            self._open(result.image, image.size)
+        frame = render(image, result.detections, trails=self._trails.update(result.detections))
+        if frame.size != self._writer.size:  # a stream that changed resolution mid-way
+            frame = frame.resize(self._writer.size)
+        self._writer.write(frame)
+
+    def _open(self, name: str, size: tuple[int, int]) -> None:
+        from visiontool.io.video import VideoWriter
+
+        self.close()
+        if self.video_file:
+            path = self.target
+        else:
+            import re
+
+            safe = re.sub(r"[:/\\?*]+", "-", name.split("?")[0].rstrip("/").split("/")[-1] or name)
+            path = viz_path(self.target, name if os.path.exists(name) else safe, self.used, ext=".mp4")
+        fps = self.fps_table.get(name) or 30.0
+        self._writer = VideoWriter(path, fps / self.stride, size[0], size[1])
+        self._source = name
+        self._trails = Trails()
+        self.written.append(path)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()
+
+    def __enter__(self) -> "AnnotationSink":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False

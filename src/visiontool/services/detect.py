@@ -15,10 +15,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from visiontool.convert import default_image_id
 from visiontool.errors import PartialFailure, UsageError
 from visiontool.io.coco import GroundTruthIndex
-from visiontool.io.sources import Item, iter_items, resolve_inputs
+from visiontool.io.sources import Item, VideoOptions, item_image_id, iter_items, resolve_inputs
 from visiontool.models.protocol import DetectOptions, ModelInfo
 from visiontool.types import Detections, ImageResult, Timings
 
@@ -132,7 +131,7 @@ def iter_detect(items: Iterable[Item], detector, options: DetectOptions, *, clas
         dets = detector.predict([x.image for x in good], options, timings) if good else []
         by_id = {id(x): d for x, d in zip(good, dets)}
         for x in window:
-            image_id = gt.image_id_for(x.name) if gt is not None else default_image_id(x.name, x.position)
+            image_id = item_image_id(x, gt)
             if x.error is not None:
                 yield ImageResult(image=x.name, width=0, height=0, model=name, image_id=image_id, error=x.error,
                                   frame=x.frame, time_s=x.time_s), None
@@ -197,6 +196,9 @@ def run_detect(
     warn: Callable[[str], None] | None = None,
     load_options: dict | None = None,
     keep_results: bool = True,
+    video: VideoOptions | None = None,
+    track: Any = None,
+    source_type: str = "auto",
 ) -> DetectRun:
     """Detect objects and time it: what ``visiontool detect`` and ``compare`` run.
 
@@ -210,21 +212,38 @@ def run_detect(
     reported through ``result.error``; with ``raise_on_failure`` a PartialFailure is raised
     at the end. ``keep_results=False`` keeps no records in memory (a long video streamed
     through ``on_result``).
+
+    Videos and streams among ``sources`` give one record per frame (``frame``, ``time_s``;
+    ``video``: stride, range, max frames, reconnects; ``source_type`` as ``--source-type``).
+    ``track`` (True, a tracker name or a :class:`~visiontool.services.track.TrackOptions`)
+    adds persistent ``track_id`` s across each video's frames.
     """
+    from visiontool.services.video_detect import check_track_sources, iter_media_detect
+
     check_detect_options(threshold, batch_size)
-    named = resolve_inputs(sources, recursive) if items is None else None
+    named = resolve_inputs(sources, recursive, source_type) if items is None else None
+    stage = None
+    if track is not None and track is not False:
+        from visiontool.services.track import TrackOptions, TrackStage, check_track_options
+
+        if named is not None:
+            check_track_sources(named)
+        opts = track if isinstance(track, TrackOptions) else check_track_options(
+            track if isinstance(track, str) else None)
+        stage = TrackStage(opts, threshold, (video or VideoOptions()).stride, warn=warn)
     gt_index = GroundTruthIndex.load(gt) if isinstance(gt, (str, Path)) else gt
     detector, wanted, phrases = prepare_detector(model, classes=classes, text=text, device=device, dtype=dtype,
                                                  warn=warn, **(load_options or {}))
-    options = DetectOptions(threshold=float(threshold), max_det=max_det, nms_iou=nms_iou, text=phrases,
+    floor = stage.detection_floor() if stage is not None else float(threshold)
+    options = DetectOptions(threshold=floor, max_det=max_det, nms_iou=nms_iou, text=phrases,
                             text_threshold=text_threshold)
     timings = Timings()
     results: list[ImageResult] = []
     failed: list[str] = []
     t0 = time.perf_counter()
-    stream = iter_items(named) if items is None else items
-    for r, img in iter_detect(stream, detector, options, classes=wanted, batch_size=batch_size, gt=gt_index,
-                              timings=timings):
+    stream = iter_items(named, video, on_retry=warn) if items is None else items
+    for r, img in iter_media_detect(stream, detector, options, classes=wanted, batch_size=batch_size, gt=gt_index,
+                                    timings=timings, track=stage):
         if r.error:
             failed.append(r.error)
         if keep_results:

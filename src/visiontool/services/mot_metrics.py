@@ -1,0 +1,217 @@
+"""Tracking metrics (``evaluate --mot``): HOTA, CLEAR MOT and Identity, computed by TrackEval.
+
+TrackEval (github.com/JonathonLuiten/TrackEval, the MOTChallenge organisers' official code)
+is the reference for HOTA and gives MOTChallenge's CLEAR (MOTA, MOTP, IDSW, MT/PT/ML,
+Frag) and Identity (IDF1, IDP, IDR) numbers. visiontool checks the files row by row
+(:mod:`visiontool.io.mot`: exit 2 naming the line), lays them out the way TrackEval's
+``MotChallenge2DBox`` dataset reads them (a temporary ``gt/SEQ/gt/gt.txt`` and
+``trackers/RUN/data/SEQ.txt``) and runs TrackEval's own ``Evaluator``, so every number is
+TrackEval's, combined over sequences as TrackEval combines them. Values are fractions
+(TrackEval's tables print them x100); HOTA's per-alpha arrays are reported as their mean,
+as in TrackEval's summaries, with ``HOTA(0)`` and ``LocA(0)`` beside them.
+
+Preprocessing (``preproc``): MOTChallenge's protocol scores pedestrians only and removes
+predictions matched to distractors (person on vehicle, static person, distractor,
+reflection; MOT20 also non-MOT vehicles) — TrackEval's ``MOT17``/``MOT20`` benchmarks.
+``auto`` applies it when the ground truth is MOTChallenge data (``seqinfo.ini`` or a
+``MOT16/17/20-`` sequence name, and MOTChallenge class ids); otherwise (``none``, TrackEval's
+``MOT15`` mode) every ground-truth row whose consider flag is not 0 is scored, whatever its class.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from visiontool.errors import InvalidInputError, UsageError, require
+from visiontool.io.mot import MotTable, find_gt_sequences, find_pred_files, read_mot
+
+PREPROC = ("auto", "mot17", "mot16", "mot20", "none")
+MOT_CLASS_IDS = set(range(1, 14))  # pedestrian .. crowd (TrackEval's class_name_to_class_id)
+_MOT_NAME = re.compile(r"^MOT(1[5-7]|20)-", re.IGNORECASE)
+# what a table shows first; JSON has every field of the four metrics
+HEADLINE = ("HOTA", "DetA", "AssA", "MOTA", "IDF1")
+
+
+def _trackeval():
+    return require("trackeval", "evaluate --mot", "track")
+
+
+@dataclass
+class MotRun:
+    """One tracking run's metrics: ``metrics`` over all sequences, ``sequences`` each one's."""
+
+    name: str
+    metrics: dict[str, float | int]
+    sequences: dict[str, dict[str, float | int]] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # compare: fps, model, tracker, frames, error
+
+
+@dataclass
+class MotEvaluation:
+    runs: list[MotRun]
+    sequences: list[str]
+    benchmark: str  # TrackEval's BENCHMARK: MOT17 | MOT16 | MOT20 | MOT15 (no preprocessing)
+    preprocessing: bool
+    backend: str
+    diagnostics: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """evaluate --mot JSON (one run): backend, preprocessing, sequences and the metrics."""
+        run = self.runs[0]
+        return {"backend": self.backend, "benchmark": self.benchmark, "preprocessing": self.preprocessing,
+                "sequences": list(self.sequences), "metrics": _clean(run.metrics),
+                "per_sequence": {k: _clean(v) for k, v in run.sequences.items()}}
+
+
+def _clean(d: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def choose_benchmark(preproc: str, seq_names: list[str], has_seqinfo: bool, gts: list[MotTable]) -> tuple[str, bool]:
+    """(TrackEval BENCHMARK, preprocessing on?) for ``preproc`` (module docstring); UsageError
+    when MOTChallenge preprocessing is asked for a ground truth without its class ids."""
+    if preproc not in PREPROC:
+        raise UsageError(f"invalid --preproc '{preproc}': expected {'|'.join(PREPROC)}")
+    if preproc == "none":
+        return "MOT15", False
+    classes = np.concatenate([g.classes for g in gts]) if gts else np.zeros(0, np.int64)
+    valid = bool(len(classes)) and bool(np.isin(classes, list(MOT_CLASS_IDS)).all())
+    mot20 = any("MOT20" in n.upper() for n in seq_names)
+    if preproc == "auto":
+        mot_like = has_seqinfo or any(_MOT_NAME.match(n) for n in seq_names)
+        if not (valid and mot_like):
+            return "MOT15", False
+        return ("MOT20" if mot20 else "MOT17"), True
+    if not valid:
+        bad = next((g for g in gts if len(g) and not np.isin(g.classes, list(MOT_CLASS_IDS)).all()), None)
+        where = ""
+        if bad is not None:
+            i = int(np.flatnonzero(~np.isin(bad.classes, list(MOT_CLASS_IDS)))[0])
+            where = f" ({bad.path}: row {i + 1} has class {int(bad.classes[i])})"
+        raise UsageError(f"--preproc {preproc}: the ground truth needs MOTChallenge class ids 1-13 in column 8"
+                         f"{where}; use --preproc none for other ground truth")
+    return preproc.upper(), True
+
+
+def evaluate_mot(gt: str, preds: list[str] | str, names: list[str] | None = None,
+                 preproc: str = "auto") -> MotEvaluation:
+    """Score one or more tracking runs (MOT files, or folders of sequences) against ``gt``.
+
+    ``names`` label the runs (default: each prediction's file or folder name)."""
+    te = _trackeval()
+    pred_list = [preds] if isinstance(preds, str) else list(preds)
+    if not pred_list:
+        raise UsageError("no prediction given")
+    seqs = find_gt_sequences(gt)
+    gts = [read_mot(s.path, "gt", s.length) for s in seqs]
+    lengths = {}
+    runs_files: list[dict[str, str]] = []
+    diagnostics: list[str] = []
+    for pred in pred_list:
+        files, extra = find_pred_files(pred, seqs)
+        if extra:
+            diagnostics.append(f"{pred}: ignored {len(extra)} file(s) that match no ground-truth sequence: "
+                               f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+        runs_files.append(files)
+    seq_of = {s.name: s for s in seqs}
+    tables = [{n: read_mot(f, "pred", seq_of[n].length) for n, f in files.items()} for files in runs_files]
+    for s, g in zip(seqs, gts):
+        lengths[s.name] = s.length or max([g.max_frame] + [t[s.name].max_frame for t in tables] + [1])
+    benchmark, preprocessing = choose_benchmark(preproc, [s.name for s in seqs],
+                                                any(s.length is not None for s in seqs), gts)
+    labels = list(names or []) + [_label(p) for p in pred_list[len(names or []):]]
+    labels = _unique(labels)
+    results = _run_trackeval(te, seqs, gts, tables, lengths, benchmark, preprocessing)
+    runs = []
+    for i, label in enumerate(labels):
+        res = results[f"run{i}"]
+        per_seq = {s.name: _flatten(res[s.name]["pedestrian"]) for s in seqs}
+        runs.append(MotRun(label, _flatten(res["COMBINED_SEQ"]["pedestrian"]), per_seq))
+    return MotEvaluation(runs, [s.name for s in seqs], benchmark, preprocessing, f"trackeval {te.__version__}",
+                         diagnostics)
+
+
+def _label(path: str) -> str:
+    p = Path(path)
+    if p.is_dir() and p.name == "data":
+        p = p.parent
+    return p.stem if p.is_file() else p.name
+
+
+def _unique(labels: list[str]) -> list[str]:
+    out, seen = [], {}
+    for lab in labels:
+        n = seen.get(lab, 0)
+        seen[lab] = n + 1
+        out.append(lab if n == 0 else f"{lab}-{n + 1}")
+    return out
+
+
+def _run_trackeval(te, seqs, gts, tables, lengths, benchmark: str, preprocessing: bool) -> dict:
+    """TrackEval's Evaluator on a temporary MotChallenge2DBox layout; its ``res`` per run."""
+    with tempfile.TemporaryDirectory(prefix="visiontool-mot-") as tmp:
+        root = Path(tmp)
+        for s, g in zip(seqs, gts):
+            _write(root / "gt" / s.name / "gt" / "gt.txt", g.lines)
+        for i, run in enumerate(tables):
+            for name, t in run.items():
+                _write(root / "trackers" / f"run{i}" / "data" / f"{name}.txt", t.lines)
+        dataset_config = {
+            "GT_FOLDER": str(root / "gt"), "TRACKERS_FOLDER": str(root / "trackers"),
+            "OUTPUT_FOLDER": str(root / "out"), "TRACKERS_TO_EVAL": [f"run{i}" for i in range(len(tables))],
+            "CLASSES_TO_EVAL": ["pedestrian"], "BENCHMARK": benchmark, "SPLIT_TO_EVAL": "train",
+            "DO_PREPROC": preprocessing, "SKIP_SPLIT_FOL": True, "SEQ_INFO": dict(lengths),
+            "PRINT_CONFIG": False,
+        }
+        eval_config = {"USE_PARALLEL": False, "BREAK_ON_ERROR": True, "LOG_ON_ERROR": None, "PRINT_RESULTS": False,
+                       "PRINT_CONFIG": False, "TIME_PROGRESS": False, "OUTPUT_SUMMARY": False,
+                       "OUTPUT_DETAILED": False, "PLOT_CURVES": False}
+        metric_config = {"THRESHOLD": 0.5, "PRINT_CONFIG": False}
+        chatter = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(chatter):
+                evaluator = te.Evaluator(eval_config)
+                dataset = te.datasets.MotChallenge2DBox(dataset_config)
+                metrics = [te.metrics.HOTA(dict(metric_config)), te.metrics.CLEAR(dict(metric_config)),
+                           te.metrics.Identity(dict(metric_config))]
+                results, _messages = evaluator.evaluate([dataset], metrics)
+        except te.utils.TrackEvalException as exc:
+            raise InvalidInputError(f"TrackEval refused the files: {' '.join(str(exc).split())}") from None
+        return results["MotChallenge2DBox"]
+
+
+def _write(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def _flatten(res: dict) -> dict[str, float | int]:
+    """TrackEval's per-metric dicts -> one flat dict of its own field names. HOTA's arrays
+    over the 19 alpha thresholds become their mean (TrackEval's summary value)."""
+    out: dict[str, float | int] = {}
+    hota = res["HOTA"]
+    for key in ("HOTA", "DetA", "AssA", "DetRe", "DetPr", "AssRe", "AssPr", "LocA", "OWTA"):
+        out[key] = float(np.mean(hota[key]))
+    for key in ("HOTA(0)", "LocA(0)", "HOTALocA(0)"):
+        out[key] = float(hota[key])
+    clear = res["CLEAR"]
+    for key in ("MOTA", "MOTP", "MODA", "CLR_Re", "CLR_Pr", "MTR", "PTR", "MLR", "sMOTA", "CLR_F1",
+                "FP_per_frame", "MOTAL"):
+        out[key] = float(clear[key])
+    for key in ("CLR_TP", "CLR_FN", "CLR_FP", "IDSW", "MT", "PT", "ML", "Frag", "CLR_Frames"):
+        out[key] = int(clear[key])
+    ident = res["Identity"]
+    for key in ("IDF1", "IDR", "IDP"):
+        out[key] = float(ident[key])
+    for key in ("IDTP", "IDFN", "IDFP"):
+        out[key] = int(ident[key])
+    for key, v in res["Count"].items():
+        out[key] = int(v)
+    return out
