@@ -68,7 +68,8 @@ def check_input_path(path: str, what: str) -> str:
 def json_start(head: bytes, label: str) -> int:
     """Offset of the first JSON byte (``[`` or ``{``) in ``head`` (the first bytes of the
     input), after an optional UTF-8 BOM and whitespace. ``label`` is e.g. "predictions 'p.json'"."""
-    if head[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(head) >= 2 and (head[0] == 0 or head[1] == 0)):
+    wide = head.lstrip(b"\x00")[:1] in (b"[", b"{", b" ", b"\n", b"\r", b"\t") and b"\x00" in head[:4]
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff") or wide:
         raise InvalidInputError(f"{label} is UTF-16 or UTF-32 text; JSON input must be UTF-8")
     start = len(_BOM) if head.startswith(_BOM) else 0
     n = len(head)
