@@ -25,6 +25,9 @@ def read_gt_light(path: str, segm: bool = False):
 
     import msgspec
 
+    global _NONE
+    _NONE = msgspec.Raw()
+
     class Img(msgspec.Struct, gc=False):
         id: int
         file_name: str | None = None
@@ -42,7 +45,7 @@ def read_gt_light(path: str, segm: bool = False):
         bbox: tuple[float, float, float, float]
         area: float
         iscrowd: int = 0
-        segmentation: msgspec.Raw | None = None
+        segmentation: msgspec.Raw = msgspec.Raw()  # empty: absent
 
     class GT(msgspec.Struct, gc=False):
         images: list[Img]
@@ -58,7 +61,7 @@ def read_gt_light(path: str, segm: bool = False):
                 anns = g.annotations or []
                 problem = _segm_problem(anns, g.images) if segm else None
                 for a in anns:
-                    a.segmentation = None  # drop the views into the mapping before it closes
+                    a.segmentation = _NONE  # drop the views into the mapping before it closes
     except (msgspec.DecodeError, ValueError, OSError, RecursionError, BufferError):
         return None
     images = [{"id": im.id, "file_name": im.file_name, "width": im.width, "height": im.height}
@@ -71,15 +74,19 @@ def read_gt_light(path: str, segm: bool = False):
     return images, cats, arrays, g.annotations is not None, problem
 
 
+_NONE = None
+
+
 def _segm_problem(anns, images) -> str | None:
     import msgspec
 
     sizes = {im.id: (im.height, im.width) for im in images}
     for i, a in enumerate(anns):
         raw = a.segmentation
-        if raw is None:
+        head = bytes(memoryview(raw)[:1])
+        if not head or head == b"n":
             return f"annotations[{i}] has no 'segmentation' (segm evaluation needs masks)"
-        if bytes(memoryview(raw)[:1]) == b"[":
+        if head == b"[":
             continue  # polygons: their numbers are checked by the engine's own reader
         problem = annotation_problem(
             {"segmentation": msgspec.json.decode(raw), "image_id": a.image_id}, "segm", sizes, full=False)

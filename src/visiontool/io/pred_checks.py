@@ -66,10 +66,16 @@ def rle_problem(counts: Any, h: int, w: int) -> str | None:
     of ``h`` × ``w`` pixels, or None. Compressed counts are read by hotcoco.mask (characters
     in ``0``..``o``, no negative run, runs within h·w)."""
     if isinstance(counts, list):
-        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+        import numpy as np
+
+        try:
+            runs = np.asarray(counts)
+        except (ValueError, TypeError):
+            runs = np.zeros(1, dtype=object)
+        if runs.ndim != 1 or runs.dtype.kind not in "iu" or (runs.size and runs.min() < 0):
             return "counts must be non-negative integers"
-        if sum(counts) > h * w:
-            return f"counts cover {sum(counts)} pixels, more than height x width = {h * w}"
+        if int(runs.sum()) > h * w:
+            return f"counts cover {int(runs.sum())} pixels, more than height x width = {h * w}"
         return None
     if isinstance(counts, bytes):
         try:

@@ -169,10 +169,10 @@ def fast_segm(data, gt) -> dict | None:
     scores = np.fromiter(map(attrgetter("score"), recs), np.float64, n)
     sizes = np.fromiter(chain.from_iterable(map(attrgetter("segmentation.size"), recs)), np.int64,
                         2 * n).reshape(n, 2)
-    first_has_box = recs[0].bbox is not None
-    n_none = countOf(map(attrgetter("bbox"), recs), None)
+    # pycocotools takes its format from the first result: if it has a box, all must
+    mixed = recs[0].bbox is not None and countOf(map(attrgetter("bbox"), recs), None) > 0
     del recs
-    if first_has_box and n_none:
+    if mixed:
         return None  # pycocotools would fail: the precise path names the record
     if not is_member(image_ids, gt.image_id_array).all() or not is_member(cat_ids, gt.category_id_array).all():
         return None

@@ -84,7 +84,7 @@ def _check_areas(cd, n: int) -> None:
     a negative run, runs beyond height x width) as one without an area: name them."""
     with_area = cd.get_ann_ids(area_rng=[0.0, 1e300])
     if len(with_area) != n:
-        bad = sorted(set(range(1, n + 1)) - set(with_area))
+        bad = sorted(set(range(1, n + 1)) - set(with_area))  # ids are positions + 1, as pycocotools numbers them
         raise BadCounts([i - 1 for i in bad])
 
 

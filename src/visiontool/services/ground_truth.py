@@ -122,6 +122,10 @@ class GroundTruth:
 
     @property
     def gt_counts(self) -> dict[int, int]:
+        h = self._handles.get("hotcoco")
+        if self._anns is None and h is not None:  # columns from the engine's own index
+            counts = {c: len(h.get_ann_ids(cat_ids=[c], iscrowd=False)) for c in self.category_names}
+            return {c: n for c, n in counts.items() if n}
         _, cats, crowd = self._ann_arrays()
         u, n = np.unique(cats[crowd == 0], return_counts=True)
         return {int(c): int(k) for c, k in zip(u.tolist(), n.tolist())}
@@ -162,6 +166,10 @@ class GroundTruth:
             _check_file(path)
             if iou_type in (None, "bbox"):
                 native = _native_gt(path)
+                if native is not None:
+                    return native
+            elif iou_type == "segm":
+                native = _hotcoco_gt(path)
                 if native is not None:
                     return native
             light = read_gt_light(path, segm=iou_type == "segm")  # validates the annotations' schema too
@@ -256,6 +264,52 @@ def _native_gt(path: str) -> GroundTruth | None:
         return None
     return GroundTruth(path, None, images, cats, None, {"ultrafast": h}, zero_id_possible=zero,
                        has_annotations=has_anns, n_anns=int(compact.annotation_count))
+
+
+def _hotcoco_gt(path: str) -> GroundTruth | None:
+    """Images, categories and annotation facts from hotcoco's own reader (its handle is then
+    reused for the evaluation: the GT is parsed once). hotcoco reads leniently, so byte scans
+    check what COCOeval needs of every annotation (one non-null id, image_id, category_id,
+    bbox, area and segmentation each) and the RLE masks are checked as results' are (via the
+    crowd annotations, when they are the only RLE ones). None: use the precise readers."""
+    try:
+        from hotcoco import COCO
+    except ImportError:
+        return None
+    try:
+        with quiet():
+            h = COCO(path)
+        if h.load_warnings:
+            return None
+        ids = h.get_ann_ids()
+        n = len(ids)
+        with open(path, "rb") as fh:
+            data = fh.read()
+        for key in (b'"area"', b'"bbox"', b'"image_id"', b'"category_id"', b'"segmentation"'):
+            if data.count(key) != n:
+                return None
+        if b"null" in data and re.search(rb'"(?:id|image_id|category_id|area|bbox|segmentation)"\s*:\s*null',
+                                        data) is not None:
+            return None
+        if b'"images"' not in data or b'"categories"' not in data:
+            return None
+        images, cats = list(h.imgs.values()), list(h.cats.values())
+        if not all(isinstance(im, dict) and isinstance(im.get("id"), int) for im in images):
+            return None
+        sizes = {im["id"]: (im.get("height"), im.get("width")) for im in images}
+        n_rle = data.count(b'"counts"')
+        if n_rle:
+            crowd = [a for a in h.load_anns(h.get_ann_ids(iscrowd=True)) if isinstance(a.get("segmentation"), dict)]
+            if len(crowd) != n_rle:
+                return None  # RLE masks beyond the crowd regions: the light reader checks them all
+            if any(annotation_problem(a, "segm", sizes, full=False) for a in crowd):
+                return None  # the light reader names the annotation by its index in the file
+        has_anns = n > 0 or b'"annotations"' in data
+        del data
+    except Exception:  # anything unusual: the precise readers report it
+        return None
+    return GroundTruth(path, None, images, cats, None, {"hotcoco": h}, zero_id_possible=0 in set(ids),
+                       has_annotations=has_anns, n_anns=n, checked={"segm": None})
 
 
 def _ann_arrays_of(d: dict, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
