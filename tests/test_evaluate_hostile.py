@@ -37,7 +37,8 @@ def files(tmp_path_factory):
 DEEP = {
     "list": "[" * 100_000 + "]" * 100_000,
     "object": '{"a": ' * 100_000 + "1" + "}" * 100_000,
-    "inside a result": '[{"image_id": 1, "category_id": 1, "score": 0.5, "bbox": ' + "[" * 100_000 + "]" * 100_000 + "}]",
+    "inside a result": ('[{"image_id": 1, "category_id": 1, "score": 0.5, "bbox": ' + "[" * 100_000 + "]" * 100_000
+                        + "}]"),
     "jsonl line": '{"image": "a.jpg", "detections": []}\n' + "[" * 100_000 + "]" * 100_000 + "\n",
 }
 
@@ -132,7 +133,8 @@ def test_fifo_prediction_is_read_as_a_stream(files, tmp_path):
     _, boxes = adversarial_set(2, with_segm=False, first_id=1)
     fifo = tmp_path / "pipe.json"
     os.mkfifo(fifo)
-    writer = subprocess.Popen([sys.executable, "-c", f"open({str(fifo)!r}, 'w').write(open({str(d / 'bbox.json')!r}).read())"])
+    code = f"open({str(fifo)!r}, 'w').write(open({str(d / 'bbox.json')!r}).read())"
+    writer = subprocess.Popen([sys.executable, "-c", code])
     try:
         r = run("--gt", d / "gt.json", "--pred", fifo, "--format", "json")
     finally:

@@ -69,8 +69,8 @@ def test_scored_shapes_equal_pycocotools(sets, tmp_path, shape, iou_type):
 @pytest.mark.parametrize("shape", list(REFUSED))
 def test_shapes_pycocotools_cannot_score_are_one_error(sets, shape, iou_type):
     gt, cases = sets
-    with pytest.raises(Exception):
-        oracle(gt, cases[shape], iou_type)  # pycocotools fails on them (TypeError)
+    with pytest.raises(TypeError):
+        oracle(gt, cases[shape], iou_type)  # pycocotools fails on them
     with pytest.raises(InvalidInputError, match=REFUSED[shape]) as exc:
         evaluate(gt, copy.deepcopy(cases[shape]), iou_type)
     assert "result 0:" in str(exc.value)
@@ -152,7 +152,7 @@ def _mask_data(seed: int, boxes: bool, layout_4d: bool = False):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(seed)
     targets, preds = [], []
-    for i in range(5):
+    for _ in range(5):
         h, w = int(rng.integers(40, 90)), int(rng.integers(40, 90))
         n = int(rng.integers(0, 4))
         tm = np.zeros((n, h, w), bool)
@@ -201,7 +201,8 @@ def _mask_oracle(targets, preds):
             res.append({"image_id": i, "category_id": int(p["labels"][k]), "score": float(p["scores"][k]),
                         "segmentation": {"size": [int(h), int(w)], "counts": rle["counts"].decode()}})
             labels.add(int(p["labels"][k]))
-    return {"images": images, "annotations": anns, "categories": [{"id": c, "name": str(c)} for c in sorted(labels)]}, res
+    cats = [{"id": c, "name": str(c)} for c in sorted(labels)]
+    return {"images": images, "annotations": anns, "categories": cats}, res
 
 
 @pytest.mark.parametrize("boxes,layout_4d", [(False, False), (True, False), (False, True)],
@@ -246,14 +247,16 @@ def test_torchmetrics_style_keypoints_equal_pycocotools():
         a["bbox"] = [x1, y1, x2 - x1, y2 - y1]
         t["boxes"] = torch.cat([t["boxes"].double(), xyxy])
         t["labels"] = torch.cat([t["labels"], torch.tensor([1])])
-        t["keypoints"] = torch.cat([t["keypoints"].double(), torch.tensor(a["keypoints"], dtype=torch.float64).reshape(1, 17, 3)])
+        kp = torch.tensor(a["keypoints"], dtype=torch.float64).reshape(1, 17, 3)
+        t["keypoints"] = torch.cat([t["keypoints"].double(), kp])
         t["area"] = torch.cat([t["area"].double(), torch.tensor([a["area"]], dtype=torch.float64)])
         t["iscrowd"] = torch.cat([t["iscrowd"], torch.tensor([float(a["iscrowd"])])])
     for r in res:
         p = preds[by_image[r["image_id"]]]
         p["labels"] = torch.cat([p["labels"], torch.tensor([1])])
         p["scores"] = torch.cat([p["scores"].double(), torch.tensor([r["score"]], dtype=torch.float64)])
-        p["keypoints"] = torch.cat([p["keypoints"].double(), torch.tensor(r["keypoints"], dtype=torch.float64).reshape(1, 17, 3)])
+        kp = torch.tensor(r["keypoints"], dtype=torch.float64).reshape(1, 17, 3)
+        p["keypoints"] = torch.cat([p["keypoints"].double(), kp])
     ref_res = [dict(r, image_id=by_image[r["image_id"]]) for r in res]
     r = evaluate(targets, preds, "keypoints")
     ref = oracle(ref_gt, ref_res, "keypoints")["stats"]

@@ -13,7 +13,6 @@ path (:mod:`visiontool.io.pred_checks`) then reads it record by record and names
 offending record, or scores the shapes these paths leave out.
 """
 # no `from __future__ import annotations`: msgspec reads the annotations of the local schema classes
-import os
 from itertools import chain
 from operator import attrgetter, countOf
 from typing import Any, Callable
@@ -107,17 +106,13 @@ def in_thread(fn, *args) -> Callable[[], bool]:
 def _scores_present(path: str, n: int) -> bool:
     """The native reader turns a null or missing score into 0.0. When some scores are 0.0,
     accept the file only if it holds exactly one "score" key per record and none is null."""
-    import mmap
     import re
 
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        if re.search(rb'"score"\s*:\s*null', mm) is not None:
-            return False
-        count, pos = 0, mm.find(b'"score"')
-        while pos >= 0:
-            count += 1
-            pos = mm.find(b'"score"', pos + 7)
-        return count == n
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if b"null" in data and re.search(rb'"score"\s*:\s*null', data) is not None:
+        return False
+    return data.count(b'"score"') == n
 
 
 # ---------------------------------------------------------------------------------------- segm
@@ -132,19 +127,23 @@ def _segm_decoder():
 
         import msgspec
 
-        # finite (NaN fails every comparison; 1e999 parses as inf) and, for w/h, >= 0: the
-        # decoder itself checks scores and boxes, so no column of them is built
+        # a box, when present, is checked while decoding (finite; w, h >= 0); the score
+        # (always present) is checked as a column (a constraint per value costs more)
         big = 1.7976931348623157e308
         finite = Annotated[float, msgspec.Meta(ge=-big, le=big)]
         size = Annotated[float, msgspec.Meta(ge=0, le=big)]
 
+        class Size(msgspec.Struct, array_like=True, gc=False):
+            h: int
+            w: int
+
         class RLE(msgspec.Struct, gc=False):
-            size: tuple[int, int]  # "counts" is left to the engine (see the module docstring)
+            size: Size  # "counts" is left to the engine (see the module docstring)
 
         class SegmResult(msgspec.Struct, gc=False):
             image_id: int
             category_id: int
-            score: finite
+            score: float
             segmentation: RLE
             bbox: tuple[finite, finite, size, size] | None = None
 
@@ -167,13 +166,13 @@ def fast_segm(data, gt) -> dict | None:
     image_ids = np.fromiter(map(attrgetter("image_id"), recs), np.int64, n)
     cat_ids = np.fromiter(map(attrgetter("category_id"), recs), np.int64, n)
     scores = np.fromiter(map(attrgetter("score"), recs), np.float64, n)
-    sizes = np.fromiter(chain.from_iterable(map(attrgetter("segmentation.size"), recs)), np.int64,
-                        2 * n).reshape(n, 2)
+    sizes = np.fromiter(chain.from_iterable(map(attrgetter("segmentation.size.h", "segmentation.size.w"), recs)),
+                        np.int64, 2 * n).reshape(n, 2)
     # pycocotools takes its format from the first result: if it has a box, all must
     mixed = recs[0].bbox is not None and countOf(map(attrgetter("bbox"), recs), None) > 0
     del recs
-    if mixed:
-        return None  # pycocotools would fail: the precise path names the record
+    if mixed or not np.isfinite(scores).all():
+        return None  # the precise path names the record
     if not is_member(image_ids, gt.image_id_array).all() or not is_member(cat_ids, gt.category_id_array).all():
         return None
     if not sizes_match(image_ids, sizes, gt):

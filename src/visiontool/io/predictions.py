@@ -236,7 +236,7 @@ def _from_records(items, gt, iou_type: str, lenient: bool, source: str) -> Predi
     unknown = 0
     for i, rec in items:
         where = f"{source}: record {i}"
-        res, known = checks.record_results(rec, gt, iou_type, lambda suffix, msg: fail(where + suffix, msg))
+        res, known = checks.record_results(rec, gt, iou_type, lambda suffix, msg, w=where: fail(w + suffix, msg))
         unknown += not known
         kept.extend(res)
     # pycocotools takes the format from the first result: keep boxes only when all have one
