@@ -51,7 +51,7 @@ def run_ultrafast(gt: GroundTruth, preds: Predictions, iou_type: str):
     return np.asarray(e.stats, dtype=np.float64), e.eval["precision"], e.eval["recall"], list(e.params.catIds)
 
 
-def run_hotcoco(gt: GroundTruth, preds: Predictions, iou_type: str):
+def run_hotcoco(gt: GroundTruth, preds: Predictions, iou_type: str, arrays: bool = True):
     from hotcoco import COCOeval
 
     cg = gt.handle("hotcoco")
@@ -60,11 +60,14 @@ def run_hotcoco(gt: GroundTruth, preds: Predictions, iou_type: str):
             cd = cg.load_res(preds.path)
             if iou_type == "segm":
                 _check_areas(cd, len(preds))
+            if len(preds) >= 100_000:
+                release_memory(False)  # the parser's freed buffers, before evaluate allocates
         else:
             res = [dict(r) for r in preds.to_results()] if preds.rows is None else preds.rows
             if not len(res):
                 return run_ultrafast(gt, preds, iou_type)
             cd = cg.load_res(res)
+            del res
         e = COCOeval(cg, cd, iou_type)
         e.evaluate()
         big = len(preds) >= 100_000
@@ -72,11 +75,14 @@ def run_hotcoco(gt: GroundTruth, preds: Predictions, iou_type: str):
             release_memory(False)  # the parallel matching's freed buffers, before accumulate allocates
         e.accumulate()
         e.summarize()
-        if big:
-            release_memory(False)  # again before `eval` copies the arrays out (~15 MB for COCO)
-        ev = e.eval
         cats = list(e.params.cat_ids) if hasattr(e.params, "cat_ids") else sorted(gt.category_names)
-    return np.asarray(e.stats, dtype=np.float64), np.asarray(ev["precision"]), np.asarray(ev["recall"]), cats
+        stats = np.asarray(e.stats, dtype=np.float64)
+        if not arrays:  # `eval` copies precision, recall and scores out (~16 MB for COCO) at the peak
+            return stats, None, None, cats
+        if big:
+            release_memory(False)  # before `eval` copies the arrays out
+        ev = e.eval
+    return stats, np.asarray(ev["precision"]), np.asarray(ev["recall"]), cats
 
 
 def _check_areas(cd, n: int) -> None:
@@ -202,13 +208,15 @@ def release_memory(collect: bool = True) -> None:
         pass
 
 
-def run(engine: str, gt: GroundTruth, preds: Predictions, iou_type: str, per_class: bool):
+def run(engine: str, gt: GroundTruth, preds: Predictions, iou_type: str, per_class: bool, arrays: bool = True):
+    """(stats, precision, recall, category ids); ``arrays=False`` lets an engine skip copying
+    COCOeval's arrays out (precision and recall may then be None)."""
     if engine == "torchmetrics":
         return run_torchmetrics(gt, preds, iou_type, per_class)
     if engine == "ultrafast":
         return run_ultrafast(gt, preds, iou_type)
     if engine == "hotcoco":
-        return run_hotcoco(gt, preds, iou_type)
+        return run_hotcoco(gt, preds, iou_type, arrays or per_class)
     return run_reference(gt, preds, iou_type, engine)
 
 

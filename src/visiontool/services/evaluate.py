@@ -150,8 +150,12 @@ def diagnostics(stats: dict, preds: Predictions, gt: GroundTruth, cats_with_gt: 
 
 
 def evaluate(gt: Any, predictions: Any, iou_type: str = "bbox", *, per_class: bool = False,
-             backend: str = "auto", lenient: bool = False) -> EvalResult:
-    """Evaluate predictions against a COCO ground truth; see the module docstring."""
+             backend: str = "auto", lenient: bool = False, arrays: bool = True) -> EvalResult:
+    """Evaluate predictions against a COCO ground truth; see the module docstring.
+
+    ``arrays=False``: the caller needs no ``precision`` / ``recall`` arrays (no per-class
+    table, no PR curves), so an engine may skip copying them out at its memory peak (hotcoco:
+    ~16 MB at COCO scale); they are then None unless ``per_class``."""
     t0 = time.perf_counter()
     if iou_type not in IOU_TYPES:
         raise UsageError(f"invalid --iou-type '{iou_type}': expected bbox, segm or keypoints")
@@ -166,7 +170,7 @@ def evaluate(gt: Any, predictions: Any, iou_type: str = "bbox", *, per_class: bo
     if iou_type == "segm" and len(preds) >= 100_000:
         release_memory()  # masks: the engine's own peak is near the 0.5 GB budget
     try:
-        stats, prec, rec, cats = run(engine, gtobj, preds, iou_type, per_class)
+        stats, prec, rec, cats = run(engine, gtobj, preds, iou_type, per_class, arrays)
     except (UsageError, KeyboardInterrupt, MemoryError):
         raise
     except Exception as exc:
@@ -182,7 +186,7 @@ def evaluate(gt: Any, predictions: Any, iou_type: str = "bbox", *, per_class: bo
         # the check that ran beside the engine failed: validate record by record (raises and
         # names the record, or with lenient skips it) and evaluate what passes
         preds = load_predictions(predictions, gtobj, iou_type, lenient, precise=True)
-        stats, prec, rec, cats = run(engine, gtobj, preds, iou_type, per_class)
+        stats, prec, rec, cats = run(engine, gtobj, preds, iou_type, per_class, arrays)
     keys = stat_keys(iou_type)
     stat_dict = {k: float(v) for k, v in zip(keys, stats.tolist())}
     rows: list[dict] = []

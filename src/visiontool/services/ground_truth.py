@@ -7,12 +7,13 @@ does not); ``gt.handle(engine)`` is the engine's own COCO object, built once.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import re
 import sys
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -55,7 +56,7 @@ class GroundTruth:
     {category id: non-crowd annotations}, ``n_annotations`` and ``has_zero_id``.
     """
 
-    def __init__(self, path: str | None, dataset: dict | None, images: list, categories: list,
+    def __init__(self, path: str | None, dataset: dict | None, images: list | Callable[[], list], categories: list,
                  anns: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
                  handles: dict | None = None, zero_id_possible: bool = True, has_annotations: bool = True,
                  checked: dict | None = None, n_anns: int | None = None):
@@ -67,7 +68,10 @@ class GroundTruth:
         self._checked: dict[str, str | None] = dict(checked or {})  # iou type -> problem (None: fine)
         self.has_annotations = has_annotations
         self._n_anns = n_anns if anns is None else int(anns[0].shape[0])
+        # the image dicts are needed again only to map records' file names: an engine handle can
+        # give them back then (``images`` callable), so they need not stay in memory meanwhile
         self._images, self._categories, self._index = images, categories, None
+        images = images() if callable(images) else images
         for i, cat in enumerate(categories):
             if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
                 raise InvalidInputError(f"ground truth '{path or '<gt>'}': categories[{i}] needs 'id' and 'name'")
@@ -77,12 +81,19 @@ class GroundTruth:
         hw = np.array([[_int_or(im.get("height")), _int_or(im.get("width"))] for im in images],
                       dtype=np.int64).reshape(-1, 2)
         self.image_hw_array = hw[order]
-        self.image_sizes = {int(i): (int(h), int(w)) for i, (h, w) in zip(ids.tolist(), hw.tolist())
-                            if h >= 0 and w >= 0}
-        self.image_id_set = set(ids.tolist())
         self.category_names = {int(c["id"]): str(c["name"]) for c in categories}
         self.category_id_array = np.array(sorted(self.category_names), dtype=np.int64)
         self.category_id_set = set(self.category_names)
+
+    @functools.cached_property
+    def image_sizes(self) -> dict[int, tuple[int, int]]:
+        """{image id: (height, width)} where the GT gives both."""
+        return {i: (h, w) for i, (h, w) in zip(self.image_id_array.tolist(), self.image_hw_array.tolist())
+                if h >= 0 and w >= 0}
+
+    @functools.cached_property
+    def image_id_set(self) -> set[int]:
+        return set(self.image_id_array.tolist())
 
     @property
     def label(self) -> str:
@@ -92,7 +103,8 @@ class GroundTruth:
     def index(self) -> GroundTruthIndex:
         """File-name and category-name lookups (built on first use: only records need them)."""
         if self._index is None:
-            self._index = GroundTruthIndex.from_dict({"images": self._images, "categories": self._categories},
+            images = self._images() if callable(self._images) else self._images
+            self._index = GroundTruthIndex.from_dict({"images": images, "categories": self._categories},
                                                      self.path or "<gt>")
         return self._index
 
@@ -138,7 +150,8 @@ class GroundTruth:
             return
         if iou_type not in self._checked:
             problem = None
-            sizes = {int(im["id"]): (im.get("height"), im.get("width")) for im in self._images}
+            sizes = {i: (h if h >= 0 else None, w if w >= 0 else None)
+                     for i, (h, w) in zip(self.image_id_array.tolist(), self.image_hw_array.tolist())}
             for i, a in enumerate(self.dataset().get("annotations") or []):
                 problem = annotation_problem(a, iou_type, sizes, full=False)
                 if problem:
@@ -297,6 +310,7 @@ def _hotcoco_gt(path: str) -> GroundTruth | None:
         if not all(isinstance(im, dict) and isinstance(im.get("id"), int) for im in images):
             return None
         sizes = {im["id"]: (im.get("height"), im.get("width")) for im in images}
+        del images
         n_rle = data.count(b'"counts"')
         if n_rle:
             crowd = [a for a in h.load_anns(h.get_ann_ids(iscrowd=True)) if isinstance(a.get("segmentation"), dict)]
@@ -308,7 +322,8 @@ def _hotcoco_gt(path: str) -> GroundTruth | None:
         del data
     except Exception:  # anything unusual: the precise readers report it
         return None
-    return GroundTruth(path, None, images, cats, None, {"hotcoco": h}, zero_id_possible=0 in set(ids),
+    return GroundTruth(path, None, lambda: list(h.imgs.values()), cats, None, {"hotcoco": h},
+                       zero_id_possible=0 in set(ids),
                        has_annotations=has_anns, n_anns=n, checked={"segm": None})
 
 
