@@ -210,3 +210,22 @@ def test_garbage_rle_counts_in_ground_truth(files, tmp_path, kind):
     # bbox evaluation never reads GT masks: scored as pycocotools scores it
     r = run("--gt", p, "--pred", d / "bbox.json", "--format", "json")
     assert r.exit_code == 0, r.stderr
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+@pytest.mark.parametrize("key", ["id", "area", "segmentation", "bbox"])
+def test_ground_truth_annotation_missing_a_key(files, tmp_path, key, iou_type):
+    """The engines' own readers are lenient (hotcoco numbers an annotation without "id" 0 and
+    reads one without "area" as area 0): whichever reader serves the GT, it is one line naming
+    the annotation -- or scored, where COCOeval never reads the key."""
+    d, gt, _ = files
+    g = json.loads(json.dumps(gt))
+    del g["annotations"][4][key]
+    p = tmp_path / "gt_missing.json"
+    p.write_text(json.dumps(g))
+    r = run("--gt", p, "--pred", d / f"{iou_type}.json", "--iou-type", iou_type, "--format", "json")
+    if key == "segmentation" and iou_type == "bbox":
+        assert r.exit_code == 0, r.stderr  # bbox evaluation never reads masks
+        return
+    line = one_error_line(r)
+    assert f"annotations[4] has no '{key}'" in line, line

@@ -298,7 +298,9 @@ def _hotcoco_gt(path: str) -> GroundTruth | None:
         n = len(ids)
         with open(path, "rb") as fh:
             data = fh.read()
-        for key in (b'"area"', b'"bbox"', b'"image_id"', b'"category_id"', b'"segmentation"'):
+        # hotcoco's reader requires image_id and category_id itself; "id" may repeat in images
+        # and categories, so the engine's ann ids are checked for uniqueness instead
+        for key in (b'"area"', b'"bbox"', b'"segmentation"'):
             if data.count(key) != n:
                 return None
         if b"null" in data and re.search(rb'"(?:id|image_id|category_id|area|bbox|segmentation)"\s*:\s*null',
@@ -306,6 +308,9 @@ def _hotcoco_gt(path: str) -> GroundTruth | None:
             return None
         if b'"images"' not in data or b'"categories"' not in data:
             return None
+        zero = 0 in set(ids)
+        if zero and _ZERO_ID.search(data) is None:
+            return None  # hotcoco numbers an annotation without "id" 0: the light reader names it
         images, cats = list(h.imgs.values()), list(h.cats.values())
         if not all(isinstance(im, dict) and isinstance(im.get("id"), int) for im in images):
             return None
@@ -323,7 +328,7 @@ def _hotcoco_gt(path: str) -> GroundTruth | None:
     except Exception:  # anything unusual: the precise readers report it
         return None
     return GroundTruth(path, None, lambda: list(h.imgs.values()), cats, None, {"hotcoco": h},
-                       zero_id_possible=0 in set(ids),
+                       zero_id_possible=zero,
                        has_annotations=has_anns, n_anns=n, checked={"segm": None})
 
 
