@@ -35,7 +35,12 @@ class Invalid(Exception):
 
 
 def number(v: Any, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, Real):
+    t = type(v)
+    if t is float:  # the common case first: no ABC check
+        if v - v != 0.0:  # inf - inf and nan - nan are nan
+            raise Invalid(f"{what} is {v}")
+        return v
+    if t is not int and (t is bool or not isinstance(v, Real)):
         raise Invalid(f"{what} is not a number ({json.dumps(v, default=repr)[:40]})")
     f = float(v)
     if not math.isfinite(f):
@@ -52,7 +57,7 @@ def int_id(v: Any, what: str) -> int:
 def box(v: Any, what: str, xyxy: bool) -> list:
     if not isinstance(v, (list, tuple)) or len(v) != 4:
         raise Invalid(f"{what} must be a list of 4 numbers")
-    vals = [number(x, what) for x in v]
+    vals = [number(v[0], what), number(v[1], what), number(v[2], what), number(v[3], what)]
     if xyxy:
         if vals[2] < vals[0] or vals[3] < vals[1]:
             raise Invalid(f"{what} {vals} has negative size (x2 < x1 or y2 < y1)")
@@ -211,14 +216,18 @@ def check_result(r: Any, gt, iou_type: str, branch: str | None) -> tuple[dict, s
     return out, branch, out is not r
 
 
-def category_of(det: dict, gt) -> int:
+def category_of(det: dict, gt, cache: dict | None = None) -> int:
     """A visiontool detection's GT category: by label (name), else its category_id, else the
-    GT's only category."""
+    GT's only category. ``cache``: {label: id} across calls (names repeat)."""
     label = det.get("label")
     if label is not None:
-        cid = gt.index.category_id_for(str(label))
+        cid = cache.get(label) if cache is not None and type(label) is str else None
         if cid is None:
-            raise Invalid(f"label '{label}' is not a category of the ground truth")
+            cid = gt.index.category_id_for(str(label))
+            if cid is None:
+                raise Invalid(f"label '{label}' is not a category of the ground truth")
+            if cache is not None and type(label) is str:
+                cache[label] = cid
         return cid
     if "category_id" in det:
         cid = int_id(det["category_id"], "category_id")
@@ -230,7 +239,7 @@ def category_of(det: dict, gt) -> int:
     raise Invalid("has neither 'label' nor 'category_id'")
 
 
-def record_results(rec: Any, gt, iou_type: str, fail) -> tuple[list[dict], bool]:
+def record_results(rec: Any, gt, iou_type: str, fail, labels: dict | None = None) -> tuple[list[dict], bool]:
     """COCO results for one visiontool record (detect's ``detections`` or segment's ``masks``);
     ``(results, known)``: ``known`` is False when the record's image is not in the GT (its
     detections are not evaluated). ``fail(where_suffix, message)`` reports an invalid record
@@ -264,7 +273,7 @@ def record_results(rec: Any, gt, iou_type: str, fail) -> tuple[list[dict], bool]
                 raise Invalid("is not an object")
             if "score" not in det:
                 raise Invalid("has no 'score'")
-            res = {"image_id": iid, "category_id": category_of(det, gt), "score": number(det["score"], "score")}
+            res = {"image_id": iid, "category_id": category_of(det, gt, labels), "score": number(det["score"], "score")}
             if det.get("box") is not None:
                 x1, y1, x2, y2 = (float(v) for v in box(det["box"], "box", xyxy=True))
                 res["bbox"] = [x1, y1, x2 - x1, y2 - y1]

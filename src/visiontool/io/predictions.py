@@ -231,14 +231,32 @@ def _from_results(items, gt, iou_type: str, lenient: bool, source: str, path: st
 
 
 def _from_records(items, gt, iou_type: str, lenient: bool, source: str) -> Predictions:
+    """visiontool records; for bbox their boxes go straight into an (N, 7) array (no dict per
+    detection is kept), otherwise COCO result dicts."""
     fail = _Failures(lenient)
     kept: list[dict] = []
+    rows = array("d")
+    labels: dict = {}
     unknown = 0
     for i, rec in items:
         where = f"{source}: record {i}"
-        res, known = checks.record_results(rec, gt, iou_type, lambda suffix, msg, w=where: fail(w + suffix, msg))
+        res, known = checks.record_results(rec, gt, iou_type, lambda suffix, msg, w=where: fail(w + suffix, msg),
+                                           labels)
         unknown += not known
-        kept.extend(res)
+        if iou_type == "bbox" and all("bbox" in r for r in res):
+            for r in res:
+                b = r["bbox"]
+                rows.extend((r["image_id"], b[0], b[1], b[2], b[3], r["score"], r["category_id"]))
+        else:
+            kept.extend(res)
+    if iou_type == "bbox" and not kept:
+        n = len(rows) // 7
+        arr = np.frombuffer(rows, np.float64).reshape(n, 7).copy() if n else np.zeros((0, 7))
+        return Predictions(source=source, rows=arr, fmt="records", **summarise(arr[:, 6].astype(np.int64), arr[:, 5]),
+                           n_skipped=fail.n, skipped_reasons=fail.reasons, n_unknown_images=unknown)
+    if len(rows):  # some detections without a box (masks only): all as dicts
+        r7 = np.frombuffer(rows, np.float64).reshape(-1, 7).tolist()
+        kept = [{"image_id": int(r[0]), "category_id": int(r[6]), "bbox": r[1:5], "score": r[5]} for r in r7] + kept
     # pycocotools takes the format from the first result: keep boxes only when all have one
     if kept and not all("bbox" in r for r in kept):
         for r in kept:

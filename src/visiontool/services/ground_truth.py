@@ -18,7 +18,6 @@ from typing import Any, Callable
 import numpy as np
 
 from visiontool.errors import InvalidInputError, UsageError
-from visiontool.io.coco import GroundTruthIndex, load_json_file
 from visiontool.io.gt_read import annotation_problem, read_gt_light
 
 
@@ -100,9 +99,12 @@ class GroundTruth:
         return f"ground truth '{self.path or '<gt>'}'"
 
     @property
-    def index(self) -> GroundTruthIndex:
-        """File-name and category-name lookups (built on first use: only records need them)."""
+    def index(self):
+        """File-name and category-name lookups, a :class:`visiontool.io.coco.GroundTruthIndex`
+        (built on first use: only records need them)."""
         if self._index is None:
+            from visiontool.io.coco import GroundTruthIndex
+
             images = self._images() if callable(self._images) else self._images
             self._index = GroundTruthIndex.from_dict({"images": images, "categories": self._categories},
                                                      self.path or "<gt>")
@@ -190,6 +192,8 @@ class GroundTruth:
                 images, cats, arrays, has_anns, problem = light
                 checked = {"segm": problem} if iou_type == "segm" else None
                 return cls(path, None, images, cats, arrays, has_annotations=has_anns, checked=checked)
+            from visiontool.io.coco import load_json_file
+
             return cls._from_dict(load_json_file(path, "ground truth"), path)
         raise UsageError(f"unsupported ground truth of type {type(gt).__name__}")
 
@@ -209,6 +213,8 @@ class GroundTruth:
     def dataset(self) -> dict:
         """The full COCO dict (parsed on first use when loaded from a path). Do not mutate."""
         if self._dataset is None:
+            from visiontool.io.coco import load_json_file
+
             self._dataset = load_json_file(self.path, "ground truth")
         return self._dataset
 
