@@ -133,6 +133,20 @@ def open_json(path: str, what: str) -> Iterator[JsonInput]:
             pass
 
 
+_DROP_EVERY = 1 << 16  # list elements between two page drops (a few MB of a results file)
+_DROP_BYTES = 1 << 26  # JSON lines bytes between two page drops
+
+
+def _drop_pages(data) -> None:
+    """Let the kernel drop the mapped file's resident pages (they are read again from the page
+    cache if touched): the mapping then adds what is being read, not the whole file, to the RSS."""
+    if isinstance(data, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            data.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
+
+
 def where(data, offset: int) -> str:
     """``line L column C`` of a byte offset (1-based, as json's messages count them)."""
     view = memoryview(data)[:offset]
@@ -255,11 +269,17 @@ def iter_items(inp: JsonInput, info: Items | None = None) -> Iterator[tuple[int,
                 yield from enumerate(doc if isinstance(doc, list) else [doc])
                 return
             info.shape, info.count = "list", len(raws)
-            for i, raw in enumerate(raws):
+            _drop_pages(inp.data)  # the scan touched every page
+            for i in range(len(raws)):
+                raw, raws[i] = raws[i], None  # each element is dropped once read
                 try:
-                    yield i, msgspec.json.decode(raw)
+                    value = msgspec.json.decode(raw)
                 except RecursionError:
                     raise too_deep(f"{inp.label}: element {i}") from None
+                del raw
+                if i % _DROP_EVERY == _DROP_EVERY - 1:
+                    _drop_pages(inp.data)
+                yield i, value
             return
         try:
             msgspec.json.decode(body, type=msgspec.Raw)  # one value, or JSON lines?
@@ -315,7 +335,13 @@ def _lines(inp: JsonInput, body: memoryview) -> Iterator[tuple[int, Any]]:
                     at = "" if offset is None else f" at column {offset + 1}"
                     raise InvalidInputError(f"{inp.label} is neither JSON nor JSONL: line {lineno}: {reason}{at}"
                                             ) from None
+    _drop_pages(data)  # the syntax pass touched every page
+    since_drop = 0
     for lineno, a, b in spans:
+        since_drop += b - a
+        if since_drop > _DROP_BYTES:
+            _drop_pages(data)
+            since_drop = 0
         with memoryview(data)[a:b] as line:
             try:
                 value = msgspec.json.decode(line)

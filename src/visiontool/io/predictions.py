@@ -219,8 +219,8 @@ def _from_results(items, gt, iou_type: str, lenient: bool, source: str, path: st
                         np.frombuffer(scores, np.float64) if n else np.zeros(0))
     extra = {"n_skipped": fail.n, "skipped_reasons": fail.reasons}
     if rows is not None:
-        return Predictions(source=source, rows=np.frombuffer(rows, np.float64).reshape(n, 7).copy(),
-                           **summary, **extra)
+        # a view of the array('d') (which it keeps alive): no second copy at the peak
+        return Predictions(source=source, rows=np.frombuffer(rows, np.float64).reshape(n, 7), **summary, **extra)
     if not keep and n == 0:
         return Predictions(source=source, results=[], **summary, **extra)
     if not keep:
@@ -251,7 +251,7 @@ def _from_records(items, gt, iou_type: str, lenient: bool, source: str) -> Predi
             kept.extend(res)
     if iou_type == "bbox" and not kept:
         n = len(rows) // 7
-        arr = np.frombuffer(rows, np.float64).reshape(n, 7).copy() if n else np.zeros((0, 7))
+        arr = np.frombuffer(rows, np.float64).reshape(n, 7) if n else np.zeros((0, 7))
         return Predictions(source=source, rows=arr, fmt="records", **summarise(arr[:, 6].astype(np.int64), arr[:, 5]),
                            n_skipped=fail.n, skipped_reasons=fail.reasons, n_unknown_images=unknown)
     if len(rows):  # some detections without a box (masks only): all as dicts
