@@ -11,11 +11,6 @@ to faster-coco-eval (within 2.2e-16) or pycocotools itself.
 """
 from __future__ import annotations
 
-import copy
-import json
-import tempfile
-from pathlib import Path
-
 import numpy as np
 
 from visiontool.errors import InvalidInputError, UsageError
@@ -99,6 +94,8 @@ def _check_areas(cd, n: int) -> None:
 
 def run_reference(gt: GroundTruth, preds: Predictions, iou_type: str, engine: str):
     """pycocotools or faster-coco-eval, on deep copies (they rewrite annotations in place)."""
+    import copy
+
     if engine == "pycocotools":
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
@@ -170,6 +167,10 @@ def run_torchmetrics(gt: GroundTruth, preds: Predictions, iou_type: str, per_cla
         from torchmetrics.detection import MeanAveragePrecision
     except ImportError as exc:
         raise UsageError(f"backend 'torchmetrics' is not available: {exc}") from None
+    import json
+    import tempfile
+    from pathlib import Path
+
     from visiontool.services.evaluate import STAT_KEYS
 
     with tempfile.TemporaryDirectory(prefix="vt-tm-") as tmp:
