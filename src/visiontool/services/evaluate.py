@@ -168,7 +168,7 @@ def evaluate(gt: Any, predictions: Any, iou_type: str = "bbox", *, per_class: bo
     engine, note = choose_engine(backend, iou_type, gtobj)
     preds = load_predictions(predictions, gtobj, iou_type, lenient)
     if iou_type == "segm" and len(preds) >= 100_000:
-        release_memory()  # masks: the engine's own peak is near the 0.5 GB budget
+        release_memory(False)  # masks: the engine's own peak is near the 0.5 GB budget
     try:
         stats, prec, rec, cats = run(engine, gtobj, preds, iou_type, per_class, arrays)
     except (UsageError, KeyboardInterrupt, MemoryError):

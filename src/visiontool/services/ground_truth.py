@@ -55,10 +55,10 @@ class GroundTruth:
     {category id: non-crowd annotations}, ``n_annotations`` and ``has_zero_id``.
     """
 
-    def __init__(self, path: str | None, dataset: dict | None, images: list | Callable[[], list], categories: list,
+    def __init__(self, path: str | None, dataset: dict | None, images: list, categories: list,
                  anns: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
                  handles: dict | None = None, zero_id_possible: bool = True, has_annotations: bool = True,
-                 checked: dict | None = None, n_anns: int | None = None):
+                 checked: dict | None = None, n_anns: int | None = None, images_again: Callable | None = None):
         self.path = path
         self._dataset = dataset
         self._handles: dict[str, Any] = dict(handles or {})
@@ -68,9 +68,8 @@ class GroundTruth:
         self.has_annotations = has_annotations
         self._n_anns = n_anns if anns is None else int(anns[0].shape[0])
         # the image dicts are needed again only to map records' file names: an engine handle can
-        # give them back then (``images`` callable), so they need not stay in memory meanwhile
-        self._images, self._categories, self._index = images, categories, None
-        images = images() if callable(images) else images
+        # give them back then (``images_again``), so they need not stay in memory meanwhile
+        self._images, self._categories, self._index = images_again or images, categories, None
         for i, cat in enumerate(categories):
             if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
                 raise InvalidInputError(f"ground truth '{path or '<gt>'}': categories[{i}] needs 'id' and 'name'")
@@ -321,7 +320,6 @@ def _hotcoco_gt(path: str) -> GroundTruth | None:
         if not all(isinstance(im, dict) and isinstance(im.get("id"), int) for im in images):
             return None
         sizes = {im["id"]: (im.get("height"), im.get("width")) for im in images}
-        del images
         n_rle = data.count(b'"counts"')
         if n_rle:
             crowd = [a for a in h.load_anns(h.get_ann_ids(iscrowd=True)) if isinstance(a.get("segmentation"), dict)]
@@ -333,7 +331,7 @@ def _hotcoco_gt(path: str) -> GroundTruth | None:
         del data
     except Exception:  # anything unusual: the precise readers report it
         return None
-    return GroundTruth(path, None, lambda: list(h.imgs.values()), cats, None, {"hotcoco": h},
+    return GroundTruth(path, None, images, cats, None, {"hotcoco": h}, images_again=lambda: list(h.imgs.values()),
                        zero_id_possible=zero,
                        has_annotations=has_anns, n_anns=n, checked={"segm": None})
 
