@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -97,6 +98,44 @@ def test_huge_non_json_prediction_is_refused_from_its_first_bytes(files, tmp_pat
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1 and "is not JSON" in lines[0] and "starts with" in lines[0], err
     assert rss < 250, rss
+
+
+@pytest.mark.parametrize("head", [b"[ hello, world", b'[{"image_id": 1, "bbox": [1, 2, 3, 4], ?'], ids=["words", "garbage"])
+def test_huge_file_with_a_list_bracket_then_garbage(files, tmp_path, head):
+    """`[` and then anything but JSON: the first element is checked from the first bytes, before
+    a native reader loads the whole 2 GiB."""
+    d, _, _ = files
+    p = tmp_path / "big.json"
+    with open(p, "wb") as fh:
+        fh.write(head + b" " * 100)
+        fh.truncate(2 << 30)
+    code, rss, err = _peak_rss_mb(tmp_path, ["evaluate", "--gt", str(d / "gt.json"), "--pred", str(p)])
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "is not valid JSON" in lines[0], err
+    assert rss < 250, rss
+
+
+def test_first_element_longer_than_the_sniffed_bytes(files, tmp_path):
+    """A valid file whose first result is larger than the bytes looked at first is not refused."""
+    d, gt, res = files
+    big = json.loads(json.dumps(res))
+    from pycocotools import mask as mask_utils
+
+    im = next(i for i in gt["images"] if i["id"] == big[0]["image_id"])
+    rle = big[0]["segmentation"]
+    m = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+    flat = m.flatten(order="F").astype(np.int64)
+    runs = np.diff(np.flatnonzero(np.diff(np.concatenate([[-1], flat, [-1]])) != 0)).tolist()
+    runs = ([0] + runs) if flat[0] else runs
+    big[0]["segmentation"] = {"size": [im["height"], im["width"]], "counts": runs * 1}
+    big[0]["bbox"] = [0, 0, 1, 1]
+    for r in big[1:]:
+        r["bbox"] = [0, 0, 1, 1]
+    big[0]["pad"] = "x" * 70_000
+    p = tmp_path / "long_first.json"
+    p.write_text(json.dumps(big))
+    r = run("--gt", d / "gt.json", "--pred", p, "--iou-type", "segm", "--format", "json")
+    assert r.exit_code == 0, r.stderr
 
 
 def test_utf16_prediction_file(files, tmp_path):

@@ -76,12 +76,36 @@ def json_start(head: bytes, label: str) -> int:
     while start < n and head[start] in _WS:
         start += 1
     if start == n:
+        if n >= _HEAD:
+            raise InvalidInputError(f"{label} is not JSON: it starts with {n} bytes of blanks")
         raise InvalidInputError(f"{label} is empty")
     if head[start] not in b"[{":
         snippet = head[start:start + 24].decode("utf-8", "backslashreplace")
         raise InvalidInputError(f"{label} is not JSON: expected a JSON list or object (or JSON lines) but it "
                                 f"starts with {ascii(snippet)}")
+    if head[start] == ord("["):
+        _first_element(head, start, label)
     return start
+
+
+def _first_element(head: bytes, start: int, label: str) -> None:
+    """A list's first element must parse within the first bytes unless they end first: so
+    ``[`` followed by gigabytes of anything else fails here, before a reader loads it all."""
+    import json
+
+    text = head[start + 1:].decode("utf-8", "ignore")
+    body = text.lstrip()
+    if not body or body[0] == "]":
+        return
+    try:
+        json.JSONDecoder().raw_decode(body)
+    except json.JSONDecodeError as exc:
+        # stopped well before the end of what was read (a string running past it is no proof)
+        if len(body) - exc.pos > 64 and not exc.msg.startswith("Unterminated string"):
+            col = start + 2 + (len(text) - len(body)) + exc.pos
+            raise InvalidInputError(f"{label} is not valid JSON: {exc.msg} near byte {col}") from None
+    except RecursionError:
+        raise too_deep(label) from None
 
 
 @dataclass
