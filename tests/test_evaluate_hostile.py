@@ -100,7 +100,8 @@ def test_huge_non_json_prediction_is_refused_from_its_first_bytes(files, tmp_pat
     assert rss < 250, rss
 
 
-@pytest.mark.parametrize("head", [b"[ hello, world", b'[{"image_id": 1, "bbox": [1, 2, 3, 4], ?'], ids=["words", "garbage"])
+@pytest.mark.parametrize("head", [b"[ hello, world", b'[{"image_id": 1, "bbox": [1, 2, 3, 4], ?'],
+                         ids=["words", "garbage"])
 def test_huge_file_with_a_list_bracket_then_garbage(files, tmp_path, head):
     """`[` and then anything but JSON: the first element is checked from the first bytes, before
     a native reader loads the whole 2 GiB."""
