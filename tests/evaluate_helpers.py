@@ -19,6 +19,8 @@ import numpy as np
 
 STAT_KEYS = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large",
              "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large"]
+KEYPOINT_STAT_KEYS = ["map", "map_50", "map_75", "map_medium", "map_large",
+                      "mar", "mar_50", "mar_75", "mar_medium", "mar_large"]
 
 
 def _rle_str(rle: dict) -> dict:
@@ -124,8 +126,11 @@ def oracle(gt: dict, results: list, iou_type: str = "bbox") -> dict:
             x = x[x > -1]
             return float(np.mean(x)) if x.size else -1.0
         per[int(cid)] = {"ap": mean(prec[:, :, k, 0, -1]), "ap_50": mean(prec[0, :, k, 0, -1]),
-                         "ap_75": mean(prec[5, :, k, 0, -1]), "ar_100": mean(rec[:, k, 0, -1])}
-    return {"stats": dict(zip(STAT_KEYS, (float(v) for v in e.stats))), "per_class": per,
+                         "ap_75": mean(prec[5, :, k, 0, -1]),
+                         "ar_20" if iou_type == "keypoints" else "ar_100": mean(rec[:, k, 0, -1])}
+    keys = KEYPOINT_STAT_KEYS if iou_type == "keypoints" else STAT_KEYS
+    assert len(keys) == len(e.stats)
+    return {"stats": dict(zip(keys, (float(v) for v in e.stats))), "per_class": per,
             "precision": prec, "recall": rec}
 
 
@@ -179,3 +184,46 @@ def integer_boxes(results: list) -> list:
         r["bbox"][3] = max(r["bbox"][3], 1.0)
         out.append(r)
     return out
+
+
+def keypoint_set(seed: int = 0, n_images: int = 15, with_boxes: bool = True):
+    """COCO person keypoints: a GT (17 keypoints per person, some invisible, some persons with
+    no visible keypoint, crowd regions) and results near the GT plus random ones, with tied
+    scores; ``with_boxes`` gives each result a ``bbox`` (loadRes' bbox branch: area = w*h)."""
+    rng = np.random.default_rng(seed)
+    images, anns, res = [], [], []
+    aid = 1
+    for i in range(n_images):
+        w_img, h_img = int(rng.integers(200, 400)), int(rng.integers(200, 400))
+        images.append({"id": i + 1, "width": w_img, "height": h_img, "file_name": f"p{i}.jpg"})
+        for k in range(int(rng.integers(0, 5))):
+            w, h = float(rng.uniform(20, 150)), float(rng.uniform(20, 150))
+            x, y = float(rng.uniform(0, w_img - w)), float(rng.uniform(0, h_img - h))
+            kx, ky = rng.uniform(x, x + w, 17), rng.uniform(y, y + h, 17)
+            v = rng.choice([0, 1, 2], 17, p=[.3, .2, .5]) if k != 1 else np.zeros(17, np.int64)
+            kx[v == 0] = 0
+            ky[v == 0] = 0
+            anns.append({"id": aid, "image_id": i + 1, "category_id": 1, "bbox": [x, y, w, h],
+                         "area": round(w * h * 0.7, 2), "iscrowd": int(rng.random() < 0.1),
+                         "keypoints": np.stack([kx, ky, v], 1).reshape(-1).round(2).tolist(),
+                         "num_keypoints": int((v > 0).sum()),
+                         "segmentation": [_box_polygon(x, y, w, h)]})
+            aid += 1
+            for _ in range(int(rng.integers(1, 3))):
+                jit = rng.normal(0, 4, (17, 2))
+                dk = np.stack([kx + jit[:, 0], ky + jit[:, 1], np.ones(17)], 1).reshape(-1).round(2).tolist()
+                r = {"image_id": i + 1, "category_id": 1, "keypoints": dk,
+                     "score": float(rng.choice([0.5, 0.9])) if rng.random() < 0.3 else round(float(rng.random()), 2)}
+                if with_boxes:
+                    r["bbox"] = [round(x + jit[0, 0], 2), round(y + jit[0, 1], 2), round(w, 2), round(h, 2)]
+                res.append(r)
+        for _ in range(int(rng.integers(0, 3))):
+            dk = np.stack([rng.uniform(0, w_img, 17), rng.uniform(0, h_img, 17), np.ones(17)], 1)
+            r = {"image_id": i + 1, "category_id": 1, "keypoints": dk.reshape(-1).round(2).tolist(),
+                 "score": round(float(rng.random()), 2)}
+            if with_boxes:
+                r["bbox"] = [1.0, 1.0, 30.0, 30.0]
+            res.append(r)
+    cats = [{"id": 1, "name": "person", "supercategory": "person",
+             "keypoints": [f"k{j}" for j in range(17)], "skeleton": []}]
+    return {"images": images, "annotations": anns, "categories": cats}, res

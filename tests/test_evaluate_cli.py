@@ -228,7 +228,7 @@ def test_bad_ground_truth(synth, tmp_path):
 
 
 @pytest.mark.parametrize("args,text", [
-    (["--iou-type", "keypoints"], "invalid --iou-type"),
+    (["--iou-type", "mask"], "invalid --iou-type"),
     (["--format", "csv"], "invalid --format"),
     (["--backend", "nope"], "invalid --backend"),
 ])

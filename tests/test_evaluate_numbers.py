@@ -217,3 +217,17 @@ def test_torch_tensors_are_accepted():
            {"image_id": 0, "category_id": 2, "bbox": [0.0, 0.0, 5.0, 5.0], "score": 0.5},
            {"image_id": 1, "category_id": 1, "bbox": [1.0, 1.0, 8.0, 8.0], "score": 0.25}]
     assert_same(evaluate(targets, preds, "bbox", per_class=True), oracle(gt, res, "bbox"))
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_arrays_false_gives_the_same_numbers(coco_dir, iou_type):
+    """Without per-class rows or PR curves the engine may skip copying COCOeval's arrays out:
+    the stats and diagnostics stay the same."""
+    gt_path = coco_dir / "instances_val2014_100.json"
+    dt_path = coco_dir / f"instances_val2014_fake{iou_type}100_results.json"
+    full = evaluate(str(gt_path), str(dt_path), iou_type)
+    lean = evaluate(str(gt_path), str(dt_path), iou_type, arrays=False)
+    assert lean.stats == full.stats and lean.diagnostics == full.diagnostics
+    assert full.precision is not None
+    with_rows = evaluate(str(gt_path), str(dt_path), iou_type, arrays=False, per_class=True)
+    assert with_rows.precision is not None and with_rows.per_class

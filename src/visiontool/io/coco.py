@@ -24,18 +24,26 @@ def _norm_name(name: str) -> str:
 
 
 def load_json_file(path: str | os.PathLike, what: str) -> object:
-    from visiontool.io.readers import check_input_file
+    """A JSON file as Python objects (json's reading: NaN and Infinity tokens accepted). A path
+    that is not a regular file, content that cannot start JSON (checked on its first bytes,
+    before the rest is read), invalid or too deeply nested JSON: one-line errors."""
+    from visiontool.io.json_input import check_input_path, json_start
 
-    p = Path(path)
-    check_input_file(p, what)
+    if check_input_path(str(path), what) == "stream":
+        raise UsageError(f"{what} '{path}' is a pipe or stdin; give it as a file")
     try:
-        with open(p, "rb") as fh:
+        with open(path, "rb") as fh:
+            json_start(fh.read(1 << 16), f"{what} '{path}'")
+            fh.seek(0)
             return json.load(fh)
     except json.JSONDecodeError as exc:
         raise InvalidInputError(f"{what} '{path}' is not valid JSON: {exc.msg} at line {exc.lineno} "
                                 f"column {exc.colno}") from exc
     except UnicodeDecodeError as exc:
         raise InvalidInputError(f"{what} '{path}' is not UTF-8 JSON") from exc
+    except RecursionError:
+        raise InvalidInputError(f"{what} '{path}' is nested too deeply to be COCO data (JSON nested thousands "
+                                f"of levels deep)") from None
 
 
 @dataclass

@@ -1,0 +1,139 @@
+"""Reading a COCO ground truth for evaluation: a light schema read, and the per-iou-type checks.
+
+``read_gt_light`` parses with msgspec only what validation needs (images, categories and
+each annotation's id, category and crowd flag; the segmentation stays unparsed bytes), and
+checks the annotations' schema. ``annotation_problem`` says why an annotation cannot be
+scored for an iou type, as pycocotools' COCOeval reads it: ``bbox`` and ``area`` always,
+``segmentation`` (polygons, RLE or uncompressed RLE, the RLE's counts and size checked as
+a result's are) for segm, ``keypoints`` (51 numbers) and ``num_keypoints`` for keypoints.
+"""
+# no `from __future__ import annotations`: msgspec reads the annotations of the local schema classes
+import os
+from typing import Any
+
+import numpy as np
+
+from visiontool.io.pred_checks import N_KEYPOINT_VALUES, Invalid, number, polygons, rle_problem
+
+
+def read_gt_light(path: str, segm: bool = False):
+    """``(images, categories, (ann ids, ann category ids, ann iscrowd), has_annotations,
+    problem)`` of a COCO GT file, or None if the file does not fit the strict schema (the
+    caller then parses it fully and names what is wrong). With ``segm`` every annotation's
+    segmentation is checked; ``problem`` is the first failure ("annotations[i]: ...") or None."""
+    import mmap
+
+    import msgspec
+
+    global _NONE
+    _NONE = msgspec.Raw()
+
+    class Img(msgspec.Struct, gc=False):
+        id: int
+        file_name: str | None = None
+        width: int | None = None
+        height: int | None = None
+
+    class Cat(msgspec.Struct, gc=False):
+        id: int
+        name: str
+
+    class Ann(msgspec.Struct, gc=False):
+        id: int
+        image_id: int
+        category_id: int
+        bbox: tuple[float, float, float, float]
+        area: float
+        iscrowd: int = 0
+        segmentation: msgspec.Raw = msgspec.Raw()  # empty: absent
+
+    class GT(msgspec.Struct, gc=False):
+        images: list[Img]
+        categories: list[Cat]
+        annotations: list[Ann] | None = None
+
+    try:
+        with open(path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size == 0:
+                return None
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                g = msgspec.json.decode(mm, type=GT)
+                anns = g.annotations or []
+                problem = _segm_problem(anns, g.images) if segm else None
+                for a in anns:
+                    a.segmentation = _NONE  # drop the views into the mapping before it closes
+    except (msgspec.DecodeError, ValueError, OSError, RecursionError, BufferError):
+        return None
+    images = [{"id": im.id, "file_name": im.file_name, "width": im.width, "height": im.height}
+              for im in g.images]
+    cats = [{"id": c.id, "name": c.name} for c in g.categories]
+    n = len(anns)
+    arrays = (np.fromiter((a.id for a in anns), np.int64, n),
+              np.fromiter((a.category_id for a in anns), np.int64, n),
+              np.fromiter((1 if a.iscrowd else 0 for a in anns), np.int64, n))
+    return images, cats, arrays, g.annotations is not None, problem
+
+
+_NONE = None
+
+
+def _segm_problem(anns, images) -> str | None:
+    import msgspec
+
+    sizes = {im.id: (im.height, im.width) for im in images}
+    for i, a in enumerate(anns):
+        raw = a.segmentation
+        head = bytes(memoryview(raw)[:1])
+        if not head or head == b"n":
+            return f"annotations[{i}] has no 'segmentation' (segm evaluation needs masks)"
+        if head == b"[":
+            continue  # polygons: their numbers are checked by the engine's own reader
+        problem = annotation_problem(
+            {"segmentation": msgspec.json.decode(raw), "image_id": a.image_id}, "segm", sizes, full=False)
+        if problem:
+            return f"annotations[{i}]{problem}"
+    return None
+
+
+def annotation_problem(a: Any, iou_type: str, sizes: dict, full: bool = True) -> str | None:
+    """Why annotation ``a`` cannot be scored for ``iou_type`` (text after "annotations[i]"), or
+    None. ``sizes``: {image id: (height, width)}; ``full``: also the keys every iou type needs."""
+    if not isinstance(a, dict):
+        return " is not an object"
+    if full:
+        for key in ("id", "image_id", "category_id", "bbox", "area"):
+            if key not in a:
+                return f" has no '{key}'"
+    try:
+        if iou_type == "segm":
+            seg = a.get("segmentation")
+            if seg is None:
+                return " has no 'segmentation' (segm evaluation needs masks)"
+            if isinstance(seg, list):
+                polygons(seg)
+            elif isinstance(seg, dict) and "counts" in seg and "size" in seg:
+                size = seg["size"]
+                if (not isinstance(size, (list, tuple)) or len(size) != 2
+                        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in size)):
+                    return ".segmentation.size must be [height, width]"
+                want = sizes.get(a.get("image_id"))
+                if want is not None and None not in want and tuple(size) != tuple(want):
+                    return f".segmentation.size {list(size)} differs from its image's size {list(want)}"
+                if not isinstance(seg["counts"], (str, list)):
+                    return ".segmentation.counts must be a string or a list of run lengths"
+                problem = rle_problem(seg["counts"], int(size[0]), int(size[1]))
+                if problem:
+                    return f".segmentation.{problem}"
+            else:
+                return ".segmentation must be polygons or COCO RLE {'size': [h, w], 'counts': ...}"
+        elif iou_type == "keypoints":
+            kps = a.get("keypoints")
+            if kps is None or "num_keypoints" not in a:
+                return " has no 'keypoints' and 'num_keypoints' (keypoints evaluation needs them)"
+            if not isinstance(kps, list) or len(kps) != N_KEYPOINT_VALUES:
+                return f".keypoints must be {N_KEYPOINT_VALUES} numbers (17 COCO keypoints x (x, y, v))"
+            for x in kps:
+                number(x, "keypoints")
+    except Invalid as exc:
+        return f": {exc}"
+    return None

@@ -1,0 +1,356 @@
+"""A COCO ground truth for evaluation, parsed once and reused (compare scores many runs on it).
+
+``GroundTruth.load(path | dict | GroundTruth, iou_type)``; ``gt.require(iou_type)`` checks
+that the annotations carry what that iou type reads (raises one line naming the first that
+does not); ``gt.handle(engine)`` is the engine's own COCO object, built once.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import os
+import re
+import sys
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+
+from visiontool.errors import InvalidInputError, UsageError
+from visiontool.io.gt_read import annotation_problem, read_gt_light
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence engines' progress prints, including those native code writes to fd 1/2."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = []
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):
+            saved.append((fd, os.dup(fd)))
+            os.dup2(devnull, fd)
+        os.close(devnull)
+    except OSError:
+        pass
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for fd, dup in saved:
+            os.dup2(dup, fd)
+            os.close(dup)
+
+
+class GroundTruth:
+    """A COCO ground truth parsed once: lookups for validation plus cached engine handles.
+
+    Attributes: ``path`` (or None), ``index`` (:class:`GroundTruthIndex`), ``image_id_array``
+    (sorted int64), ``image_hw_array`` ((n, 2) height/width, -1 unknown), ``image_sizes``
+    {id: (h, w)}, ``category_id_array`` (sorted), ``category_names`` {id: name},
+    ``has_annotations`` (the file has an ``annotations`` list); lazily: ``gt_counts``
+    {category id: non-crowd annotations}, ``n_annotations`` and ``has_zero_id``.
+    """
+
+    def __init__(self, path: str | None, dataset: dict | None, images: list, categories: list,
+                 anns: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                 handles: dict | None = None, zero_id_possible: bool = True, has_annotations: bool = True,
+                 checked: dict | None = None, n_anns: int | None = None, images_again: Callable | None = None):
+        self.path = path
+        self._dataset = dataset
+        self._handles: dict[str, Any] = dict(handles or {})
+        self._anns = anns
+        self._zero_id_possible = zero_id_possible
+        self._checked: dict[str, str | None] = dict(checked or {})  # iou type -> problem (None: fine)
+        self.has_annotations = has_annotations
+        self._n_anns = n_anns if anns is None else int(anns[0].shape[0])
+        # the image dicts are needed again only to map records' file names: an engine handle can
+        # give them back then (``images_again``), so they need not stay in memory meanwhile
+        self._images, self._categories, self._index = images_again or images, categories, None
+        for i, cat in enumerate(categories):
+            if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
+                raise InvalidInputError(f"ground truth '{path or '<gt>'}': categories[{i}] needs 'id' and 'name'")
+        ids = np.array([int(im["id"]) for im in images], dtype=np.int64)
+        order = np.argsort(ids, kind="stable")
+        self.image_id_array = ids[order]
+        hw = np.array([[_int_or(im.get("height")), _int_or(im.get("width"))] for im in images],
+                      dtype=np.int64).reshape(-1, 2)
+        self.image_hw_array = hw[order]
+        self.category_names = {int(c["id"]): str(c["name"]) for c in categories}
+        self.category_id_array = np.array(sorted(self.category_names), dtype=np.int64)
+        self.category_id_set = set(self.category_names)
+
+    @functools.cached_property
+    def image_sizes(self) -> dict[int, tuple[int, int]]:
+        """{image id: (height, width)} where the GT gives both."""
+        return {i: (h, w) for i, (h, w) in zip(self.image_id_array.tolist(), self.image_hw_array.tolist())
+                if h >= 0 and w >= 0}
+
+    @functools.cached_property
+    def image_id_set(self) -> set[int]:
+        return set(self.image_id_array.tolist())
+
+    @property
+    def label(self) -> str:
+        return f"ground truth '{self.path or '<gt>'}'"
+
+    @property
+    def index(self):
+        """File-name and category-name lookups, a :class:`visiontool.io.coco.GroundTruthIndex`
+        (built on first use: only records need them)."""
+        if self._index is None:
+            from visiontool.io.coco import GroundTruthIndex
+
+            images = self._images() if callable(self._images) else self._images
+            self._index = GroundTruthIndex.from_dict({"images": images, "categories": self._categories},
+                                                     self.path or "<gt>")
+        return self._index
+
+    # -- annotation facts, computed on first use (the fast path never needs them)
+
+    def _ann_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._anns is None:
+            light = read_gt_light(self.path) if self._dataset is None else None
+            if light is not None:
+                self._anns = light[2]
+            else:
+                self._anns = _ann_arrays_of(self.dataset(), self.path or "<gt>")
+        return self._anns
+
+    @property
+    def n_annotations(self) -> int:
+        if self._n_anns is None:
+            self._n_anns = int(self._ann_arrays()[0].shape[0])
+        return self._n_anns
+
+    @property
+    def has_zero_id(self) -> bool:
+        """Whether an annotation has id 0 (pycocotools then scores matches to it as false positives)."""
+        if not self._zero_id_possible:
+            return False
+        return bool((self._ann_arrays()[0] == 0).any())
+
+    @property
+    def gt_counts(self) -> dict[int, int]:
+        h = self._handles.get("hotcoco")
+        if self._anns is None and h is not None:  # columns from the engine's own index
+            counts = {c: len(h.get_ann_ids(cat_ids=[c], iscrowd=False)) for c in self.category_names}
+            return {c: n for c, n in counts.items() if n}
+        _, cats, crowd = self._ann_arrays()
+        u, n = np.unique(cats[crowd == 0], return_counts=True)
+        return {int(c): int(k) for c, k in zip(u.tolist(), n.tolist())}
+
+    def require(self, iou_type: str) -> None:
+        """Raise (one line naming the first annotation) unless every annotation carries what
+        ``iou_type`` reads: segmentation for segm, keypoints for keypoints (bbox and area were
+        checked on loading)."""
+        if iou_type == "bbox":
+            return
+        if iou_type not in self._checked:
+            problem = None
+            sizes = {i: (h if h >= 0 else None, w if w >= 0 else None)
+                     for i, (h, w) in zip(self.image_id_array.tolist(), self.image_hw_array.tolist())}
+            for i, a in enumerate(self.dataset().get("annotations") or []):
+                problem = annotation_problem(a, iou_type, sizes, full=False)
+                if problem:
+                    problem = f"annotations[{i}]{problem}"
+                    break
+            self._checked[iou_type] = problem
+        if self._checked[iou_type]:
+            raise InvalidInputError(f"{self.label}: {self._checked[iou_type]}")
+
+    # -- construction
+
+    @classmethod
+    def load(cls, gt: Any, iou_type: str | None = None) -> GroundTruth:
+        """From a path, a COCO dict, or an existing GroundTruth (returned as is).
+
+        For bbox (or ``iou_type=None``) a path is read by ultrafast-pycocotools' native reader,
+        whose handle the evaluation reuses; otherwise msgspec reads only what validation needs
+        (for segm also checking every segmentation). Either way the annotations' schema is checked."""
+        if isinstance(gt, GroundTruth):
+            return gt
+        if isinstance(gt, dict):
+            return cls._from_dict(gt, None)
+        if isinstance(gt, (str, os.PathLike)):
+            path = str(gt)
+            _check_file(path)
+            if iou_type in (None, "bbox"):
+                native = _native_gt(path)
+                if native is not None:
+                    return native
+            elif iou_type == "segm":
+                native = _hotcoco_gt(path)
+                if native is not None:
+                    return native
+            light = read_gt_light(path, segm=iou_type == "segm")  # validates the annotations' schema too
+            if light is not None:
+                images, cats, arrays, has_anns, problem = light
+                checked = {"segm": problem} if iou_type == "segm" else None
+                return cls(path, None, images, cats, arrays, has_annotations=has_anns, checked=checked)
+            from visiontool.io.coco import load_json_file
+
+            return cls._from_dict(load_json_file(path, "ground truth"), path)
+        raise UsageError(f"unsupported ground truth of type {type(gt).__name__}")
+
+    @classmethod
+    def _from_dict(cls, d: Any, path: str | None) -> GroundTruth:
+        name = path or "<gt>"
+        if not isinstance(d, dict) or not isinstance(d.get("images"), list):
+            raise InvalidInputError(f"ground truth '{name}' has no 'images' list (not a COCO annotation file)")
+        if not isinstance(d.get("categories"), list):
+            raise InvalidInputError(f"ground truth '{name}' has no 'categories' list")
+        for i, im in enumerate(d["images"]):
+            if not isinstance(im, dict) or "id" not in im:
+                raise InvalidInputError(f"ground truth '{name}': images[{i}] has no 'id'")
+        return cls(path, d, d["images"], d["categories"], _ann_arrays_of(d, name),
+                   has_annotations="annotations" in d)
+
+    def dataset(self) -> dict:
+        """The full COCO dict (parsed on first use when loaded from a path). Do not mutate."""
+        if self._dataset is None:
+            from visiontool.io.coco import load_json_file
+
+            self._dataset = load_json_file(self.path, "ground truth")
+        return self._dataset
+
+    def handle(self, engine: str):
+        """The engine's COCO object for this GT, built once (compare reuses it across runs)."""
+        if engine not in self._handles:
+            with quiet():
+                if engine == "ultrafast":
+                    from ultrafast_pycocotools import COCO
+
+                    self._handles[engine] = COCO(self.path if self._dataset is None else self._dataset,
+                                                 verbose=False)
+                elif engine == "hotcoco":
+                    from hotcoco import COCO
+
+                    self._handles[engine] = COCO(self.path if self.path else self._dataset)
+                else:
+                    raise ValueError(engine)
+        return self._handles[engine]
+
+
+def _check_file(path: str) -> None:
+    """A path that is not a regular file, or whose first bytes cannot start JSON: one line."""
+    from visiontool.io.json_input import check_input_path, json_start
+
+    if check_input_path(path, "ground truth") == "stream":
+        raise UsageError(f"ground truth '{path}' is a pipe or stdin; give the ground truth as a file")
+    with open(path, "rb") as fh:
+        json_start(fh.read(1 << 16), f"ground truth '{path}'")
+
+
+_ZERO_ID = re.compile(rb'"id"\s*:\s*-?0(?:\.0*)?(?:[eE][-+]?\d+)?\s*[,}\]]')
+
+
+def _native_gt(path: str) -> GroundTruth | None:
+    """Images and categories from ultrafast-pycocotools' native reader (its columnar GT
+    handle is then reused for the evaluation). That reader requires each annotation's id,
+    image_id, category_id and bbox; a byte scan checks there is one non-null "area" per
+    annotation and rules annotation id 0 in or out. None: use the precise readers."""
+    try:
+        from ultrafast_pycocotools import COCO
+    except ImportError:
+        return None
+    try:
+        with quiet():
+            h = COCO(path, verbose=False)
+        compact, meta = getattr(h, "_compact", None), getattr(h, "_dataset", None)
+        if compact is None or not isinstance(meta, dict) or not isinstance(meta.get("images"), list) \
+                or not isinstance(meta.get("categories"), list):
+            return None
+        with open(path, "rb") as fh:
+            data = fh.read()
+        if data.count(b'"area"') != compact.annotation_count:
+            return None
+        if b"null" in data and re.search(rb'"area"\s*:\s*null', data) is not None:
+            return None
+        images, cats = list(h.imgs.values()), list(h.cats.values())
+        if not all(isinstance(im, dict) and isinstance(im.get("id"), int) for im in images):
+            return None
+        if not all(isinstance(c, dict) and isinstance(c.get("id"), int) and "name" in c for c in cats):
+            return None
+        zero = _ZERO_ID.search(data) is not None
+        has_anns = compact.annotation_count > 0 or b'"annotations"' in data
+        del data
+    except Exception:  # anything unusual (RecursionError included): the precise readers report it
+        return None
+    return GroundTruth(path, None, images, cats, None, {"ultrafast": h}, zero_id_possible=zero,
+                       has_annotations=has_anns, n_anns=int(compact.annotation_count))
+
+
+def _hotcoco_gt(path: str) -> GroundTruth | None:
+    """Images, categories and annotation facts from hotcoco's own reader (its handle is then
+    reused for the evaluation: the GT is parsed once). hotcoco reads leniently, so byte scans
+    check what COCOeval needs of every annotation (one non-null id, image_id, category_id,
+    bbox, area and segmentation each) and the RLE masks are checked as results' are (via the
+    crowd annotations, when they are the only RLE ones). None: use the precise readers."""
+    try:
+        from hotcoco import COCO
+    except ImportError:
+        return None
+    try:
+        with quiet():
+            h = COCO(path)
+        if h.load_warnings:
+            return None
+        ids = h.get_ann_ids()
+        n = len(ids)
+        with open(path, "rb") as fh:
+            data = fh.read()
+        # hotcoco's reader requires image_id and category_id itself; "id" may repeat in images
+        # and categories, so the engine's ann ids are checked for uniqueness instead
+        for key in (b'"area"', b'"bbox"', b'"segmentation"'):
+            if data.count(key) != n:
+                return None
+        if b"null" in data and re.search(rb'"(?:id|image_id|category_id|area|bbox|segmentation)"\s*:\s*null',
+                                        data) is not None:
+            return None
+        if b'"images"' not in data or b'"categories"' not in data:
+            return None
+        zero = 0 in set(ids)
+        if zero and _ZERO_ID.search(data) is None:
+            return None  # hotcoco numbers an annotation without "id" 0: the light reader names it
+        images, cats = list(h.imgs.values()), list(h.cats.values())
+        if not all(isinstance(im, dict) and isinstance(im.get("id"), int) for im in images):
+            return None
+        sizes = {im["id"]: (im.get("height"), im.get("width")) for im in images}
+        n_rle = data.count(b'"counts"')
+        if n_rle:
+            crowd = [a for a in h.load_anns(h.get_ann_ids(iscrowd=True)) if isinstance(a.get("segmentation"), dict)]
+            if len(crowd) != n_rle:
+                return None  # RLE masks beyond the crowd regions: the light reader checks them all
+            if any(annotation_problem(a, "segm", sizes, full=False) for a in crowd):
+                return None  # the light reader names the annotation by its index in the file
+        has_anns = n > 0 or b'"annotations"' in data
+        del data
+    except Exception:  # anything unusual: the precise readers report it
+        return None
+    return GroundTruth(path, None, images, cats, None, {"hotcoco": h}, images_again=lambda: list(h.imgs.values()),
+                       zero_id_possible=zero,
+                       has_annotations=has_anns, n_anns=n, checked={"segm": None})
+
+
+def _ann_arrays_of(d: dict, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    anns = d.get("annotations", [])
+    if not isinstance(anns, list):
+        raise InvalidInputError(f"ground truth '{name}': 'annotations' is not a list")
+    for i, a in enumerate(anns):
+        problem = annotation_problem(a, "bbox", {})
+        if problem:
+            raise InvalidInputError(f"ground truth '{name}': annotations[{i}]{problem}")
+    return (np.array([int(a["id"]) for a in anns], dtype=np.int64),
+            np.array([int(a["category_id"]) for a in anns], dtype=np.int64),
+            np.array([1 if a.get("iscrowd") else 0 for a in anns], dtype=np.int64))
+
+
+def _int_or(v: Any) -> int:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return -1
