@@ -228,3 +228,65 @@ def load_coco_results(gt: Path, results: list[dict]):
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(gt))
         return coco, coco.loadRes(results) if results else None
+
+
+# ----------------------------------------------------------------------------- Ultralytics
+COCO80 = ["person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+          "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+          "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+          "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+          "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+          "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+          "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
+          "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+          "teddy bear", "hair drier", "toothbrush"]
+
+
+def build_yolo(yaml: str, path: Path, images=None, seed: int = 0) -> Path:
+    """An Ultralytics model from its packaged ``yaml`` with COCO's 80 names, batch-norms
+    calibrated on ``images`` and class logits spread out (random YOLO heads start at a 1 %
+    prior: nothing would be detected), saved with ``Model.save`` for ``ultralytics:PATH``."""
+    import torch
+
+    from visiontool.models.ultralytics import import_ultralytics
+
+    import_ultralytics()  # settings into visiontool's (test) cache, quiet, offline
+    from ultralytics import YOLO
+
+    torch.manual_seed(seed)
+    model = YOLO(yaml)
+    net = model.model
+    net.names = dict(enumerate(COCO80))
+    g = torch.Generator().manual_seed(seed + 1)
+    if images:  # as Ultralytics' predict sees them: letterboxed to 640 (each alone: a minimal rectangle)
+        from ultralytics.data.augment import LetterBox
+
+        boxed = [LetterBox((640, 640), auto=True, stride=32)(image=np.asarray(im)) for im in images]
+        shape = boxed[0].shape
+        batch = torch.stack([torch.from_numpy(b).permute(2, 0, 1).float() / 255 for b in boxed if b.shape == shape])
+    else:
+        batch = torch.rand(2, 3, 448, 640, generator=g)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    with torch.no_grad():
+        net.train()
+        net(batch)
+        net.eval()
+        head = net.model[-1]
+        finals = [branch[-1] for branch in head.cv3]  # the class-logit convs, one per level
+        outs: list = []
+        hooks = [f.register_forward_hook(lambda mod, i, o: outs.append(o.flatten())) for f in finals]
+        for f in finals:
+            f.bias.zero_()
+        net(batch)
+        for h in hooks:
+            h.remove()
+        std = float(torch.cat(outs).std())
+        for f in finals:
+            f.weight.mul_(0.4 / std)  # sigmoid scores: a narrow spread keeps them off 1.0
+    for m in norms:
+        m.momentum = 0.03
+    model.save(str(path))
+    return Path(path)
