@@ -90,3 +90,11 @@ def test_cli_coco_output_for_a_transformers_family(models, photos, tmp_path):
     assert len(res.getAnnIds()) == sum(len(x.detections) for x in run.results)
     assert np.isclose(rows[0]["score"], max(float(x.detections.scores.max()) for x in run.results
                                             if len(x.detections) and x.image.endswith(Path(pngs[0]).name)))
+
+
+def test_text_on_a_closed_vocabulary_model_is_exit_2(models, photos):
+    from cli_helpers import one_error_line
+
+    r = runner.invoke(app, ["detect", str(sorted(photos.glob("*.png"))[0]), "-m", str(models("detr")), "--text", "dog",
+                            "--device", "cpu"])
+    assert "--text needs an open-vocabulary model" in one_error_line(r, 2)

@@ -159,3 +159,15 @@ def test_bad_specs(yolo, photos, tmp_path, monkeypatch):
     assert "not a model Ultralytics can load" in one_error_line(r, 1)
     r = runner.invoke(app, ["detect", photo, "-m", f"ultralytics:{yolo['detect']}", "--text", "dog"])
     assert "--text needs an open-vocabulary model" in one_error_line(r, 2)
+
+
+def test_importing_ultralytics_leaves_other_libraries_alone(yolo):
+    """Ultralytics replaces PIL.Image.open (unidentifiable files then import or install pi-heif)
+    and torch.save on import; visiontool puts them back."""
+    import torch
+    from PIL import Image
+
+    from visiontool.models.registry import load_detector
+
+    load_detector(f"ultralytics:{yolo['detect']}", "cpu", "float32")
+    assert Image.open.__module__ == "PIL.Image" and torch.save.__module__ == "torch.serialization"

@@ -95,12 +95,20 @@ def configure() -> None:
 
 
 def import_ultralytics():
+    """Import Ultralytics configured as above, and undo what its import changes in other
+    libraries: it replaces ``PIL.Image.open`` (an unidentifiable file then makes it import, or
+    pip-install, pi-heif instead of raising PIL's error) and ``torch.save``, and sets OpenCV's
+    thread count and NumPy's print options."""
     from visiontool.errors import require
 
     configure()
+    first = "ultralytics" not in sys.modules
+    saved = _globals() if first else None
     with contextlib.redirect_stdout(sys.stderr):  # first import may announce its settings file on stdout
         mod = require("ultralytics", "ultralytics: models", "yolo")
         from ultralytics.utils import LOGGER, SETTINGS
+    if saved is not None:
+        _restore(saved)
 
     import logging
 
@@ -113,6 +121,38 @@ def import_ultralytics():
         if SETTINGS.get("sync") or SETTINGS.get("hub"):
             SETTINGS.update(sync=False, hub=False)
     return mod
+
+
+def _globals() -> dict:
+    import numpy as np
+    from PIL import Image
+
+    saved = {"pil_open": Image.open, "np_print": np.get_printoptions()}
+    with contextlib.suppress(ImportError):
+        import torch
+
+        saved["torch_save"] = torch.save
+    with contextlib.suppress(ImportError):
+        import cv2
+
+        saved["cv2_threads"] = cv2.getNumThreads()
+    return saved
+
+
+def _restore(saved: dict) -> None:
+    import numpy as np
+    from PIL import Image
+
+    Image.open = saved["pil_open"]
+    np.set_printoptions(**saved["np_print"])
+    if "torch_save" in saved:
+        import torch
+
+        torch.save = saved["torch_save"]
+    if "cv2_threads" in saved:
+        import cv2
+
+        cv2.setNumThreads(saved["cv2_threads"])
 
 
 def warm(spec: str) -> None:
