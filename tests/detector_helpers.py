@@ -100,8 +100,8 @@ def calibrate_heads(model, images, rounds: int = 2) -> None:
         heads.score_thresh, heads.detections_per_img = 0.0, 20
         for _ in range(rounds):
             seen: dict[str, list] = {}
-            hooks = [m.register_forward_hook(lambda mod, i, o, n=n: seen.setdefault(n, []).append(o.flatten()))
-                     for n, (m, _) in finals.items()]
+            hooks = [m.register_forward_hook(lambda mod, i, o, n=n, seen=seen: seen.setdefault(n, []).append(
+                o.flatten())) for n, (m, _) in finals.items()]
             try:
                 model(images)
             finally:

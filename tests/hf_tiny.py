@@ -72,8 +72,8 @@ def config_for(family: str):
     if family == "dab-detr":
         return _detr_like("DabDetrConfig")
     if family == "deformable_detr":
-        return _detr_like("DeformableDetrConfig", decoder_layers=2, multi_scale=True, num_feature_levels=3, encoder_n_points=2,
-                          decoder_n_points=2)
+        return _detr_like("DeformableDetrConfig", decoder_layers=2, multi_scale=True, num_feature_levels=3,
+                          encoder_n_points=2, decoder_n_points=2)
     if family == "yolos":
         return T.YolosConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                              image_size=[128, 192], patch_size=16, num_detection_tokens=12, **_labels())

@@ -119,7 +119,8 @@ def build_universal(family: str, path: Path, seed: int = 0) -> Path:
     elif family == "oneformer":
         tok = clip_tokenizer(path / "tok", max_length=77)
         swin = _swin(("stage1", "stage2", "stage3", "stage4"), embed_dim=16)
-        cfg = T.OneFormerConfig(backbone_config=swin, conv_dim=32, mask_dim=32, hidden_dim=32, encoder_feedforward_dim=64,
+        cfg = T.OneFormerConfig(backbone_config=swin, conv_dim=32, mask_dim=32, hidden_dim=32,
+                                encoder_feedforward_dim=64,
                                 encoder_layers=1, decoder_layers=2, num_attention_heads=2, dim_feedforward=64,
                                 num_queries=10, text_encoder_width=32, text_encoder_num_layers=1,
                                 text_encoder_vocab_size=len(tok), text_encoder_context_length=77, text_encoder_n_ctx=4,
@@ -128,7 +129,8 @@ def build_universal(family: str, path: Path, seed: int = 0) -> Path:
         (path / "tiny_classes.json").write_text(json.dumps({str(k): {"name": v, "isthing": 1}
                                                             for k, v in NAMES.items()}))
         image_processor = T.OneFormerImageProcessor(size=SIZE, class_info_file="tiny_classes.json",
-                                                    repo_path=str(path), num_text=cfg.num_queries - cfg.text_encoder_n_ctx)
+                                                    repo_path=str(path),
+                                                    num_text=cfg.num_queries - cfg.text_encoder_n_ctx)
         processor = T.OneFormerProcessor(image_processor=image_processor, tokenizer=tok)
     elif family == "eomt":
         cfg = T.EomtConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=128, patch_size=16,

@@ -4,8 +4,6 @@ AP-vs-images/s frontier plot, a failing model's row, and segm with and without m
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -28,7 +26,8 @@ def setup(tmp_path_factory, images_dir):
     photos = small_photos(d / "photos", images_dir)
     images = [Image.open(p).convert("RGB") for p in sorted(photos.glob("*.png"))]
     tv, _ = save_torchvision(TV, d / "tv.pth", images=images)
-    specs = {"faster": f"torchvision:{TV}:{tv}", "yolo": f"ultralytics:{build_yolo('yolov8n.yaml', d / 'y.pt', images)}",
+    yolo = build_yolo("yolov8n.yaml", d / "y.pt", images)
+    specs = {"faster": f"torchvision:{TV}:{tv}", "yolo": f"ultralytics:{yolo}",
              "rtdetr": str(build_detector("rt_detr", d / "rtdetr")),
              "m2f": str(build_universal("mask2former", d / "m2f"))}
     # the ground truth: the torchvision model's own confident detections, named like its COCO labels

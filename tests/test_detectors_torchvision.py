@@ -12,8 +12,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli_helpers import assert_user_error, one_error_line
-from detector_helpers import (TV_RCNN, TV_SIZES, assert_same_detections, load_coco_results, save_torchvision, small_photos,
-                              torchvision_native, write_gt)
+from detector_helpers import (TV_RCNN, TV_SIZES, assert_same_detections, load_coco_results, save_torchvision,
+                              small_photos, torchvision_native, write_gt)
 from visiontool.cli.main import app
 from visiontool.models.protocol import DetectOptions
 
@@ -224,7 +224,7 @@ def test_default_weights_failing_the_hash_check_is_one_line(served_weights, imag
     point, _, _ = served_weights
     cached = point("bad-00000000.pth")
     r = runner.invoke(app, ["detect", str(_png(images[0], tmp_path)), "-m", f"torchvision:{FAST}", "--device", "cpu"])
-    line = assert_user_error(r, 1, "hash", "bad-00000000.pth")  # after the download's progress on stderr
+    assert_user_error(r, 1, "hash", "bad-00000000.pth")  # one error line after the download's progress
     assert r.stdout == "" and "Downloading" in r.stderr
     assert not cached.exists()  # nothing half-written is left in the cache
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli_helpers import assert_user_error, one_error_line
+from cli_helpers import one_error_line
 from detector_helpers import assert_same_detections, build_yolo, load_coco_results, small_photos, write_gt
 from visiontool.cli.main import app
 from visiontool.models.protocol import DetectOptions
@@ -150,7 +150,8 @@ def test_bad_specs(yolo, photos, tmp_path, monkeypatch):
     # a real name that is not in the cache, offline: the file and where to put it
     r = runner.invoke(app, ["detect", photo, "-m", "ultralytics:yolo11s-seg.pt", "--device", "cpu"])
     line = one_error_line(r, 1)
-    assert "yolo11s-seg.pt" in line and str(Path(os.environ["VISIONTOOL_CACHE"]) / "checkpoints" / "ultralytics") in line
+    where = Path(os.environ["VISIONTOOL_CACHE"]) / "checkpoints" / "ultralytics"
+    assert "yolo11s-seg.pt" in line and str(where) in line
     # a .pt that is not an Ultralytics model (a plain state dict)
     import torch
 

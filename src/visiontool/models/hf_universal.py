@@ -115,7 +115,7 @@ class UniversalSegmenter:
         else:
             res = proc.post_process_instance_segmentation(outputs, threshold=threshold, target_sizes=sizes)
         dets = []
-        for r, (h, w) in zip(res, sizes):
+        for r in res:
             info = r["segments_info"]
             seg = r["segmentation"]
             if not info or seg is None:
