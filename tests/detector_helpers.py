@@ -256,7 +256,7 @@ def build_yolo(yaml: str, path: Path, images=None, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = YOLO(yaml)
     net = model.model
-    net.names = dict(enumerate(COCO80))
+    net.names = dict(enumerate(COCO80[:net.model[-1].nc]))  # 80 classes (a pose model: 1, person)
     g = torch.Generator().manual_seed(seed + 1)
     if images:  # as Ultralytics' predict sees them: letterboxed to 640 (each alone: a minimal rectangle)
         from ultralytics.data.augment import LetterBox

@@ -172,3 +172,21 @@ def test_importing_ultralytics_leaves_other_libraries_alone(yolo):
 
     load_detector(f"ultralytics:{yolo['detect']}", "cpu", "float32")
     assert Image.open.__module__ == "PIL.Image" and torch.save.__module__ == "torch.serialization"
+
+
+def test_pose_models_fill_the_keypoints_column(images, tmp_path):
+    from visiontool.convert import to_coco_results
+    from visiontool.models.registry import load_detector
+    from visiontool.types import ImageResult
+
+    path = build_yolo("yolov8n-pose.yaml", tmp_path / "pose.pt", images)
+    det = load_detector(f"ultralytics:{path}", "cpu", "float32")
+    assert "keypoints" in det.info.capabilities and det.info.extra["task"] == "pose"
+    ours = det.predict(images[:1], DetectOptions(threshold=0.2, max_det=5))[0]
+    ref = native(path).predict(images[0], conf=0.2, max_det=5, verbose=False)[0]
+    kp = ours.data["keypoints"]
+    assert kp.shape == (len(ours), 17, 3) and len(ours) == len(ref.boxes) > 0
+    order = np.argsort(-ref.boxes.conf.numpy(), kind="stable")
+    assert np.abs(kp - ref.keypoints.data.numpy()[order]).max() <= 1e-4
+    rows = to_coco_results(ImageResult("a.png", images[0].width, images[0].height, "m", image_id=1, detections=ours))
+    assert all(len(r["keypoints"]) == 51 for r in rows)
