@@ -50,6 +50,7 @@ from visiontool.types import Detections, Timings
 PREFIX = "torchvision"
 MASK_THRESHOLD = 0.5  # torchvision's masks are probabilities; > 0.5 is the object
 PASTE_CHUNK = 16  # masks pasted at once (each an (H, W) float32 plane)
+ROI_HEADS_CONTIGUOUS = True  # R-CNN RoI heads stay NCHW when the rest runs channels-last (see TorchvisionDetector)
 
 
 @dataclass(frozen=True)
@@ -287,6 +288,12 @@ def load(spec: str, device: str, precision, text: bool = False, optimize: bool =
                                keypoint_names=list(meta.get("keypoint_names") or []))
 
 
+def _contiguous_features(module, args):
+    """RoIHeads' forward pre-hook: its feature maps in the default (NCHW) layout."""
+    features = args[0]
+    return (type(features)((k, v.contiguous()) for k, v in features.items()),) + tuple(args[1:])
+
+
 def _prepared_transform(real):
     """A module standing in for the model's transform during a forward: it hands over the
     images already transformed one by one (so a batch is exactly what each image gets
@@ -328,6 +335,12 @@ class TorchvisionDetector:
         self.model = model
         params = sum(p.numel() for p in model.parameters())  # as built, before norms are folded away
         extra = prepare(model, device, optimize)
+        if arch.kind == "rcnn" and extra.get("channels_last") and ROI_HEADS_CONTIGUOUS:
+            # measured: RoIAlign on channels-last features and the box/mask heads' convolutions on
+            # (1000, 256, 7, 7) crops run slower channels-last; the backbone and RPN run faster
+            model.roi_heads.to(memory_format=torch.contiguous_format)
+            model.roi_heads.register_forward_pre_hook(_contiguous_features)
+            extra["roi_heads"] = "contiguous"
         self.transform = model.transform
         self.prepared = _prepared_transform(model.transform)
         heads = model.roi_heads if arch.kind == "rcnn" else model
