@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: venv demo test bench bench-detect bench-evaluate bench-segment bench-video lint clean
+.PHONY: venv demo test bench bench-detect bench-detectors bench-evaluate bench-segment bench-video lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,10 +21,13 @@ demo: venv
 test: venv
 	$(PY) -m pytest -q
 
-bench: bench-detect bench-evaluate bench-segment bench-video
+bench: bench-detect bench-detectors bench-evaluate bench-segment bench-video
 
 bench-detect: venv
 	$(PY) benchmarks/detect.py
+
+bench-detectors: venv
+	$(PY) benchmarks/detectors.py
 
 bench-evaluate: venv
 	$(PY) benchmarks/evaluate.py

@@ -160,8 +160,8 @@ def _write(result, out_format: str, output: Optional[str], per_class: bool, top:
         if out_format == "json":
             fh.write(json.dumps(result.to_dict()) + "\n")
             return
-        from visiontool.render.compare_tables import accuracy_table, cost_table, per_class_table
+        from visiontool.render.compare_tables import accuracy_table, detector_table, per_class_table
         from visiontool.render.console import print_tables
 
-        print_tables(fh, accuracy_table(result), cost_table(result),
+        print_tables(fh, accuracy_table(result), detector_table(result),
                      per_class_table(result, top) if per_class else None)

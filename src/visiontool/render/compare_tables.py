@@ -63,23 +63,37 @@ def _f(x, spec: str) -> str:
     return "–" if x is None else format(x, spec)
 
 
-def cost_table(result) -> Table | None:
-    """Parameters, ms per image by stage, throughput, peak memory, NMS, duplicate rate (models only)."""
+DETECTOR_STATS = (("AP", "map"), ("AP50", "map_50"), ("AP75", "map_75"), ("APs", "map_small"),
+                  ("APm", "map_medium"), ("APl", "map_large"))
+
+
+def detector_table(result) -> Table | None:
+    """The detector comparison, one row per model: paradigm, NMS, parameters, throughput and ms
+    per stage on this machine, peak memory, COCO AP (all, .50, .75, small/medium/large) and the
+    duplicate rate. Failed models keep their row (dashes)."""
     runs = [r for r in result.runs if r.kind == "model"]
     if not runs:
         return None
-    t = Table(title="models: cost and duplicates (duplicate = overlaps a higher-scoring same-class "
-                    "detection at IoU > 0.7)")
-    for col in ("run", "params", "pre ms", "infer ms", "post ms", "img/s", "peak MB", "NMS", "dup rate"):
-        t.add_column(col, justify="left" if col in ("run", "NMS") else "right")
+    t = Table(title=f"detectors on this machine ({result.iou_type} AP; duplicate = overlaps a higher-scoring "
+                    "same-class detection at IoU > 0.7)")
+    cols = ("model", "paradigm", "NMS", "params", "img/s", "pre ms", "infer ms", "post ms", "peak MB",
+            *[label for label, _ in DETECTOR_STATS], "dup rate")
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("model", "paradigm", "NMS") else "right")
     for r in runs:
         ms = r.ms_per_image or {}
         nms = "–" if r.error else ("no" if r.needs_nms is False else "yes" if r.needs_nms else "unknown")
-        t.add_row(r.name, _fmt_params(r.params), _f(ms.get("preprocess"), ".1f"), _f(ms.get("inference"), ".1f"),
-                  _f(ms.get("postprocess"), ".1f"), _f(r.images_per_s, ".2f"), _f(r.peak_memory_mb, ".0f"), nms,
+        mark = "≥" if r.incomplete else ""
+        stats = [mark + _v(None if r.stats is None else r.stats[k]) for _, k in DETECTOR_STATS]
+        t.add_row(r.name, r.paradigm or "–", nms, _fmt_params(r.params), _f(r.images_per_s, ".2f"),
+                  _f(ms.get("preprocess"), ".1f"), _f(ms.get("inference"), ".1f"), _f(ms.get("postprocess"), ".1f"),
+                  _f(r.peak_memory_mb, ".0f"), *stats,
                   _f(None if r.duplicate_rate is None else 100 * r.duplicate_rate, ".1f") +
                   ("%" if r.duplicate_rate is not None else ""))
     return t
+
+
+cost_table = detector_table  # the former name
 
 
 def per_class_table(result, top: int = 10) -> Table | None:

@@ -110,7 +110,8 @@ def compare(
     or visiontool json/jsonl records, lists of dicts). ``models``: hub ids or local
     directories, run on ``images`` (files, directories, globs; only those the GT names are
     run) with the shared ``threshold`` (default 0.0: AP needs low-score detections),
-    ``max_det``, ``batch_size``, ``device``, ``dtype``. ``names`` label the runs in order
+    ``max_det``, ``batch_size``, ``device``, ``dtype``; with ``iou_type="segm"`` a model that makes
+    no masks gets an error row. ``names`` label the runs in order
     (files first, then models). ``save_preds``: a directory receiving each model's COCO
     results as ``<name>.json``. ``warmup``: run each model on one image before timing it
     (and, once, the first model before any memory is measured), so no model is charged for
@@ -137,8 +138,6 @@ def compare(
         raise UsageError("--model needs --images DIR (the images the ground truth describes)")
     if images is not None and not models:
         raise UsageError("--images is only used with --model")
-    if models and iou_type == "segm":
-        raise UsageError("--iou-type segm needs prediction files with masks; detection models give boxes")
     total = len(preds) + len(models)
     names = list(names or [])
     if len(names) > total:
@@ -180,9 +179,10 @@ def compare(
         say(f"compare: [{k + 1}/{len(models)}] {name}: detecting on {len(named_images)} image"
             f"{'s' if len(named_images) != 1 else ''}")
         run, results = _run_model(model, name, named_images, gtobj, threshold=threshold, max_det=max_det,
-                         batch_size=batch_size, device=device, dtype=dtype, warn=tell,
-                         duplicate_iou=duplicate_iou, duplicate_min_score=duplicate_min_score,
-                         warmup=warmup, first=not any(r.kind == "model" and r.error is None for r in runs))
+                                  batch_size=batch_size, device=device, dtype=dtype, warn=tell,
+                                  duplicate_iou=duplicate_iou, duplicate_min_score=duplicate_min_score,
+                                  warmup=warmup, first=not any(r.kind == "model" and r.error is None for r in runs),
+                                  iou_type=iou_type)
         if run.error is None:
             if save_preds is not None:
                 run.saved_to = str(_save(results, save_preds, name))
@@ -232,7 +232,7 @@ def _images_in_gt(images: Any, recursive: bool, gtobj, tell: Callable[[str], Non
 def _run_model(model: str, name: str, named_images: list[str], gtobj, *, threshold: float, max_det: int,
                batch_size: int, device: str, dtype: str, warn: Callable[[str], None],
                duplicate_iou: float, duplicate_min_score: float, warmup: bool = True,
-               first: bool = False) -> tuple[CompareRun, list[dict]]:
+               first: bool = False, iou_type: str = "bbox") -> tuple[CompareRun, list[dict]]:
     """Load, run and time one model through detect's path; memory released before and after.
 
     Peak memory covers the load, the warm-up image and the timed pass; the timings are the
@@ -242,7 +242,7 @@ def _run_model(model: str, name: str, named_images: list[str], gtobj, *, thresho
     from visiontool.models import loader
     from visiontool.services.detect import run_detect
 
-    run = CompareRun(name, "model", model)
+    run = CompareRun(name, "model", model, iou_type)
     common = dict(threshold=threshold, max_det=max_det, device=device, dtype=dtype, gt=gtobj.index,
                   raise_on_failure=False, warn=warn)
     _release()
@@ -280,6 +280,12 @@ def _run_model(model: str, name: str, named_images: list[str], gtobj, *, thresho
     run.images = t.images
     run.failed_images = list(det.failed)
     ok = [r for r in det.results if not r.error]
+    if iou_type == "segm" and not info.can("masks"):
+        run.error = (f"{info.family} ({info.backend}) gives boxes only: --iou-type segm needs a model that makes "
+                     "masks (Mask R-CNN, an Ultralytics -seg model, Mask2Former/OneFormer/EoMT)")
+        del det
+        _release()
+        return run, []
     run.duplicate_rate = duplicate_rate(ok, duplicate_min_score, duplicate_iou)
     stats: dict = {}
     coco: list[dict] = []
