@@ -1,0 +1,357 @@
+"""The prompt encoder and mask decoder of transformers' SAM-family models, in numpy (no torch).
+
+On an embedding-cache hit only these small heads run, so a new prompt on a known image needs
+neither torch nor transformers (importing them alone takes seconds).
+
+* SAM (``model_type`` sam): transformers' ``SamModel`` heads are segment-anything's, weight for
+  weight; their arrays are renamed to segment-anything's names and served by
+  :class:`~visiontool.models.sam_decoder.NumpySamDecoder` (the official adapter's decoder).
+* SAM 2 / 2.1, EdgeTAM and SAM 3's tracker share one head (``Sam2PromptEncoder`` +
+  ``Sam2MaskDecoder``: an object-score token, high-resolution skip features, a sigmoid IoU
+  head and "dynamic multimask" — a single-mask answer whose stability is below 0.98 is
+  replaced by the best of the three multimask answers): :class:`Sam2Decoder`.
+
+Shapes: features ``(s0 (C/8, 4g, 4g), s1 (C/4, 2g, 2g), emb (C, g, g))`` as
+``Sam2Model.get_image_embeddings`` returns them (``no_memory_embedding`` added); coordinates
+in the model's input frame (``image_size`` pixels square, XY); boxes XYXY in that frame;
+low-res mask logits ``(B, M, 4g, 4g)``.
+
+Attention between the few prompt tokens (T ≈ 5-9) and the N = g² image positions is evaluated
+by associativity where that is cheaper — ``(q Wk)(X + PE)^T`` and ``(A X) Wv^T`` instead of
+projecting N keys and values per prompt, ``A (V Wo^T)`` instead of ``(A V) Wo^T`` — exact up to
+float rounding (a per-row constant dropped before a softmax does not change it). The image
+side of the first block is the same for every prompt and is projected once per image.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from visiontool.models.sam_decoder import gelu, layer_norm, softmax
+
+F32 = np.float32
+
+
+def _lin(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """``nn.Linear``: x (..., in) @ W^T (W is (out, in))."""
+    y = x @ w.T
+    if b is not None:
+        y += b
+    return y
+
+
+def _conv2x2(x: np.ndarray, k: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Conv2d(kernel 2, stride 2) on channels-last (H, W, Ci) with weight (Co, Ci, 2, 2)."""
+    hh, ww, ci = x.shape
+    co = k.shape[0]
+    p = x.reshape(hh // 2, 2, ww // 2, 2, ci).transpose(0, 2, 4, 1, 3).reshape(hh // 2, ww // 2, ci * 4)
+    return p @ k.reshape(co, ci * 4).T + bias
+
+
+# ----------------------------------------------------------------------------- SAM 1
+def official_sam_arrays(w: dict, image_size: int, grid: int) -> dict:
+    """transformers ``SamModel`` prompt-encoder / mask-decoder arrays under segment-anything's
+    names (what :class:`~visiontool.models.sam_decoder.NumpySamDecoder` reads)."""
+    out = {"__img_size__": np.array(image_size), "__embed_grid__": np.array(grid),
+           "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix": w["shared_image_embedding.positional_embedding"]}
+    pe_map = {"mask_embed.conv1": "mask_downscaling.0", "mask_embed.layer_norm1": "mask_downscaling.1",
+              "mask_embed.conv2": "mask_downscaling.3", "mask_embed.layer_norm2": "mask_downscaling.4",
+              "mask_embed.conv3": "mask_downscaling.6"}
+    for k, v in w.items():
+        if k.startswith("prompt_encoder."):
+            rest = k[len("prompt_encoder."):]
+            for a, b in pe_map.items():
+                if rest.startswith(a + "."):
+                    rest = b + rest[len(a):]
+            if rest.startswith("point_embed."):
+                rest = "point_embeddings." + rest[len("point_embed."):]
+            out["prompt_encoder." + rest] = v
+        elif k.startswith("mask_decoder."):
+            out[_official_decoder_name(k, w)] = v
+    return out
+
+
+def _official_decoder_name(k: str, w: dict) -> str:
+    import re
+
+    k = k.replace("upscale_conv1", "output_upscaling.0").replace("upscale_layer_norm", "output_upscaling.1")
+    k = k.replace("upscale_conv2", "output_upscaling.3").replace("layer_norm_final_attn", "norm_final_attn")
+    k = re.sub(r"(transformer\.layers\.\d+)\.layer_norm(\d)", r"\1.norm\2", k)
+    m = re.match(r"(mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head))\.(proj_in|proj_out|layers\.(\d+))\.(.*)", k)
+    if m:
+        head, part, mid, tail = m.groups()
+        n_mid = len({x.split(".")[-2] for x in w if x.startswith(head + ".layers.")})
+        idx = 0 if part == "proj_in" else n_mid + 1 if part == "proj_out" else int(mid) + 1
+        k = f"{head}.layers.{idx}.{tail}"
+    return k
+
+
+def sam1_decoder(w: dict, image_size: int, grid: int, num_heads: int):
+    from visiontool.models.sam_decoder import NumpySamDecoder
+
+    dec = NumpySamDecoder(official_sam_arrays(w, image_size, grid))
+    dec.num_heads = num_heads  # segment-anything's is always 8; transformers' config says
+    return dec
+
+
+# ----------------------------------------------------------------------------- SAM 2 family
+class Sam2Decoder:
+    """``Sam2PromptEncoder`` + ``Sam2MaskDecoder`` (SAM 2/2.1, EdgeTAM, SAM 3 tracker) in numpy."""
+
+    def __init__(self, w: dict, image_size: int, grid: int, num_heads: int = 8, dynamic: bool = True,
+                 delta: float = 0.05, thresh: float = 0.98, ln_eps: float = 1e-6):
+        self.w = {k: np.ascontiguousarray(v, dtype=F32) for k, v in w.items()}
+        self.img_size = int(image_size)
+        self.grid = int(grid)
+        self.h = int(num_heads)
+        self.dynamic, self.delta, self.thresh = bool(dynamic), float(delta), float(thresh)
+        self.ln_eps = float(ln_eps)
+        self.dim = int(self.w["prompt_encoder.no_mask_embed.weight"].shape[1])
+        self.n_mask_tokens = int(self.w["mask_decoder.mask_tokens.weight"].shape[0])
+        self.depth = len({k.split(".")[3] for k in self.w if k.startswith("mask_decoder.transformer.layers.")})
+        self._dense_pe: np.ndarray | None = None
+        self._cache: dict = {}
+
+    # --------------------------------------------------------------- prompt encoder
+    def _pe(self, coords01: np.ndarray, key: str) -> np.ndarray:
+        g = self.w[key]
+        c = (F32(2.0) * coords01.astype(F32) - F32(1.0)) @ g
+        c *= F32(2 * np.pi)
+        return np.concatenate([np.sin(c), np.cos(c)], axis=-1)
+
+    def dense_pe(self) -> np.ndarray:
+        """(g*g, C) positional encoding of the embedding grid, row-major (y, x)."""
+        if self._dense_pe is None:
+            g = self.grid
+            ax = (np.arange(g, dtype=F32) + F32(0.5)) / F32(g)
+            xs, ys = np.meshgrid(ax, ax)
+            pe = self._pe(np.stack([xs, ys], -1), "shared_image_embedding.positional_embedding")
+            self._dense_pe = np.ascontiguousarray(pe.reshape(g * g, self.dim))
+        return self._dense_pe
+
+    def sparse_embeddings(self, points: np.ndarray | None, labels: np.ndarray | None,
+                          boxes: np.ndarray | None, batch: int = 1) -> np.ndarray:
+        """points (B, P, 2) XY and labels (B, P) (1 fg, 0 bg); boxes (B, 4) XYXY; model frame.
+        Returns (B, T, C): points (padded with a not-a-point when there is no box), then the
+        box corners and a not-a-point — ``Sam2PromptEncoder`` exactly."""
+        w, s = self.w, F32(self.img_size)
+        key = "prompt_encoder.shared_embedding.positional_embedding"
+        nap = w["prompt_encoder.not_a_point_embed.weight"][0]
+        pe_w = w["prompt_encoder.point_embed.weight"]
+        if points is None and boxes is None:  # Sam2Model pads a lone not-a-point (e.g. a mask prompt)
+            points = np.zeros((batch, 1, 2), F32)
+            labels = -np.ones((batch, 1), np.int64)
+        parts = []
+        if points is not None:
+            pts = points.astype(F32) + F32(0.5)
+            lab = labels.astype(np.int64)
+            if boxes is None:
+                pts = np.concatenate([pts, np.zeros((pts.shape[0], 1, 2), F32)], 1)
+                lab = np.concatenate([lab, -np.ones((lab.shape[0], 1), np.int64)], 1)
+            emb = self._pe(pts / s, key)
+            emb[lab == -1] = nap
+            emb[lab == -10] = 0.0
+            pos = lab >= 0
+            emb[pos] += pe_w[lab[pos]]
+            parts.append(emb)
+        if boxes is not None:
+            corners = (boxes.astype(F32) + F32(0.5)).reshape(-1, 2, 2)
+            emb = self._pe(corners / s, key)
+            emb[:, 0] += pe_w[2]
+            emb[:, 1] += pe_w[3]
+            parts.append(np.concatenate([emb, np.broadcast_to(nap, (emb.shape[0], 1, self.dim))], 1))
+        return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=F32)
+
+    def dense_embedding(self, mask_logits: np.ndarray | None) -> np.ndarray:
+        """No mask -> the (C,) no-mask embedding; (4g, 4g) logits -> (g*g, C)."""
+        w = self.w
+        if mask_logits is None:
+            return w["prompt_encoder.no_mask_embed.weight"][0]
+        x = mask_logits.astype(F32)[:, :, None]
+        for i in (1, 2):
+            p = f"prompt_encoder.mask_embed.conv{i}"
+            x = _conv2x2(x, w[p + ".weight"], w[p + ".bias"])
+            ln = f"prompt_encoder.mask_embed.layer_norm{i}"
+            x = gelu(layer_norm(x, w[ln + ".weight"], w[ln + ".bias"], self.ln_eps))
+        k = w["prompt_encoder.mask_embed.conv3.weight"]
+        x = x @ k.reshape(k.shape[0], -1).T + w["prompt_encoder.mask_embed.conv3.bias"]
+        return np.ascontiguousarray(x.reshape(-1, self.dim), dtype=F32)
+
+    # --------------------------------------------------------------- pieces
+    def _ln(self, x, name: str, eps: float = 1e-5):
+        return layer_norm(x, self.w[name + ".weight"], self.w[name + ".bias"], eps)
+
+    def _ffn(self, x, prefix: str, sigmoid: bool = False):
+        """``Sam2FeedForward`` (ReLU between layers)."""
+        w = self.w
+        x = np.maximum(_lin(x, w[prefix + "proj_in.weight"], w[prefix + "proj_in.bias"]), 0)
+        i = 0
+        while prefix + f"layers.{i}.weight" in w:
+            x = np.maximum(_lin(x, w[prefix + f"layers.{i}.weight"], w[prefix + f"layers.{i}.bias"]), 0)
+            i += 1
+        x = _lin(x, w[prefix + "proj_out.weight"], w[prefix + "proj_out.bias"])
+        return 1.0 / (1.0 + np.exp(-x)) if sigmoid else x
+
+    def _attn_w(self, name: str):
+        w = self.w
+        return tuple(w[f"{name}.{p}_proj.{t}"] for p in ("q", "k", "v", "o") for t in ("weight", "bias"))
+
+    def _heads(self, x, h):  # (B, T, D) -> (B, h, T, d)
+        b, t, d = x.shape
+        return x.reshape(b, t, h, d // h).transpose(0, 2, 1, 3)
+
+    def _token_attention(self, name: str, q, k, v):
+        wq, bq, wk, bk, wv, bv, wo, bo = self._attn_w(name)
+        h = self.h
+        qq, kk, vv = self._heads(_lin(q, wq, bq), h), self._heads(_lin(k, wk, bk), h), self._heads(_lin(v, wv, bv), h)
+        a = softmax((qq @ kk.transpose(0, 1, 3, 2)) * F32(1.0 / math.sqrt(qq.shape[-1])), -1)
+        o = (a @ vv).transpose(0, 2, 1, 3).reshape(q.shape[0], q.shape[1], -1)
+        return _lin(o, wo, bo)
+
+    def _tokens_to_image(self, name: str, q, keys, kp, shared: bool):
+        """Tokens (B, T, C) attend to image keys ((N, C) shared or (B, N, C)) -> (B, T, C)."""
+        wq, bq, wk, bk, wv, bv, wo, bo = self._attn_w(name)
+        h = self.h
+        b, t, _ = q.shape
+        qh = self._heads(_lin(q, wq, bq), h)  # (B, h, T, d)
+        d = qh.shape[-1]
+        scale = F32(1.0 / math.sqrt(d))
+        if shared:
+            ck = ("kv", name)
+            if ck not in self._cache:
+                kk = _lin(kp, wk, bk).reshape(-1, h, d).transpose(1, 0, 2)  # (h, N, d)
+                vv = _lin(keys, wv, bv).reshape(-1, h, d).transpose(1, 0, 2)
+                self._cache[ck] = (np.ascontiguousarray(kk.transpose(0, 2, 1)), np.ascontiguousarray(vv))
+            kt, vv = self._cache[ck]
+            a = softmax((qh @ kt[None]) * scale, -1)  # (B, h, T, N)
+            out = a @ vv[None]  # (B, h, T, d)
+        else:  # scores = (q Wk_h)(X + PE)^T (q.bk is constant along the softmax axis)
+            wk3 = wk.reshape(h, d, -1)  # (h, d, C)
+            qk = np.einsum("bhtd,hdc->bhtc", qh, wk3).reshape(b, h * t, -1) * scale
+            a = softmax(qk @ kp.transpose(0, 2, 1), -1)  # (B, hT, N)
+            ax = (a @ keys).reshape(b, h, t, -1)  # (B, h, T, C): rows of A sum to 1, so A(X Wv + bv) = (AX) Wv + bv
+            out = np.einsum("bhtc,hdc->bhtd", ax, wv.reshape(h, d, -1)) + bv.reshape(h, 1, d)
+        return _lin(out.transpose(0, 2, 1, 3).reshape(b, t, -1), wo, bo)
+
+    def _image_to_tokens(self, name: str, kp, k_tok, v_tok, shared: bool):
+        """Image positions (kp: (N, C) shared or (B, N, C)) attend to the tokens; returns the
+        (B, N, C) update of the keys (output projection and bias included)."""
+        wq, bq, wk, bk, wv, bv, wo, bo = self._attn_w(name)
+        h = self.h
+        b, t, _ = k_tok.shape
+        kh = self._heads(_lin(k_tok, wk, bk), h)  # (B, h, T, d)
+        vh = self._heads(_lin(v_tok, wv, bv), h)
+        d = kh.shape[-1]
+        scale = F32(1.0 / math.sqrt(d))
+        if shared:
+            ck = ("q", name)
+            if ck not in self._cache:
+                self._cache[ck] = np.ascontiguousarray(_lin(kp, wq, bq).reshape(-1, h, d).transpose(1, 0, 2))
+            qh = self._cache[ck]  # (h, N, d)
+            s = np.einsum("hnd,bhtd->bnht", qh, kh) * scale  # (B, N, h, T)
+        else:  # scores = X (Wq_h^T k) + bq_h . k
+            m = np.einsum("hdc,bhtd->bcht", wq.reshape(h, d, -1), kh).reshape(b, -1, h * t)  # (B, C, hT)
+            c = np.einsum("hd,bhtd->bht", bq.reshape(h, d), kh).reshape(b, 1, h * t)
+            s = ((kp @ m + c) * scale).reshape(b, -1, h, t)
+        a = softmax(np.ascontiguousarray(s), -1).reshape(b, -1, h * t)  # (B, N, hT)
+        # A (V Wo^T): fold the output projection into the T value vectors of each head
+        vw = np.einsum("bhtd,hdc->bhtc", vh, wo.T.reshape(h, d, -1)).reshape(b, h * t, -1)  # (B, hT, C)
+        return a @ vw + bo
+
+    # --------------------------------------------------------------- mask decoder
+    def decode(self, feats, tokens: np.ndarray, dense: np.ndarray, multimask: bool, chunk: int = 8):
+        """feats (s0, s1, emb); tokens (B, T, C); dense (C,) or (g*g, C), the same for all B.
+
+        Returns low-res logits (B, M, 4g, 4g), predicted IoU (B, M) and object-score logits
+        (B,): M = 3 with ``multimask``, else 1 (dynamic multimask applied as transformers does)."""
+        s0, s1, emb = feats
+        x0 = np.ascontiguousarray(emb.reshape(self.dim, -1).T + dense, dtype=F32)  # (N, C)
+        self._cache = {}
+        masks, ious, objs = [], [], []
+        for i in range(0, tokens.shape[0], chunk):
+            m, q, o = self._decode_chunk(x0, s0, s1, np.ascontiguousarray(tokens[i:i + chunk], F32), multimask)
+            masks.append(m)
+            ious.append(q)
+            objs.append(o)
+        self._cache = {}
+        return np.concatenate(masks), np.concatenate(ious), np.concatenate(objs)
+
+    def _decode_chunk(self, x0, s0, s1, tokens, multimask: bool):
+        pfx = "mask_decoder."
+        w = self.w
+        b = tokens.shape[0]
+        out_tok = np.concatenate([w[pfx + "obj_score_token.weight"], w[pfx + "iou_token.weight"],
+                                  w[pfx + "mask_tokens.weight"]], 0)
+        tok = np.concatenate([np.broadcast_to(out_tok[None], (b,) + out_tok.shape), tokens], 1)
+        pe = self.dense_pe()
+        if ("kp0",) not in self._cache:
+            self._cache[("kp0",)] = x0 + pe
+        queries, keys, kp, shared = tok, x0, self._cache[("kp0",)], True
+        for i in range(self.depth):
+            L = f"{pfx}transformer.layers.{i}."
+            if i == 0:  # skip_first_layer_pe
+                queries = self._token_attention(L + "self_attn", queries, queries, queries)
+            else:
+                qp = queries + tok
+                queries = queries + self._token_attention(L + "self_attn", qp, qp, queries)
+            queries = self._ln(queries, L + "layer_norm1")
+            queries = queries + self._tokens_to_image(L + "cross_attn_token_to_image", queries + tok, keys, kp, shared)
+            queries = self._ln(queries, L + "layer_norm2")
+            queries = queries + self._ffn(queries, L + "mlp.")
+            queries = self._ln(queries, L + "layer_norm3")
+            upd = self._image_to_tokens(L + "cross_attn_image_to_token", kp, queries + tok, queries, shared)
+            keys = self._ln(keys + upd, L + "layer_norm4")  # (B, N, C) from here on
+            kp = keys + pe
+            shared = False
+        T_ = pfx + "transformer."
+        queries = queries + self._tokens_to_image(T_ + "final_attn_token_to_image", queries + tok, keys, kp, shared)
+        queries = self._ln(queries, T_ + "layer_norm_final_attn")
+
+        # upscaling in sub-pixel order: (B, N, 2x2, C/4) then (B, N, 2x2, 2x2, C/8)
+        g = self.grid
+        k1 = w[pfx + "upscale_conv1.weight"]  # (C, C1, 2, 2)
+        c1 = k1.shape[1]
+        k1m = self._cache.setdefault(("k1",), np.ascontiguousarray(k1.transpose(0, 2, 3, 1).reshape(k1.shape[0], -1)))
+        s1a = self._cache.setdefault(("s1",), np.ascontiguousarray(
+            s1.reshape(c1, g, 2, g, 2).transpose(1, 3, 2, 4, 0).reshape(g * g, 4, c1)
+            + w[pfx + "upscale_conv1.bias"]))
+        u = (keys.reshape(-1, self.dim) @ k1m).reshape(b, g * g, 4, c1) + s1a
+        u = gelu(layer_norm(u, w[pfx + "upscale_layer_norm.weight"], w[pfx + "upscale_layer_norm.bias"], 1e-6))
+        k2 = w[pfx + "upscale_conv2.weight"]  # (C1, C2, 2, 2)
+        c2 = k2.shape[1]
+        k2m = self._cache.setdefault(("k2",), np.ascontiguousarray(k2.transpose(0, 2, 3, 1).reshape(c1, -1)))
+        s0a = self._cache.setdefault(("s0",), np.ascontiguousarray(
+            s0.reshape(c2, g, 2, 2, g, 2, 2).transpose(1, 4, 2, 5, 3, 6, 0).reshape(g * g, 4, 4, c2)
+            + w[pfx + "upscale_conv2.bias"]))
+        u = gelu((u.reshape(-1, c1) @ k2m).reshape(b, g * g, 4, 4, c2) + s0a)
+
+        use_dynamic = not multimask and self.dynamic
+        sel = list(range(1, self.n_mask_tokens)) if multimask else list(range(self.n_mask_tokens)) if use_dynamic \
+            else [0]
+        mask_tok = queries[:, 2:2 + self.n_mask_tokens]
+        hyper = np.stack([self._ffn(mask_tok[:, j], f"{pfx}output_hypernetworks_mlps.{j}.") for j in sel], 2)
+        m = u.reshape(b, g * g * 16, c2) @ hyper  # (B, cells*16, M)
+        # cells (y, x), sub-pixels (i, j) then (k, l): row 4y+2i+k, column 4x+2j+l
+        m = m.reshape(b, g, g, 2, 2, 2, 2, len(sel)).transpose(0, 7, 1, 3, 5, 2, 4, 6)
+        m = np.ascontiguousarray(m).reshape(b, len(sel), 4 * g, 4 * g)
+        iou = self._ffn(queries[:, 1], pfx + "iou_prediction_head.", sigmoid=True)[:, sel]
+        obj = self._ffn(queries[:, 0], pfx + "pred_obj_score_head.")[:, 0]
+        if use_dynamic:
+            m, iou = self._dynamic(m, iou)
+        return m, iou, obj
+
+    def _dynamic(self, m: np.ndarray, iou: np.ndarray):
+        """``_dynamic_multimask_via_stability``: keep the single-mask answer if its stability
+        is >= thresh, else the multimask answer with the best predicted IoU."""
+        single, multi = m[:, 0], m[:, 1:]
+        flat = single.reshape(single.shape[0], -1)
+        area_i = (flat > self.delta).sum(-1).astype(F32)
+        area_u = (flat > -self.delta).sum(-1).astype(F32)
+        stab = np.where(area_u > 0, area_i / np.maximum(area_u, 1), F32(1.0))
+        best = np.argmax(iou[:, 1:], -1)
+        rows = np.arange(m.shape[0])
+        stable = stab >= self.thresh
+        out_m = np.where(stable[:, None, None], single, multi[rows, best])[:, None]
+        out_q = np.where(stable, iou[:, 0], iou[:, 1:][rows, best])[:, None]
+        return np.ascontiguousarray(out_m, dtype=F32), out_q.astype(F32)

@@ -1,0 +1,72 @@
+"""The image encoder one frame ahead of the tracker, in a worker thread.
+
+A video model's work per frame is two independent halves: the image encoder (needs only the
+frame) and the memory-conditioned tracking step (needs the previous frames' results). While
+the main thread tracks frame k, a worker thread preprocesses and encodes frame k+1 and puts
+its features into the session's feature cache, which ``Sam2VideoModel`` reads before encoding
+a frame itself. Each thread then runs its torch operators on one intra-op thread (two cores
+busy with two independent streams instead of one stream split in two), restored afterwards.
+"""
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterable, Iterator
+
+import numpy as np
+
+
+class Encoder:
+    """Pixel values and (optionally ahead-of-time) vision features of frames for one VideoRun."""
+
+    def __init__(self, run, threads: bool = True):
+        self.run = run
+        self.threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._torch_threads = None
+        if threads:
+            import torch
+
+            self._torch_threads = torch.get_num_threads()
+            if self._torch_threads > 1:
+                torch.set_num_threads(1)
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="visiontool-encoder")
+
+    def _prepare(self, k: int, rgb: np.ndarray, encode: bool):
+        pv = self.run.pixel_values(rgb)
+        if encode:
+            self.run.encode(k, pv)
+        return pv
+
+    def features_for(self, k: int, rgb: np.ndarray):
+        """Frame ``k``'s pixel values (the model encodes it itself)."""
+        return self._prepare(k, rgb, encode=False)
+
+    def ahead(self, frames: Iterable[tuple]) -> Iterator[tuple]:
+        """``(k, index, t, rgb)`` -> ``(k, index, t, rgb, pixel values)``; frame k+1 is encoded
+        by the worker while the caller works on frame k."""
+        it = iter(frames)
+        nxt = next(it, None)
+        if nxt is None:
+            return
+        fut = self._submit(nxt)
+        while nxt is not None:
+            cur, cur_fut = nxt, fut
+            pv = cur_fut.result() if cur_fut is not None else self._prepare(cur[0], cur[3], False)
+            nxt = next(it, None)
+            fut = self._submit(nxt) if nxt is not None else None
+            yield (*cur, pv)
+
+    def _submit(self, item) -> Future | None:
+        if self._pool is None:
+            return None
+        return self._pool.submit(self._prepare, item[0], item[3], True)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        if self._torch_threads is not None and self._torch_threads > 1:
+            import torch
+
+            torch.set_num_threads(self._torch_threads)
+            self._torch_threads = None
