@@ -152,6 +152,8 @@ class HFSam:
     def pixel_values(self, rgb: np.ndarray):
         import torch
 
+        if not rgb.flags.writeable:  # PIL-backed arrays are read-only; torch.from_numpy warns about them
+            rgb = np.array(rgb)
         pv = self.image_processor()(images=rgb, return_tensors="pt")["pixel_values"]
         return pv.to(torch.device(self.device))
 

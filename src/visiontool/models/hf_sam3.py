@@ -34,6 +34,7 @@ def _backbone(ad, rgb: np.ndarray, vision_encoder) -> "torch.Tensor":  # noqa: F
     hit = ad.cache_get(rgb, BACKBONE)
     dev = torch.device(ad.device)
     if hit is not None:
+        ad.stats["cache_hits"] += 1
         return torch.from_numpy(np.array(hit[0], np.float32))[None].to(dev)
     pv = ad.pixel_values(rgb)
     hidden = vision_encoder.backbone(pv).last_hidden_state
