@@ -353,3 +353,32 @@ def records(stdout: str) -> list[dict]:
     if text.startswith("["):
         return json.loads(text)
     return [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+
+
+def build_grounding_dino(path: Path, seed: int = 0) -> Path:
+    """A tiny random Grounding DINO (Swin + BERT, d_model 32) with a word-piece tokenizer
+    written here, saved like a hub checkpoint."""
+    import tempfile
+
+    import torch
+    import transformers as T
+
+    torch.manual_seed(seed)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "bus", "truck", "yellow", "school", "person"]
+    with tempfile.TemporaryDirectory() as d:
+        vocab = Path(d) / "vocab.txt"
+        vocab.write_text("\n".join(words) + "\n")
+        tok = T.BertTokenizer(vocab_file=str(vocab))
+    backbone = T.SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4, image_size=64,
+                            out_features=["stage2", "stage3", "stage4"])
+    text = T.BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    cfg = T.GroundingDinoConfig(backbone_config=backbone, text_config=text, d_model=32, encoder_layers=1,
+                                decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+                                encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10, num_feature_levels=4,
+                                encoder_n_points=2, decoder_n_points=2, max_text_len=32)
+    model = T.GroundingDinoForObjectDetection(cfg).eval()
+    ip = T.GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+    model.save_pretrained(path)
+    T.GroundingDinoProcessor(image_processor=ip, tokenizer=tok).save_pretrained(path)
+    return path

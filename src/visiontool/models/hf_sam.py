@@ -265,7 +265,8 @@ class HFSam:
         from visiontool.render.console import info
 
         model = self.torch_model()
-        info(f"encoding {name} with {self.s.spec} ({self.device}, {self.precision})…")
+        if self.s.family != "sam3":  # hf_sam3 says so when it runs the backbone (often cached)
+            info(f"encoding {name} with {self.s.spec} ({self.device}, {self.precision})…")
         t0 = time.perf_counter()
         with torch.inference_mode(), Precision(self.precision, self.device_type).context():
             if self.s.model_type in ("sam3_video", "sam3_tracker", "sam3_tracker_video"):

@@ -36,6 +36,9 @@ def _backbone(ad, rgb: np.ndarray, vision_encoder) -> "torch.Tensor":  # noqa: F
     if hit is not None:
         ad.stats["cache_hits"] += 1
         return torch.from_numpy(np.array(hit[0], np.float32))[None].to(dev)
+    from visiontool.render.console import info
+
+    info(f"encoding the image with {ad.s.spec}'s backbone ({ad.device}, {ad.precision})…")
     pv = ad.pixel_values(rgb)
     hidden = vision_encoder.backbone(pv).last_hidden_state
     ad.stats["encoder_runs"] += 1

@@ -52,9 +52,15 @@ class Encoder:
         while nxt is not None:
             cur, cur_fut = nxt, fut
             pv = cur_fut.result() if cur_fut is not None else self._prepare(cur[0], cur[3], False)
-            nxt = next(it, None)
+            failure = None
+            try:
+                nxt = next(it, None)
+            except Exception as exc:  # noqa: BLE001 - a broken video: the current frame still counts
+                nxt, failure = None, exc
             fut = self._submit(nxt) if nxt is not None else None
             yield (*cur, pv)
+            if failure is not None:
+                raise failure
 
     def _submit(self, item) -> Future | None:
         if self._pool is None:

@@ -39,6 +39,7 @@ class VideoJob:
     end: Any = None
     max_frames_in_memory: int | None = None
     text_frame: int | None = None  # the frame a detector reads --text on (default: the first processed)
+    declared_frames: int | None = None  # the container's frame count (set by check_job)
 
 
 def require_video_model(info, source: str) -> None:
@@ -64,6 +65,7 @@ def check_job(job: VideoJob) -> Any:
     last = None
     if not is_stream(job.source) and info.frames:
         last = info.frames - 1
+        job.declared_frames = int(info.frames)
     if job.end is not None and job.end.unit == "frame":
         last = min(last, int(job.end.value) - 1) if last is not None else int(job.end.value) - 1
     for f in frames:
@@ -75,10 +77,20 @@ def check_job(job: VideoJob) -> Any:
 
 
 def _frames(job: VideoJob) -> Iterator[tuple[int, float, np.ndarray]]:
-    from visiontool.io.video import iter_frames, prefetch
+    """Decoded frames; a file that ends well before its declared length (FFmpeg reports most
+    truncations as a clean end) raises VideoError after its last frame."""
+    from visiontool.io.video import VideoError, iter_frames, prefetch
 
+    last = -1
     for fr in prefetch(iter_frames(job.source, stride=job.stride, start=job.start, end=job.end), depth=2):
+        last = fr.index
         yield fr.index, fr.time_s, np.asarray(fr.image)
+    declared = job.declared_frames
+    if declared and job.end is None and last >= 0:
+        slack = job.stride + max(2, int(0.02 * declared))  # declared counts are often estimates (duration x fps)
+        if last + 1 + slack < declared:
+            raise VideoError(f"{job.source}: the video ends after frame {last} of the {declared} it declares "
+                             "(truncated or damaged)")
 
 
 def iter_video(model, job: VideoJob, *, text_options=None, gt=None) -> Iterator[tuple[ImageResult, np.ndarray]]:
