@@ -33,14 +33,6 @@ from visiontool.models.sam_decoder import gelu, layer_norm, softmax
 F32 = np.float32
 
 
-def _lin(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-    """``nn.Linear``: x (..., in) @ W^T (W is (out, in))."""
-    y = x @ w.T
-    if b is not None:
-        y += b
-    return y
-
-
 def _conv2x2(x: np.ndarray, k: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """Conv2d(kernel 2, stride 2) on channels-last (H, W, Ci) with weight (Co, Ci, 2, 2)."""
     hh, ww, ci = x.shape
@@ -178,165 +170,159 @@ class Sam2Decoder:
         x = x @ k.reshape(k.shape[0], -1).T + w["prompt_encoder.mask_embed.conv3.bias"]
         return np.ascontiguousarray(x.reshape(-1, self.dim), dtype=F32)
 
-    # --------------------------------------------------------------- pieces
-    def _ln(self, x, name: str, eps: float = 1e-5):
-        return layer_norm(x, self.w[name + ".weight"], self.w[name + ".bias"], eps)
+    # --------------------------------------------------------------- pieces (on numpy or torch: ``o``)
+    def _ln(self, o, x, name: str, eps: float = 1e-5):
+        return o.ln(x, o.w(name + ".weight"), o.w(name + ".bias"), eps)
 
-    def _ffn(self, x, prefix: str, sigmoid: bool = False):
+    def _ffn(self, o, x, prefix: str, sigmoid: bool = False):
         """``Sam2FeedForward`` (ReLU between layers)."""
-        w = self.w
-        x = np.maximum(_lin(x, w[prefix + "proj_in.weight"], w[prefix + "proj_in.bias"]), 0)
+        x = o.relu(o.lin(x, prefix + "proj_in"))
         i = 0
-        while prefix + f"layers.{i}.weight" in w:
-            x = np.maximum(_lin(x, w[prefix + f"layers.{i}.weight"], w[prefix + f"layers.{i}.bias"]), 0)
+        while prefix + f"layers.{i}.weight" in self.w:
+            x = o.relu(o.lin(x, prefix + f"layers.{i}"))
             i += 1
-        x = _lin(x, w[prefix + "proj_out.weight"], w[prefix + "proj_out.bias"])
-        return 1.0 / (1.0 + np.exp(-x)) if sigmoid else x
+        x = o.lin(x, prefix + "proj_out")
+        return o.sigmoid(x) if sigmoid else x
 
-    def _attn_w(self, name: str):
-        w = self.w
-        return tuple(w[f"{name}.{p}_proj.{t}"] for p in ("q", "k", "v", "o") for t in ("weight", "bias"))
-
-    def _heads(self, x, h):  # (B, T, D) -> (B, h, T, d)
-        b, t, d = x.shape
-        return x.reshape(b, t, h, d // h).transpose(0, 2, 1, 3)
-
-    def _token_attention(self, name: str, q, k, v):
-        wq, bq, wk, bk, wv, bv, wo, bo = self._attn_w(name)
+    def _token_attention(self, o, name: str, q, k, v):
         h = self.h
-        qq, kk, vv = self._heads(_lin(q, wq, bq), h), self._heads(_lin(k, wk, bk), h), self._heads(_lin(v, wv, bv), h)
-        a = softmax((qq @ kk.transpose(0, 1, 3, 2)) * F32(1.0 / math.sqrt(qq.shape[-1])), -1)
-        o = (a @ vv).transpose(0, 2, 1, 3).reshape(q.shape[0], q.shape[1], -1)
-        return _lin(o, wo, bo)
+        qq, kk, vv = (o.heads(o.lin(x, f"{name}.{p}_proj"), h) for x, p in ((q, "q"), (k, "k"), (v, "v")))
+        a = o.softmax(o.mm(qq, o.perm(kk, (0, 1, 3, 2))) * F32(1.0 / math.sqrt(qq.shape[-1])))
+        out = o.perm(o.mm(a, vv), (0, 2, 1, 3)).reshape(q.shape[0], q.shape[1], -1)
+        return o.lin(out, f"{name}.o_proj")
 
-    def _tokens_to_image(self, name: str, q, keys, kp, shared: bool):
+    def _tokens_to_image(self, o, name: str, q, keys, kp, shared: bool):
         """Tokens (B, T, C) attend to image keys ((N, C) shared or (B, N, C)) -> (B, T, C)."""
-        wq, bq, wk, bk, wv, bv, wo, bo = self._attn_w(name)
         h = self.h
         b, t, _ = q.shape
-        qh = self._heads(_lin(q, wq, bq), h)  # (B, h, T, d)
+        qh = o.heads(o.lin(q, f"{name}.q_proj"), h)  # (B, h, T, d)
         d = qh.shape[-1]
         scale = F32(1.0 / math.sqrt(d))
         if shared:
             ck = ("kv", name)
             if ck not in self._cache:
-                kk = _lin(kp, wk, bk).reshape(-1, h, d).transpose(1, 0, 2)  # (h, N, d)
-                vv = _lin(keys, wv, bv).reshape(-1, h, d).transpose(1, 0, 2)
-                self._cache[ck] = (np.ascontiguousarray(kk.transpose(0, 2, 1)), np.ascontiguousarray(vv))
+                kk = o.perm(o.lin(kp, f"{name}.k_proj").reshape(-1, h, d), (1, 2, 0))  # (h, d, N)
+                vv = o.perm(o.lin(keys, f"{name}.v_proj").reshape(-1, h, d), (1, 0, 2))  # (h, N, d)
+                self._cache[ck] = (o.c(kk), o.c(vv))
             kt, vv = self._cache[ck]
-            a = softmax((qh @ kt[None]) * scale, -1)  # (B, h, T, N)
-            out = a @ vv[None]  # (B, h, T, d)
+            a = o.softmax(o.mm(qh, kt[None]) * scale)  # (B, h, T, N)
+            out = o.mm(a, vv[None])  # (B, h, T, d)
         else:  # scores = (q Wk_h)(X + PE)^T (q.bk is constant along the softmax axis)
-            wk3 = wk.reshape(h, d, -1)  # (h, d, C)
-            qk = np.einsum("bhtd,hdc->bhtc", qh, wk3).reshape(b, h * t, -1) * scale
-            a = softmax(qk @ kp.transpose(0, 2, 1), -1)  # (B, hT, N)
-            ax = (a @ keys).reshape(b, h, t, -1)  # (B, h, T, C): rows of A sum to 1, so A(X Wv + bv) = (AX) Wv + bv
-            out = np.einsum("bhtc,hdc->bhtd", ax, wv.reshape(h, d, -1)) + bv.reshape(h, 1, d)
-        return _lin(out.transpose(0, 2, 1, 3).reshape(b, t, -1), wo, bo)
+            qk = o.einsum("bhtd,hdc->bhtc", qh, o.wr(f"{name}.k_proj.weight", (h, d, -1))).reshape(b, h * t, -1)
+            a = o.softmax(o.mm(qk * scale, o.perm(kp, (0, 2, 1))))  # (B, hT, N)
+            ax = o.mm(a, keys).reshape(b, h, t, -1)  # rows of A sum to 1: A(X Wv + bv) = (AX) Wv + bv
+            out = o.einsum("bhtc,hdc->bhtd", ax, o.wr(f"{name}.v_proj.weight", (h, d, -1))) + \
+                o.wr(f"{name}.v_proj.bias", (h, 1, d))
+        return o.lin(o.perm(out, (0, 2, 1, 3)).reshape(b, t, -1), f"{name}.o_proj")
 
-    def _image_to_tokens(self, name: str, kp, k_tok, v_tok, shared: bool):
+    def _image_to_tokens(self, o, name: str, kp, k_tok, v_tok, shared: bool):
         """Image positions (kp: (N, C) shared or (B, N, C)) attend to the tokens; returns the
         (B, N, C) update of the keys (output projection and bias included)."""
-        wq, bq, wk, bk, wv, bv, wo, bo = self._attn_w(name)
         h = self.h
         b, t, _ = k_tok.shape
-        kh = self._heads(_lin(k_tok, wk, bk), h)  # (B, h, T, d)
-        vh = self._heads(_lin(v_tok, wv, bv), h)
+        kh = o.heads(o.lin(k_tok, f"{name}.k_proj"), h)  # (B, h, T, d)
+        vh = o.heads(o.lin(v_tok, f"{name}.v_proj"), h)
         d = kh.shape[-1]
         scale = F32(1.0 / math.sqrt(d))
         if shared:
             ck = ("q", name)
             if ck not in self._cache:
-                self._cache[ck] = np.ascontiguousarray(_lin(kp, wq, bq).reshape(-1, h, d).transpose(1, 0, 2))
-            qh = self._cache[ck]  # (h, N, d)
-            s = np.einsum("hnd,bhtd->bnht", qh, kh) * scale  # (B, N, h, T)
+                self._cache[ck] = o.c(o.perm(o.lin(kp, f"{name}.q_proj").reshape(-1, h, d), (1, 0, 2)))
+            s = o.einsum("hnd,bhtd->bnht", self._cache[ck], kh) * scale  # (B, N, h, T)
         else:  # scores = X (Wq_h^T k) + bq_h . k
-            m = np.einsum("hdc,bhtd->bcht", wq.reshape(h, d, -1), kh).reshape(b, -1, h * t)  # (B, C, hT)
-            c = np.einsum("hd,bhtd->bht", bq.reshape(h, d), kh).reshape(b, 1, h * t)
-            s = ((kp @ m + c) * scale).reshape(b, -1, h, t)
-        a = softmax(np.ascontiguousarray(s), -1).reshape(b, -1, h * t)  # (B, N, hT)
+            m = o.einsum("hdc,bhtd->bcht", o.wr(f"{name}.q_proj.weight", (h, d, -1)), kh).reshape(b, -1, h * t)
+            c = o.einsum("hd,bhtd->bht", o.wr(f"{name}.q_proj.bias", (h, d)), kh).reshape(b, 1, h * t)
+            s = ((o.mm(kp, m) + c) * scale).reshape(b, -1, h, t)
+        a = o.softmax(o.c(s)).reshape(b, -1, h * t)  # (B, N, hT)
         # A (V Wo^T): fold the output projection into the T value vectors of each head
-        vw = np.einsum("bhtd,hdc->bhtc", vh, wo.T.reshape(h, d, -1)).reshape(b, h * t, -1)  # (B, hT, C)
-        return a @ vw + bo
+        vw = o.einsum("bhtd,hdc->bhtc", vh, o.wr_t(f"{name}.o_proj.weight", (h, d, -1))).reshape(b, h * t, -1)
+        return o.mm(a, vw) + o.w(f"{name}.o_proj.bias")
 
     # --------------------------------------------------------------- mask decoder
     def decode(self, feats, tokens: np.ndarray, dense: np.ndarray, multimask: bool, chunk: int = 8):
         """feats (s0, s1, emb); tokens (B, T, C); dense (C,) or (g*g, C), the same for all B.
 
         Returns low-res logits (B, M, 4g, 4g), predicted IoU (B, M) and object-score logits
-        (B,): M = 3 with ``multimask``, else 1 (dynamic multimask applied as transformers does)."""
+        (B,): M = 3 with ``multimask``, else 1 (dynamic multimask applied as transformers does).
+        Runs on torch's kernels when this process has already imported torch (multi-threaded
+        elementwise work), else on numpy; the arithmetic is the same."""
+        o = _Ops.get(self)
         s0, s1, emb = feats
-        x0 = np.ascontiguousarray(emb.reshape(self.dim, -1).T + dense, dtype=F32)  # (N, C)
+        x0 = o.arr(np.ascontiguousarray(emb.reshape(self.dim, -1).T + dense, dtype=F32))  # (N, C)
         self._cache = {}
         masks, ious, objs = [], [], []
         for i in range(0, tokens.shape[0], chunk):
-            m, q, o = self._decode_chunk(x0, s0, s1, np.ascontiguousarray(tokens[i:i + chunk], F32), multimask)
+            m, q, ob = self._decode_chunk(o, x0, s0, s1, o.arr(np.ascontiguousarray(tokens[i:i + chunk], F32)),
+                                          multimask)
             masks.append(m)
             ious.append(q)
-            objs.append(o)
+            objs.append(ob)
         self._cache = {}
         return np.concatenate(masks), np.concatenate(ious), np.concatenate(objs)
 
-    def _decode_chunk(self, x0, s0, s1, tokens, multimask: bool):
+    def _decode_chunk(self, o, x0, s0, s1, tokens, multimask: bool):
         pfx = "mask_decoder."
-        w = self.w
         b = tokens.shape[0]
-        out_tok = np.concatenate([w[pfx + "obj_score_token.weight"], w[pfx + "iou_token.weight"],
-                                  w[pfx + "mask_tokens.weight"]], 0)
-        tok = np.concatenate([np.broadcast_to(out_tok[None], (b,) + out_tok.shape), tokens], 1)
-        pe = self.dense_pe()
+        out_tok = o.cat([o.w(pfx + "obj_score_token.weight"), o.w(pfx + "iou_token.weight"),
+                         o.w(pfx + "mask_tokens.weight")], 0)
+        tok = o.cat([o.bcast(out_tok[None], (b,) + tuple(out_tok.shape)), tokens], 1)
+        pe = o.const("dense_pe", self.dense_pe)
         if ("kp0",) not in self._cache:
             self._cache[("kp0",)] = x0 + pe
         queries, keys, kp, shared = tok, x0, self._cache[("kp0",)], True
         for i in range(self.depth):
             L = f"{pfx}transformer.layers.{i}."
             if i == 0:  # skip_first_layer_pe
-                queries = self._token_attention(L + "self_attn", queries, queries, queries)
+                queries = self._token_attention(o, L + "self_attn", queries, queries, queries)
             else:
                 qp = queries + tok
-                queries = queries + self._token_attention(L + "self_attn", qp, qp, queries)
-            queries = self._ln(queries, L + "layer_norm1")
-            queries = queries + self._tokens_to_image(L + "cross_attn_token_to_image", queries + tok, keys, kp, shared)
-            queries = self._ln(queries, L + "layer_norm2")
-            queries = queries + self._ffn(queries, L + "mlp.")
-            queries = self._ln(queries, L + "layer_norm3")
-            upd = self._image_to_tokens(L + "cross_attn_image_to_token", kp, queries + tok, queries, shared)
-            keys = self._ln(keys + upd, L + "layer_norm4")  # (B, N, C) from here on
+                queries = queries + self._token_attention(o, L + "self_attn", qp, qp, queries)
+            queries = self._ln(o, queries, L + "layer_norm1")
+            queries = queries + self._tokens_to_image(o, L + "cross_attn_token_to_image", queries + tok, keys, kp,
+                                                      shared)
+            queries = self._ln(o, queries, L + "layer_norm2")
+            queries = queries + self._ffn(o, queries, L + "mlp.")
+            queries = self._ln(o, queries, L + "layer_norm3")
+            upd = self._image_to_tokens(o, L + "cross_attn_image_to_token", kp, queries + tok, queries, shared)
+            upd += keys
+            keys = self._ln(o, upd, L + "layer_norm4")  # (B, N, C) from here on
             kp = keys + pe
             shared = False
         T_ = pfx + "transformer."
-        queries = queries + self._tokens_to_image(T_ + "final_attn_token_to_image", queries + tok, keys, kp, shared)
-        queries = self._ln(queries, T_ + "layer_norm_final_attn")
+        queries = queries + self._tokens_to_image(o, T_ + "final_attn_token_to_image", queries + tok, keys, kp,
+                                                  shared)
+        queries = self._ln(o, queries, T_ + "layer_norm_final_attn")
 
         # upscaling in sub-pixel order: (B, N, 2x2, C/4) then (B, N, 2x2, 2x2, C/8)
-        g = self.grid
+        g, w = self.grid, self.w
         k1 = w[pfx + "upscale_conv1.weight"]  # (C, C1, 2, 2)
         c1 = k1.shape[1]
-        k1m = self._cache.setdefault(("k1",), np.ascontiguousarray(k1.transpose(0, 2, 3, 1).reshape(k1.shape[0], -1)))
-        s1a = self._cache.setdefault(("s1",), np.ascontiguousarray(
-            s1.reshape(c1, g, 2, g, 2).transpose(1, 3, 2, 4, 0).reshape(g * g, 4, c1)
-            + w[pfx + "upscale_conv1.bias"]))
-        u = (keys.reshape(-1, self.dim) @ k1m).reshape(b, g * g, 4, c1) + s1a
-        u = gelu(layer_norm(u, w[pfx + "upscale_layer_norm.weight"], w[pfx + "upscale_layer_norm.bias"], 1e-6))
+        k1m = o.const("k1", lambda: k1.transpose(0, 2, 3, 1).reshape(k1.shape[0], -1))
+        s1a = self._cache.setdefault(("s1",), o.arr(np.ascontiguousarray(
+            s1.reshape(c1, g, 2, g, 2).transpose(1, 3, 2, 4, 0).reshape(g * g, 4, c1) + w[pfx + "upscale_conv1.bias"])))
+        u = o.mm(keys.reshape(-1, self.dim), k1m).reshape(b, g * g, 4, c1)
+        u += s1a
+        u = o.gelu(o.ln(u, o.w(pfx + "upscale_layer_norm.weight"), o.w(pfx + "upscale_layer_norm.bias"), 1e-6))
         k2 = w[pfx + "upscale_conv2.weight"]  # (C1, C2, 2, 2)
         c2 = k2.shape[1]
-        k2m = self._cache.setdefault(("k2",), np.ascontiguousarray(k2.transpose(0, 2, 3, 1).reshape(c1, -1)))
-        s0a = self._cache.setdefault(("s0",), np.ascontiguousarray(
+        k2m = o.const("k2", lambda: k2.transpose(0, 2, 3, 1).reshape(c1, -1))
+        s0a = self._cache.setdefault(("s0",), o.arr(np.ascontiguousarray(
             s0.reshape(c2, g, 2, 2, g, 2, 2).transpose(1, 4, 2, 5, 3, 6, 0).reshape(g * g, 4, 4, c2)
-            + w[pfx + "upscale_conv2.bias"]))
-        u = gelu((u.reshape(-1, c1) @ k2m).reshape(b, g * g, 4, 4, c2) + s0a)
+            + w[pfx + "upscale_conv2.bias"])))
+        u = o.mm(u.reshape(-1, c1), k2m).reshape(b, g * g, 4, 4, c2)
+        u += s0a
+        u = o.gelu(u)
 
         use_dynamic = not multimask and self.dynamic
         sel = list(range(1, self.n_mask_tokens)) if multimask else list(range(self.n_mask_tokens)) if use_dynamic \
             else [0]
-        mask_tok = queries[:, 2:2 + self.n_mask_tokens]
-        hyper = np.stack([self._ffn(mask_tok[:, j], f"{pfx}output_hypernetworks_mlps.{j}.") for j in sel], 2)
-        m = u.reshape(b, g * g * 16, c2) @ hyper  # (B, cells*16, M)
+        hyper = o.stack([self._ffn(o, queries[:, 2 + j], f"{pfx}output_hypernetworks_mlps.{j}.") for j in sel], 2)
+        m = o.mm(u.reshape(b, g * g * 16, c2), hyper)  # (B, cells*16, M)
         # cells (y, x), sub-pixels (i, j) then (k, l): row 4y+2i+k, column 4x+2j+l
-        m = m.reshape(b, g, g, 2, 2, 2, 2, len(sel)).transpose(0, 7, 1, 3, 5, 2, 4, 6)
-        m = np.ascontiguousarray(m).reshape(b, len(sel), 4 * g, 4 * g)
-        iou = self._ffn(queries[:, 1], pfx + "iou_prediction_head.", sigmoid=True)[:, sel]
-        obj = self._ffn(queries[:, 0], pfx + "pred_obj_score_head.")[:, 0]
+        m = o.c(o.perm(m.reshape(b, g, g, 2, 2, 2, 2, len(sel)), (0, 7, 1, 3, 5, 2, 4, 6)))
+        m = o.np(m).reshape(b, len(sel), 4 * g, 4 * g)
+        iou = o.np(self._ffn(o, queries[:, 1], pfx + "iou_prediction_head.", sigmoid=True))[:, sel]
+        obj = o.np(self._ffn(o, queries[:, 0], pfx + "pred_obj_score_head."))[:, 0]
         if use_dynamic:
             m, iou = self._dynamic(m, iou)
         return m, iou, obj
@@ -355,3 +341,95 @@ class Sam2Decoder:
         out_m = np.where(stable[:, None, None], single, multi[rows, best])[:, None]
         out_q = np.where(stable, iou[:, 0], iou[:, 1:][rows, best])[:, None]
         return np.ascontiguousarray(out_m, dtype=F32), out_q.astype(F32)
+
+
+class _Ops:
+    """The decoder's array operations on numpy, or on torch when this process has imported it
+    (multi-threaded elementwise kernels; weights shared zero-copy). Never imports torch."""
+
+    def __init__(self, dec: Sam2Decoder, torch_mod=None):
+        self.dec = dec
+        self.t = torch_mod
+        self._w: dict = {}
+
+    @staticmethod
+    def get(dec: Sam2Decoder) -> "_Ops":
+        import sys
+
+        torch_mod = sys.modules.get("torch")
+        key = "torch" if torch_mod is not None else "numpy"
+        ops = dec.__dict__.setdefault("_ops", {})
+        if key not in ops:
+            ops[key] = _Ops(dec, torch_mod)
+        return ops[key]
+
+    # conversions and constants
+    def arr(self, x):
+        return self.t.from_numpy(np.ascontiguousarray(x, dtype=F32)) if self.t is not None else x
+
+    def np(self, x) -> np.ndarray:
+        return x.numpy() if self.t is not None else x
+
+    def const(self, key: str, make):
+        if key not in self._w:
+            v = make() if callable(make) else make
+            self._w[key] = self.arr(np.ascontiguousarray(v, dtype=F32))
+        return self._w[key]
+
+    def w(self, name: str):
+        return self.const("w:" + name, self.dec.w[name])
+
+    def wr(self, name: str, shape):
+        return self.const(f"wr:{name}:{shape}", lambda: self.dec.w[name].reshape(shape))
+
+    def wr_t(self, name: str, shape):
+        return self.const(f"wrt:{name}:{shape}", lambda: self.dec.w[name].T.reshape(shape))
+
+    # operations
+    def lin(self, x, name: str):
+        wt = self.const("lin:" + name, lambda: self.dec.w[name + ".weight"].T)
+        y = self.mm(x, wt)
+        y += self.w(name + ".bias")
+        return y
+
+    def mm(self, a, b):
+        return self.t.matmul(a, b) if self.t is not None else a @ b
+
+    def einsum(self, spec, *xs):
+        return self.t.einsum(spec, *xs) if self.t is not None else np.einsum(spec, *xs, optimize=True)
+
+    def perm(self, x, axes):
+        return x.permute(*axes) if self.t is not None else x.transpose(axes)
+
+    def c(self, x):
+        return x.contiguous() if self.t is not None else np.ascontiguousarray(x)
+
+    def cat(self, xs, axis):
+        return self.t.cat(xs, axis) if self.t is not None else np.concatenate(xs, axis)
+
+    def stack(self, xs, axis):
+        return self.t.stack(xs, axis) if self.t is not None else np.stack(xs, axis)
+
+    def bcast(self, x, shape):
+        return x.expand(*shape) if self.t is not None else np.broadcast_to(x, shape)
+
+    def heads(self, x, h):  # (B, T, D) -> (B, h, T, d)
+        b, t, d = x.shape
+        return self.perm(x.reshape(b, t, h, d // h), (0, 2, 1, 3))
+
+    def relu(self, x):
+        return self.t.relu(x) if self.t is not None else np.maximum(x, 0)
+
+    def sigmoid(self, x):
+        return self.t.sigmoid(x) if self.t is not None else 1.0 / (1.0 + np.exp(-x))
+
+    def softmax(self, x):
+        return self.t.softmax(x, -1) if self.t is not None else softmax(x, -1)
+
+    def gelu(self, x):
+        return self.t.nn.functional.gelu(x) if self.t is not None else gelu(x)
+
+    def ln(self, x, w, b, eps: float):
+        if self.t is not None:
+            return self.t.nn.functional.layer_norm(x, (x.shape[-1],), w, b, eps)
+        return layer_norm(x, w, b, eps)

@@ -16,9 +16,9 @@ decoded frames one at a time and keeps its state bounded:
   (``num_maskmem`` memory frames, ``max_object_pointers_in_encoder`` object pointers) — or
   than ``max_frames_in_memory`` if that is smaller — are deleted, so memory stays flat
   however long the clip.
-* **Speed.** The image encoder of the next frame runs in a worker thread while the current
-  frame is tracked (the vision features go into the session's feature cache, which the model
-  reads before encoding a frame itself), each side with one intra-op thread.
+* **Speed.** The image encoder of the next frame runs in a worker thread (one intra-op thread)
+  while the current frame is tracked (the vision features go into the session's feature
+  cache, which the model reads before encoding a frame itself): :mod:`.hf_sam_video_pipeline`.
 
 Frames are numbered for the model by their position among the processed frames (so
 ``--vid-stride`` clips look like a video at the lower rate); records keep the decoded index.
