@@ -39,7 +39,8 @@ def segment_command(
     prompts_file: Optional[str] = typer.Option(None, "--prompts", metavar="FILE",
                                                help='JSON list of prompt sets: [{"points": [[x, y]], '
                                                     '"labels": [1], "box": [x1, y1, x2, y2], "mask_input": '
-                                                    '"m.png", "label": "name"}].'),
+                                                    '"m.png", "label": "name"}]; on a video also "frame": N and '
+                                                    '"object_id": K.'),
     boxes_from: Optional[str] = typer.Option(None, "--boxes-from", metavar="FILE|-",
                                              help="visiontool detect json/jsonl output ('-' = stdin): one mask "
                                                   "per detection, with its label and score."),
@@ -84,7 +85,8 @@ def segment_command(
                                                   "single point, else 1."),
     fmt: Optional[str] = format_option(SEGMENT_FORMATS, "jsonl"),
     gt: Optional[str] = typer.Option(None, "--gt", metavar="COCO.json",
-                                     help="With --format coco: image and category ids from this ground truth."),
+                                     help="With --format coco: image and category ids from this ground truth "
+                                          "(a video frame is the image named '<video>#<frame>')."),
     output: Optional[str] = OutputOpt,
     masks_dir: Optional[str] = typer.Option(None, "--masks-dir", metavar="DIR",
                                             help="One PNG per mask + metadata.csv (segment-anything amg.py "

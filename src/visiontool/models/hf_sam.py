@@ -421,7 +421,7 @@ class HFSam:
 
     def propagate(self, frames: Iterator[tuple[int, float, np.ndarray]], prompts: list[Prompt], *,
                   text: Sequence[str] | None = None, threshold: float = 0.5,
-                  max_frames_in_memory: int | None = None, on_error=None) -> Iterator[tuple[int, float, Detections]]:
+                  max_frames_in_memory: int | None = None) -> Iterator[tuple[int, float, Detections]]:
         """Masks of the prompted objects on every frame (see :mod:`.hf_sam_video`)."""
         self.require("video", "a video")
         if text:
