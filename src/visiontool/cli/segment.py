@@ -66,8 +66,9 @@ def segment_command(
     end: Optional[str] = typer.Option(None, "--end", metavar="POS", help="Video: stop before this frame/time."),
     max_frames_in_memory: Optional[int] = typer.Option(
         None, "--max-frames-in-memory", metavar="N",
-        help="Video: tracking state kept for at most N past frames (default: what the model reads, 16 for SAM 2); "
-             "frames held for the backward pass beyond N go to a temporary directory."),
+        help="Video: tracking state kept for at most N past frames (default: what the model reads, 16 for SAM 2; "
+             "fewer changes the masks) and decoded frames held in memory for the backward pass (default 64; the "
+             "rest wait in a temporary directory)."),
     auto: bool = typer.Option(False, "--auto", help="Segment everything (automatic mask generator)."),
     preset: Optional[str] = typer.Option(None, "--preset", metavar="fast|default|quality",
                                          help="--auto settings: fast (16 points/side), default (32), quality "
