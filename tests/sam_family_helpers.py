@@ -30,7 +30,7 @@ def _perturb(model, seed: int) -> None:
 
     torch.manual_seed(seed)
     with torch.no_grad():
-        for name, mod in model.named_modules():
+        for mod in model.modules():
             if isinstance(mod, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.Embedding)):
                 mod.reset_parameters()
             if isinstance(mod, nn.LayerNorm) or type(mod).__name__.endswith("LayerNorm"):
@@ -68,7 +68,8 @@ def _sam_processor():
 
 
 def _hiera_vision(dim: int = 32):
-    return dict(model_type="sam2_vision_model", backbone_config=dict(model_type="sam2_hiera_det_model", hidden_size=16, num_attention_heads=1,
+    return dict(model_type="sam2_vision_model",
+                backbone_config=dict(model_type="sam2_hiera_det_model", hidden_size=16, num_attention_heads=1,
                                      image_size=[256, 256], blocks_per_stage=[1, 1, 2, 1],
                                      embed_dim_per_stage=[16, 32, 64, 128],
                                      num_attention_heads_per_stage=[1, 1, 2, 2],
@@ -79,7 +80,8 @@ def _hiera_vision(dim: int = 32):
 
 
 def _repvit_vision(dim: int = 32):
-    return dict(model_type="edgetam_vision_model", backbone_config=dict(model_type="timm_wrapper", architecture="repvit_m1",
+    return dict(model_type="edgetam_vision_model",
+                backbone_config=dict(model_type="timm_wrapper", architecture="repvit_m1",
                                      do_pooling=False, num_classes=1,
                                      model_args={"in_chans": 3, "features_only": True, "out_indices": [0, 1, 2, 3],
                                                  "embed_dim": [8, 16, 32, 64], "depth": [1, 1, 1, 1]}),
@@ -154,13 +156,15 @@ def _clip_tokenizer(path: Path):
 def _sam3_video_config(vocab: dict):
     from transformers import Sam3VideoConfig
 
-    vit = dict(model_type="sam3_vit_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=224,
-               patch_size=14, window_size=8, global_attn_indexes=[1], pretrain_image_size=224)
+    vit = dict(model_type="sam3_vit_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=2, image_size=224, patch_size=14, window_size=8, global_attn_indexes=[1],
+               pretrain_image_size=224)
     vision = dict(model_type="sam3_vision_model", backbone_config=vit, fpn_hidden_size=VIDEO_DIM,
                   backbone_feature_sizes=[[64, 64], [32, 32], [16, 16]])
     text = dict(model_type="clip_text_model", vocab_size=len(vocab), bos_token_id=vocab["<|startoftext|>"],
-                eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"], hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=2,
-                num_attention_heads=2, max_position_embeddings=32)
+                eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"], hidden_size=32,
+                intermediate_size=64, projection_dim=32, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=32)
     small = dict(hidden_size=VIDEO_DIM, num_layers=1, num_attention_heads=2, intermediate_size=64)
     detector = dict(vision_config=vision, text_config=text, geometry_encoder_config=small,
                     detr_encoder_config=small, detr_decoder_config=dict(small, num_queries=12),

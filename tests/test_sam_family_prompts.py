@@ -43,7 +43,7 @@ def test_every_prompt_kind_matches_transformers(model_dirs, fam):
     path = model_dirs(fam)
     eng = engine(path)
     informative = 0
-    for name, (kw, multimask) in PROMPTS.items():
+    for kw, multimask in PROMPTS.values():
         dets = eng.segment(IMG, [Prompt(**kw)], multimask=multimask)
         informative += _check(fam, path, dets, kw, multimask)
     assert informative >= 2, "the random test model gives only empty or full masks"

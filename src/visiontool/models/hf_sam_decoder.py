@@ -46,7 +46,8 @@ def official_sam_arrays(w: dict, image_size: int, grid: int) -> dict:
     """transformers ``SamModel`` prompt-encoder / mask-decoder arrays under segment-anything's
     names (what :class:`~visiontool.models.sam_decoder.NumpySamDecoder` reads)."""
     out = {"__img_size__": np.array(image_size), "__embed_grid__": np.array(grid),
-           "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix": w["shared_image_embedding.positional_embedding"]}
+           "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix":
+               w["shared_image_embedding.positional_embedding"]}
     pe_map = {"mask_embed.conv1": "mask_downscaling.0", "mask_embed.layer_norm1": "mask_downscaling.1",
               "mask_embed.conv2": "mask_downscaling.3", "mask_embed.layer_norm2": "mask_downscaling.4",
               "mask_embed.conv3": "mask_downscaling.6"}
@@ -70,7 +71,8 @@ def _official_decoder_name(k: str, w: dict) -> str:
     k = k.replace("upscale_conv1", "output_upscaling.0").replace("upscale_layer_norm", "output_upscaling.1")
     k = k.replace("upscale_conv2", "output_upscaling.3").replace("layer_norm_final_attn", "norm_final_attn")
     k = re.sub(r"(transformer\.layers\.\d+)\.layer_norm(\d)", r"\1.norm\2", k)
-    m = re.match(r"(mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head))\.(proj_in|proj_out|layers\.(\d+))\.(.*)", k)
+    m = re.match(r"(mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head))"
+                 r"\.(proj_in|proj_out|layers\.(\d+))\.(.*)", k)
     if m:
         head, part, mid, tail = m.groups()
         n_mid = len({x.split(".")[-2] for x in w if x.startswith(head + ".layers.")})

@@ -125,8 +125,9 @@ def iter_video(model, job: VideoJob, *, text_options=None, gt=None) -> Iterator[
         index, t, dets = fm
         rgb = getattr(fm, "image", None)
         h, w = (rgb.shape[:2] if rgb is not None else (0, 0))
-        yield ImageResult(image=job.source, width=w, height=h, model=name, image_id=frame_image_id(job.source, index, gt),
-                          detections=dets, kind="segment", frame=index, time_s=t), rgb
+        yield ImageResult(image=job.source, width=w, height=h, model=name,
+                          image_id=frame_image_id(job.source, index, gt), detections=dets, kind="segment",
+                          frame=index, time_s=t), rgb
 
 
 def frame_image_id(video: str, index: int, gt=None) -> int | None:
