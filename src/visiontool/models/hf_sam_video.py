@@ -16,16 +16,16 @@ decoded frames one at a time and keeps its state bounded:
   (``num_maskmem`` memory frames, ``max_object_pointers_in_encoder`` object pointers) — or
   than ``max_frames_in_memory`` if that is smaller — are deleted, so memory stays flat
   however long the clip.
-* **Speed.** The image encoder of the next frame runs in a worker thread (one intra-op thread)
-  while the current frame is tracked (the vision features go into the session's feature
-  cache, which the model reads before encoding a frame itself): :mod:`.hf_sam_video_pipeline`.
+* **Speed.** Per frame the work is transformers' own (the image encoder, then the memory
+  attention, mask decoder and memory encoder); decoding runs ahead in its own thread. Encoding
+  the next frame in a worker thread while the current one is tracked was measured slower on
+  2 cores (see docs/segment.md) and is not done.
 
 Frames are numbered for the model by their position among the processed frames (so
 ``--vid-stride`` clips look like a video at the lower rate); records keep the decoded index.
 """
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -45,25 +45,6 @@ class FrameMasks(tuple):
         self = super().__new__(cls, (index, time_s, dets))
         self.image = image
         return self
-
-
-class _Features:
-    """A drop-in for the session's vision-feature cache: features by frame, filled ahead."""
-
-    def __init__(self):
-        self._d: dict = {}
-
-    def cache_vision_features(self, frame_idx: int, features: dict) -> None:
-        self._d[frame_idx] = features
-
-    def get_vision_features(self, frame_idx: int):
-        return self._d.get(frame_idx)
-
-    def clear_all(self) -> None:
-        self._d.clear()
-
-    def drop(self, frame_idx: int) -> None:
-        self._d.pop(frame_idx, None)
 
 
 class _Held:
@@ -130,9 +111,6 @@ class VideoRun:
         self.processor = video_processor(ad)
         self.session = self.processor.init_video_session(inference_device=torch.device(ad.device),
                                                          dtype=torch.float32)
-        self.features = _Features()
-        self.session.cache = self.features
-        self.threads = _pipeline_threads()
         self.labels: dict[int, Prompt] = {}  # object id -> the prompt that started it
 
     # ------------------------------------------------------------------ prompts
@@ -173,21 +151,11 @@ class VideoRun:
         self.session.obj_with_new_inputs = list(merged)
 
     # ------------------------------------------------------------------ one frame
-    def pixel_values(self, rgb: np.ndarray):
-        return self.ad.pixel_values(rgb)[0]
-
-    def encode(self, k: int, pv) -> None:
-        """Vision features of frame ``k`` into the session's cache (what the model would compute)."""
+    def step(self, k: int, rgb: np.ndarray, reverse: bool):
+        """Track frame ``k`` (streaming: the model encodes it, then conditions on its memory)."""
         import torch
 
-        with torch.inference_mode():
-            out = self.model.get_image_features(pv[None], return_dict=True)
-        self.features.cache_vision_features(k, {"vision_feats": out.fpn_hidden_states,
-                                                "vision_pos_embeds": out.fpn_position_encoding})
-
-    def step(self, k: int, pv, reverse: bool):
-        import torch
-
+        pv = self.ad.pixel_values(rgb)[0]
         with torch.inference_mode():
             out = self.model(inference_session=self.session, frame_idx=k, frame=pv, reverse=reverse)
         self.prune(k, reverse)
@@ -198,7 +166,6 @@ class VideoRun:
         s = self.session
         if s.processed_frames is not None:
             s.processed_frames.pop(k, None)
-        self.features.drop(k)
         sign = -1 if reverse else 1
         for obj_idx, od in s.output_dict_per_obj.items():
             for store in (od["cond_frame_outputs"], od["non_cond_frame_outputs"]):
@@ -250,15 +217,6 @@ def masks_to_detections(rles: list[dict], scores, prompts: list[Prompt | None], 
                       [p.category_id if p is not None and p.category_id is not None else NO_CLASS for p in prompts],
                       [p.label if p is not None else None for p in prompts], masks=rles,
                       data={"object_id": np.asarray([ids[i] for i in keep], dtype=np.int64), "prompt": descs})
-
-
-def _pipeline_threads() -> bool:
-    """Encode the next frame in a worker thread (each side one intra-op thread) unless
-    VISIONTOOL_VIDEO_PIPELINE=0 or only one CPU is available."""
-    flag = os.environ.get("VISIONTOOL_VIDEO_PIPELINE", "").strip().lower()
-    if flag in ("0", "false", "no", "off"):
-        return False
-    return (os.cpu_count() or 1) >= 2
 
 
 def video_processor(ad):
@@ -327,8 +285,6 @@ def _chain(first, rest):
 
 
 def _run(run: VideoRun, stream, by_frame: dict, f0: int, held: _Held) -> Iterator[FrameMasks]:
-    from visiontool.models.hf_sam_video_pipeline import Encoder
-
     pending = sorted(by_frame)
     k = -1
     cur = None
@@ -346,51 +302,34 @@ def _run(run: VideoRun, stream, by_frame: dict, f0: int, held: _Held) -> Iterato
     if cur is None:
         raise _beyond(f0, seen_last, k + 1)
     hw = cur[3].shape[:2]
-    enc = Encoder(run, threads=run.threads)
-    try:
-        k0 = cur[0]
-        p0 = by_frame[f0]
-        run.add_prompts(k0, [p for p, _ in p0], [o for _, o in p0], hw)
-        pending.remove(f0)
-        out0 = run.step(k0, enc.features_for(k0, cur[3]), reverse=False)
-        first_result = FrameMasks(cur[1], cur[2], run.detections(out0, hw), cur[3])
-        if held.items:  # phase 2: backward from f0; results kept (RLE) and emitted in frame order
-            items = held.items
-            back: list = [None] * len(items)
-
-            def backward():
-                for i in range(len(items) - 1, -1, -1):
-                    it = items[i]
-                    yield it[0], i, it[2], held.image(it)
-
-            for kk, i, _, _, pv in enc.ahead(backward()):
-                back[i] = run.detections(run.step(kk, pv, reverse=True), hw)
-            for it, dets in zip(items, back):
-                yield FrameMasks(it[1], it[2], dets, held.image(it))
-            run.forget_tracking()
-        held.close()
-        yield first_result
-
-        def forward():  # phase 3: forward from f0; prompts on later frames join when reached
-            nonlocal k, seen_last
-            for index, t, rgb in stream:
-                k += 1
-                seen_last = index
-                yield k, index, t, np.asarray(rgb)
-
-        for kk, index, t, rgb, pv in enc.ahead(forward()):
-            if pending and index > pending[0]:
-                raise _missing(pending[0], index)
-            if pending and index == pending[0]:
-                pf = by_frame[index]
-                run.add_prompts(kk, [p for p, _ in pf], [o for _, o in pf], hw)
-                pending.pop(0)
-            out = run.step(kk, pv, reverse=False)
-            yield FrameMasks(index, t, run.detections(out, hw), rgb)
-        if pending:
-            raise _beyond(pending[0], seen_last, k + 1)
-    finally:
-        enc.close()
+    k0 = cur[0]
+    p0 = by_frame[f0]
+    run.add_prompts(k0, [p for p, _ in p0], [o for _, o in p0], hw)
+    pending.remove(f0)
+    first_result = FrameMasks(cur[1], cur[2], run.detections(run.step(k0, cur[3], reverse=False), hw), cur[3])
+    if held.items:  # phase 2: backward from f0; results kept (RLE) and emitted in frame order
+        back = [None] * len(held.items)
+        for i in range(len(held.items) - 1, -1, -1):
+            it = held.items[i]
+            back[i] = run.detections(run.step(it[0], held.image(it), reverse=True), hw)
+        for it, dets in zip(held.items, back):
+            yield FrameMasks(it[1], it[2], dets, held.image(it))
+        run.forget_tracking()
+    held.close()
+    yield first_result
+    for index, t, rgb in stream:  # phase 3: forward from f0; prompts on later frames join when reached
+        k += 1
+        seen_last = index
+        rgb = np.asarray(rgb)
+        if pending and index > pending[0]:
+            raise _missing(pending[0], index)
+        if pending and index == pending[0]:
+            pf = by_frame[index]
+            run.add_prompts(k, [p for p, _ in pf], [o for _, o in pf], hw)
+            pending.pop(0)
+        yield FrameMasks(index, t, run.detections(run.step(k, rgb, reverse=False), hw), rgb)
+    if pending:
+        raise _beyond(pending[0], seen_last, k + 1)
 
 
 def _missing(frame: int, index: int) -> UsageError:
