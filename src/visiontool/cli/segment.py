@@ -19,13 +19,15 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_mar
 
 @app.command("segment")
 def segment_command(
-    images: Optional[List[str]] = typer.Argument(None, metavar="IMAGE...",
-                                                 help="Image files, directories, globs or URLs; optional "
-                                                      "with --boxes-from (its records name the images)."),
+    images: Optional[List[str]] = typer.Argument(None, metavar="IMAGE|VIDEO...",
+                                                 help="Image files, directories, globs or URLs, or videos "
+                                                      "(mp4/mkv/webm/mov/avi); optional with --boxes-from (its "
+                                                      "records name the images)."),
     model: Optional[str] = typer.Option(
         None, "--model", "--checkpoint", "-m", metavar="SPEC",
         help="vit_b|vit_l|vit_h or a segment-anything .pth (downloaded once to the cache), or a Hugging Face "
-             "SAM-family model (SAM, SAM-HQ, SAM 2, EdgeTAM, SAM 3). Default: vit_b on CPU, vit_h on CUDA."),
+             "SAM-family model id or directory: SAM, SAM-HQ, SAM 2/2.1, EdgeTAM, SAM 3 (videos need a video "
+             "model: SAM 2 video, EdgeTAM video, SAM 3). Default: vit_b on CPU, vit_h on CUDA."),
     point: Optional[List[str]] = typer.Option(None, "--point", metavar="X,Y",
                                               help="Foreground point in image pixels (repeatable)."),
     neg_point: Optional[List[str]] = typer.Option(None, "--neg-point", metavar="X,Y",
@@ -37,10 +39,36 @@ def segment_command(
     prompts_file: Optional[str] = typer.Option(None, "--prompts", metavar="FILE",
                                                help='JSON list of prompt sets: [{"points": [[x, y]], '
                                                     '"labels": [1], "box": [x1, y1, x2, y2], "mask_input": '
-                                                    '"m.png", "label": "name"}].'),
+                                                    '"m.png", "label": "name"}]; on a video also "frame": N and '
+                                                    '"object_id": K.'),
     boxes_from: Optional[str] = typer.Option(None, "--boxes-from", metavar="FILE|-",
                                              help="visiontool detect json/jsonl output ('-' = stdin): one mask "
                                                   "per detection, with its label and score."),
+    text: Optional[List[str]] = typer.Option(
+        None, "--text", "-t", metavar="PHRASES",
+        help='Segment every instance of these phrases ("yellow school bus, person"; repeatable): SAM 3 on its '
+             "own, any other model with a zero-shot detector's boxes (--detector). Labels carry the phrase."),
+    detector: Optional[str] = typer.Option(
+        None, "--detector", metavar="SPEC",
+        help="The zero-shot detector for --text (a detect --model spec; default IDEA-Research/grounding-dino-tiny "
+             "for models without text; with SAM 3 it replaces SAM 3's own detection; 'none' forbids it)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", metavar="T",
+                                              help="--text: minimum instance score, inclusive (default 0.5)."),
+    text_threshold: Optional[float] = typer.Option(None, "--text-threshold", metavar="T",
+                                                   help="--text with a detector: its phrase-matching threshold."),
+    frame: Optional[int] = typer.Option(None, "--frame", metavar="N",
+                                        help="Video: the frame the prompts are given on (default: the first "
+                                             "processed frame); masks are propagated forward and backward."),
+    vid_stride: int = typer.Option(1, "--vid-stride", metavar="K", help="Video: process every K-th frame."),
+    start: Optional[str] = typer.Option(None, "--start", metavar="POS",
+                                        help="Video: first frame, as a frame index (120), seconds (4.5s) or a "
+                                             "time (1:30)."),
+    end: Optional[str] = typer.Option(None, "--end", metavar="POS", help="Video: stop before this frame/time."),
+    max_frames_in_memory: Optional[int] = typer.Option(
+        None, "--max-frames-in-memory", metavar="N",
+        help="Video: tracking state kept for at most N past frames (default: what the model reads, 16 for SAM 2; "
+             "fewer changes the masks) and decoded frames held in memory for the backward pass (default 64; the "
+             "rest wait in a temporary directory)."),
     auto: bool = typer.Option(False, "--auto", help="Segment everything (automatic mask generator)."),
     preset: Optional[str] = typer.Option(None, "--preset", metavar="fast|default|quality",
                                          help="--auto settings: fast (16 points/side), default (32), quality "
@@ -58,12 +86,15 @@ def segment_command(
                                                   "single point, else 1."),
     fmt: Optional[str] = format_option(SEGMENT_FORMATS, "jsonl"),
     gt: Optional[str] = typer.Option(None, "--gt", metavar="COCO.json",
-                                     help="With --format coco: image and category ids from this ground truth."),
+                                     help="With --format coco: image and category ids from this ground truth "
+                                          "(a video frame is the image named '<video>#<frame>')."),
     output: Optional[str] = OutputOpt,
     masks_dir: Optional[str] = typer.Option(None, "--masks-dir", metavar="DIR",
                                             help="One PNG per mask + metadata.csv (segment-anything amg.py "
                                                  "layout) in DIR/<image>/."),
-    save_viz: Optional[str] = typer.Option(None, "--save-viz", metavar="DIR", help="Coloured overlays here."),
+    save_viz: Optional[str] = typer.Option(None, "--save-viz", metavar="DIR|OUT.mp4",
+                                           help="Coloured overlays in DIR; for a video, the annotated video "
+                                                "(OUT.mp4, or DIR/<video>.mp4)."),
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", metavar="DIR",
                                             help="Embedding cache (default: the user cache dir)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the embedding cache."),
@@ -71,17 +102,19 @@ def segment_command(
     dtype: str = DtypeOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Segment objects with the SAM family (Meta's segment-anything checkpoints and more).
+    """Segment objects with the SAM family: SAM, SAM-HQ, SAM 2/2.1, EdgeTAM, SAM 3.
 
-    The image encoder runs once per image and its embedding is cached on disk, so further
+    The image encoder runs once per image and its features are cached on disk, so further
     calls on the same image with new prompts take a fraction of a second. Default checkpoint:
     vit_b on CPU, vit_h on CUDA.
 
     Examples: visiontool segment truck.jpg --point 500,375;
+    visiontool segment truck.jpg --model facebook/sam3 --text "truck";
+    visiontool segment clip.mp4 --model facebook/sam2.1-hiera-tiny --point 320,180 --save-viz out.mp4;
     visiontool detect img.jpg --format jsonl | visiontool segment --boxes-from -
 
-    Exit codes: 0 success; 1 runtime failure or some images failed; 2 bad flag, missing file,
-    malformed JSON or a prompt outside the image.
+    Exit codes: 0 success; 1 runtime failure, some images failed or a video broke (frames so far
+    kept); 2 bad flag, missing file, malformed JSON, a prompt outside the image or beyond the video.
     """
     from visiontool.cli.main import error_line
     from visiontool.cli.options import common_checks
@@ -91,14 +124,52 @@ def segment_command(
 
     set_quiet(quiet)
     # ---- everything a user can get wrong, before any model loads
+    from visiontool.io.video import is_video_source, is_video_path
+
     fmt = choose_format(fmt, output, SEGMENT_FORMATS)  # as detect: table on a terminal, jsonl when piped
     if gt and fmt != "coco":
         raise UsageError("--gt maps ids for --format coco; add --format coco")
-    common_checks(device=device, dtype=dtype, output=output, dirs={"--masks-dir": masks_dir, "--save-viz": save_viz})
+    videos = [v for v in images or [] if is_video_source(v)]
+    if videos and len(videos) != len(images or []):
+        raise UsageError("give either images or videos, not both, in one segment call")
+    viz_file = save_viz if videos and save_viz and is_video_path(save_viz) else None
+    if viz_file and len(videos) > 1:
+        raise UsageError(f"--save-viz {save_viz}: one annotated video per input; give a directory for "
+                         f"{len(videos)} videos")
+    common_checks(device=device, dtype=dtype, output=output, files={"--save-viz": viz_file},
+                  dirs={"--masks-dir": masks_dir, "--save-viz": None if viz_file else save_viz})
     if model:
         from visiontool.models.registry import check_segmenter_spec
 
         check_segmenter_spec(model)
+    from visiontool.services.detect import parse_text
+
+    phrases = parse_text(text)
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise UsageError(f"--threshold must be within [0, 1], got {threshold}")
+    if text_threshold is not None and not 0.0 <= text_threshold <= 1.0:
+        raise UsageError(f"--text-threshold must be within [0, 1], got {text_threshold}")
+    if not phrases:
+        for flag, v in (("--threshold", threshold), ("--text-threshold", text_threshold), ("--detector", detector)):
+            if v is not None:
+                raise UsageError(f"{flag} applies to --text; add --text PHRASES")
+    if detector is not None and detector.lower() not in ("none", "off"):
+        from visiontool.models.registry import check_detector_spec
+
+        check_detector_spec(detector)
+    if not videos:
+        for flag, v in (("--frame", frame), ("--start", start), ("--end", end),
+                        ("--max-frames-in-memory", max_frames_in_memory)):
+            if v is not None:
+                raise UsageError(f"{flag} applies to videos")
+        if vid_stride != 1:
+            raise UsageError("--vid-stride applies to videos")
+    if vid_stride < 1:
+        raise UsageError(f"--vid-stride must be at least 1, got {vid_stride}")
+    if frame is not None and frame < 0:
+        raise UsageError(f"--frame must be >= 0, got {frame}")
+    if max_frames_in_memory is not None and max_frames_in_memory < 1:
+        raise UsageError(f"--max-frames-in-memory must be at least 1, got {max_frames_in_memory}")
     if no_cache and cache_dir:
         raise UsageError("--cache-dir and --no-cache contradict each other")
     if not no_cache:
@@ -133,12 +204,26 @@ def segment_command(
 
         extra = P.prompts_from_json(load_json_file(prompts_file, "--prompts"), prompts_file)
     records = _read_boxes_from(boxes_from) if boxes_from else None
-    base = P.build_prompts(points=points, neg_points=negs, boxes=boxes, mask_input=mask_input, extra=extra)
-    if auto and (base or records is not None):
+    base = P.build_prompts(points=points, neg_points=negs, boxes=boxes, mask_input=mask_input, extra=extra,
+                           frame=frame)
+    if auto and (base or records is not None or phrases):
         raise UsageError("--auto segments everything; it takes no prompts")
-    if not auto and not base and records is None:
-        raise UsageError("nothing to segment: give --point, --box, --mask-input, --prompts, --boxes-from "
+    if not auto and not base and records is None and not phrases:
+        raise UsageError("nothing to segment: give --point, --box, --mask-input, --prompts, --text, --boxes-from "
                          "or --auto")
+    if videos:
+        if auto:
+            raise UsageError("--auto segments images; give a video point, box, mask, --prompts or --text prompts")
+        if records is not None:
+            raise UsageError("--boxes-from names images; for a video give --box/--prompts on a --frame, or --text")
+        from visiontool.cli.segment_video import run_videos
+
+        run_videos(videos, base, phrases, model=model, detector=detector, threshold=threshold,
+                   text_threshold=text_threshold, frame=frame, vid_stride=vid_stride, start=start, end=end,
+                   max_frames_in_memory=max_frames_in_memory, fmt=fmt, output=output, gt=gt,
+                   save_viz=save_viz, viz_file=viz_file, masks_dir=masks_dir, cache_dir=cache_dir,
+                   no_cache=no_cache, device=device, dtype=dtype, quiet=quiet)
+        return
 
     from visiontool.io.images import expand_sources, image_size
     from visiontool.services.segment import SegmentJob
@@ -157,7 +242,7 @@ def segment_command(
         found = P.match_record(records, s.name)
         if found is not None:
             ps += P.prompts_for_detections(found.detections, "--boxes-from")
-        jobs.append(SegmentJob(s, ps, auto))
+        jobs.append(SegmentJob(s, ps, auto, phrases))
     # prompt coordinates against each image's size (header only), still before the model
     for job in jobs:
         if job.source.is_url:
@@ -187,13 +272,16 @@ def segment_command(
 
     engine = load_segmenter(model, device, dtype, warn=warn, cache_dir=cache_dir, use_cache=not no_cache,
                             quiet=quiet)
+    text_options = None
+    if phrases:
+        text_options = _text_options(engine, phrases, detector, threshold, text_threshold, device, dtype, warn)
     failed: list[str] = []
     lone = len(jobs) == 1  # a lone image's failure is the final error line itself
     used_viz: set[str] = set()
     used_dirs: set[str] = set()
     with RecordWriter(fmt, output, gt_index, kind="segment") as writer:
         for result, rgb in iter_segment(engine, jobs, multimask, opts, gt_index,
-                                        on_error=None if lone else error_line):
+                                        on_error=None if lone else error_line, text_options=text_options):
             if result.error:
                 failed.append(result.error)
                 continue
@@ -214,6 +302,17 @@ def segment_command(
     if failed:
         raise PartialFailure(failed[0] if lone else f"{len(failed)} of {len(jobs)} images could not be processed "
                              "(named above)")
+
+
+def _text_options(engine, phrases, detector, threshold, text_threshold, device, dtype, warn):
+    """How --text is served: the model's own concept segmentation or a detector's boxes."""
+    from visiontool.services import segment_text as st
+    from visiontool.services.segment import TextOptions
+
+    st.check_text_route(engine.info, detector)
+    det = st.load_detector(detector, phrases, device, dtype, warn) if st.wants_detector(engine.info, detector) \
+        else None
+    return TextOptions(det, st.DEFAULT_THRESHOLD if threshold is None else threshold, text_threshold)
 
 
 def _read_boxes_from(spec: str) -> dict:

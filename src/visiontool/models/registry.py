@@ -125,6 +125,31 @@ def check_segmenter_spec(spec: str) -> None:
     segmenter_module(spec).check(spec)
 
 
+def peek_segmenter_capabilities(spec: str | None) -> frozenset[str] | None:
+    """What a segmenter can do (``points``, ``auto``, ``text``, ``video``, ...) without loading
+    it: known for the official checkpoints and for local or already-cached transformers
+    models; None when only loading tells (a hub model not downloaded yet)."""
+    if spec is None or segmenter_module(spec).__name__ == SAM_OFFICIAL:
+        return frozenset({"points", "boxes", "mask_input", "auto"})
+    from visiontool.models import hf_sam_spec
+
+    path = hf_sam_spec.cached_dir(spec)
+    if path is None or not (path / "config.json").is_file():
+        return None
+    try:
+        s = hf_sam_spec.read_spec(str(path), download=False)
+    except Exception:  # noqa: BLE001 - the load reports it properly
+        return None
+    caps = set()
+    if s.kind is not None:
+        caps |= {"points", "boxes", "mask_input", "auto"}
+    if s.text:
+        caps.add("text")
+    if s.video:
+        caps.add("video")
+    return frozenset(caps)
+
+
 def load_segmenter(spec: str | None, device: str = "auto", dtype: str = "auto",
                    warn: Callable[[str], None] | None = None, **options: Any):
     """A :class:`~visiontool.models.protocol.Segmenter` (``spec`` None: the default SAM

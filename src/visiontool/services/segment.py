@@ -1,9 +1,10 @@
 """Prompts -> masks: the orchestration behind ``visiontool segment``, for every SAM-family model.
 
 Per image: decode (EXIF, RGB), check the prompts against its size, then ask the
-:class:`~visiontool.models.protocol.Segmenter` for the masks of its prompts (or of
-everything, ``--auto``). The adapter handles embeddings (cached on disk), decoding and RLE;
-this module never knows which backend runs. Records are ``ImageResult(kind="segment")``.
+:class:`~visiontool.models.protocol.Segmenter` for the masks of its prompts, of its ``--text``
+phrases (:mod:`visiontool.services.segment_text`) or of everything (``--auto``). The adapter
+handles embeddings (cached on disk), decoding and RLE; this module never knows which backend
+runs. Records are ``ImageResult(kind="segment")``. Videos: :mod:`visiontool.services.segment_video`.
 """
 from __future__ import annotations
 
@@ -34,24 +35,46 @@ class SegmentJob:
     source: Any  # ImageSource
     prompts: list[Prompt] = field(default_factory=list)
     auto: bool = False
+    text: tuple[str, ...] | None = None  # --text phrases
+
+
+@dataclass
+class TextOptions:
+    """How ``--text`` phrases become masks: a zero-shot ``detector`` (grounded) or the model."""
+
+    detector: Any = None  # a loaded Detector, or None for the model's own concept segmentation
+    threshold: float = 0.5
+    text_threshold: float | None = None
+    max_det: int | None = 100
 
 
 def masks_for_image(model, rgb: np.ndarray, job: SegmentJob, multimask: bool | None,
-                    auto_options: AutoOptions | None, name: str) -> Detections:
+                    auto_options: AutoOptions | None, name: str,
+                    text_options: TextOptions | None = None) -> Detections:
     """The masks of one decoded image (prompts checked against its size first)."""
     h, w = rgb.shape[:2]
     for p in job.prompts:
         check_prompt(p, w, h, name)
     if job.auto:
         return model.segment_auto(rgb, auto_options or AutoOptions(), name=name)
+    parts = []
     if job.prompts:
-        return model.segment(rgb, job.prompts, multimask=multimask, name=name)
-    return Detections.empty(with_masks=True)
+        parts.append(model.segment(rgb, job.prompts, multimask=multimask, name=name))
+    if job.text:
+        from visiontool.services.segment_text import text_masks
+
+        t = text_options or TextOptions()
+        parts.append(text_masks(model, rgb, job.text, detector=t.detector, threshold=t.threshold,
+                                text_threshold=t.text_threshold, max_det=t.max_det, name=name))
+    if not parts:
+        return Detections.empty(with_masks=True)
+    return Detections.merge(parts)
 
 
 def iter_segment(model, jobs: Iterable[SegmentJob], multimask: bool | None = None,
                  auto_options: AutoOptions | None = None, gt=None,
-                 on_error: Callable[[str], None] | None = None) -> Iterator[tuple[ImageResult, np.ndarray | None]]:
+                 on_error: Callable[[str], None] | None = None,
+                 text_options: TextOptions | None = None) -> Iterator[tuple[ImageResult, np.ndarray | None]]:
     """Yield (ImageResult, rgb or None) per job; per-image load failures become ``error``
     results (``on_error(message)`` is called) and the others go on."""
     from visiontool.errors import ImageLoadError
@@ -69,7 +92,7 @@ def iter_segment(model, jobs: Iterable[SegmentJob], multimask: bool | None = Non
             yield ImageResult(image=name, width=0, height=0, model=name_of_model, image_id=image_id, kind="segment",
                               error=str(exc)), None
             continue
-        masks = masks_for_image(model, rgb, job, multimask, auto_options, name)
+        masks = masks_for_image(model, rgb, job, multimask, auto_options, name, text_options)
         h, w = rgb.shape[:2]
         yield ImageResult(image=name, width=w, height=h, model=name_of_model, image_id=image_id,
                           detections=masks, kind="segment"), rgb
@@ -79,7 +102,9 @@ def segment(images, *, model: str | None = None, checkpoint: str | None = None, 
             boxes=None, mask_input: str | None = None, prompts: list[Prompt] | None = None,
             detections: dict[str, ImageResult] | list | None = None, auto: bool = False,
             auto_options: AutoOptions | None = None, multimask: bool | None = None, device: str = "auto",
-            dtype: str = "auto", cache_dir: str | None = None, use_cache: bool = True) -> list[ImageResult]:
+            dtype: str = "auto", cache_dir: str | None = None, use_cache: bool = True, text=None,
+            detector: str | None = None, threshold: float = 0.5,
+            text_threshold: float | None = None) -> list[ImageResult]:
     """``visiontool.segment``: segment ``images`` (paths); one ImageResult (masks) per image.
 
     points / neg_points: [(x, y), ...] pixels, together one prompt (with ``boxes`` if exactly
@@ -87,7 +112,10 @@ def segment(images, *, model: str | None = None, checkpoint: str | None = None, 
     prompts: explicit :class:`~visiontool.types.Prompt` list; detections: detect's records
     (a list of ImageResult or record dicts, or {image: ImageResult}) — one box prompt per
     detection; auto: segment everything. ``model`` (alias ``checkpoint``): a SAM spec.
-    Images that fail to load come back with ``error`` set.
+    text: phrases ("bus, person" or a list) — SAM 3's concept segmentation, or boxes from
+    ``detector`` (default IDEA-Research/grounding-dino-tiny for models without text) segmented
+    by the model; ``threshold`` applies to those instances. Images that fail to load come back
+    with ``error`` set.
     """
     from visiontool.convert import from_record
     from visiontool.io.images import expand_sources
@@ -102,10 +130,20 @@ def segment(images, *, model: str | None = None, checkpoint: str | None = None, 
         for i, r in enumerate(detections):
             r = r if isinstance(r, ImageResult) else from_record(r, f"detections[{i}]")
             records[r.image] = r
+    from visiontool.services.detect import parse_text
+
+    phrases = parse_text(text)
     jobs = []
     for s in sources:
         found = match_record(records, s.name)
         extra = prompts_for_detections(found.detections, "detections") if found is not None else []
-        jobs.append(SegmentJob(s, list(base) + extra, auto))
+        jobs.append(SegmentJob(s, list(base) + extra, auto, phrases))
     engine = load_segmenter(model or checkpoint, device, dtype, cache_dir=cache_dir, use_cache=use_cache, quiet=True)
-    return [r for r, _ in iter_segment(engine, jobs, multimask, auto_options)]
+    text_options = None
+    if phrases:
+        from visiontool.services import segment_text as st
+
+        st.check_text_route(engine.info, detector)
+        det = st.load_detector(detector, phrases, device, dtype) if st.wants_detector(engine.info, detector) else None
+        text_options = TextOptions(det, threshold, text_threshold)
+    return [r for r, _ in iter_segment(engine, jobs, multimask, auto_options, text_options=text_options)]
