@@ -203,12 +203,8 @@ class _Actor:
 
     def __init__(self, cwd: str = ""):
         use_cwd(cwd)
-        try:
-            import ray
-
-            self.node = ray.get_runtime_context().get_node_id()
-        except Exception:  # noqa: BLE001 - outside Ray (unit tests): no node
-            self.node = ""
+        ray = sys.modules.get("ray")  # never start Ray here (get_runtime_context() would)
+        self.node = ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else ""
         self.warnings: list[str] = []
         self._said: set[str] = set()
 
