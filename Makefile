@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: venv demo test bench bench-detect bench-evaluate bench-segment lint clean
+.PHONY: venv demo test bench bench-detect bench-evaluate bench-segment bench-scale lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ demo: venv
 test: venv
 	$(PY) -m pytest -q
 
-bench: bench-detect bench-evaluate bench-segment
+bench: bench-detect bench-evaluate bench-segment bench-scale
 
 bench-detect: venv
 	$(PY) benchmarks/detect.py
@@ -31,6 +31,9 @@ bench-evaluate: venv
 
 bench-segment: venv
 	$(PY) benchmarks/segment.py
+
+bench-scale: venv
+	$(PY) benchmarks/scale.py
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (fixtures imported from ray_helpers are re-bound as test arguments)
 """--engine ray on a real local Ray cluster: the records equal a local run's, a killed driver
 resumes without writing any image twice, a killed model actor is restarted, corrupt images
 become error rows, segment --boxes-from equals segment locally."""

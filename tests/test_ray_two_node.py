@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (fixtures imported from ray_helpers are re-bound as test arguments)
 """A real two-node Ray cluster on this machine: `ray start --head` plus a second `ray start
 --address` with its own resources; `visiontool detect --engine ray --address` joins it, the
 replicas run on both nodes, and the records (Parquet shards, from a manifest and a file://
@@ -10,7 +11,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner

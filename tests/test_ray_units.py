@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (fixtures imported from ray_helpers are re-bound as test arguments)
 """--engine ray pieces that need no cluster: the option checks, the model actor's out-of-memory
 retry (a simulated CUDA OOM on the CPU), the shard directory's crash repair and merge order,
 manifests and object-store URIs."""

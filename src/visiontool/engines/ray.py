@@ -241,8 +241,8 @@ class _Run:
             if before.get(key) != now.get(key):
                 diffs.append(f"{key} {before.get(key)!r} then, {now.get(key)!r} now")
         if diffs:
-            raise UsageError(f"--resume: the run in {out.display()} was started with other options ({'; '.join(diffs)}); "
-                             "rerun it with the same options, or choose another --output-dir")
+            raise UsageError(f"--resume: the run in {out.display()} was started with other options "
+                             f"({'; '.join(diffs)}); rerun it with the same options, or choose another --output-dir")
 
     # -- the run
     def execute(self) -> RunSummary:

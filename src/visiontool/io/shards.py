@@ -223,7 +223,6 @@ def encode_shard(records: list[str], fmt: str, kind: str) -> bytes:
         return "".join(r + "\n" for r in records).encode("utf-8")
     import io
 
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = records_to_table([json.loads(r) for r in records], kind)
