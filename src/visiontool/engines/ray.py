@@ -251,6 +251,10 @@ class _Run:
         from visiontool.engines.ray_cluster import QuietStderr, Session, chunk_rows, explain, log_path_for, plan
 
         t0 = time.perf_counter()
+        if self.opts.address and self.opts.address != "auto" and not _connected():
+            from visiontool.engines.ray_cluster import probe
+
+            probe(self.opts.address)  # before DIR is touched
         out, state, done = self.prepare()
         total = state.total
         todo = np.flatnonzero(~done[1:]) + 1
@@ -271,9 +275,13 @@ class _Run:
                     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                         for row in batch.to_pylist():
                             self.commit(out, row, done, report)
-            except (VisionToolError, Interrupted):
+            except VisionToolError:
                 raise
-            except KeyboardInterrupt:
+            except (Interrupted, KeyboardInterrupt) as exc:
+                report.warn(f"stopped: {int(done[1:].sum())} of {total} images are in {out.display()}; the same "
+                            "command with --resume does the rest")
+                if isinstance(exc, Interrupted):
+                    raise
                 raise Interrupted("interrupted") from None
             except Exception as exc:  # noqa: BLE001 - Ray's failures become one line
                 raise explain(exc, log) from None
@@ -341,6 +349,11 @@ class _Run:
         return summary
 
 
+def _connected() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
 def _shard_rows() -> int:
     raw = os.environ.get(SHARD_ROWS_ENV, "").strip()
     if not raw:
@@ -381,6 +394,7 @@ class _Reporter:
         self.rows = 0
         self.named = 0
         self.t0 = time.perf_counter()
+        self.first: tuple[float, int] | None = None
         self.last = 0.0
         self.said: set[str] = set()
         self.tty = _isatty(stream)
@@ -411,6 +425,8 @@ class _Reporter:
         self.t0 = time.perf_counter()
 
     def committed(self, entry, warnings: list[str]) -> None:
+        if self.first is None:  # the replicas are up: the steady rate counts from here
+            self.first = (time.perf_counter(), entry.rows)
         self.rows += entry.rows
         self.failed += entry.failed
         for w in warnings:
@@ -450,8 +466,12 @@ class _Reporter:
         if self.quiet:
             return
         where = f" on {s.plan.describe()}" if s.plan is not None else ""
+        steady = ""
+        if self.first is not None and self.rows > self.first[1]:
+            dt = time.perf_counter() - self.first[0]
+            steady = f", {(self.rows - self.first[1]) / max(dt, 1e-9):.2f} once the replicas were up"
         self._line(f"{s.written} image{'s' if s.written != 1 else ''} in {s.seconds:.1f} s "
-                   f"({s.rows_per_s:.2f} images/s){where}: {s.total} of {s.total} images in {s.output_dir}, "
+                   f"({s.rows_per_s:.2f} images/s{steady}){where}: {s.total} of {s.total} images in {s.output_dir}, "
                    f"{s.failed} failed (gather them: visiontool merge {s.output_dir} -f coco)")
 
 

@@ -5,8 +5,8 @@
   cluster started with ``ray start`` (and only disconnects). When the calling process is
   already connected (``ray.init()`` done by an embedding program, or the test suite), that
   connection is used as it is.
-* Ray writes a lot to the driver's stderr (raylet notices, executor logs, stack traces of
-  retried tasks). While the run is on, file descriptor 2 and ``sys.stderr`` go to a log file
+* Ray writes a lot to the driver's stdout and stderr (raylet notices, executor logs, stack
+  traces of retried tasks). While the run is on, file descriptors 1 and 2 go to a log file
   (``DIR/_logs/driver-<time>.log`` for a local DIR, else a temporary file) and visiontool's own
   progress and error lines go to the terminal; a failure names the log.
 * Replicas: ``--gpus-per-replica`` defaults to 1 when the cluster has GPUs (and ``--device`` is
@@ -47,8 +47,10 @@ class Plan:
 
 
 class QuietStderr:
-    """Send fd 2 and ``sys.stderr`` to ``log_path`` while Ray runs; :attr:`out` is where
-    visiontool's own lines go (the terminal, or the caller's captured stream)."""
+    """Send fds 1 and 2 and ``sys.stdout``/``sys.stderr`` to ``log_path`` while Ray runs (its
+    driver prints raylet notices and task tracebacks to both; a cluster run writes no data to
+    stdout); :attr:`out` is where visiontool's own lines go (the terminal's stderr, or the
+    caller's captured stream)."""
 
     def __init__(self, log_path: str):
         self.log_path = log_path
@@ -56,17 +58,19 @@ class QuietStderr:
     def __enter__(self):
         os.makedirs(os.path.dirname(self.log_path) or ".", exist_ok=True)
         self.log = open(self.log_path, "a", buffering=1, encoding="utf-8", errors="backslashreplace")
-        self.saved_stderr = sys.stderr
-        try:
-            sys.stderr.flush()
-        except (AttributeError, ValueError):
-            pass
+        self.saved_streams = (sys.stdout, sys.stderr)
+        for stream in self.saved_streams:
+            try:
+                stream.flush()
+            except (AttributeError, ValueError):
+                pass
         self.real = _fileno(sys.stderr) == 2
-        self.saved_fd = os.dup(2)
+        self.saved_fds = (os.dup(1), os.dup(2))
         self.out = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="backslashreplace") \
             if self.real else sys.stderr
+        os.dup2(self.log.fileno(), 1)
         os.dup2(self.log.fileno(), 2)
-        sys.stderr = self.log
+        sys.stdout = sys.stderr = self.log
         self.levels = {name: logging.getLogger(name).level for name in RAY_LOGGERS}
         for name in RAY_LOGGERS:
             logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -75,9 +79,10 @@ class QuietStderr:
     def __exit__(self, *exc):
         for name, level in self.levels.items():
             logging.getLogger(name).setLevel(level)
-        sys.stderr = self.saved_stderr
-        os.dup2(self.saved_fd, 2)
-        os.close(self.saved_fd)
+        sys.stdout, sys.stderr = self.saved_streams
+        for fd, saved in zip((1, 2), self.saved_fds):
+            os.dup2(saved, fd)
+            os.close(saved)
         if self.real:
             self.out.close()
         self.log.close()
@@ -111,6 +116,8 @@ class Session:
 
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports from a CLI run
         if not ray.is_initialized():
+            if self.address and self.address != "auto":
+                probe(self.address)
             kwargs = dict(logging_level=logging.WARNING, log_to_driver=False, ignore_reinit_error=True)
             try:
                 if self.address:
@@ -137,6 +144,20 @@ class Session:
 
             ray.shutdown()
         return False
+
+
+def probe(address: str, timeout: float = 10.0) -> None:
+    """Fail at once when nothing listens at HOST:PORT (``ray.init`` would retry for minutes)."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        raise VisionToolError(f"cannot connect to the Ray cluster at '{address}': {exc.strerror or exc} (is it "
+                              "started? `ray start --head` prints the address to use)") from None
 
 
 def plan(replicas: int | None, gpus: float | None, cpus: float | None, device: str, strict: bool,
