@@ -212,6 +212,9 @@ class _Run:
                                  "sources or choose another --output-dir")
             state = out.read_state(repair=True)
         else:
+            if out.read_state().entries:
+                raise UsageError(f"--output-dir {out.display()} holds shards of an earlier run but no _job.json; "
+                                 "choose another directory")
             digest = hashlib.sha256()
             total = 0
 

@@ -352,12 +352,12 @@ def write_shard(table, *, output_dir: str, fmt: str, kind: str):
 
     from visiontool.io.shards import TMP_DIR, Store, encode_shard, shard_name
 
-    order = sorted(range(table.num_rows), key=table.column("position").to_pylist().__getitem__)
-    positions = [table.column("position")[i].as_py() for i in order]
-    records = table.column("record").to_pylist()
-    errors_col = table.column("error").to_pylist()
-    records = [records[i] for i in order]
-    errors = [errors_col[i] for i in order if errors_col[i] is not None]
+    all_positions = table.column("position").to_pylist()
+    order = sorted(range(table.num_rows), key=all_positions.__getitem__)
+    positions = [all_positions[i] for i in order]
+    all_records, all_errors = table.column("record").to_pylist(), table.column("error").to_pylist()
+    records = [all_records[i] for i in order]
+    errors = [all_errors[i] for i in order if all_errors[i] is not None]
     name = shard_name(positions[0] if positions else 0, fmt)
     data = encode_shard(records, fmt, kind)
     Store(output_dir).write_bytes(f"{TMP_DIR}/{name}", data, durable=True, atomic=False)

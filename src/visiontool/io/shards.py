@@ -473,18 +473,19 @@ def _shard_rows(store: Store, entry: Entry, kind: str) -> Iterator[tuple[int, di
 
         with store.open_input(entry.shard) as fh:
             pf = pq.ParquetFile(fh)
-            i = 0
-            for batch in pf.iter_batches(batch_size=256):
-                import pyarrow as pa
+            import pyarrow as pa
 
-                for rec in table_records(pa.Table.from_batches([batch]), kind):
-                    yield positions[i], rec
-                    i += 1
+            records = (rec for batch in pf.iter_batches(batch_size=256)
+                       for rec in table_records(pa.Table.from_batches([batch]), kind))
+            yield from zip(positions, records)
         return
-    with store.open_input(entry.shard) as fh:
-        for i, line in enumerate(fh):
-            if line.strip():
-                yield positions[i], json.loads(line)
+    if not store.local:  # an object-store shard: one GET (a shard is at most a few MB)
+        lines = [ln for ln in store.read_bytes(entry.shard).splitlines() if ln.strip()]
+        yield from zip(positions, map(json.loads, lines))
+        return
+    with store.open_input(entry.shard) as fh:  # a local shard: line by line
+        for pos, line in zip(positions, (ln for ln in fh if ln.strip())):
+            yield pos, json.loads(line)
 
 
 def _merge(sources: list[Iterator[tuple[int, dict]]]) -> Iterator[tuple[int, dict]]:
