@@ -122,9 +122,9 @@ class Session:
             try:
                 if self.address:
                     ray.init(address=self.address, **kwargs)
-                else:
+                else:  # RAY_ADDRESS, when set, names a cluster to join instead
                     ray.init(include_dashboard=False, **kwargs)
-                    self.started_local = True
+                    self.started_local = not os.environ.get("RAY_ADDRESS")
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 where = f"the Ray cluster at '{self.address}'" if self.address else "a local Ray cluster"
                 raise VisionToolError(f"cannot connect to {where}: {first_line(str(exc))}") from None
