@@ -15,7 +15,8 @@ ENGINES = ("local", "ray")
 
 EngineOpt = typer.Option("local", "--engine", metavar="local|ray",
                          help="local: this process. ray: a Ray cluster (extra [ray]); records go to sharded files "
-                              "in --output-dir.")
+                              "in --output-dir, and SOURCE also takes manifests (.txt, or .parquet/.jsonl/.csv with a "
+                              "'path' column) and object-store URIs (s3://, gs://).")
 AddressOpt = typer.Option(None, "--address", metavar="auto|HOST:PORT|ray://HOST:PORT",
                           help="--engine ray: join a cluster started with `ray start` (auto: the one on this "
                                "machine). Default: start a local cluster sized to this machine.")

@@ -306,6 +306,8 @@ class _Run:
 
         n_chunks = math.ceil(len(todo) / k)
         uri = out.store.uri if not out.store.local else out.store.root
+        # one block per chunk of the positions left to do: the unit a replica takes (reading
+        # _inputs.parquet directly would give one block per row group, so one busy replica)
         ds = ray.data.from_items([{"chunk": i} for i in range(n_chunks)], override_num_blocks=n_chunks)
         # input rows: a 0-CPU task per chunk (it never competes with the replicas for cores)
         ds = ds.map_batches(expand_chunk, batch_size=1, batch_format="pyarrow", num_cpus=0,
@@ -342,8 +344,8 @@ class _Run:
         state = out.read_state()
         if state.success is None:
             out.finish({"kind": self.kind, "format": self.opts.output_format, "inputs": state.total,
-                        "rows": state.rows, "failed": state.failed, "shards": len(state.entries),
-                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                        "rows": state.rows, "failed": state.failed, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "shards": [{"name": e.shard, "rows": e.rows, "failed": e.failed} for e in state.entries]})
         summary = RunSummary(out.display(), state.total, report.rows, state.failed, time.perf_counter() - t0, p)
         report.done(summary)
         if state.failed:

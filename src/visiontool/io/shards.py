@@ -8,7 +8,7 @@ are hidden from Spark, Arrow datasets and DuckDB globs over ``DIR/part-*``)::
     DIR/_tmp/part-….jsonl           shards being written (never read; removed on --resume)
     DIR/_manifest/part-….json       one entry per complete shard: rows, failures, positions, bytes
     DIR/part-<first>-<id>.jsonl     complete shards (``.parquet`` with --output-format parquet)
-    DIR/_SUCCESS                    written once every input has its row
+    DIR/_SUCCESS                    written once every input has its row: counts and the list of shards
 
 A shard row is exactly the record the local command prints (DESIGN.md §3: ``json.dumps`` of
 :func:`visiontool.convert.to_record`, masks as RLE), a failed image included (its record
