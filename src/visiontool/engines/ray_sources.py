@@ -97,9 +97,9 @@ def _resolve(entry: str, base: str, manifest: str) -> str:
 
 def _open_binary(path: str):
     if is_object_url(path):
-        from visiontool.io.shards import _filesystem
+        from visiontool.io.storage import filesystem
 
-        fs, p = _filesystem(path)
+        fs, p = filesystem(path)
         return fs.open_input_file(p)
     return open(os.path.expanduser(path), "rb")
 
@@ -163,9 +163,9 @@ def object_listing(uri: str, recursive: bool) -> list[str]:
     from pyarrow.fs import FileSelector, FileType
 
     from visiontool.io.images import IMAGE_EXTENSIONS
-    from visiontool.io.shards import _filesystem
+    from visiontool.io.storage import filesystem
 
-    fs, path = _filesystem(uri)
+    fs, path = filesystem(uri)
     scheme = uri.split("://", 1)[0]
     prefix = uri[: len(uri) - len(uri.split("://", 1)[1])]  # "s3://"
     info = fs.get_file_info(path)
@@ -196,9 +196,9 @@ def load_object(uri: str):
     key = uri.split("://", 1)[0] + "://" + uri.split("://", 1)[1].split("/", 1)[0]
     try:
         if key not in _FS_CACHE:
-            from visiontool.io.shards import _filesystem
+            from visiontool.io.storage import filesystem
 
-            _FS_CACHE[key] = _filesystem(uri)[0]
+            _FS_CACHE[key] = filesystem(uri)[0]
         fs = _FS_CACHE[key]
         path = uri.split("://", 1)[1]  # pyarrow's path: "bucket/key", or "/abs/path" for file://
         with fs.open_input_stream(path) as fh:

@@ -350,7 +350,8 @@ def write_shard(table, *, output_dir: str, fmt: str, kind: str):
     ``_tmp/<name>`` (fsynced), reported to the driver as one summary row (it commits)."""
     import pyarrow as pa
 
-    from visiontool.io.shards import TMP_DIR, Store, encode_shard, shard_name
+    from visiontool.io.shards import TMP_DIR, encode_shard, shard_name
+    from visiontool.io.storage import Store
 
     all_positions = table.column("position").to_pylist()
     order = sorted(range(table.num_rows), key=all_positions.__getitem__)
