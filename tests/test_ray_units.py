@@ -151,6 +151,17 @@ def test_oom_at_batch_one_and_a_failing_image_become_error_rows(udf, photos, mon
     assert udf.batch_size == 1
 
 
+def test_the_gpu_decode_stage_hands_the_actor_the_same_pixels(udf, photos):
+    """With GPU replicas, CPU tasks decode and the actor gets RGB bytes: the records are the same."""
+    from visiontool.engines.ray_udfs import decode_rows
+
+    table = _table(photos, ["img003.jpg", "bad_truncated.jpg", "img007.jpg"])
+    decoded = decode_rows(table)
+    assert decoded.column("pixels").to_pylist()[1] is None
+    assert decoded.column("load_error").to_pylist()[1].endswith("corrupt or truncated image (Truncated File Read)")
+    assert udf(decoded).column("record").to_pylist() == udf(table).column("record").to_pylist()
+
+
 def test_oom_is_recognised():
     import torch
 
