@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: venv demo test bench bench-detect bench-detectors bench-evaluate bench-segment bench-segment-family bench-video lint clean
+.PHONY: venv base demo test bench bench-detect bench-detectors bench-evaluate bench-segment bench-segment-family bench-video bench-scale lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ demo: venv
 test: venv
 	$(PY) -m pytest -q
 
-bench: bench-detect bench-detectors bench-evaluate bench-segment bench-segment-family bench-video
+bench: bench-detect bench-detectors bench-evaluate bench-segment bench-segment-family bench-video bench-scale
 
 bench-detect: venv
 	$(PY) benchmarks/detect.py
@@ -40,6 +40,9 @@ bench-video: venv
 
 bench-segment-family: venv
 	$(PY) benchmarks/segment_family.py
+
+bench-scale: venv
+	$(PY) benchmarks/scale.py
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks

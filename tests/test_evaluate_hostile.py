@@ -160,7 +160,7 @@ def test_paths_that_are_not_files(files, tmp_path, flag):
     loop = tmp_path / "loop.json"
     loop.symlink_to(loop)
     line = err(loop)
-    assert "symlink loop" in line and "not found" not in line
+    assert "symbolic link loop" in line and "not found" not in line
     dangling = tmp_path / "dangling.json"
     dangling.symlink_to(tmp_path / "gone.json")
     assert "does not exist" in err(dangling)

@@ -6,6 +6,7 @@ from typing import List, Optional
 
 import typer
 
+from visiontool.cli import engine_options as EO
 from visiontool.cli.options import DeviceOpt, DtypeOpt, OutputOpt, QuietOpt, choose_format, format_option
 
 FORMATS = ("table", "json", "jsonl", "coco", "csv", "mot")
@@ -89,6 +90,14 @@ def detect_command(
                                                      help="A tracker constructor option, e.g. "
                                                           "lost_track_buffer=60 (repeat it)."),
     quiet: bool = QuietOpt,
+    engine: str = EO.EngineOpt,
+    address: Optional[str] = EO.AddressOpt,
+    replicas: Optional[int] = EO.ReplicasOpt,
+    gpus_per_replica: Optional[float] = EO.GpusOpt,
+    cpus_per_replica: Optional[float] = EO.CpusOpt,
+    output_dir: Optional[str] = EO.OutputDirOpt,
+    resume: bool = EO.ResumeOpt,
+    output_format: Optional[str] = EO.OutputFormatOpt,
 ) -> None:
     """Detect objects with any model family: set predictors (DETR, RT-DETR, …), two-stage and
     one-stage detectors (torchvision, Ultralytics YOLO) and open-vocabulary models (--text),
@@ -118,6 +127,20 @@ def detect_command(
     phrases = parse_text(text)
     if model:
         check_detector_spec(model)
+    ray_run = EO.check_engine(engine, address=address, replicas=replicas, gpus_per_replica=gpus_per_replica,
+                              cpus_per_replica=cpus_per_replica, output_dir=output_dir, resume=resume,
+                              output_format=output_format, quiet=quiet,
+                              local_only={"--output": output, "--format": fmt, "--save-viz": save_viz,
+                                           "--save-crops": save_crops, "--track": track or tracker or tracker_opts,
+                                           "--start": start, "--end": end, "--max-frames": max_frames,
+                                           "--source-type": source_type != "auto", "--vid-stride": vid_stride != 1})
+    if ray_run is not None:  # --engine ray: the records go to shards in --output-dir
+        from visiontool.engines.ray import detect_on_ray
+
+        detect_on_ray(ray_run, sources, recursive=recursive, model=model, threshold=threshold, classes=classes,
+                      max_det=max_det, nms_iou=nms_iou, batch_size=batch_size, device=device, dtype=dtype, gt=gt,
+                      text=phrases, text_threshold=text_threshold)
+        return
     srcs = expand_media(sources, recursive=recursive, source_type=source_type)
     videos = [s for s in srcs if s.is_video]
     if out_format == "table" and not fmt and not output and any(s.kind == "stream" for s in srcs):

@@ -65,7 +65,7 @@ def evaluate_command(
         return
     if not gt or not pred:
         raise UsageError("evaluate needs --gt COCO.json and --pred FILE (see 'visiontool evaluate --help')")
-    if gt.lower().endswith(".txt") or os.path.isdir(gt):
+    if gt.lower().endswith(".txt") or (os.path.isdir(gt) and _mot_folder(gt)):
         raise UsageError(f"--gt '{gt}' looks like MOTChallenge tracking ground truth, not COCO JSON: add --mot")
     fmt = choose_format(fmt, output, ("table", "json"))
     if iou_type not in IOU_TYPES:
@@ -102,6 +102,14 @@ def evaluate_command(
         from visiontool.render.eval_tables import per_class_table, stats_table
 
         print_tables(fh, stats_table(result), per_class_table(result) if per_class else None)
+
+
+def _mot_folder(path: str) -> bool:
+    """A directory laid out as MOTChallenge ground truth (SEQ/gt/gt.txt or *.txt files)."""
+    import glob
+
+    return bool(glob.glob(os.path.join(glob.escape(path), "*", "gt", "gt.txt"))
+                or glob.glob(os.path.join(glob.escape(path), "*.txt")))
 
 
 def _evaluate_mot(gt: Optional[str], pred: Optional[str], fmt: Optional[str], output: Optional[str], preproc: str,

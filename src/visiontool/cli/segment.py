@@ -10,6 +10,7 @@ from typing import List, Optional
 
 import typer
 
+from visiontool.cli import engine_options as EO
 from visiontool.cli.options import DeviceOpt, DtypeOpt, OutputOpt, QuietOpt, choose_format, format_option
 from visiontool.errors import PartialFailure, UsageError
 
@@ -101,6 +102,14 @@ def segment_command(
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
     quiet: bool = QuietOpt,
+    engine: str = EO.EngineOpt,
+    address: Optional[str] = EO.AddressOpt,
+    replicas: Optional[int] = EO.ReplicasOpt,
+    gpus_per_replica: Optional[float] = EO.GpusOpt,
+    cpus_per_replica: Optional[float] = EO.CpusOpt,
+    output_dir: Optional[str] = EO.OutputDirOpt,
+    resume: bool = EO.ResumeOpt,
+    output_format: Optional[str] = EO.OutputFormatOpt,
 ) -> None:
     """Segment objects with the SAM family: SAM, SAM-HQ, SAM 2/2.1, EdgeTAM, SAM 3.
 
@@ -123,6 +132,11 @@ def segment_command(
     from visiontool.render.console import set_quiet
 
     set_quiet(quiet)
+    ray_run = EO.check_engine(engine, address=address, replicas=replicas, gpus_per_replica=gpus_per_replica,
+                              cpus_per_replica=cpus_per_replica, output_dir=output_dir, resume=resume,
+                              output_format=output_format, quiet=quiet,
+                              local_only={"--format": fmt, "--output": output, "--masks-dir": masks_dir,
+                                          "--save-viz": save_viz, "--gt": gt})
     # ---- everything a user can get wrong, before any model loads
     from visiontool.io.video import is_video_source, is_video_path
 
@@ -264,6 +278,12 @@ def segment_command(
                                                          stability_score_thresh=stability_score_thresh,
                                                          min_area=min_area)
 
+    if ray_run is not None:  # --engine ray: the records go to shards in --output-dir
+        from visiontool.engines.ray import segment_on_ray
+
+        segment_on_ray(ray_run, jobs, records=records, model=model, multimask=multimask, auto_options=opts,
+                       gt=gt_index, device=device, dtype=dtype, cache_dir=cache_dir, use_cache=not no_cache)
+        return
     # ---- the model, then one image at a time
     from visiontool.io.records import RecordWriter
     from visiontool.models.registry import load_segmenter

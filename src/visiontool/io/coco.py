@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 from visiontool.convert import xyxy_to_xywh  # noqa: F401 (box spellings live in convert)
-from visiontool.errors import InvalidInputError
+from visiontool.errors import InvalidInputError, UsageError
 from visiontool.masks import decode as decode_rle  # noqa: F401 (masks live in visiontool.masks)
 from visiontool.masks import encode as encode_rle  # noqa: F401
 

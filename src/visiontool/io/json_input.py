@@ -18,51 +18,18 @@ Every failure is a :class:`~visiontool.errors.UsageError` (the path) or
 from __future__ import annotations
 
 import contextlib
-import errno
 import mmap
 import os
-import stat
 import sys
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 from visiontool.errors import InvalidInputError, UsageError
+from visiontool.io.readers import check_input_path  # noqa: F401 (re-exported: one path check)
 
 _WS = b" \t\r\n"
 _BOM = b"\xef\xbb\xbf"
 _HEAD = 1 << 16  # bytes read from a stream before deciding it is JSON at all
-_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-          (stat.S_ISSOCK, "a socket"))
-
-
-def check_input_path(path: str, what: str) -> str:
-    """``"file"`` for a regular file, ``"stream"`` for ``-`` or a FIFO; otherwise a one-line
-    :class:`UsageError` saying what the path is (``what`` names the input, e.g. "predictions")."""
-    if path == "-":
-        return "stream"
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        if os.path.islink(path):
-            raise UsageError(f"{what} file not found: '{path}' is a symlink to "
-                             f"'{os.readlink(path)}', which does not exist") from None
-        raise UsageError(f"{what} file not found: '{path}'") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise UsageError(f"{what} '{path}' is a symlink loop (a link that points back to itself)") from None
-        if exc.errno == errno.ENOTDIR:
-            raise UsageError(f"{what} file not found: '{path}' (a parent of it is not a directory)") from None
-        raise UsageError(f"cannot read {what} '{path}': {exc.strerror or exc}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise UsageError(f"{what} '{path}' is a directory, not a file")
-    if stat.S_ISFIFO(st.st_mode):
-        return "stream"
-    if not stat.S_ISREG(st.st_mode):
-        kind = next((name for test, name in _KINDS if test(st.st_mode)), "a special file")
-        raise UsageError(f"{what} '{path}' is not a regular file ({kind})")
-    if not os.access(path, os.R_OK):
-        raise UsageError(f"cannot read {what} '{path}': permission denied")
-    return "file"
 
 
 def json_start(head: bytes, label: str) -> int:

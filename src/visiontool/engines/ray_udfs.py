@@ -1,0 +1,377 @@
+"""What runs on the cluster's workers: list, decode, model actors, shard writers.
+
+The Ray Data pipeline (:mod:`visiontool.engines.ray`) is::
+
+    chunks -> expand_chunk (input rows from _inputs.parquet) [-> decode_rows, CPU tasks, detect on GPUs]
+           -> DetectUDF | SegmentUDF (model actors) -> write_shard (one shard file per call)
+
+Every function takes and returns ``pyarrow.Table`` batches (nullable columns stay nullable).
+The actors run the local commands' own code: :func:`visiontool.services.detect.prepare_detector`
+once and :func:`~visiontool.services.detect.iter_detect` (``detector.predict`` +
+``filter_detections``) per window; :func:`visiontool.models.registry.load_segmenter` once and
+:func:`~visiontool.services.segment.iter_segment` (``masks_for_image``) per image — so a row
+is byte for byte the record ``visiontool detect|segment --format jsonl`` prints.
+
+Nothing an image does stops the job: a decode error, a prompt outside the image, an
+exception from the model on one image, all become that image's row with ``error``. Running
+out of memory (CUDA OOM, or host ``MemoryError``) halves the forward-pass batch and retries
+(the smaller batch is kept by that actor); at batch 1 the image gets an ``error`` row.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import pickle
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from visiontool.convert import to_record
+from visiontool.types import ImageResult
+
+
+@dataclass(frozen=True)
+class DetectSpec:
+    """Everything a detect actor needs (plain values: it is pickled to every replica)."""
+
+    model: str | None
+    threshold: float
+    classes: tuple[str, ...] | None = None
+    max_det: int | None = 100
+    nms_iou: float | None = None
+    text: tuple[str, ...] | None = None
+    text_threshold: float | None = None
+    batch_size: int = 1
+    device: str = "auto"
+    dtype: str = "auto"
+    load_options: tuple = ()
+    cwd: str = ""  # the driver's working directory: relative paths mean the same on every node
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """Everything a segment actor needs; the per-image prompts travel with the rows."""
+
+    model: str | None
+    multimask: bool | None = None
+    auto_options: Any = None  # models.protocol.AutoOptions
+    device: str = "auto"
+    dtype: str = "auto"
+    cache_dir: str | None = None
+    use_cache: bool = True
+    load_options: tuple = ()
+    cwd: str = ""
+
+
+class _Ids:
+    """The image ids the driver computed (GT file names, else the local default), in the
+    shape ``iter_detect``/``iter_segment`` ask a ground truth for them."""
+
+    def __init__(self, names, ids):
+        self._ids = dict(zip(names, ids))
+
+    def image_id_for(self, name: str):
+        return self._ids.get(name)
+
+
+# ----------------------------------------------------------------------------- inputs
+_READERS: dict[str, Any] = {}
+
+
+def expand_chunk(table, *, listing: str, todo, rows: int):
+    """Chunk ids -> the input rows they stand for: ``todo[c*rows:(c+1)*rows]`` (the positions
+    still to do, ascending) looked up in ``_inputs.parquet``."""
+    import numpy as np
+    import pyarrow as pa
+
+    from visiontool.io.shards import ListingReader
+
+    reader = _READERS.get(listing)
+    if reader is None:
+        reader = _READERS[listing] = ListingReader(listing)
+    chunks = table.column("chunk").to_pylist()
+    positions = np.concatenate([todo[c * rows:(c + 1) * rows] for c in chunks]) if chunks else []
+    cols = reader.rows(positions)
+    out = {"position": pa.array(cols.get("position", []), pa.int64()),
+           "image": pa.array(cols.get("image", []), pa.string()),
+           "image_id": pa.array(cols.get("image_id", []), pa.int64())}
+    if "job" in cols:
+        out["job"] = pa.array(cols["job"], pa.binary())
+    return pa.table(out)
+
+
+def load(name: str):
+    """Decode one input (file, http(s) URL or object-store URI) to an RGB PIL image, exactly as
+    the local commands do (ImageLoadError on failure)."""
+    from visiontool.engines.ray_sources import is_object_url, load_object
+    from visiontool.io.images import ImageSource, is_url, load_image
+
+    if is_object_url(name):
+        return load_object(name)
+    return load_image(ImageSource(name, is_url(name)))
+
+
+def use_cwd(cwd: str) -> None:
+    """Relative inputs and model paths resolve against the driver's working directory (on a
+    shared filesystem it exists on every node; a worker process only runs this job's tasks)."""
+    import os
+
+    if cwd and os.path.isdir(cwd) and os.getcwd() != cwd:
+        os.chdir(cwd)
+
+
+def decode_rows(table, *, cwd: str = ""):
+    """The CPU decode stage (detect on GPU replicas): adds ``pixels`` (RGB bytes), ``width``,
+    ``height`` and ``load_error`` so the model actors receive pixels, not paths."""
+    import pyarrow as pa
+
+    from visiontool.errors import ImageLoadError
+
+    use_cwd(cwd)
+
+    pixels, widths, heights, errors = [], [], [], []
+    for name in table.column("image").to_pylist():
+        try:
+            img = load(name)
+        except ImageLoadError as exc:
+            pixels.append(None)
+            widths.append(0)
+            heights.append(0)
+            errors.append(str(exc))
+            continue
+        pixels.append(img.tobytes())
+        widths.append(img.width)
+        heights.append(img.height)
+        errors.append(None)
+    return (table.append_column("pixels", pa.array(pixels, pa.large_binary()))
+            .append_column("width", pa.array(widths, pa.int32()))
+            .append_column("height", pa.array(heights, pa.int32()))
+            .append_column("load_error", pa.array(errors, pa.string())))
+
+
+def _items(table):
+    """Rows -> :class:`visiontool.io.sources.Item` s (decoded here unless a decode stage did it)."""
+    from PIL import Image
+
+    from visiontool.errors import ImageLoadError
+    from visiontool.io.sources import Item
+
+    names = table.column("image").to_pylist()
+    positions = table.column("position").to_pylist()
+    if "pixels" in table.column_names:  # a decode stage ran before this actor
+        cols = [table.column(c).to_pylist() for c in ("pixels", "width", "height", "load_error")]
+        return [Item(name, None, pos, error=err) if err is not None else
+                Item(name, Image.frombytes("RGB", (w, h), px), pos)
+                for name, pos, px, w, h, err in zip(names, positions, *cols)]
+    items = []
+    for name, pos in zip(names, positions):
+        try:
+            items.append(Item(name, load(name), pos))
+        except ImageLoadError as exc:
+            items.append(Item(name, None, pos, error=str(exc)))
+    return items
+
+
+# ----------------------------------------------------------------------------- memory
+def is_oom(exc: BaseException) -> bool:
+    """CUDA (or MPS) out of memory, or the host's MemoryError."""
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None) if torch is not None else None
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def free_memory() -> None:
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _failure(name: str, exc: BaseException) -> str:
+    from visiontool.errors import VisionToolError
+
+    msg = str(exc) if isinstance(exc, VisionToolError) else f"{type(exc).__name__}: {exc}"
+    return msg if name in msg else f"{name}: {msg}"
+
+
+class _Actor:
+    """What both model actors share: the node they run on, warnings to pass on, the output table."""
+
+    def __init__(self, cwd: str = ""):
+        use_cwd(cwd)
+        ray = sys.modules.get("ray")  # never start Ray here (get_runtime_context() would)
+        self.node = ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else ""
+        self.warnings: list[str] = []
+        self._said: set[str] = set()
+
+    def warn(self, message: str) -> None:
+        if message not in self._said:
+            self._said.add(message)
+            self.warnings.append(message)
+
+    def output(self, results: list[tuple[int, ImageResult]]):
+        import pyarrow as pa
+
+        results.sort(key=lambda t: t[0])
+        warnings = [None] * len(results)
+        if self.warnings and results:
+            warnings[0] = "\n".join(self.warnings)
+            self.warnings = []
+        return pa.table({
+            "position": pa.array([p for p, _ in results], pa.int64()),
+            "record": pa.array([json.dumps(to_record(r)) for _, r in results], pa.string()),
+            "error": pa.array([r.error for _, r in results], pa.string()),
+            "node": pa.array([self.node] * len(results), pa.string()),
+            "warning": pa.array(warnings, pa.string()),
+        })
+
+
+# ----------------------------------------------------------------------------- detect
+class DetectUDF(_Actor):
+    """A detect replica: the model is prepared once, each call runs ``iter_detect`` over the
+    batch in forward passes of ``batch_size`` images (halved on out-of-memory)."""
+
+    def __init__(self, spec: DetectSpec):
+        super().__init__(spec.cwd)
+        from visiontool.models.protocol import DetectOptions
+        from visiontool.services.detect import prepare_detector
+
+        self.spec = spec
+        self.detector, self.classes, phrases = prepare_detector(
+            spec.model, classes=list(spec.classes) if spec.classes else None, text=spec.text, device=spec.device,
+            dtype=spec.dtype, warn=self.warn, **dict(spec.load_options))
+        self.options = DetectOptions(threshold=float(spec.threshold), max_det=spec.max_det, nms_iou=spec.nms_iou,
+                                     text=phrases, text_threshold=spec.text_threshold)
+        self.batch_size = max(1, int(spec.batch_size))
+
+    def __call__(self, table):
+        items = _items(table)
+        ids = _Ids(table.column("image").to_pylist(), table.column("image_id").to_pylist())
+        return self.output(self.detect_items(items, ids))
+
+    def run_window(self, window, batch_size: int, ids) -> list[ImageResult]:
+        from visiontool.services.detect import iter_detect
+
+        return [r for r, _ in iter_detect(window, self.detector, self.options, classes=self.classes,
+                                          batch_size=batch_size, gt=ids)]
+
+    def detect_items(self, items, ids) -> list[tuple[int, ImageResult]]:
+        """``(position, result)`` for every item, whatever fails."""
+        out: list[tuple[int, ImageResult]] = []
+        i = 0
+        while i < len(items):
+            b = self.batch_size
+            window = items[i:i + b]
+            try:
+                results = self.run_window(window, b, ids)
+            except Exception as exc:  # noqa: BLE001 - one image must not stop the job
+                if is_oom(exc) and b > 1:
+                    free_memory()
+                    self.batch_size = max(1, b // 2)
+                    self.warn(f"out of memory at --batch-size {b}: this replica continues with batch size "
+                              f"{self.batch_size}")
+                    continue  # the same window again, in smaller passes
+                results = self._one_by_one(window, ids, exc)
+            out.extend((x.position, r) for x, r in zip(window, results))
+            i += len(window)
+        return out
+
+    def _one_by_one(self, window, ids, first: BaseException) -> list[ImageResult]:
+        """A window failed: find the image(s) responsible, the others keep their records."""
+        if len(window) == 1:
+            return [self._error(window[0], ids, first)]
+        results = []
+        for x in window:
+            try:
+                results += self.run_window([x], 1, ids)
+            except Exception as exc:  # noqa: BLE001
+                if is_oom(exc):
+                    free_memory()
+                results.append(self._error(x, ids, exc))
+        return results
+
+    def _error(self, item, ids, exc: BaseException) -> ImageResult:
+        if is_oom(exc):
+            free_memory()
+            msg = f"{item.name}: out of memory at batch size 1 ({type(exc).__name__})"
+        else:
+            msg = _failure(item.name, exc)
+        return ImageResult(image=item.name, width=0, height=0, model=self.detector.info.name,
+                           image_id=ids.image_id_for(item.name), error=msg)
+
+
+# ----------------------------------------------------------------------------- segment
+class SegmentUDF(_Actor):
+    """A segment replica: the segmenter is loaded once; each image goes through
+    ``iter_segment`` with the prompts its row carries (a pickled ``SegmentJob``)."""
+
+    def __init__(self, spec: SegmentSpec):
+        super().__init__(spec.cwd)
+        from visiontool.models.registry import load_segmenter
+
+        self.spec = spec
+        self.model = load_segmenter(spec.model, spec.device, spec.dtype, warn=self.warn, cache_dir=spec.cache_dir,
+                                    use_cache=spec.use_cache, quiet=True, **dict(spec.load_options))
+
+    def __call__(self, table):
+        names = table.column("image").to_pylist()
+        ids = _Ids(names, table.column("image_id").to_pylist())
+        jobs = table.column("job").to_pylist()
+        results = [(pos, self.segment_one(pickle.loads(job), name, ids))
+                   for pos, name, job in zip(table.column("position").to_pylist(), names, jobs)]
+        return self.output(results)
+
+    def segment_one(self, job, name: str, ids, attempts: int = 2) -> ImageResult:
+        from visiontool.services.segment import iter_segment
+
+        for attempt in range(attempts):
+            try:
+                result, _ = next(iter_segment(self.model, [job], self.spec.multimask, self.spec.auto_options, gt=ids))
+                return result
+            except Exception as exc:  # noqa: BLE001 - one image must not stop the job
+                oom = is_oom(exc)
+                if oom:
+                    free_memory()
+                    if attempt + 1 < attempts:
+                        continue
+                msg = f"{name}: out of memory ({type(exc).__name__})" if oom else _failure(name, exc)
+                return ImageResult(image=name, width=0, height=0, model=self.model.info.name,
+                                   image_id=ids.image_id_for(name), kind="segment", error=msg)
+        raise AssertionError("unreachable")
+
+
+# ----------------------------------------------------------------------------- writers
+def write_shard(table, *, output_dir: str, fmt: str, kind: str):
+    """One shard from the rows of this call: sorted by position, written whole to
+    ``_tmp/<name>`` (fsynced), reported to the driver as one summary row (it commits)."""
+    import pyarrow as pa
+
+    from visiontool.io.shards import TMP_DIR, encode_shard, shard_name
+    from visiontool.io.storage import Store
+
+    all_positions = table.column("position").to_pylist()
+    order = sorted(range(table.num_rows), key=all_positions.__getitem__)
+    positions = [all_positions[i] for i in order]
+    all_records, all_errors = table.column("record").to_pylist(), table.column("error").to_pylist()
+    records = [all_records[i] for i in order]
+    errors = [all_errors[i] for i in order if all_errors[i] is not None]
+    name = shard_name(positions[0] if positions else 0, fmt)
+    data = encode_shard(records, fmt, kind)
+    Store(output_dir).write_bytes(f"{TMP_DIR}/{name}", data, durable=True, atomic=False)
+    nodes = sorted({n for n in table.column("node").to_pylist() if n})
+    warnings = sorted({w for w in table.column("warning").to_pylist() if w})
+    return pa.table({"shard": [name], "bytes": [len(data)], "rows": [len(positions)], "failed": [len(errors)],
+                     "positions": pa.array([positions], pa.list_(pa.int64())),
+                     "errors": pa.array([errors], pa.list_(pa.string())),
+                     "nodes": pa.array([nodes], pa.list_(pa.string())),
+                     "warnings": pa.array([warnings], pa.list_(pa.string()))})
+
+
+def job_bytes(job) -> bytes:
+    """A SegmentJob as its input row carries it (whatever fields the job has, they travel)."""
+    return pickle.dumps(job, protocol=4)
+
