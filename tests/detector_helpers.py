@@ -209,7 +209,8 @@ def write_gt(path: Path, results, names: list[str] | None = None, keypoints: int
                 continue
             x1, y1, x2, y2 = box
             a = {"id": len(anns) + 1, "image_id": i, "category_id": cat_of[str(name)],
-                 "bbox": [x1, y1, x2 - x1, y2 - y1], "area": max((x2 - x1) * (y2 - y1), 1.0), "iscrowd": 0}
+                 "bbox": [x1, y1, x2 - x1, y2 - y1], "area": max((x2 - x1) * (y2 - y1), 1.0), "iscrowd": 0,
+                 "segmentation": [[x1, y1, x2, y1, x2, y2, x1, y2]]}  # the box as a polygon: segm GT too
             if keypoints:
                 a["keypoints"] = [v for k in range(keypoints) for v in (x1 + k, y1 + k, 2)]
                 a["num_keypoints"] = keypoints
