@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
+BASE   := $(VENV)/.installed-base
 
 .PHONY: venv base demo test bench bench-detect bench-detectors bench-evaluate bench-segment bench-segment-family bench-video bench-scale lint clean
 
@@ -15,7 +16,16 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-demo: venv
+# the base install only (no optional extras): what `pip install visiontool` gives a user
+$(BASE): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e .
+	@touch $(BASE)
+
+base: $(BASE)
+
+demo: base
 	./examples/demo.sh
 
 test: venv

@@ -1,4 +1,5 @@
-"""visiontool: detection (DETR family) and segmentation (SAM) from the shell, exact COCO evaluation.
+"""visiontool: object detection and segmentation from the shell (every detector family, the SAM
+family), exact COCO and MOT evaluation.
 
 The Python API returns the records the CLI prints::
 
@@ -6,7 +7,7 @@ The Python API returns the records the CLI prints::
     results = detect("photo.jpg", threshold=0.7)     # list[ImageResult]
     results[0].detections.xyxy                        # (N, 4) float pixels
 
-Heavy libraries (torch, transformers, segment_anything) load on first use.
+Heavy libraries (torch, transformers, segment_anything, the optional extras) load on first use.
 """
 __version__ = "0.1.0"
 
