@@ -63,6 +63,26 @@ def from_transformers(processed: dict, id2label: dict[int, str], **columns: Any)
     return from_arrays(processed["boxes"], processed["scores"], processed["labels"], id2label, **columns)
 
 
+def from_sam_logits(preds, prompts: Sequence[Prompt], upscaler, chunk: int = 8) -> Detections:
+    """A SAM-family decoder's answers -> Detections: ``preds[i] = (low_res_logits (K, h, w),
+    predicted_iou (K,))`` for ``prompts[i]``; each prompt's K masks ranked by predicted IoU
+    (stable), brought to full size by ``upscaler.logits_t`` (transposed logits, > 0 is the
+    object) ``chunk`` at a time and stored as RLE."""
+    from visiontool.masks import encode_transposed
+
+    order = []
+    for pi, (_, iou) in enumerate(preds):
+        ranked = np.argsort(-iou, kind="stable")
+        for rank, k in enumerate(ranked, 1):
+            order.append((pi, int(k), rank if len(iou) > 1 else None))
+    lows = np.stack([preds[pi][0][k] for pi, k, _ in order])
+    rles: list[dict] = []
+    for c0 in range(0, len(lows), chunk):
+        rles += encode_transposed(upscaler.logits_t(lows[c0:c0 + chunk]) > 0)
+    return from_sam(rles, [preds[pi][1][k] for pi, k, _ in order], [prompts[pi] for pi, _, _ in order],
+                    ranks=[r for _, _, r in order], prompt_index=[pi for pi, _, _ in order])
+
+
 def from_sam(rles: list[dict], predicted_iou, prompts: Sequence[Prompt | None],
              ranks: Sequence[int | None] | None = None, stability=None,
              prompt_index: Sequence[int] | None = None, extra_prompt: Sequence[dict] | None = None) -> Detections:

@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from visiontool.models.sam_decoder import gelu, layer_norm, softmax
+from visiontool.models.sam_decoder import ArrayOps, gelu, layer_norm, softmax
 
 F32 = np.float32
 
@@ -345,7 +345,7 @@ class Sam2Decoder:
         return np.ascontiguousarray(out_m, dtype=F32), out_q.astype(F32)
 
 
-class _Ops:
+class _Ops(ArrayOps):
     """The decoder's array operations on numpy, or on torch when this process has imported it
     (multi-threaded elementwise kernels; weights shared zero-copy). Never imports torch."""
 
@@ -366,12 +366,6 @@ class _Ops:
         return ops[key]
 
     # conversions and constants
-    def arr(self, x):
-        return self.t.from_numpy(np.ascontiguousarray(x, dtype=F32)) if self.t is not None else x
-
-    def np(self, x) -> np.ndarray:
-        return x.numpy() if self.t is not None else x
-
     def const(self, key: str, make):
         if key not in self._w:
             v = make() if callable(make) else make
@@ -399,25 +393,6 @@ class _Ops:
 
     def einsum(self, spec, *xs):
         return self.t.einsum(spec, *xs) if self.t is not None else np.einsum(spec, *xs, optimize=True)
-
-    def perm(self, x, axes):
-        return x.permute(*axes) if self.t is not None else x.transpose(axes)
-
-    def c(self, x):
-        return x.contiguous() if self.t is not None else np.ascontiguousarray(x)
-
-    def cat(self, xs, axis):
-        return self.t.cat(xs, axis) if self.t is not None else np.concatenate(xs, axis)
-
-    def stack(self, xs, axis):
-        return self.t.stack(xs, axis) if self.t is not None else np.stack(xs, axis)
-
-    def bcast(self, x, shape):
-        return x.expand(*shape) if self.t is not None else np.broadcast_to(x, shape)
-
-    def heads(self, x, h):  # (B, T, D) -> (B, h, T, d)
-        b, t, d = x.shape
-        return self.perm(x.reshape(b, t, h, d // h), (0, 2, 1, 3))
 
     def relu(self, x):
         return self.t.relu(x) if self.t is not None else np.maximum(x, 0)

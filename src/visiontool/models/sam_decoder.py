@@ -366,7 +366,39 @@ class NumpySamDecoder:
         return masks, iou
 
 
-class _Ops:
+class ArrayOps:
+    """Shape operations on numpy arrays, or on torch tensors when ``self.t`` is the torch
+    module (the SAM and SAM 2 numpy decoders share them)."""
+
+    t = None
+
+    def arr(self, x: np.ndarray):
+        return self.t.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) if self.t is not None else x
+
+    def np(self, x) -> np.ndarray:
+        return x.numpy() if self.t is not None else x
+
+    def perm(self, x, axes):
+        return x.permute(*axes) if self.t is not None else x.transpose(axes)
+
+    def c(self, x):
+        return x.contiguous() if self.t is not None else np.ascontiguousarray(x)
+
+    def cat(self, xs, axis):
+        return self.t.cat(xs, axis) if self.t is not None else np.concatenate(xs, axis)
+
+    def stack(self, xs, axis):
+        return self.t.stack(xs, axis) if self.t is not None else np.stack(xs, axis)
+
+    def bcast(self, x, shape):
+        return x.expand(*shape) if self.t is not None else np.broadcast_to(x, shape)
+
+    def heads(self, x, h):  # (B, T, D) -> (B, h, T, D/h)
+        b, n, c = x.shape
+        return self.perm(x.reshape(b, n, h, c // h), (0, 2, 1, 3))
+
+
+class _Ops(ArrayOps):
     """The few array operations the decoder needs, on numpy or (if loaded) torch."""
 
     def __init__(self, dec: "NumpySamDecoder", torch_mod=None):
@@ -382,13 +414,6 @@ class _Ops:
             ops = _Ops(dec, t)
             dec.__dict__[key] = ops
         return ops
-
-    # conversions
-    def arr(self, x: np.ndarray):
-        return self.t.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) if self.t is not None else x
-
-    def np(self, x) -> np.ndarray:
-        return x.numpy() if self.t is not None else x
 
     def w(self, key: str, make):
         if key not in self._cache:
@@ -406,27 +431,8 @@ class _Ops:
                      for p in ("q_proj", "k_proj", "v_proj", "out_proj") for t in ("weight", "bias"))
 
     # shape ops
-    def perm(self, x, axes):
-        return x.permute(*axes) if self.t is not None else x.transpose(axes)
-
-    def c(self, x):
-        return x.contiguous() if self.t is not None else np.ascontiguousarray(x)
-
-    def cat(self, xs, axis):
-        return self.t.cat(xs, axis) if self.t is not None else np.concatenate(xs, axis)
-
-    def stack(self, xs, axis):
-        return self.t.stack(xs, axis) if self.t is not None else np.stack(xs, axis)
-
-    def bcast(self, x, shape):
-        return x.expand(*shape) if self.t is not None else np.broadcast_to(x, shape)
-
     def einsum(self, spec, *xs):
         return self.t.einsum(spec, *xs) if self.t is not None else np.einsum(spec, *xs)
-
-    def heads(self, x, h):
-        b, n, c = x.shape
-        return self.perm(x.reshape(b, n, h, c // h), (0, 2, 1, 3))
 
     def merge(self, x):
         b, h, n, d = x.shape

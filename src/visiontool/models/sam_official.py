@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from visiontool.convert import from_sam
+from visiontool.convert import from_sam_logits
 from visiontool.errors import InvalidInputError, ModelLoadError, UsageError
-from visiontool.masks import encode_transposed
 from visiontool.models.protocol import AutoOptions, ModelInfo
 from visiontool.models.sam import check_checkpoint_spec, default_checkpoint_name, is_checkpoint_name  # noqa: F401
 from visiontool.types import Detections, Prompt
@@ -260,18 +259,7 @@ class SamOfficial:
                              multimask: bool | None = None) -> Detections:
         """:meth:`segment` on an embedding already computed (for an image of size ``hw``)."""
         preds = self.predict(emb, prompts, hw, multimask)
-        order = []
-        for pi, (_, iou) in enumerate(preds):
-            ranked = np.argsort(-iou, kind="stable")
-            for rank, k in enumerate(ranked, 1):
-                order.append((pi, int(k), rank if len(iou) > 1 else None))
-        lows = np.stack([preds[pi][0][k] for pi, k, _ in order])
-        up = self.upscaler(hw)
-        rles: list[dict] = []
-        for c0 in range(0, len(lows), 8):
-            rles += encode_transposed(up.logits_t(lows[c0:c0 + 8]) > 0)
-        return from_sam(rles, [preds[pi][1][k] for pi, k, _ in order], [prompts[pi] for pi, _, _ in order],
-                        ranks=[r for _, _, r in order], prompt_index=[pi for pi, _, _ in order])
+        return from_sam_logits(preds, prompts, self.upscaler(hw))
 
     def segment_auto(self, image: np.ndarray, options: AutoOptions, *, name: str = "image") -> Detections:
         from visiontool.services.auto_masks import generate
