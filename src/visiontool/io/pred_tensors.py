@@ -6,7 +6,9 @@ optional ``iscrowd`` (N,), ``area`` (N,), ``keypoints`` (N, 17, 3) for keypoints
 (N, H, W) bool or ``keypoints`` (N, 17, 3) as the iou type needs. Torch tensors or numpy
 arrays; masks may also be (N, 1, H, W) (torchvision's layout) but must be boolean.
 
-Image ``i`` gets id ``i``; categories are the union of labels. Values become float64 before
+Image ``i`` gets id ``i`` and the size of its target masks (of its prediction masks when it
+has no targets); prediction masks of another size are scored as pycocotools scores them
+(never matched, with a warning: see ``evaluate``). Categories are the union of labels. Values become float64 before
 any arithmetic (xyxy -> xywh, areas). Masks become COCO RLE with pycocotools (GT area =
 mask area unless ``area`` is given; a GT box, when none is given, is the mask's); mask
 predictions carry no box (pycocotools then takes area and box from the mask). Keypoint GT
@@ -41,7 +43,7 @@ def _masks(d: dict, what: str, n: int) -> np.ndarray:
         m = m[:, 0]
     if m.ndim != 3 or m.shape[0] != n:
         raise InvalidInputError(f"{what}: masks must be (N, H, W) with N = {n} labels, got shape {list(m.shape)}")
-    if m.dtype != np.bool_ and not (np.issubdtype(m.dtype, np.integer) and m.size and m.max() <= 1 and m.min() >= 0):
+    if m.dtype != np.bool_ and not (np.issubdtype(m.dtype, np.integer) and (not m.size or (m.max() <= 1 and m.min() >= 0))):
         raise InvalidInputError(f"{what}: masks must be boolean (threshold probabilities first, e.g. masks > 0.5), "
                                 f"got {m.dtype}")
     return m
@@ -88,8 +90,8 @@ def tensors_to_coco(targets: list, preds: list, iou_type: str = "bbox") -> tuple
         tm = _masks(t, f"target {i}", len(tl)) if iou_type == "segm" else None
         pm = _masks(p, f"prediction {i}", len(pl)) if iou_type == "segm" else None
         h = w = 0
-        for m in (tm, pm):
-            if m is not None:
+        for m in (pm, tm):  # the targets' mask size is the image's (then the predictions')
+            if m is not None and (m.shape[0] or not h):
                 h, w = int(m.shape[1]), int(m.shape[2])
         images.append({"id": i, "width": w, "height": h, "file_name": f"{i}"})
         tb = _np(t["boxes"]).astype(np.float64).reshape(-1, 4) if "boxes" in t else None

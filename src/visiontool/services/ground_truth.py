@@ -45,6 +45,11 @@ def quiet():
             os.close(dup)
 
 
+class EngineCannotReadGT(InvalidInputError):
+    """An engine's reader refused a ground truth that pycocotools reads (``auto`` then falls
+    back to pycocotools; a forced engine reports it against the ground truth)."""
+
+
 class GroundTruth:
     """A COCO ground truth parsed once: lookups for validation plus cached engine handles.
 
@@ -218,21 +223,60 @@ class GroundTruth:
         return self._dataset
 
     def handle(self, engine: str):
-        """The engine's COCO object for this GT, built once (compare reuses it across runs)."""
+        """The engine's COCO object for this GT, built once (compare reuses it across runs).
+
+        The engines' readers are stricter than pycocotools about metadata COCOeval never reads
+        (hotcoco refuses ``"info": "fake info"`` or an image whose ``license`` is a string):
+        when the engine refuses the file, it gets :meth:`scored_dataset` instead; should it
+        refuse that too, :class:`EngineCannotReadGT` names the ground truth, not the results."""
         if engine not in self._handles:
+            if engine == "ultrafast":
+                from ultrafast_pycocotools import COCO as UCOCO
+
+                def make(src):
+                    return UCOCO(src, verbose=False)
+            elif engine == "hotcoco":
+                from hotcoco import COCO as HCOCO
+
+                def make(src):
+                    return HCOCO(src)
+            else:
+                raise ValueError(engine)
+            src = self.path if self._dataset is None or (engine == "hotcoco" and self.path) else self._dataset
             with quiet():
-                if engine == "ultrafast":
-                    from ultrafast_pycocotools import COCO
-
-                    self._handles[engine] = COCO(self.path if self._dataset is None else self._dataset,
-                                                 verbose=False)
-                elif engine == "hotcoco":
-                    from hotcoco import COCO
-
-                    self._handles[engine] = COCO(self.path if self.path else self._dataset)
-                else:
-                    raise ValueError(engine)
+                try:
+                    self._handles[engine] = make(src)
+                except Exception:
+                    try:
+                        self._handles[engine] = make(self.scored_dataset())
+                    except InvalidInputError:
+                        raise
+                    except Exception as exc:
+                        raise EngineCannotReadGT(f"{self.label}: engine {engine} cannot read it: "
+                                                 f"{type(exc).__name__}: {exc}") from None
         return self._handles[engine]
+
+    def scored_dataset(self) -> dict:
+        """The GT reduced to what COCOeval reads: images' id, height, width (and a string
+        file_name), categories' id and name (supercategory, keypoints and skeleton when well
+        typed), the annotations as they are; other top-level keys (info, licenses, ...) dropped."""
+        d = self.dataset()
+        images = []
+        for im in d["images"]:
+            m = {k: im[k] for k in ("id", "height", "width") if k in im}
+            if isinstance(im.get("file_name"), str):
+                m["file_name"] = im["file_name"]
+            images.append(m)
+        cats = []
+        for c in d["categories"]:
+            m = {"id": c["id"], "name": str(c["name"])}
+            if isinstance(c.get("supercategory"), str):
+                m["supercategory"] = c["supercategory"]
+            for k in ("keypoints", "skeleton"):
+                if isinstance(c.get(k), list):
+                    m[k] = c[k]
+            cats.append(m)
+        return {"images": images, "annotations": d.get("annotations") or [], "categories": cats}
 
 
 def _check_file(path: str) -> None:
