@@ -305,3 +305,20 @@ def test_torchmetrics_prediction_masks_of_another_size(tmp_path):
     out, err = cli(tmp_path, gt, res, "segm")
     assert_same(out, out["per_class"], ref)
     assert "not the size of their ground-truth image" in err
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_keypoints_ignore_odd_metadata_too(tmp_path, engine):
+    from evaluate_helpers import KEYPOINT_STAT_KEYS, keypoint_set
+
+    gt, res = keypoint_set(3, with_boxes=False)
+    gt = copy.deepcopy(gt)
+    gt.update(info="fake info", licenses="none")
+    for im in gt["images"]:
+        im["license"] = "cc-by"
+    ref = oracle(gt, res, "keypoints")
+    out, _ = cli(tmp_path, gt, res, "keypoints", engine)
+    r = evaluate(copy.deepcopy(gt), copy.deepcopy(res), "keypoints", per_class=True, backend=engine)
+    for stats in (out, r.stats):
+        assert all(abs(stats[k] - ref["stats"][k]) <= TOL for k in KEYPOINT_STAT_KEYS)
+    assert abs(r.per_class[0]["ap"] - ref["per_class"][1]["ap"]) <= TOL
