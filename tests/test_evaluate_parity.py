@@ -322,3 +322,30 @@ def test_keypoints_ignore_odd_metadata_too(tmp_path, engine):
     for stats in (out, r.stats):
         assert all(abs(stats[k] - ref["stats"][k]) <= TOL for k in KEYPOINT_STAT_KEYS)
     assert abs(r.per_class[0]["ap"] - ref["per_class"][1]["ap"]) <= TOL
+
+
+def test_torchmetrics_given_area_and_empty_tensors(tmp_path):
+    """A given ``area`` counts where it is > 0 (torchmetrics' conversion: 0 means "compute
+    it" from the mask); ``torch.tensor([])`` stands for "no masks" on either side."""
+    torch = pytest.importorskip("torch")
+    targets, preds = _random_case(torch, 9, n_images=5)
+    gt, res = tensors_as_coco(targets, preds)
+    k = 0
+    for t in targets:
+        n = len(t["labels"])
+        area = torch.zeros(n, dtype=torch.float64)
+        for j in range(n):
+            if (k + j) % 2:
+                area[j] = 500.0 + k + j  # moves the object to another area range
+        for j in range(n):
+            if area[j] > 0:
+                gt["annotations"][k + j]["area"] = float(area[j])
+        t["area"] = area
+        k += n
+    targets.append({"masks": torch.tensor([]), "labels": torch.tensor([], dtype=torch.int64)})
+    preds.append({"masks": torch.tensor([]), "labels": torch.tensor([], dtype=torch.int64),
+                  "scores": torch.tensor([])})
+    gt["images"].append({"id": len(targets) - 1, "height": 0, "width": 0})
+    ref = oracle(gt, res, "segm")
+    r = evaluate(targets, preds, "segm", per_class=True)
+    assert_same(r.stats, r.per_class, ref)
