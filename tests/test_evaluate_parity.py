@@ -349,3 +349,21 @@ def test_torchmetrics_given_area_and_empty_tensors(tmp_path):
     ref = oracle(gt, res, "segm")
     r = evaluate(targets, preds, "segm", per_class=True)
     assert_same(r.stats, r.per_class, ref)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_gt_mask_of_another_size_is_scored_as_pycocotools_with_a_warning(data, tmp_path, engine):
+    """A GT RLE (crowd or not, compressed or not) of another size than its image keeps its own
+    size in pycocotools: no result mask of the image's size matches it."""
+    gt, seg, _, _ = data
+    gt = copy.deepcopy(gt)
+    for i, a in enumerate(gt["annotations"]):
+        if a["iscrowd"] or i % 5 == 1:
+            a["segmentation"] = _small_mask({})["segmentation"]
+        elif i % 5 == 2:
+            a["segmentation"] = {"size": [10, 10], "counts": [22, 6, 4, 6, 62]}
+    err, diags = check_everywhere(tmp_path, gt, seg, "segm", engine)
+    assert "ground-truth mask(s) are not the size of their image (first: annotations[" in err
+    assert any("ground-truth mask(s) are not the size" in d for d in diags)
+    with pytest.warns(UserWarning, match="ground-truth mask"):
+        evaluate(copy.deepcopy(gt), copy.deepcopy(seg), "segm")

@@ -214,12 +214,13 @@ def evaluate(gt: Any, predictions: Any, iou_type: str = "bbox", *, per_class: bo
     if rec is not None and rec.ndim == 4 and engine != "torchmetrics":
         # a category has (non-crowd) GT exactly when its recall is not -1
         with_gt = [int(c) for c, r in zip(cats, rec[0, :, 0, -1].tolist()) if r > -1]
-    diags = ([note] if note else []) + _gt_diagnostics(gtobj) + diagnostics(stat_dict, preds, gtobj, with_gt)
-    if warn and preds.size_mismatches:
+    diags = ([note] if note else []) + _gt_diagnostics(gtobj, iou_type) + diagnostics(stat_dict, preds, gtobj, with_gt)
+    if warn:
         import warnings
 
-        warnings.warn(next(d for d in diags if "not the size of their ground-truth image" in d), UserWarning,
-                      stacklevel=2)
+        for d in diags:
+            if "not the size of their" in d:
+                warnings.warn(d, UserWarning, stacklevel=2)
     if preds.n_skipped:
         diags.insert(0, f"--lenient: skipped {preds.n_skipped} invalid prediction(s); first: "
                         f"{preds.skipped_reasons[0]}")
@@ -229,9 +230,15 @@ def evaluate(gt: Any, predictions: Any, iou_type: str = "bbox", *, per_class: bo
                       seconds=time.perf_counter() - t0)
 
 
-def _gt_diagnostics(gt: GroundTruth) -> list[str]:
+def _gt_diagnostics(gt: GroundTruth, iou_type: str) -> list[str]:
     """A ground truth without annotations is scored as pycocotools scores it (every AP and AR
-    -1: there is nothing to find), with a warning, since that is rarely what was meant."""
+    -1: there is nothing to find), with a warning, since that is rarely what was meant; so
+    are GT masks of another size than their image (no result mask of the image's size
+    matches them)."""
+    if iou_type == "segm" and gt.rle_size_mismatch:
+        n, first = gt.rle_size_mismatch
+        return [f"{gt.label}: {n} ground-truth mask(s) are not the size of their image (first: {first}); "
+                f"scored as pycocotools scores them: no prediction mask of the image's size can match them"]
     if gt.n_annotations:
         return []
     what = "has no 'annotations' list" if not gt.has_annotations else "has an empty 'annotations' list"

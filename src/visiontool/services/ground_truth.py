@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from visiontool.errors import InvalidInputError, UsageError
-from visiontool.io.gt_read import annotation_problem, read_gt_light
+from visiontool.io.gt_read import annotation_problem, mismatch_note, read_gt_light
 
 
 @contextlib.contextmanager
@@ -63,13 +63,16 @@ class GroundTruth:
     def __init__(self, path: str | None, dataset: dict | None, images: list, categories: list,
                  anns: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
                  handles: dict | None = None, zero_id_possible: bool = True, has_annotations: bool = True,
-                 checked: dict | None = None, n_anns: int | None = None, images_again: Callable | None = None):
+                 checked: dict | None = None, n_anns: int | None = None, images_again: Callable | None = None,
+                 rle_size_mismatch: tuple[int, str] | None = None):
         self.path = path
         self._dataset = dataset
         self._handles: dict[str, Any] = dict(handles or {})
         self._anns = anns
         self._zero_id_possible = zero_id_possible
         self._checked: dict[str, str | None] = dict(checked or {})  # iou type -> problem (None: fine)
+        # (count, first) of segm RLE masks whose size is not their image's (scored as pycocotools does)
+        self.rle_size_mismatch: tuple[int, str] | None = rle_size_mismatch
         self.has_annotations = has_annotations
         self._n_anns = n_anns if anns is None else int(anns[0].shape[0])
         # the image dicts are needed again only to map records' file names: an engine handle can
@@ -158,12 +161,19 @@ class GroundTruth:
             problem = None
             sizes = {i: (h if h >= 0 else None, w if w >= 0 else None)
                      for i, (h, w) in zip(self.image_id_array.tolist(), self.image_hw_array.tolist())}
+            first = None
+            mm: list = []
             for i, a in enumerate(self.dataset().get("annotations") or []):
-                problem = annotation_problem(a, iou_type, sizes, full=False)
+                n_mm = len(mm)
+                problem = annotation_problem(a, iou_type, sizes, full=False, mismatch=mm)
+                if first is None and len(mm) > n_mm:
+                    first = i
                 if problem:
                     problem = f"annotations[{i}]{problem}"
                     break
             self._checked[iou_type] = problem
+            if mm and iou_type == "segm":
+                self.rle_size_mismatch = mismatch_note(f"annotations[{first}]", mm)
         if self._checked[iou_type]:
             raise InvalidInputError(f"{self.label}: {self._checked[iou_type]}")
 
@@ -193,9 +203,10 @@ class GroundTruth:
                     return native
             light = read_gt_light(path, segm=iou_type == "segm")  # validates the annotations' schema too
             if light is not None:
-                images, cats, arrays, has_anns, problem = light
+                images, cats, arrays, has_anns, problem, mismatch = light
                 checked = {"segm": problem} if iou_type == "segm" else None
-                return cls(path, None, images, cats, arrays, has_annotations=has_anns, checked=checked)
+                return cls(path, None, images, cats, arrays, has_annotations=has_anns, checked=checked,
+                           rle_size_mismatch=mismatch)
             from visiontool.io.coco import load_json_file
 
             return cls._from_dict(load_json_file(path, "ground truth"), path)
@@ -369,8 +380,11 @@ def _hotcoco_gt(path: str) -> GroundTruth | None:
             crowd = [a for a in h.load_anns(h.get_ann_ids(iscrowd=True)) if isinstance(a.get("segmentation"), dict)]
             if len(crowd) != n_rle:
                 return None  # RLE masks beyond the crowd regions: the light reader checks them all
-            if any(annotation_problem(a, "segm", sizes, full=False) for a in crowd):
+            mm: list = []
+            if any(annotation_problem(a, "segm", sizes, full=False, mismatch=mm) for a in crowd):
                 return None  # the light reader names the annotation by its index in the file
+            if mm:
+                return None  # the light reader names the first by its index in the file
         has_anns = n > 0 or b'"annotations"' in data
         del data
     except Exception:  # anything unusual: the precise readers report it
