@@ -197,7 +197,9 @@ def evaluate(gt: Any, predictions: Any, iou_type: str = "bbox", *, per_class: bo
         if isinstance(exc, BadCounts):
             raise InvalidInputError(f"{preds.source}: result {exc.args[0][0]}: segmentation.counts is not a "
                                     f"COCO RLE") from None
-        raise InvalidInputError(f"{engine} could not evaluate {preds.source}: {type(exc).__name__}: {exc}"
+        # both inputs checked out, so the engine's message decides which one it is about
+        raise InvalidInputError(f"{engine} could not evaluate {preds.source} against {gtobj.label}: "
+                                f"{type(exc).__name__}: {exc}"
                                 ) from exc
     if preds.deferred_check is not None and not preds.deferred_check():
         # the check that ran beside the engine failed: validate record by record (raises and
