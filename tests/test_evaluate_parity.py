@@ -367,3 +367,21 @@ def test_gt_mask_of_another_size_is_scored_as_pycocotools_with_a_warning(data, t
     assert any("ground-truth mask(s) are not the size" in d for d in diags)
     with pytest.warns(UserWarning, match="ground-truth mask"):
         evaluate(copy.deepcopy(gt), copy.deepcopy(seg), "segm")
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_numpy_results_and_coco_object_as_pycocotools_takes_them(data, iou_type):
+    """loadRes takes an (N, 7) array [image_id, x, y, w, h, score, category_id]; COCOeval a
+    COCO object as the ground truth: the API takes both."""
+    from pycocotools.coco import COCO
+
+    gt, _, box, _ = data
+    arr = np.array([[r["image_id"], *r["bbox"], r["score"], r["category_id"]] for r in box])
+    ref = oracle(gt, [{"image_id": int(a[0]), "bbox": list(a[1:5]), "score": a[5], "category_id": int(a[6])}
+                      for a in arr], iou_type)
+    coco = COCO()
+    coco.dataset = copy.deepcopy(gt)
+    coco.createIndex()
+    for g in (gt, coco):
+        r = evaluate(g, arr, iou_type, per_class=True)
+        assert_same(r.stats, r.per_class, ref)

@@ -24,6 +24,7 @@ photos is normal.
 """
 from __future__ import annotations
 
+import math
 import os
 from array import array
 from dataclasses import dataclass, field
@@ -102,7 +103,27 @@ def load_predictions(pred: Any, gt, iou_type: str = "bbox", lenient: bool = Fals
         return _from_file(str(pred), gt, iou_type, lenient, precise)
     if isinstance(pred, (list, tuple)):
         return _from_items(enumerate(pred), "list", None, gt, iou_type, lenient, "predictions")
+    if isinstance(pred, np.ndarray):
+        return _from_items(enumerate(numpy_results(pred)), "list", None, gt, iou_type, lenient, "predictions")
     raise UsageError(f"unsupported predictions object of type {type(pred).__name__}")
+
+
+def numpy_results(a: np.ndarray) -> list[dict]:
+    """An ``(N, 7)`` array ``[image_id, x, y, w, h, score, category_id]`` as the result dicts
+    pycocotools' ``loadNumpyAnnotations`` makes of it (ids truncated by ``int()``)."""
+    if a.ndim != 2 or a.shape[1] != 7:
+        raise InvalidInputError(f"predictions: a results array must be (N, 7) [image_id, x, y, w, h, score, "
+                                f"category_id], got shape {list(a.shape)}")
+    try:
+        rows = a.astype(np.float64).tolist()
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"predictions: a results array must be numeric, got {a.dtype}") from None
+    out = []
+    for r in rows:
+        if not (math.isfinite(r[0]) and math.isfinite(r[6])):
+            raise InvalidInputError(f"predictions: result {len(out)}: image_id and category_id must be finite")
+        out.append({"image_id": int(r[0]), "bbox": r[1:5], "score": r[5], "category_id": int(r[6])})
+    return out
 
 
 def _from_file(path: str, gt, iou_type: str, lenient: bool, precise: bool) -> Predictions:

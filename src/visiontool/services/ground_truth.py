@@ -181,7 +181,8 @@ class GroundTruth:
 
     @classmethod
     def load(cls, gt: Any, iou_type: str | None = None) -> GroundTruth:
-        """From a path, a COCO dict, or an existing GroundTruth (returned as is).
+        """From a path, a COCO dict, a pycocotools ``COCO`` object (its ``dataset``), or an
+        existing GroundTruth (returned as is).
 
         For bbox (or ``iou_type=None``) a path is read by ultrafast-pycocotools' native reader,
         whose handle the evaluation reuses; otherwise msgspec reads only what validation needs
@@ -210,6 +211,8 @@ class GroundTruth:
             from visiontool.io.coco import load_json_file
 
             return cls._from_dict(load_json_file(path, "ground truth"), path)
+        if isinstance(getattr(gt, "dataset", None), dict):  # a pycocotools (or compatible) COCO object
+            return cls._from_dict(gt.dataset, None)
         raise UsageError(f"unsupported ground truth of type {type(gt).__name__}")
 
     @classmethod
