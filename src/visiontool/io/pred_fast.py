@@ -5,8 +5,9 @@
   array as is (the file is parsed once).
 * segm: msgspec checks the schema, types, finite values and box sizes while decoding the
   memory-mapped file into small structs (no RLE counts are copied); numpy checks image and
-  category ids and counts masks whose size is not their image's (scored, with a warning); the file then goes to the engine,
-  which checks the counts (see :func:`visiontool.services.eval_engines.run_hotcoco`).
+  category ids and counts masks whose size is not their image's (scored, with a warning);
+  the file then goes to the engine, which checks the counts (see
+  :func:`visiontool.services.eval_engines.run_hotcoco`).
 
 Each returns None when the file is not plain valid COCO results of that kind: the precise
 path (:mod:`visiontool.io.pred_checks`) then reads it record by record and names the first

@@ -46,7 +46,8 @@ def _masks(d: dict, what: str, n: int) -> np.ndarray:
         m = np.zeros((0, 0, 0), dtype=np.bool_)
     if m.ndim != 3 or m.shape[0] != n:
         raise InvalidInputError(f"{what}: masks must be (N, H, W) with N = {n} labels, got shape {list(m.shape)}")
-    if m.dtype != np.bool_ and not (np.issubdtype(m.dtype, np.integer) and (not m.size or (m.max() <= 1 and m.min() >= 0))):
+    binary_ints = np.issubdtype(m.dtype, np.integer) and (not m.size or (m.max() <= 1 and m.min() >= 0))
+    if m.dtype != np.bool_ and not binary_ints:
         raise InvalidInputError(f"{what}: masks must be boolean (threshold probabilities first, e.g. masks > 0.5), "
                                 f"got {m.dtype}")
     return m
