@@ -159,3 +159,26 @@ def annotation_problem(a: Any, iou_type: str, sizes: dict, full: bool = True,
     except Invalid as exc:
         return f": {exc}"
     return None
+
+
+def scored_fields(d: dict) -> dict:
+    """COCO GT ``d`` reduced to what COCOeval reads: images' id, height, width (and a string
+    file_name), categories' id and name (supercategory, keypoints and skeleton when well
+    typed), the annotations as they are; other top-level keys (info, licenses, ...) dropped.
+    For engines whose readers refuse metadata pycocotools ignores."""
+    images = []
+    for im in d["images"]:
+        m = {k: im[k] for k in ("id", "height", "width") if k in im}
+        if isinstance(im.get("file_name"), str):
+            m["file_name"] = im["file_name"]
+        images.append(m)
+    cats = []
+    for c in d["categories"]:
+        m = {"id": c["id"], "name": str(c["name"])}
+        if isinstance(c.get("supercategory"), str):
+            m["supercategory"] = c["supercategory"]
+        for k in ("keypoints", "skeleton"):
+            if isinstance(c.get(k), list):
+                m[k] = c[k]
+        cats.append(m)
+    return {"images": images, "annotations": d.get("annotations") or [], "categories": cats}

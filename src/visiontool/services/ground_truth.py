@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from visiontool.errors import InvalidInputError, UsageError
-from visiontool.io.gt_read import annotation_problem, mismatch_note, read_gt_light
+from visiontool.io.gt_read import annotation_problem, mismatch_note, read_gt_light, scored_fields
 
 
 @contextlib.contextmanager
@@ -271,27 +271,8 @@ class GroundTruth:
         return self._handles[engine]
 
     def scored_dataset(self) -> dict:
-        """The GT reduced to what COCOeval reads: images' id, height, width (and a string
-        file_name), categories' id and name (supercategory, keypoints and skeleton when well
-        typed), the annotations as they are; other top-level keys (info, licenses, ...) dropped."""
-        d = self.dataset()
-        images = []
-        for im in d["images"]:
-            m = {k: im[k] for k in ("id", "height", "width") if k in im}
-            if isinstance(im.get("file_name"), str):
-                m["file_name"] = im["file_name"]
-            images.append(m)
-        cats = []
-        for c in d["categories"]:
-            m = {"id": c["id"], "name": str(c["name"])}
-            if isinstance(c.get("supercategory"), str):
-                m["supercategory"] = c["supercategory"]
-            for k in ("keypoints", "skeleton"):
-                if isinstance(c.get(k), list):
-                    m[k] = c[k]
-            cats.append(m)
-        return {"images": images, "annotations": d.get("annotations") or [], "categories": cats}
-
+        """The GT reduced to what COCOeval reads (see :func:`visiontool.io.gt_read.scored_fields`)."""
+        return scored_fields(self.dataset())
 
 def _check_file(path: str) -> None:
     """A path that is not a regular file, or whose first bytes cannot start JSON: one line."""
