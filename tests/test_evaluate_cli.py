@@ -176,7 +176,7 @@ def test_bad_segm_records(coco_dir, tmp_path):
     for mut, text in [
             (lambda r: {k: v for k, v in r.items() if k != "segmentation"}, "has no 'segmentation'"),
             (lambda r: dict(r, segmentation=[[1, 2, 3, 4, 5, 6]]), "must be COCO RLE"),
-            (lambda r: dict(r, segmentation=dict(r["segmentation"], size=[3, 3])), "differs from the GT"),
+            (lambda r: dict(r, segmentation=dict(r["segmentation"], size=[3, 3])), "is not a COCO RLE of 3x3 pixels"),
             (lambda r: dict(r, score=None), "score is not a number")]:
         bad = list(res)
         bad[3] = mut(bad[3])

@@ -81,7 +81,7 @@ def evaluate_command(
 
     set_quiet(quiet)
 
-    result = evaluate(gt, pred, iou_type, per_class=per_class, backend=backend, lenient=lenient)
+    result = evaluate(gt, pred, iou_type, per_class=per_class, backend=backend, lenient=lenient, warn=False)
     for line in result.diagnostics:
         _warn(line)
     if plot:

@@ -18,9 +18,10 @@ from visiontool.io.pred_checks import N_KEYPOINT_VALUES, Invalid, number, polygo
 
 def read_gt_light(path: str, segm: bool = False):
     """``(images, categories, (ann ids, ann category ids, ann iscrowd), has_annotations,
-    problem)`` of a COCO GT file, or None if the file does not fit the strict schema (the
-    caller then parses it fully and names what is wrong). With ``segm`` every annotation's
-    segmentation is checked; ``problem`` is the first failure ("annotations[i]: ...") or None."""
+    problem, mismatch)`` of a COCO GT file, or None if the file does not fit the strict schema
+    (the caller then parses it fully and names what is wrong). With ``segm`` every annotation's
+    segmentation is checked; ``problem`` is the first failure ("annotations[i]: ...") or None;
+    ``mismatch`` is ``(count, first)`` of RLE masks of another size than their image, or None."""
     import mmap
 
     import msgspec
@@ -59,7 +60,8 @@ def read_gt_light(path: str, segm: bool = False):
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 g = msgspec.json.decode(mm, type=GT)
                 anns = g.annotations or []
-                problem = _segm_problem(anns, g.images) if segm else None
+                mismatch: list = []
+                problem = _segm_problem(anns, g.images, mismatch) if segm else None
                 for a in anns:
                     a.segmentation = _NONE  # drop the views into the mapping before it closes
     except (msgspec.DecodeError, ValueError, OSError, RecursionError, BufferError):
@@ -71,13 +73,25 @@ def read_gt_light(path: str, segm: bool = False):
     arrays = (np.fromiter((a.id for a in anns), np.int64, n),
               np.fromiter((a.category_id for a in anns), np.int64, n),
               np.fromiter((1 if a.iscrowd else 0 for a in anns), np.int64, n))
-    return images, cats, arrays, g.annotations is not None, problem
+    note = (len(mismatch), mismatch_note(f"annotations[{mismatch[0][0]}]", [mismatch[0][1]])[1]) if mismatch else None
+    return images, cats, arrays, g.annotations is not None, problem, note
 
 
 _NONE = None
 
 
-def _segm_problem(anns, images) -> str | None:
+def mismatch_note(where: str, mm: list) -> tuple[int, str] | None:
+    """(count, first) of RLE size mismatches collected by :func:`annotation_problem`, with
+    ``where`` of the first (e.g. "annotations[3]"), or None."""
+    if not mm:
+        return None
+    (h, w), (gh, gw) = mm[0]
+    return len(mm), f"{where}: {h}x{w} on a {gh}x{gw} image"
+
+
+def _segm_problem(anns, images, mismatch: list) -> str | None:
+    """The first annotation that cannot be scored as segm ("annotations[i]..."), or None;
+    ``mismatch`` gets ``(i, (mask size, image size))`` for each RLE of another size than its image."""
     import msgspec
 
     sizes = {im.id: (im.height, im.width) for im in images}
@@ -88,16 +102,24 @@ def _segm_problem(anns, images) -> str | None:
             return f"annotations[{i}] has no 'segmentation' (segm evaluation needs masks)"
         if head == b"[":
             continue  # polygons: their numbers are checked by the engine's own reader
+        mm: list = []
         problem = annotation_problem(
-            {"segmentation": msgspec.json.decode(raw), "image_id": a.image_id}, "segm", sizes, full=False)
+            {"segmentation": msgspec.json.decode(raw), "image_id": a.image_id}, "segm", sizes, full=False,
+            mismatch=mm)
+        if mm:
+            mismatch.append((i, mm[0]))
         if problem:
             return f"annotations[{i}]{problem}"
     return None
 
 
-def annotation_problem(a: Any, iou_type: str, sizes: dict, full: bool = True) -> str | None:
+def annotation_problem(a: Any, iou_type: str, sizes: dict, full: bool = True,
+                       mismatch: list | None = None) -> str | None:
     """Why annotation ``a`` cannot be scored for ``iou_type`` (text after "annotations[i]"), or
-    None. ``sizes``: {image id: (height, width)}; ``full``: also the keys every iou type needs."""
+    None. ``sizes``: {image id: (height, width)}; ``full``: also the keys every iou type needs.
+    An RLE whose size is not its image's is scored as pycocotools scores it (it keeps its own
+    size, so no result mask of the image's size matches it): ``mismatch``, when given, gets
+    ``(mask size, image size)`` appended for it."""
     if not isinstance(a, dict):
         return " is not an object"
     if full:
@@ -117,8 +139,8 @@ def annotation_problem(a: Any, iou_type: str, sizes: dict, full: bool = True) ->
                         or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in size)):
                     return ".segmentation.size must be [height, width]"
                 want = sizes.get(a.get("image_id"))
-                if want is not None and None not in want and tuple(size) != tuple(want):
-                    return f".segmentation.size {list(size)} differs from its image's size {list(want)}"
+                if mismatch is not None and want is not None and None not in want and tuple(size) != tuple(want):
+                    mismatch.append((list(size), list(want)))
                 if not isinstance(seg["counts"], (str, list)):
                     return ".segmentation.counts must be a string or a list of run lengths"
                 problem = rle_problem(seg["counts"], int(size[0]), int(size[1]))
@@ -137,3 +159,26 @@ def annotation_problem(a: Any, iou_type: str, sizes: dict, full: bool = True) ->
     except Invalid as exc:
         return f": {exc}"
     return None
+
+
+def scored_fields(d: dict) -> dict:
+    """COCO GT ``d`` reduced to what COCOeval reads: images' id, height, width (and a string
+    file_name), categories' id and name (supercategory, keypoints and skeleton when well
+    typed), the annotations as they are; other top-level keys (info, licenses, ...) dropped.
+    For engines whose readers refuse metadata pycocotools ignores."""
+    images = []
+    for im in d["images"]:
+        m = {k: im[k] for k in ("id", "height", "width") if k in im}
+        if isinstance(im.get("file_name"), str):
+            m["file_name"] = im["file_name"]
+        images.append(m)
+    cats = []
+    for c in d["categories"]:
+        m = {"id": c["id"], "name": str(c["name"])}
+        if isinstance(c.get("supercategory"), str):
+            m["supercategory"] = c["supercategory"]
+        for k in ("keypoints", "skeleton"):
+            if isinstance(c.get(k), list):
+                m[k] = c[k]
+        cats.append(m)
+    return {"images": images, "annotations": d.get("annotations") or [], "categories": cats}

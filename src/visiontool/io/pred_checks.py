@@ -17,8 +17,13 @@ pycocotools cannot score (polygons in the segm branch, a result without the firs
 ``bbox``) is an error naming the result. So are values it would score as nonsense: a score
 or box that is not a finite number, boxes of negative size, RLE counts that are not COCO's
 (characters outside ``0``..``o``, negative runs, runs beyond height × width -- hotcoco's
-reading, also used by :mod:`hotcoco.mask`), an RLE whose size is not its image's, and
-image or category ids absent from the ground truth.
+reading, also used by :mod:`hotcoco.mask`), and image or category ids absent from the
+ground truth.
+
+An RLE whose ``size`` is not its GT image's is scored as pycocotools scores it (it keeps
+its own size: area and box are its own, and ``maskUtils.iou`` gives -1 against every GT
+mask of another size, so it never matches in segm); :func:`size_mismatch` finds it so
+that ``evaluate`` can warn.
 """
 from __future__ import annotations
 
@@ -111,15 +116,23 @@ def rle(v: Any, gt, image_id: int, what: str = "segmentation", compressed_only: 
     if compressed_only and isinstance(counts, list):
         raise Invalid(f"{what} must be COCO RLE with string counts: pycocotools cannot score uncompressed "
                       f"RLE in results without a 'bbox'")
-    want = gt.image_sizes.get(image_id)
-    if want is not None and tuple(size) != tuple(want):
-        raise Invalid(f"{what}.size {list(size)} differs from the GT image size {list(want)}")
     problem = rle_problem(counts, int(size[0]), int(size[1]))
     if problem:
         raise Invalid(f"{what}.{problem}")
     if isinstance(counts, bytes):
         return {"size": list(size), "counts": counts.decode("ascii")}
     return v
+
+
+def size_mismatch(r: dict, gt) -> tuple[list, list] | None:
+    """(mask size, GT image size) when result ``r`` carries an RLE of another size than its
+    image's (where the GT gives one), else None. ``r`` is a checked result."""
+    seg = r.get("segmentation")
+    if type(seg) is dict:
+        want = gt.image_sizes.get(r["image_id"])
+        if want is not None and tuple(seg["size"]) != tuple(want):
+            return list(seg["size"]), list(want)
+    return None
 
 
 def polygons(v: Any, what: str = "segmentation") -> list:

@@ -5,8 +5,9 @@
   array as is (the file is parsed once).
 * segm: msgspec checks the schema, types, finite values and box sizes while decoding the
   memory-mapped file into small structs (no RLE counts are copied); numpy checks image and
-  category ids and each mask's size against its image; the file then goes to the engine,
-  which checks the counts (see :func:`visiontool.services.eval_engines.run_hotcoco`).
+  category ids and counts masks whose size is not their image's (scored, with a warning);
+  the file then goes to the engine, which checks the counts (see
+  :func:`visiontool.services.eval_engines.run_hotcoco`).
 
 Each returns None when the file is not plain valid COCO results of that kind: the precise
 path (:mod:`visiontool.io.pred_checks`) then reads it record by record and names the first
@@ -175,13 +176,19 @@ def fast_segm(data, gt) -> dict | None:
         return None  # the precise path names the record
     if not is_member(image_ids, gt.image_id_array).all() or not is_member(cat_ids, gt.category_id_array).all():
         return None
-    if not sizes_match(image_ids, sizes, gt):
-        return None
-    return summarise(cat_ids, scores)
+    out = summarise(cat_ids, scores)
+    bad = size_mismatches(image_ids, sizes, gt)
+    if bad.any():  # scored as pycocotools scores them (never matched), with a warning
+        i = int(np.flatnonzero(bad)[0])
+        want = gt.image_sizes[int(image_ids[i])]
+        out["size_mismatches"] = int(np.count_nonzero(bad))
+        out["size_mismatch_example"] = f"result {i}: {sizes[i, 0]}x{sizes[i, 1]} on a {want[0]}x{want[1]} image"
+    return out
 
 
-def sizes_match(image_ids: np.ndarray, sizes: np.ndarray, gt) -> bool:
-    """Each (height, width) in ``sizes`` equals its image's in the GT (where the GT knows it)."""
+def size_mismatches(image_ids: np.ndarray, sizes: np.ndarray, gt) -> np.ndarray:
+    """Boolean mask: the (height, width) in ``sizes`` differs from its image's in the GT
+    (where the GT knows it)."""
     hw = gt.image_hw_array  # (n_images, 2) aligned with image_id_array; -1 where unknown
     ids = gt.image_id_array  # every image id is known to be one of these
     if ids.size and ids[0] >= 0 and ids[-1] < 2_000_000 and (ids[1:] != ids[:-1]).all():
@@ -191,4 +198,4 @@ def sizes_match(image_ids: np.ndarray, sizes: np.ndarray, gt) -> bool:
     else:
         want = hw[np.searchsorted(ids, image_ids)]
     known = want[:, 0] >= 0
-    return bool((sizes[known] == want[known]).all())
+    return known & (sizes != want).any(axis=1)

@@ -6,13 +6,16 @@ optional ``iscrowd`` (N,), ``area`` (N,), ``keypoints`` (N, 17, 3) for keypoints
 (N, H, W) bool or ``keypoints`` (N, 17, 3) as the iou type needs. Torch tensors or numpy
 arrays; masks may also be (N, 1, H, W) (torchvision's layout) but must be boolean.
 
-Image ``i`` gets id ``i``; categories are the union of labels. Values become float64 before
-any arithmetic (xyxy -> xywh, areas). Masks become COCO RLE with pycocotools (GT area =
-mask area unless ``area`` is given; a GT box, when none is given, is the mask's); mask
-predictions carry no box (pycocotools then takes area and box from the mask). Keypoint GT
-gets ``num_keypoints`` = visible keypoints and, without ``area``, the box area; keypoint
-predictions are ``{"keypoints", "score"}`` results (area from their extent, as in COCO's
-keypoint results files).
+Image ``i`` gets id ``i`` and the size of its target masks (of its prediction masks when
+it has no targets); prediction masks of another size are scored as pycocotools scores them
+(never matched, with a warning: see ``evaluate``). Categories are the union of labels.
+Values become float64 before any arithmetic (xyxy -> xywh, areas). Masks become COCO RLE
+with pycocotools; GT area = the given ``area`` where it is > 0 (torchmetrics' rule), else
+the mask's pixel count (segm) or the box's w*h; a GT box, when none is given, is the
+mask's (``maskUtils.toBbox``). Mask predictions carry no box (pycocotools then takes area
+and box from the mask). Keypoint GT gets ``num_keypoints`` = visible keypoints and, without
+``area``, the box area; keypoint predictions are ``{"keypoints", "score"}`` results (area
+from their extent, as in COCO's keypoint results files).
 """
 from __future__ import annotations
 
@@ -39,9 +42,12 @@ def _masks(d: dict, what: str, n: int) -> np.ndarray:
     m = _np(d["masks"])
     if m.ndim == 4 and m.shape[1] == 1:
         m = m[:, 0]
+    if m.size == 0 and m.ndim != 3 and n == 0:  # torch.tensor([]): no masks (torchmetrics accepts it)
+        m = np.zeros((0, 0, 0), dtype=np.bool_)
     if m.ndim != 3 or m.shape[0] != n:
         raise InvalidInputError(f"{what}: masks must be (N, H, W) with N = {n} labels, got shape {list(m.shape)}")
-    if m.dtype != np.bool_ and not (np.issubdtype(m.dtype, np.integer) and m.size and m.max() <= 1 and m.min() >= 0):
+    binary_ints = np.issubdtype(m.dtype, np.integer) and (not m.size or (m.max() <= 1 and m.min() >= 0))
+    if m.dtype != np.bool_ and not binary_ints:
         raise InvalidInputError(f"{what}: masks must be boolean (threshold probabilities first, e.g. masks > 0.5), "
                                 f"got {m.dtype}")
     return m
@@ -88,8 +94,8 @@ def tensors_to_coco(targets: list, preds: list, iou_type: str = "bbox") -> tuple
         tm = _masks(t, f"target {i}", len(tl)) if iou_type == "segm" else None
         pm = _masks(p, f"prediction {i}", len(pl)) if iou_type == "segm" else None
         h = w = 0
-        for m in (tm, pm):
-            if m is not None:
+        for m in (pm, tm):  # the targets' mask size is the image's (then the predictions')
+            if m is not None and (m.shape[0] or not h):
                 h, w = int(m.shape[1]), int(m.shape[2])
         images.append({"id": i, "width": w, "height": h, "file_name": f"{i}"})
         tb = _np(t["boxes"]).astype(np.float64).reshape(-1, 4) if "boxes" in t else None
@@ -112,7 +118,7 @@ def tensors_to_coco(targets: list, preds: list, iou_type: str = "bbox") -> tuple
             if tk is not None:
                 a["keypoints"] = tk[k].tolist()
                 a["num_keypoints"] = int(np.count_nonzero(tk[k, 2::3] > 0))
-            if area is not None:
+            if area is not None and area[k] > 0:  # torchmetrics' rule: a given area of 0 means "compute it"
                 a["area"] = float(area[k])
             elif tm is not None:
                 a["area"] = float(np.count_nonzero(tm[k]))

@@ -24,6 +24,7 @@ photos is normal.
 """
 from __future__ import annotations
 
+import math
 import os
 from array import array
 from dataclasses import dataclass, field
@@ -65,6 +66,8 @@ class Predictions:
     skipped_reasons: list[str] = field(default_factory=list)
     n_unknown_images: int = 0  # visiontool records whose image is not in the GT
     deferred_check: Callable[[], bool] | None = None  # a validation still running; must return True
+    size_mismatches: int = 0  # masks (used by the iou type) whose size is not their GT image's
+    size_mismatch_example: str = ""  # the first, e.g. "result 3: 10x10 on a 640x480 image"
 
     def __len__(self) -> int:
         return self.n
@@ -100,7 +103,27 @@ def load_predictions(pred: Any, gt, iou_type: str = "bbox", lenient: bool = Fals
         return _from_file(str(pred), gt, iou_type, lenient, precise)
     if isinstance(pred, (list, tuple)):
         return _from_items(enumerate(pred), "list", None, gt, iou_type, lenient, "predictions")
+    if isinstance(pred, np.ndarray):
+        return _from_items(enumerate(numpy_results(pred)), "list", None, gt, iou_type, lenient, "predictions")
     raise UsageError(f"unsupported predictions object of type {type(pred).__name__}")
+
+
+def numpy_results(a: np.ndarray) -> list[dict]:
+    """An ``(N, 7)`` array ``[image_id, x, y, w, h, score, category_id]`` as the result dicts
+    pycocotools' ``loadNumpyAnnotations`` makes of it (ids truncated by ``int()``)."""
+    if a.ndim != 2 or a.shape[1] != 7:
+        raise InvalidInputError(f"predictions: a results array must be (N, 7) [image_id, x, y, w, h, score, "
+                                f"category_id], got shape {list(a.shape)}")
+    try:
+        rows = a.astype(np.float64).tolist()
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"predictions: a results array must be numeric, got {a.dtype}") from None
+    out = []
+    for r in rows:
+        if not (math.isfinite(r[0]) and math.isfinite(r[6])):
+            raise InvalidInputError(f"predictions: result {len(out)}: image_id and category_id must be finite")
+        out.append({"image_id": int(r[0]), "bbox": r[1:5], "score": r[5], "category_id": int(r[6])})
+    return out
 
 
 def _from_file(path: str, gt, iou_type: str, lenient: bool, precise: bool) -> Predictions:
@@ -195,6 +218,7 @@ def _from_results(items, gt, iou_type: str, lenient: bool, source: str, path: st
     rows: array | None = array("d") if iou_type == "bbox" else None
     kept: list = []
     redo = False
+    mism = _Mismatches()
     for i, r in items:
         try:
             out, branch_now, changed = checks.check_result(r, gt, iou_type, branch)
@@ -206,6 +230,10 @@ def _from_results(items, gt, iou_type: str, lenient: bool, source: str, path: st
             if branch != "bbox":
                 rows = None
         redo = redo or changed
+        if uses_mask(out, iou_type):
+            mm = checks.size_mismatch(out, gt)
+            if mm is not None:
+                mism.note(f"result {i}", mm)
         cats.append(out["category_id"])
         scores.append(float(out["score"]))
         if rows is not None:
@@ -217,7 +245,7 @@ def _from_results(items, gt, iou_type: str, lenient: bool, source: str, path: st
     n = len(cats)
     summary = summarise(np.frombuffer(cats, np.int64) if n else np.zeros(0, np.int64),
                         np.frombuffer(scores, np.float64) if n else np.zeros(0))
-    extra = {"n_skipped": fail.n, "skipped_reasons": fail.reasons}
+    extra = {"n_skipped": fail.n, "skipped_reasons": fail.reasons, **mism.fields()}
     if rows is not None:
         # a view of the array('d') (which it keeps alive): no second copy at the peak
         return Predictions(source=source, rows=np.frombuffer(rows, np.float64).reshape(n, 7), **summary, **extra)
@@ -226,7 +254,7 @@ def _from_results(items, gt, iou_type: str, lenient: bool, source: str, path: st
     if not keep:
         if redo or fail.n:  # the engine needs the dicts: read the file again, keeping them
             return _from_results(reopen(), gt, iou_type, lenient, source, None, None)
-        return Predictions(source=source, path=path, **summary)
+        return Predictions(source=source, path=path, **summary, **mism.fields())
     return Predictions(source=source, results=kept, **summary, **extra)
 
 
@@ -264,7 +292,36 @@ def _from_records(items, gt, iou_type: str, lenient: bool, source: str) -> Predi
                 r.pop("bbox", None)
     out = _make(source, "records", kept, None, fail.reasons, unknown)
     out.n_skipped = fail.n
+    mism = _Mismatches()
+    for r in kept:
+        if uses_mask(r, iou_type):
+            mm = checks.size_mismatch(r, gt)
+            if mm is not None:
+                mism.note(f"image_id {r['image_id']}", mm)
+    for k, v in mism.fields().items():
+        setattr(out, k, v)
     return out
+
+
+def uses_mask(r: dict, iou_type: str) -> bool:
+    """Whether pycocotools reads result ``r``'s mask for ``iou_type`` (segm; bbox without a box)."""
+    return iou_type == "segm" or (iou_type == "bbox" and "bbox" not in r)
+
+
+class _Mismatches:
+    """Counts results whose RLE size is not their GT image's; keeps the first as an example."""
+
+    def __init__(self):
+        self.n, self.example = 0, ""
+
+    def note(self, where: str, mm: tuple) -> None:
+        if not self.n:
+            (h, w), (gh, gw) = mm
+            self.example = f"{where}: {h}x{w} on a {gh}x{gw} image"
+        self.n += 1
+
+    def fields(self) -> dict:
+        return {"size_mismatches": self.n, "size_mismatch_example": self.example} if self.n else {}
 
 
 def _make(source: str, fmt: str, kept: list, rows, reasons: list, unknown: int) -> Predictions:

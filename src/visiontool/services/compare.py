@@ -170,7 +170,7 @@ def compare(
     runs: list[CompareRun] = []
     # -- prediction files: cheap, and an invalid one stops everything (exit 2) before models run
     for (source, _), name in zip(sources[:len(preds)], labels):
-        res = evaluate(gtobj, source, iou_type, per_class=per_class, backend=backend, lenient=lenient)
+        res = evaluate(gtobj, source, iou_type, per_class=per_class, backend=backend, lenient=lenient, warn=False)
         runs.append(CompareRun(name, "file", str(source) if isinstance(source, (str, os.PathLike)) else "<object>",
                                iou_type, res.stats, res.per_class, diagnostics=res.diagnostics,
                                n_predictions=res.n_predictions))
@@ -186,7 +186,8 @@ def compare(
         if run.error is None:
             if save_preds is not None:
                 run.saved_to = str(_save(results, save_preds, name))
-            res = evaluate(gtobj, results, iou_type, per_class=per_class, backend=backend, lenient=lenient)
+            res = evaluate(gtobj, results, iou_type, per_class=per_class, backend=backend, lenient=lenient,
+                           warn=False)
             run.stats, run.per_class = res.stats, res.per_class
             # we chose the threshold: evaluate's "looks pre-thresholded" hint would only mislead
             # (a model with few queries simply has no low scores to give)

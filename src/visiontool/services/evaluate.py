@@ -44,7 +44,7 @@ from visiontool.services.eval_engines import (  # noqa: F401  (re-exported: comp
     release_memory,
     run,
 )
-from visiontool.services.ground_truth import GroundTruth  # noqa: F401
+from visiontool.services.ground_truth import EngineCannotReadGT, GroundTruth  # noqa: F401
 
 STAT_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
              "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")
@@ -121,6 +121,11 @@ def diagnostics(stats: dict, preds: Predictions, gt: GroundTruth, cats_with_gt: 
     if preds.n_unknown_images:
         out.append(f"{preds.n_unknown_images} prediction record(s) are for images absent from the ground "
                    f"truth and were not evaluated")
+    if preds.size_mismatches:
+        out.append(f"{preds.size_mismatches} prediction mask(s) are not the size of their ground-truth image "
+                   f"(first: {preds.size_mismatch_example}); scored as pycocotools scores them: a mask keeps "
+                   f"its own size (area and box), so in segm it never matches a ground-truth mask (IoU -1, a "
+                   f"false positive). Resize masks to the original image size first")
     if len(preds) == 0:
         out.append("no predictions to evaluate: every AP is 0 (or -1 without ground truth)")
         return out
@@ -150,8 +155,12 @@ def diagnostics(stats: dict, preds: Predictions, gt: GroundTruth, cats_with_gt: 
 
 
 def evaluate(gt: Any, predictions: Any, iou_type: str = "bbox", *, per_class: bool = False,
-             backend: str = "auto", lenient: bool = False, arrays: bool = True) -> EvalResult:
+             backend: str = "auto", lenient: bool = False, arrays: bool = True, warn: bool = True) -> EvalResult:
     """Evaluate predictions against a COCO ground truth; see the module docstring.
+
+    ``warn``: scoring that departs from what the user likely meant but is pycocotools' own
+    (prediction masks of another size than their image) also raises a Python
+    ``UserWarning`` (the CLI passes False: it prints every diagnostic on stderr itself).
 
     ``arrays=False``: the caller needs no ``precision`` / ``recall`` arrays (no per-class
     table, no PR curves), so an engine may skip copying them out at its memory peak (hotcoco:
@@ -170,7 +179,15 @@ def evaluate(gt: Any, predictions: Any, iou_type: str = "bbox", *, per_class: bo
     if iou_type == "segm" and len(preds) >= 100_000:
         release_memory(False)  # masks: the engine's own peak is near the 0.5 GB budget
     try:
-        stats, prec, rec, cats = run(engine, gtobj, preds, iou_type, per_class, arrays)
+        try:
+            stats, prec, rec, cats = run(engine, gtobj, preds, iou_type, per_class, arrays)
+        except EngineCannotReadGT as exc:
+            if ALIASES.get(backend, backend) != "auto":
+                raise
+            # the engine's reader refused metadata pycocotools ignores: pycocotools' own engine
+            engine = "pycocotools"
+            note = f"{exc}; evaluated with pycocotools instead (slower)"
+            stats, prec, rec, cats = run(engine, gtobj, preds, iou_type, per_class, arrays)
     except (UsageError, KeyboardInterrupt, MemoryError):
         raise
     except Exception as exc:
@@ -180,7 +197,9 @@ def evaluate(gt: Any, predictions: Any, iou_type: str = "bbox", *, per_class: bo
         if isinstance(exc, BadCounts):
             raise InvalidInputError(f"{preds.source}: result {exc.args[0][0]}: segmentation.counts is not a "
                                     f"COCO RLE") from None
-        raise InvalidInputError(f"{engine} could not evaluate {preds.source}: {type(exc).__name__}: {exc}"
+        # both inputs checked out, so the engine's message decides which one it is about
+        raise InvalidInputError(f"{engine} could not evaluate {preds.source} against {gtobj.label}: "
+                                f"{type(exc).__name__}: {exc}"
                                 ) from exc
     if preds.deferred_check is not None and not preds.deferred_check():
         # the check that ran beside the engine failed: validate record by record (raises and
@@ -197,7 +216,13 @@ def evaluate(gt: Any, predictions: Any, iou_type: str = "bbox", *, per_class: bo
     if rec is not None and rec.ndim == 4 and engine != "torchmetrics":
         # a category has (non-crowd) GT exactly when its recall is not -1
         with_gt = [int(c) for c, r in zip(cats, rec[0, :, 0, -1].tolist()) if r > -1]
-    diags = ([note] if note else []) + _gt_diagnostics(gtobj) + diagnostics(stat_dict, preds, gtobj, with_gt)
+    diags = ([note] if note else []) + _gt_diagnostics(gtobj, iou_type) + diagnostics(stat_dict, preds, gtobj, with_gt)
+    if warn:
+        import warnings
+
+        for d in diags:
+            if "not the size of their" in d:
+                warnings.warn(d, UserWarning, stacklevel=2)
     if preds.n_skipped:
         diags.insert(0, f"--lenient: skipped {preds.n_skipped} invalid prediction(s); first: "
                         f"{preds.skipped_reasons[0]}")
@@ -207,9 +232,15 @@ def evaluate(gt: Any, predictions: Any, iou_type: str = "bbox", *, per_class: bo
                       seconds=time.perf_counter() - t0)
 
 
-def _gt_diagnostics(gt: GroundTruth) -> list[str]:
+def _gt_diagnostics(gt: GroundTruth, iou_type: str) -> list[str]:
     """A ground truth without annotations is scored as pycocotools scores it (every AP and AR
-    -1: there is nothing to find), with a warning, since that is rarely what was meant."""
+    -1: there is nothing to find), with a warning, since that is rarely what was meant; so
+    are GT masks of another size than their image (no result mask of the image's size
+    matches them)."""
+    if iou_type == "segm" and gt.rle_size_mismatch:
+        n, first = gt.rle_size_mismatch
+        return [f"{gt.label}: {n} ground-truth mask(s) are not the size of their image (first: {first}); "
+                f"scored as pycocotools scores them: no prediction mask of the image's size can match them"]
     if gt.n_annotations:
         return []
     what = "has no 'annotations' list" if not gt.has_annotations else "has an empty 'annotations' list"

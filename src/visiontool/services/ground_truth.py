@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from visiontool.errors import InvalidInputError, UsageError
-from visiontool.io.gt_read import annotation_problem, read_gt_light
+from visiontool.io.gt_read import annotation_problem, mismatch_note, read_gt_light, scored_fields
 
 
 @contextlib.contextmanager
@@ -45,6 +45,11 @@ def quiet():
             os.close(dup)
 
 
+class EngineCannotReadGT(InvalidInputError):
+    """An engine's reader refused a ground truth that pycocotools reads (``auto`` then falls
+    back to pycocotools; a forced engine reports it against the ground truth)."""
+
+
 class GroundTruth:
     """A COCO ground truth parsed once: lookups for validation plus cached engine handles.
 
@@ -58,13 +63,16 @@ class GroundTruth:
     def __init__(self, path: str | None, dataset: dict | None, images: list, categories: list,
                  anns: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
                  handles: dict | None = None, zero_id_possible: bool = True, has_annotations: bool = True,
-                 checked: dict | None = None, n_anns: int | None = None, images_again: Callable | None = None):
+                 checked: dict | None = None, n_anns: int | None = None, images_again: Callable | None = None,
+                 rle_size_mismatch: tuple[int, str] | None = None):
         self.path = path
         self._dataset = dataset
         self._handles: dict[str, Any] = dict(handles or {})
         self._anns = anns
         self._zero_id_possible = zero_id_possible
         self._checked: dict[str, str | None] = dict(checked or {})  # iou type -> problem (None: fine)
+        # (count, first) of segm RLE masks whose size is not their image's (scored as pycocotools does)
+        self.rle_size_mismatch: tuple[int, str] | None = rle_size_mismatch
         self.has_annotations = has_annotations
         self._n_anns = n_anns if anns is None else int(anns[0].shape[0])
         # the image dicts are needed again only to map records' file names: an engine handle can
@@ -153,12 +161,19 @@ class GroundTruth:
             problem = None
             sizes = {i: (h if h >= 0 else None, w if w >= 0 else None)
                      for i, (h, w) in zip(self.image_id_array.tolist(), self.image_hw_array.tolist())}
+            first = None
+            mm: list = []
             for i, a in enumerate(self.dataset().get("annotations") or []):
-                problem = annotation_problem(a, iou_type, sizes, full=False)
+                n_mm = len(mm)
+                problem = annotation_problem(a, iou_type, sizes, full=False, mismatch=mm)
+                if first is None and len(mm) > n_mm:
+                    first = i
                 if problem:
                     problem = f"annotations[{i}]{problem}"
                     break
             self._checked[iou_type] = problem
+            if mm and iou_type == "segm":
+                self.rle_size_mismatch = mismatch_note(f"annotations[{first}]", mm)
         if self._checked[iou_type]:
             raise InvalidInputError(f"{self.label}: {self._checked[iou_type]}")
 
@@ -166,7 +181,8 @@ class GroundTruth:
 
     @classmethod
     def load(cls, gt: Any, iou_type: str | None = None) -> GroundTruth:
-        """From a path, a COCO dict, or an existing GroundTruth (returned as is).
+        """From a path, a COCO dict, a pycocotools ``COCO`` object (its ``dataset``), or an
+        existing GroundTruth (returned as is).
 
         For bbox (or ``iou_type=None``) a path is read by ultrafast-pycocotools' native reader,
         whose handle the evaluation reuses; otherwise msgspec reads only what validation needs
@@ -188,12 +204,15 @@ class GroundTruth:
                     return native
             light = read_gt_light(path, segm=iou_type == "segm")  # validates the annotations' schema too
             if light is not None:
-                images, cats, arrays, has_anns, problem = light
+                images, cats, arrays, has_anns, problem, mismatch = light
                 checked = {"segm": problem} if iou_type == "segm" else None
-                return cls(path, None, images, cats, arrays, has_annotations=has_anns, checked=checked)
+                return cls(path, None, images, cats, arrays, has_annotations=has_anns, checked=checked,
+                           rle_size_mismatch=mismatch)
             from visiontool.io.coco import load_json_file
 
             return cls._from_dict(load_json_file(path, "ground truth"), path)
+        if isinstance(getattr(gt, "dataset", None), dict):  # a pycocotools (or compatible) COCO object
+            return cls._from_dict(gt.dataset, None)
         raise UsageError(f"unsupported ground truth of type {type(gt).__name__}")
 
     @classmethod
@@ -218,22 +237,42 @@ class GroundTruth:
         return self._dataset
 
     def handle(self, engine: str):
-        """The engine's COCO object for this GT, built once (compare reuses it across runs)."""
+        """The engine's COCO object for this GT, built once (compare reuses it across runs).
+
+        The engines' readers are stricter than pycocotools about metadata COCOeval never reads
+        (hotcoco refuses ``"info": "fake info"`` or an image whose ``license`` is a string):
+        when the engine refuses the file, it gets :meth:`scored_dataset` instead; should it
+        refuse that too, :class:`EngineCannotReadGT` names the ground truth, not the results."""
         if engine not in self._handles:
+            if engine == "ultrafast":
+                from ultrafast_pycocotools import COCO as UCOCO
+
+                def make(src):
+                    return UCOCO(src, verbose=False)
+            elif engine == "hotcoco":
+                from hotcoco import COCO as HCOCO
+
+                def make(src):
+                    return HCOCO(src)
+            else:
+                raise ValueError(engine)
+            src = self.path if self._dataset is None or (engine == "hotcoco" and self.path) else self._dataset
             with quiet():
-                if engine == "ultrafast":
-                    from ultrafast_pycocotools import COCO
-
-                    self._handles[engine] = COCO(self.path if self._dataset is None else self._dataset,
-                                                 verbose=False)
-                elif engine == "hotcoco":
-                    from hotcoco import COCO
-
-                    self._handles[engine] = COCO(self.path if self.path else self._dataset)
-                else:
-                    raise ValueError(engine)
+                try:
+                    self._handles[engine] = make(src)
+                except Exception:
+                    try:
+                        self._handles[engine] = make(self.scored_dataset())
+                    except InvalidInputError:
+                        raise
+                    except Exception as exc:
+                        raise EngineCannotReadGT(f"{self.label}: engine {engine} cannot read it: "
+                                                 f"{type(exc).__name__}: {exc}") from None
         return self._handles[engine]
 
+    def scored_dataset(self) -> dict:
+        """The GT reduced to what COCOeval reads (see :func:`visiontool.io.gt_read.scored_fields`)."""
+        return scored_fields(self.dataset())
 
 def _check_file(path: str) -> None:
     """A path that is not a regular file, or whose first bytes cannot start JSON: one line."""
@@ -325,8 +364,11 @@ def _hotcoco_gt(path: str) -> GroundTruth | None:
             crowd = [a for a in h.load_anns(h.get_ann_ids(iscrowd=True)) if isinstance(a.get("segmentation"), dict)]
             if len(crowd) != n_rle:
                 return None  # RLE masks beyond the crowd regions: the light reader checks them all
-            if any(annotation_problem(a, "segm", sizes, full=False) for a in crowd):
+            mm: list = []
+            if any(annotation_problem(a, "segm", sizes, full=False, mismatch=mm) for a in crowd):
                 return None  # the light reader names the annotation by its index in the file
+            if mm:
+                return None  # the light reader names the first by its index in the file
         has_anns = n > 0 or b'"annotations"' in data
         del data
     except Exception:  # anything unusual: the precise readers report it
