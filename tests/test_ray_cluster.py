@@ -156,6 +156,31 @@ def test_merge_coco_with_gt_equals_the_local_coco_conversion(cluster_run, local_
     assert len(coco.loadRes(str(tmp_path / "preds.json")).anns) == len(ray_rows)
 
 
+def test_evaluate_reads_the_output_directory_like_its_merged_file(cluster_run, local_run, images, tmp_path):
+    """evaluate --pred DIR scores the run's records: the numbers of `merge -f coco --gt` + evaluate."""
+    out, _ = cluster_run
+    local, _ = local_run
+    labels = sorted({d["label"] for rec in local.values() for d in rec["detections"]})
+    cats = [{"id": 500 + k, "name": v} for k, v in enumerate(labels)]
+    cat_of = {c["name"]: c["id"] for c in cats}
+    images_, anns = [], []
+    for i, rec in enumerate(local.values()):  # the GT: every other image's confident detections
+        images_.append({"id": 1000 + i, "file_name": Path(rec["image"]).name, "width": 96, "height": 96})
+        for d in rec["detections"][: (2 if i % 2 else 0)]:
+            x1, y1, x2, y2 = d["box"]
+            anns.append({"id": len(anns) + 1, "image_id": 1000 + i, "category_id": cat_of[d["label"]],
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+    gt_path = tmp_path / "gt.json"
+    gt_path.write_text(json.dumps({"images": images_, "annotations": anns, "categories": cats}))
+    assert anns
+    assert invoke("merge", out, "-f", "coco", "--gt", gt_path, "-o", tmp_path / "p.json").exit_code == 0
+    from_dir = invoke("evaluate", "--gt", gt_path, "--pred", out, "-f", "json")
+    from_file = invoke("evaluate", "--gt", gt_path, "--pred", tmp_path / "p.json", "-f", "json")
+    assert from_dir.exit_code == 0 and from_file.exit_code == 0, from_dir.stderr + from_file.stderr
+    a, b = json.loads(from_dir.stdout), json.loads(from_file.stdout)
+    assert a == b and a["map"] > 0
+
+
 def test_killed_driver_resumes_without_writing_any_image_twice(ray_cluster, images, tiny_detr_fast, local_run,
                                                                tmp_path):
     out = tmp_path / "killed"

@@ -154,6 +154,32 @@ def diagnostics(stats: dict, preds: Predictions, gt: GroundTruth, cats_with_gt: 
 # the entry point
 
 
+def _is_cluster_run(path) -> bool:
+    """``path`` is the --output-dir of an ``--engine ray`` run (any other directory is refused
+    by the predictions reader as a directory)."""
+    if not os.path.isdir(path):
+        return False
+    from visiontool.io.shards import OutputDir
+
+    return OutputDir(os.fspath(path)).has_job()
+
+
+def _cluster_run_records(directory) -> tuple[list[dict], str | None]:
+    """The records of an ``--engine ray --output-dir DIR`` run (what ``visiontool merge DIR``
+    writes), and a note when the run has not finished or some of its images failed."""
+    from visiontool.services.merge import iter_records, open_run
+
+    state = open_run(directory)  # UsageError when DIR is not such a run
+    records = list(iter_records(directory, state=state))
+    notes = []
+    if state.success is None:
+        notes.append(f"{os.fspath(directory)} holds {state.rows} of {state.total} images: the run has not "
+                     "finished (rerun it with --resume); scoring what is there")
+    if state.failed:
+        notes.append(f"{state.failed} of {state.total} images failed in that run and have no predictions")
+    return records, "; ".join(notes) or None
+
+
 def evaluate(gt: Any, predictions: Any, iou_type: str = "bbox", *, per_class: bool = False,
              backend: str = "auto", lenient: bool = False, arrays: bool = True, warn: bool = True) -> EvalResult:
     """Evaluate predictions against a COCO ground truth; see the module docstring.
@@ -175,6 +201,9 @@ def evaluate(gt: Any, predictions: Any, iou_type: str = "bbox", *, per_class: bo
     gtobj = GroundTruth.load(gt, iou_type)
     gtobj.require(iou_type)
     engine, note = choose_engine(backend, iou_type, gtobj)
+    run_note = None
+    if isinstance(predictions, (str, os.PathLike)) and _is_cluster_run(predictions):
+        predictions, run_note = _cluster_run_records(predictions)
     preds = load_predictions(predictions, gtobj, iou_type, lenient)
     if iou_type == "segm" and len(preds) >= 100_000:
         release_memory(False)  # masks: the engine's own peak is near the 0.5 GB budget
@@ -216,7 +245,8 @@ def evaluate(gt: Any, predictions: Any, iou_type: str = "bbox", *, per_class: bo
     if rec is not None and rec.ndim == 4 and engine != "torchmetrics":
         # a category has (non-crowd) GT exactly when its recall is not -1
         with_gt = [int(c) for c, r in zip(cats, rec[0, :, 0, -1].tolist()) if r > -1]
-    diags = ([note] if note else []) + _gt_diagnostics(gtobj, iou_type) + diagnostics(stat_dict, preds, gtobj, with_gt)
+    diags = [n for n in (run_note, note) if n] + _gt_diagnostics(gtobj, iou_type)
+    diags += diagnostics(stat_dict, preds, gtobj, with_gt)
     if warn:
         import warnings
 
