@@ -76,12 +76,17 @@ def evaluate_command(
     check_output_file(output, "--output")
     plot_file = plot_path(plot, f"pr_{iou_type}.png") if plot else None
     check_output_file(plot_file, "--plot")
-    from visiontool.render.console import set_quiet
     from visiontool.services.evaluate import evaluate
 
-    set_quiet(quiet)
+    if quiet or plot or "visiontool.render.console" in sys.modules:
+        # rich's console (~30 ms of imports) only where it prints: --plot's note, a table
+        from visiontool.render.console import set_quiet
 
-    result = evaluate(gt, pred, iou_type, per_class=per_class, backend=backend, lenient=lenient, warn=False)
+        set_quiet(quiet)
+
+    # precision/recall arrays only for the curves (per-class rows come from them anyway)
+    result = evaluate(gt, pred, iou_type, per_class=per_class, backend=backend, lenient=lenient, warn=False,
+                      arrays=bool(plot))
     for line in result.diagnostics:
         _warn(line)
     if plot:

@@ -40,7 +40,6 @@ def choose_format(fmt: str | None, output: str | None, allowed: tuple[str, ...],
     """Explicit --format wins; else the --output extension; else table on a terminal and
     ``piped`` (default: jsonl if allowed, else json) otherwise."""
     from visiontool.io.records import validate_format
-    from visiontool.render.console import stdout_is_tty
 
     if fmt:
         return validate_format(fmt, allowed)
@@ -49,6 +48,8 @@ def choose_format(fmt: str | None, output: str | None, allowed: tuple[str, ...],
         if guess in allowed:
             return guess
         return "json" if "json" in allowed else allowed[0]
+    from visiontool.render.console import stdout_is_tty  # rich: only when no format is given
+
     if stdout_is_tty():
         return "table"
     return piped or ("jsonl" if "jsonl" in allowed else "json")

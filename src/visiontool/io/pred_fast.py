@@ -104,16 +104,36 @@ def in_thread(fn, *args) -> Callable[[], bool]:
     return join
 
 
+_SCAN_CHUNK = 1 << 22  # 4 MiB: each chunk is counted and searched while it is in the CPU cache
+
+
 def _scores_present(path: str, n: int) -> bool:
     """The native reader turns a null or missing score into 0.0. When some scores are 0.0,
-    accept the file only if it holds exactly one "score" key per record and none is null."""
+    accept the file only if it holds exactly one "score" key per record and none is null.
+
+    One pass in chunks (a whole-file read, a count and a search were three passes over
+    memory: ~0.11 s for 50 MB, against ~0.04 s); only a file with "null" somewhere is read
+    again whole for the exact pattern."""
     import re
 
+    key, null = b'"score"', b"null"
+    keep = len(key) - 1  # a match split across two chunks lies within the last and first `keep` bytes
+    count, has_null, tail = 0, False, b""
     with open(path, "rb") as fh:
-        data = fh.read()
-    if b"null" in data and re.search(rb'"score"\s*:\s*null', data) is not None:
+        while True:
+            chunk = fh.read(_SCAN_CHUNK)
+            if not chunk:
+                break
+            seam = tail + chunk[:keep]  # no match fits in either half of the seam alone: none counted twice
+            count += chunk.count(key) + seam.count(key)
+            has_null = has_null or null in chunk or null in seam
+            tail = (tail + chunk)[-keep:]
+    if count != n:
         return False
-    return data.count(b'"score"') == n
+    if has_null:
+        with open(path, "rb") as fh:
+            return re.search(rb'"score"\s*:\s*null', fh.read()) is None
+    return True
 
 
 # ---------------------------------------------------------------------------------------- segm
