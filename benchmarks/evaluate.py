@@ -25,6 +25,9 @@ Usage::
     # visiontool's peak RSS with the engine's own and with the file size printed in the header
     .venv/bin/python benchmarks/evaluate.py --images 30000 --iou-type bbox --repeats 1 \
         --skip pycocotools --skip faster-coco-eval
+    # before/after a change, interleaved under the same load (this checkout vs the main one)
+    PYTHONPATH=$PWD/src .venv/bin/python benchmarks/evaluate.py --baseline /work/main/src \
+        --skip pycocotools --skip faster-coco-eval
 """
 from __future__ import annotations
 
@@ -190,11 +193,11 @@ STAT_KEYS = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large",
              "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large"]
 
 
-def run_timed(cmd: list[str]) -> tuple[float, float, str, str, int]:
+def run_timed(cmd: list[str], env: dict | None = None) -> tuple[float, float, str, str, int]:
     """(wall s, peak RSS MB, stdout, stderr, returncode) of one child process."""
     with tempfile.TemporaryFile() as fo, tempfile.TemporaryFile() as fe:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=fo, stderr=fe)
+        proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -205,7 +208,7 @@ def run_timed(cmd: list[str]) -> tuple[float, float, str, str, int]:
 
 def stats_of(name: str, stdout: str) -> list[float] | None:
     try:
-        if name == "visiontool":
+        if name.startswith("visiontool"):
             d = json.loads(stdout)
             return [float(d[k]) for k in STAT_KEYS]
         return json.loads(stdout.strip().splitlines()[-1])
@@ -213,23 +216,29 @@ def stats_of(name: str, stdout: str) -> list[float] | None:
         return None
 
 
-def bench(gt: Path, dt: Path, iou_type: str, engines: list[str], repeats: int) -> list[dict]:
+def bench(gt: Path, dt: Path, iou_type: str, engines: list[str], repeats: int,
+          baseline: str | None = None) -> list[dict]:
     """Best (minimum) wall of ``repeats`` runs per engine, the runs interleaved round-robin so
     that load from other processes on the machine falls on every engine alike; pycocotools and
-    faster-coco-eval (minutes) run once."""
-    cmds = {}
+    faster-coco-eval (minutes) run once. ``baseline``: another checkout's ``src`` directory,
+    timed as "visiontool (baseline)" in the same rounds (before/after a change)."""
+    cmds, envs = {}, {}
+    vt = [VISIONTOOL, "evaluate", "--gt", str(gt), "--pred", str(dt), "--iou-type", iou_type, "--format", "json"]
     for name in engines:
         if name == "visiontool":
-            cmds[name] = [VISIONTOOL, "evaluate", "--gt", str(gt), "--pred", str(dt), "--iou-type", iou_type,
-                          "--format", "json"]
+            cmds[name] = vt
+            if baseline:
+                cmds["visiontool (baseline)"] = vt
+                envs["visiontool (baseline)"] = {**os.environ, "PYTHONPATH": baseline}
         else:
             cmds[name] = [PY, "-c", SCRIPTS[name], str(gt), str(dt), iou_type]
+    engines = list(cmds)
     best: dict[str, dict] = {}
     for rep in range(repeats):
         for name in engines:
             if rep > 0 and name in ("pycocotools", "faster-coco-eval"):
                 continue
-            wall, rss, out, errtxt, rc = run_timed(cmds[name])
+            wall, rss, out, errtxt, rc = run_timed(cmds[name], envs.get(name))
             if rc != 0:
                 print(f"  {name}: exit {rc}: {errtxt.strip()[-500:]}", file=sys.stderr)
             print(f"  {name}: {wall:.2f} s, {rss:.0f} MB", file=sys.stderr)
@@ -279,6 +288,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5,
                     help="interleaved runs per engine, best wall kept, worst RSS (pycocotools, faster-coco-eval: 1)")
     ap.add_argument("--keep", metavar="DIR", help="generate into DIR and keep it")
+    ap.add_argument("--baseline", metavar="SRC",
+                    help="also time visiontool from another checkout's src directory (e.g. the main branch's), "
+                         "interleaved with this one: a before/after comparison under the same load")
     ap.add_argument("--generate-into", metavar="DIR", help=argparse.SUPPRESS)
     ap.add_argument("--masks", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -296,6 +308,8 @@ def main(argv=None) -> int:
     import compileall
 
     compileall.compile_dir(str(REPO / "src" / "visiontool"), quiet=1)
+    if args.baseline:
+        compileall.compile_dir(str(Path(args.baseline) / "visiontool"), quiet=1)
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="vt-bench-eval-"))
     try:
         out = []
@@ -311,7 +325,7 @@ def main(argv=None) -> int:
             sizes = (f"{n} images, {n_gt} GT, {n * 100} detections, 80 classes, "
                      f"dt file {dt.stat().st_size / 1e6:.0f} MB")
             print(f"{iou_type}: {sizes}", file=sys.stderr)
-            rows = bench(gt, dt, iou_type, engines, args.repeats)
+            rows = bench(gt, dt, iou_type, engines, args.repeats, args.baseline)
             out.append(table(rows, iou_type, sizes))
         floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
         out.append(f"RSS floor (this script's own peak, inherited by each child): {floor:.0f} MB")
