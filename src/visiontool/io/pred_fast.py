@@ -111,9 +111,10 @@ def _scores_present(path: str, n: int) -> bool:
     """The native reader turns a null or missing score into 0.0. When some scores are 0.0,
     accept the file only if it holds exactly one "score" key per record and none is null.
 
-    One pass in chunks (a whole-file read, a count and a search were three passes over
-    memory: ~0.11 s for 50 MB, against ~0.04 s); only a file with "null" somewhere is read
-    again whole for the exact pattern."""
+    Read in chunks, each counted and searched while in cache (no whole-file copy: 50 MB less
+    at the engine's peak, and ~0.09 s instead of ~0.12 s for 50 MB on the loaded 2-core
+    development machine); only a file with "null" somewhere is read again whole for the
+    exact pattern."""
     import re
 
     key, null = b'"score"', b"null"
@@ -127,7 +128,7 @@ def _scores_present(path: str, n: int) -> bool:
             seam = tail + chunk[:keep]  # no match fits in either half of the seam alone: none counted twice
             count += chunk.count(key) + seam.count(key)
             has_null = has_null or null in chunk or null in seam
-            tail = (tail + chunk)[-keep:]
+            tail = chunk[-keep:] if len(chunk) >= keep else (tail + chunk)[-keep:]
     if count != n:
         return False
     if has_null:
