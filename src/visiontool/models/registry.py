@@ -109,8 +109,24 @@ def load_detector(spec: str, device: str = "auto", dtype: str = "auto",
     mod = detector_module(spec)
     mod.check(spec)
     dev, precision = resolve(device, dtype, warn)
-    key = ("detector", spec, dev, precision.name, tuple(sorted(options.items())))
-    return loader.cached(key, lambda: mod.load(spec, dev, precision, **options))
+    runtime = options.pop("runtime", None)
+    if mod.__name__ == EXPORTED:  # the export directory names its runtime
+        options["runtime"] = runtime
+        runtime = None
+    elif runtime is not None:
+        from visiontool.models import runtimes
+
+        runtime = runtimes.resolve(runtime, dev)
+    key = ("detector", spec, dev, precision.name, runtime or "torch", tuple(sorted(options.items())))
+
+    def build():
+        det = mod.load(spec, dev, precision, **options)
+        if runtime not in (None, "torch"):
+            from visiontool.models import runtimes
+
+            det = runtimes.accelerate(det, runtime, quiet=bool(options.get("quiet")))
+        return det
+    return loader.cached(key, build)
 
 
 # ----------------------------------------------------------------------------- segmenters
