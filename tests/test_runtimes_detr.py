@@ -154,3 +154,36 @@ def test_family_without_exporter_is_one_line(photos, tmp_path):
     r = detect(photos[:1], f"torchvision:{name}:{file}", "--runtime", "openvino")
     line = one_error_line(r)
     assert "no exporter for torchvision 'fasterrcnn'" in line and "--runtime torch" in line
+
+
+def test_compare_runtime(detr, photos, torch_records, shared_cache, tmp_path):
+    """compare --runtime runs the models through the exported network: same AP as torch."""
+    import json
+
+    names = sorted({d["label"] for r in torch_records for d in r["detections"]})
+    cats = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
+    cat_of = {c["name"]: c["id"] for c in cats}
+    images, anns = [], []
+    for i, r in enumerate(torch_records, 1):
+        images.append({"id": i, "file_name": Path(r["image"]).name, "width": r["width"], "height": r["height"]})
+        for d in r["detections"][::2]:  # half the detections: AP strictly between 0 and 1
+            x1, y1, x2, y2 = d["box"]
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cat_of[d["label"]],
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    stats = {}
+    from visiontool.models import loader
+
+    for runtime in ("torch", "onnxruntime"):
+        loader.release()
+        r = runner.invoke(app, ["compare", "--gt", str(gt), "--images", str(Path(photos[0]).parent), "--model",
+                                str(detr), "--device", "cpu", "-f", "json", "--runtime", runtime, "--no-warmup"],
+                          env={"VISIONTOOL_CACHE": str(shared_cache)})
+        assert r.exit_code == 0, r.stderr
+        (run,) = json.loads(r.stdout)["runs"]
+        stats[runtime] = run
+    assert stats["onnxruntime"]["backend"] == "transformers+onnxruntime"
+    assert stats["torch"]["backend"] == "transformers"
+    ap_t, ap_o = stats["torch"]["map"], stats["onnxruntime"]["map"]
+    assert 0.0 < ap_t < 1.0 and abs(ap_t - ap_o) < 1e-6

@@ -85,7 +85,8 @@ def runtime_info(info: ModelInfo, runtime: str, **extra: Any) -> ModelInfo:
     from dataclasses import replace
 
     kept = {k: v for k, v in info.extra.items() if k != "channels_last"}
-    return replace(info, runtime=runtime, device="cpu", dtype="float32", extra={**kept, **extra})
+    return replace(info, backend=f"{info.backend}+{runtime}", runtime=runtime, device="cpu", dtype="float32",
+                   extra={**kept, **extra})
 
 
 def accelerate(det: HFDetector, runtime: str, quiet: bool = False) -> RuntimeHFDetector:
@@ -126,7 +127,7 @@ def load_exported(directory: Path, manifest: dict, runtime: str) -> RuntimeHFDet
     engine = open_engine(runtime, directory)
     names = {int(k): str(v) for k, v in (manifest.get("class_names") or {}).items()}
     info = ModelInfo(name=str(manifest.get("_spec", directory)), family=str(manifest.get("family", "unknown")),
-                     backend="transformers", task="detect", paradigm="query-based", needs_nms=False,
+                     backend=f"transformers+{runtime}", task="detect", paradigm="query-based", needs_nms=False,
                      params=int(manifest.get("params", 0)), class_names=names, device="cpu", dtype="float32",
                      capabilities=frozenset({"batch"}), runtime=runtime,
                      extra={"export": str(directory), "source": manifest.get("source")})
