@@ -37,3 +37,27 @@ def assert_same_records(a: list[dict], b: list[dict], box_tol: float = BOX_TOL, 
             assert max(abs(p - q) for p, q in zip(x["box"], y["box"])) <= box_tol, (x, y)
             n += 1
     return n
+
+
+def assert_same_detections_unordered(a: list[dict], b: list[dict], box_tol: float = BOX_TOL,
+                                     score_tol: float = SCORE_TOL) -> int:
+    """As :func:`assert_same_records` for one image's detections, each matched to one of the
+    other's (same class, box and score within tolerance) whatever their order: random-weight
+    dense detectors give near-tied scores whose order float rounding may swap."""
+    assert len(a) == len(b), (len(a), len(b))
+    left = list(b)
+    for x in a:
+        for j, y in enumerate(left):
+            if (x["category_id"] == y["category_id"] and abs(x["score"] - y["score"]) <= score_tol
+                    and max(abs(p - q) for p, q in zip(x["box"], y["box"])) <= box_tol):
+                del left[j]
+                break
+        else:
+            raise AssertionError(f"no counterpart for {x}")
+    return len(a)
+
+
+def detections_as_dicts(det) -> list[dict]:
+    """A Detections (Python API) as record-like dicts."""
+    return [{"category_id": int(c), "score": float(s), "box": [float(v) for v in box]}
+            for box, s, c in zip(det.xyxy, det.scores, det.class_ids)]

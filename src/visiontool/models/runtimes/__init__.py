@@ -6,8 +6,9 @@ family's torch adapter is loaded as usual (its weights give the export cache key
 exported once (:mod:`.export_cache`), and a runtime twin of the adapter keeps the adapter's own
 pre- and post-processing while the network call runs in the engine (:mod:`.engines`).
 
-Families with an exporter: the transformers DETR family (:mod:`.hf_export`). Other families
-asked for another runtime are one line, exit 2 (:func:`accelerate`).
+Families with an exporter: the transformers DETR family (:mod:`.hf_export`: the whole network)
+and torchvision's detectors (:mod:`.tv_export`: the backbone). Other families asked for
+another runtime are one line, exit 2 (:func:`accelerate`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 from visiontool.errors import UsageError, require
 
 RUNTIMES = ("torch", "openvino", "onnxruntime", "auto")
+EXPORTABLE = "the transformers DETR family, torchvision detectors"
 EXTRAS = {"openvino": ("openvino", "openvino"), "onnxruntime": ("onnxruntime", "onnx")}  # runtime -> (module, extra)
 
 
@@ -70,6 +72,12 @@ def accelerate(detector: Any, runtime: str, quiet: bool = False) -> Any:
         from visiontool.models.runtimes import hf_export
 
         return hf_export.accelerate(detector, runtime, quiet=quiet)
+    from visiontool.models.torchvision import TorchvisionDetector
+
+    if type(detector) is TorchvisionDetector:
+        from visiontool.models.runtimes import tv_export
+
+        return tv_export.accelerate(detector, runtime, quiet=quiet)
     info = detector.info
     raise UsageError(f"--runtime {runtime}: no exporter for {info.backend} '{info.family}' models yet (exportable: "
-                     "the transformers DETR family); use --runtime torch")
+                     f"{EXPORTABLE}); use --runtime torch")
