@@ -7,7 +7,8 @@ exported once (:mod:`.export_cache`), and a runtime twin of the adapter keeps th
 pre- and post-processing while the network call runs in the engine (:mod:`.engines`).
 
 Families with an exporter: the transformers DETR family (:mod:`.hf_export`: the whole network)
-and torchvision's detectors (:mod:`.tv_export`: the backbone). Other families asked for
+torchvision's detectors (:mod:`.tv_export`: the backbone) and Ultralytics (:mod:`.ul_export`:
+Ultralytics' own exporter). Other families asked for
 another runtime are one line, exit 2 (:func:`accelerate`).
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from visiontool.errors import UsageError, require
 
 RUNTIMES = ("torch", "openvino", "onnxruntime", "auto")
-EXPORTABLE = "the transformers DETR family, torchvision detectors"
+EXPORTABLE = "the transformers DETR family, torchvision detectors, Ultralytics YOLO"
 EXTRAS = {"openvino": ("openvino", "openvino"), "onnxruntime": ("onnxruntime", "onnx")}  # runtime -> (module, extra)
 
 
@@ -78,6 +79,12 @@ def accelerate(detector: Any, runtime: str, quiet: bool = False) -> Any:
         from visiontool.models.runtimes import tv_export
 
         return tv_export.accelerate(detector, runtime, quiet=quiet)
+    from visiontool.models.ultralytics import UltralyticsDetector
+
+    if type(detector) is UltralyticsDetector:
+        from visiontool.models.runtimes import ul_export
+
+        return ul_export.accelerate(detector, runtime, quiet=quiet)
     info = detector.info
     raise UsageError(f"--runtime {runtime}: no exporter for {info.backend} '{info.family}' models yet (exportable: "
                      f"{EXPORTABLE}); use --runtime torch")
