@@ -57,3 +57,20 @@ def test_other_segmenters_refuse(tmp_path):
                  "--device", "cpu", "--runtime", "tensorrt"])
     one_error_line(r)
     assert "--runtime 'tensorrt'" in r.stderr
+
+
+def test_transformers_sam_has_no_exporter_yet(photo, tmp_path):
+    from sam_family_helpers import build
+
+    path = build("sam", tmp_path / "hf-sam")
+    r = run_cli(["segment", photo, "--model", path, "--point", "10,10", "--device", "cpu", "--runtime", "openvino"])
+    line = one_error_line(r)
+    assert "no exporter for" in line and "--runtime torch" in line
+
+
+def test_videos_refuse_runtime(tiny_ckpt, tmp_path):  # noqa: F811
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")
+    r = run_cli(["segment", video, "--checkpoint", tiny_ckpt, "--point", "1,1", "--runtime", "onnxruntime"])
+    line = one_error_line(r)
+    assert "--runtime applies to the SAM image encoder on images" in line
