@@ -147,13 +147,12 @@ def test_bad_runtime_options(detr, photos, args, needles):
 
 
 def test_family_without_exporter_is_one_line(photos, tmp_path):
-    from detector_helpers import save_torchvision
+    from sam_family_helpers import build_grounding_dino
 
-    name = "fasterrcnn_mobilenet_v3_large_320_fpn"
-    file, _ = save_torchvision(name, tmp_path / "tv.pth")
-    r = detect(photos[:1], f"torchvision:{name}:{file}", "--runtime", "openvino")
+    model = build_grounding_dino(tmp_path / "gdino")
+    r = detect(photos[:1], model, "--text", "cat", "--runtime", "openvino")
     line = one_error_line(r)
-    assert "no exporter for torchvision 'fasterrcnn'" in line and "--runtime torch" in line
+    assert "no exporter for transformers" in line and "--runtime torch" in line
 
 
 def test_compare_runtime(detr, photos, torch_records, shared_cache, tmp_path):
@@ -187,3 +186,16 @@ def test_compare_runtime(detr, photos, torch_records, shared_cache, tmp_path):
     assert stats["torch"]["backend"] == "transformers"
     ap_t, ap_o = stats["torch"]["map"], stats["onnxruntime"]["map"]
     assert 0.0 < ap_t < 1.0 and abs(ap_t - ap_o) < 1e-6
+
+
+def test_family_whose_trace_fixes_its_size_is_refused_not_cached(photos, tmp_path):
+    """Deformable DETR's traced graph bakes in shapes computed from the image: the export is
+    checked against torch at other sizes and refused (exit 2, one line), nothing cached."""
+    from hf_tiny import build_detector
+
+    model = build_detector("deformable_detr", tmp_path / "deformable")
+    cache = tmp_path / "cache"
+    r = detect(photos[:1], model, "--runtime", "onnxruntime", cache=cache)
+    line = assert_user_error(r, 2, "deformable_detr", "cannot be exported yet", "--runtime torch")
+    assert "does not reproduce torch" in line
+    assert not any((cache / "exports").iterdir()) if (cache / "exports").exists() else True

@@ -76,9 +76,15 @@ def export_model(spec: str, runtime: str, out_dir: str, quiet: bool = False) -> 
         if target.exists():
             target.rmdir()  # empty, checked above
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        from visiontool.errors import VisionToolError
+
+        if isinstance(exc, (VisionToolError, KeyboardInterrupt, MemoryError)) or not isinstance(exc, Exception):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UsageError(f"visiontool export: exporting {spec} to {runtime} failed ({type(exc).__name__}: {first})") \
+            from exc
     if not quiet:
         info(f"exported {spec} to {target} ({runtime}) in {time.perf_counter() - t0:.1f} s")
     return target

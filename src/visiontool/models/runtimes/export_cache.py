@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from visiontool.errors import UsageError, VisionToolError
+
 ENTRY = "entry.json"
 CACHE_FORMAT = 1
 
@@ -110,7 +112,14 @@ def get_or_build(fields: dict[str, Any], build: Callable[[Path], list[str]], ope
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     try:
-        files = build(tmp)
+        try:
+            files = build(tmp)
+        except (VisionToolError, KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - an operator the exporter lacks, a failed trace: one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise UsageError(f"{what}: the export failed ({type(exc).__name__}: {first}); use --runtime torch") \
+                from exc
         describe(tmp, fields, files)
         if final.exists():
             shutil.rmtree(final, ignore_errors=True)

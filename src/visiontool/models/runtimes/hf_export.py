@@ -41,14 +41,56 @@ def _net(model):
     return Net().eval()
 
 
+def example_shape(processor) -> tuple[tuple[int, int, int, int], bool]:
+    """(the traced example's shape, whether the processor resizes every image to one fixed size)."""
+    size = getattr(processor, "size", None)
+    if size is not None and not isinstance(size, dict):  # transformers' SizeDict
+        size = {k: getattr(size, k, None) for k in ("height", "width")}
+    h, w = (size or {}).get("height"), (size or {}).get("width")
+    if getattr(processor, "do_resize", True) and h and w:
+        return (1, 3, int(h), int(w)), True
+    return EXAMPLE_SHAPE, False
+
+
 def build_into(det: HFDetector, runtime: str, directory: Path) -> list[str]:
-    """Export ``det``'s network into ``directory`` for ``runtime``; the file names written."""
+    """Export ``det``'s network into ``directory`` for ``runtime``; the file names written.
+
+    The export is then checked against torch on inputs of other shapes than the traced one (a
+    batch of 2; other heights and widths unless the processor fixes the size): a family whose
+    traced graph bakes its image size in (measured: Deformable DETR; RT-DETR, D-FINE and
+    DEIMv2 when traced at another size than their processor's) is refused, never cached."""
     import torch
 
     from visiontool.models.runtimes.engines import export_network
 
-    example = (torch.zeros(EXAMPLE_SHAPE),)
-    return export_network(_net(det.model), example, runtime, directory, INPUTS, OUTPUTS, DYNAMIC)
+    shape, fixed = example_shape(det.processor)
+    net = _net(det.model)
+    files = export_network(net, (torch.zeros(shape),), runtime, directory, INPUTS, OUTPUTS, DYNAMIC)
+    check_export(net, runtime, directory, shape, fixed, det.info.family)
+    return files
+
+
+def check_export(net, runtime: str, directory: Path, shape, fixed: bool, family: str) -> None:
+    import numpy as np
+    import torch
+
+    from visiontool.errors import UsageError
+    from visiontool.models.runtimes.engines import open_engine
+
+    engine = open_engine(runtime, directory)
+    _, c, h, w = shape
+    probes = [(2, c, h, w)] if fixed else [(2, c, h - 64, w + 32), (1, c, h + 32, w - 96)]
+    gen = torch.Generator().manual_seed(0)
+    for probe in probes:
+        x = torch.randn(probe, generator=gen)
+        with torch.inference_mode():
+            want = [t.float().numpy() for t in net(x)]
+        got = engine([x.numpy()])
+        worst = max(float(np.abs(a - b).max()) for a, b in zip(want, got))
+        if worst > 1e-3:
+            raise UsageError(f"--runtime {runtime}: the exported {family} network does not reproduce torch on a "
+                             f"{probe[2]}x{probe[3]} input (max difference {worst:.3g}): its traced graph fixes "
+                             "shapes it computes from the image, so it cannot be exported yet; use --runtime torch")
 
 
 def cache_fields(det: HFDetector, runtime: str) -> dict[str, Any]:
@@ -60,7 +102,9 @@ def cache_fields(det: HFDetector, runtime: str) -> dict[str, Any]:
 
     return {"kind": KIND, "family": det.info.family, "exporter": EXPORTER_VERSION, "runtime": runtime,
             "runtime_version": runtime_version(runtime), "torch": torch.__version__,
-            "transformers": transformers.__version__, "precision": "float32", "shapes": "dynamic",
+            "transformers": transformers.__version__, "precision": "float32",
+            "shapes": "x".join(map(str, example_shape(det.processor)[0][2:])) if example_shape(det.processor)[1]
+            else "dynamic",
             "weights": state_hash(det.model)}
 
 
