@@ -98,3 +98,14 @@ def test_the_compare_mot_entry_prints_json_and_table(tmp_path, capsys, monkeypat
 
     with pytest.raises(PartialFailure, match="1 of 2 runs failed"):
         compare_mot.run(str(g), [str(p)], models=["./missing"], video=str(clip), fmt="json", quiet=True)
+
+
+def test_runtime_is_refused_with_mot(tmp_path):
+    """--runtime exports detectors for COCO comparisons; with --mot it would be ignored: exit 2."""
+    from typer.testing import CliRunner
+
+    from visiontool.cli.main import app
+
+    r = CliRunner().invoke(app, ["compare", "--mot", "--gt", str(tmp_path / "gt.txt"), str(tmp_path / "p.txt"),
+                                 "--runtime", "openvino"])
+    assert r.exit_code == 2 and "--runtime applies to COCO comparisons, not --mot" in r.stderr

@@ -10,7 +10,8 @@ from typing import List, Optional
 
 import typer
 
-from visiontool.cli.options import DeviceOpt, DtypeOpt, OutputOpt, PlotOpt, QuietOpt, choose_format, format_option
+from visiontool.cli.options import (DeviceOpt, DtypeOpt, OutputOpt, PlotOpt, QuietOpt, RuntimeOpt, choose_format,
+                                  format_option, runtime_options)
 from visiontool.errors import UsageError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -56,6 +57,7 @@ def compare_command(
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Images per forward pass."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
+    runtime: str = RuntimeOpt,
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Look into subdirectories of --images."),
     save_preds: Optional[str] = typer.Option(None, "--save-preds", metavar="DIR",
                                              help="Keep each model's COCO results as DIR/<name>.json, so a "
@@ -106,7 +108,7 @@ def compare_command(
                         coco_flags={"--iou-type": iou_type != "bbox", "--per-class": per_class,
                                     "--images": bool(images), "--save-preds": bool(save_preds), "--plot": bool(plot),
                                     "--sort-by": bool(sort_by), "--backend": backend != "auto",
-                                    "--lenient": lenient})
+                                    "--lenient": lenient, "--runtime": runtime != "torch"})
         return
     out_format = choose_format(fmt, output, ("table", "json"))
     if iou_type not in ("bbox", "segm", "keypoints"):
@@ -117,6 +119,7 @@ def compare_command(
     plot_file = plot_path(plot, "compare.png") if plot else None
     common_checks(device=device, dtype=dtype, output=output, files={"--plot": plot_file},
                   dirs={"--save-preds": save_preds})
+    runtime = runtime_options(runtime).get("runtime", "torch")
     from visiontool.errors import PartialFailure
     from visiontool.render.console import info, set_quiet, warn
     from visiontool.services.compare import compare, parse_sort_key
@@ -127,8 +130,9 @@ def compare_command(
     result = compare(gt, list(preds or []) or None, models=list(models or []) or None,
                      images=list(images) if images else None, names=list(names or []), iou_type=iou_type,
                      per_class=per_class, backend=backend, lenient=lenient, threshold=threshold,
-                     max_det=max_det, batch_size=batch_size, device=device, dtype=dtype, recursive=recursive,
-                     save_preds=save_preds, duplicate_min_score=dup_score, warmup=warmup, on_event=info, warn=warn)
+                     max_det=max_det, batch_size=batch_size, device=device, dtype=dtype, runtime=runtime,
+                     recursive=recursive, save_preds=save_preds, duplicate_min_score=dup_score, warmup=warmup,
+                     on_event=info, warn=warn)
     for run in result.runs:
         for line in run.diagnostics:
             warn(f"{run.name}: {line}")

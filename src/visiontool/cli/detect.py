@@ -7,7 +7,8 @@ from typing import List, Optional
 import typer
 
 from visiontool.cli import engine_options as EO
-from visiontool.cli.options import DeviceOpt, DtypeOpt, OutputOpt, QuietOpt, choose_format, format_option
+from visiontool.cli.options import (DeviceOpt, DtypeOpt, OutputOpt, QuietOpt, RuntimeOpt, choose_format, format_option,
+                                  runtime_options)
 
 FORMATS = ("table", "json", "jsonl", "coco", "csv", "mot")
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -47,6 +48,7 @@ def detect_command(
                                         "on the batch."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
+    runtime: str = RuntimeOpt,
     fmt: Optional[str] = format_option(FORMATS, "jsonl"),
     output: Optional[str] = OutputOpt,
     save_viz: Optional[str] = typer.Option(None, "--save-viz", metavar="DIR|FILE.mp4",
@@ -123,6 +125,7 @@ def detect_command(
     # everything a user can get wrong is checked before any model loads
     out_format = choose_format(fmt, output, FORMATS)
     common_checks(device=device, dtype=dtype)
+    load_options = runtime_options(runtime)
     check_detect_options(threshold, batch_size)
     phrases = parse_text(text)
     if model:
@@ -133,7 +136,8 @@ def detect_command(
                               local_only={"--output": output, "--format": fmt, "--save-viz": save_viz,
                                            "--save-crops": save_crops, "--track": track or tracker or tracker_opts,
                                            "--start": start, "--end": end, "--max-frames": max_frames,
-                                           "--source-type": source_type != "auto", "--vid-stride": vid_stride != 1})
+                                           "--source-type": source_type != "auto", "--vid-stride": vid_stride != 1,
+                                           "--runtime": bool(load_options)})
     if ray_run is not None:  # --engine ray: the records go to shards in --output-dir
         from visiontool.engines.ray import detect_on_ray
 
@@ -194,7 +198,7 @@ def detect_command(
                              batch_size=batch_size, device=device, dtype=dtype, gt=gt_index, text=phrases,
                              text_threshold=text_threshold, nms_iou=nms_iou, items=items, on_result=on_result,
                              on_image=outputs.image if outputs.wants_images else None, warn=warn,
-                             keep_results=False, video=video, track=track_opts)
+                             keep_results=False, video=video, track=track_opts, load_options=load_options)
         except Interrupted as exc:
             if not outputs.written:
                 raise  # nothing finished: leave any previous --output file as it was

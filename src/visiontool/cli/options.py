@@ -16,6 +16,10 @@ DTYPE_HELP = ("Precision: auto (float32 on CPU, float16 on CUDA) | float32 | flo
 
 DeviceOpt = typer.Option("auto", "--device", help=DEVICE_HELP, metavar="DEVICE")
 DtypeOpt = typer.Option("auto", "--dtype", help=DTYPE_HELP, metavar="DTYPE")
+RUNTIME_HELP = ("Inference runtime: torch | openvino | onnxruntime | auto (OpenVINO on an x86 CPU when "
+                "visiontool[openvino] is installed, else torch). openvino/onnxruntime export the model once "
+                "(cached on disk) and run it on the CPU in float32.")
+RuntimeOpt = typer.Option("torch", "--runtime", help=RUNTIME_HELP, metavar="RUNTIME")
 QuietOpt = typer.Option(False, "--quiet", "-q",
                         help="No progress bars, timing or status lines on stderr (warnings and errors still show).")
 OutputOpt = typer.Option(None, "--output", "-o", metavar="FILE",
@@ -53,6 +57,14 @@ def choose_format(fmt: str | None, output: str | None, allowed: tuple[str, ...],
     if stdout_is_tty():
         return "table"
     return piped or ("jsonl" if "jsonl" in allowed else "json")
+
+
+def runtime_options(runtime: str | None) -> dict:
+    """``--runtime`` checked (exit 2 for an unknown name) -> the detector load options."""
+    from visiontool.models.runtimes import validate
+
+    name = validate(runtime)
+    return {} if name == "torch" else {"runtime": name}
 
 
 def common_checks(*, device: str | None = None, dtype: str | None = None, output: str | None = None,

@@ -11,7 +11,8 @@ from typing import List, Optional
 import typer
 
 from visiontool.cli import engine_options as EO
-from visiontool.cli.options import DeviceOpt, DtypeOpt, OutputOpt, QuietOpt, choose_format, format_option
+from visiontool.cli.options import (DeviceOpt, DtypeOpt, OutputOpt, QuietOpt, RuntimeOpt, choose_format, format_option,
+                                  runtime_options)
 from visiontool.errors import PartialFailure, UsageError
 
 SEGMENT_FORMATS = ("table", "json", "jsonl", "coco")
@@ -101,6 +102,7 @@ def segment_command(
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the embedding cache."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
+    runtime: str = RuntimeOpt,
     quiet: bool = QuietOpt,
     engine: str = EO.EngineOpt,
     address: Optional[str] = EO.AddressOpt,
@@ -136,7 +138,8 @@ def segment_command(
                               cpus_per_replica=cpus_per_replica, output_dir=output_dir, resume=resume,
                               output_format=output_format, quiet=quiet,
                               local_only={"--format": fmt, "--output": output, "--masks-dir": masks_dir,
-                                          "--save-viz": save_viz, "--gt": gt})
+                                          "--save-viz": save_viz, "--gt": gt,
+                                          "--runtime": bool(runtime_options(runtime))})
     # ---- everything a user can get wrong, before any model loads
     from visiontool.io.video import is_video_source, is_video_path
 
@@ -152,6 +155,9 @@ def segment_command(
                          f"{len(videos)} videos")
     common_checks(device=device, dtype=dtype, output=output, files={"--save-viz": viz_file},
                   dirs={"--masks-dir": masks_dir, "--save-viz": None if viz_file else save_viz})
+    seg_runtime = runtime_options(runtime)  # the SAM image encoder's runtime (images only)
+    if seg_runtime and videos:
+        raise UsageError("--runtime applies to the SAM image encoder on images; videos run torch")
     if model:
         from visiontool.models.registry import check_segmenter_spec
 
@@ -291,7 +297,7 @@ def segment_command(
     from visiontool.services.segment import iter_segment
 
     engine = load_segmenter(model, device, dtype, warn=warn, cache_dir=cache_dir, use_cache=not no_cache,
-                            quiet=quiet)
+                            quiet=quiet, **seg_runtime)
     text_options = None
     if phrases:
         text_options = _text_options(engine, phrases, detector, threshold, text_threshold, device, dtype, warn)

@@ -110,6 +110,11 @@ class HFDetector:
         det.precision = precision
         return det
 
+    def network(self, pixel_values):
+        """The network call: (B, 3, H, W) -> outputs with ``logits`` and ``pred_boxes``
+        (a runtime twin overrides it; :mod:`visiontool.models.runtimes.hf_export`)."""
+        return self.model(pixel_values=pixel_values)
+
     def predict(self, images: Sequence[Any], options: DetectOptions = DetectOptions(),
                 timings: Timings | None = None) -> list[Detections]:
         import torch
@@ -126,7 +131,7 @@ class HFDetector:
             if self.info.extra.get("channels_last"):
                 pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode(), self.precision.context():
-                outputs = self.model(pixel_values=pixel_values)
+                outputs = self.network(pixel_values)
             t3 = time.perf_counter()
             timings.inference += t3 - t2
             for key in ("logits", "pred_boxes"):

@@ -109,8 +109,24 @@ def load_detector(spec: str, device: str = "auto", dtype: str = "auto",
     mod = detector_module(spec)
     mod.check(spec)
     dev, precision = resolve(device, dtype, warn)
-    key = ("detector", spec, dev, precision.name, tuple(sorted(options.items())))
-    return loader.cached(key, lambda: mod.load(spec, dev, precision, **options))
+    runtime = options.pop("runtime", None)
+    if mod.__name__ == EXPORTED:  # the export directory names its runtime
+        options["runtime"] = runtime
+        runtime = None
+    elif runtime is not None:
+        from visiontool.models import runtimes
+
+        runtime = runtimes.resolve(runtime, dev)
+    key = ("detector", spec, dev, precision.name, runtime or "torch", tuple(sorted(options.items())))
+
+    def build():
+        det = mod.load(spec, dev, precision, **options)
+        if runtime not in (None, "torch"):
+            from visiontool.models import runtimes
+
+            det = runtimes.accelerate(det, runtime, quiet=bool(options.get("quiet")))
+        return det
+    return loader.cached(key, build)
 
 
 # ----------------------------------------------------------------------------- segmenters
@@ -161,4 +177,18 @@ def load_segmenter(spec: str | None, device: str = "auto", dtype: str = "auto",
         spec = _module(SAM_OFFICIAL).default_checkpoint_name(dev.split(":")[0])
     mod = segmenter_module(spec)
     mod.check(spec)
+    runtime = options.pop("runtime", None)
+    if runtime is not None:
+        from visiontool.models import runtimes
+
+        runtime = runtimes.resolve(runtime, dev)
+        if runtime != "torch":
+            if mod.__name__ != SAM_OFFICIAL:
+                raise UsageError(f"--runtime {runtime}: no exporter for '{spec}' yet (exportable image encoders: "
+                                 "the official SAM checkpoints vit_b/vit_l/vit_h and their .pth files); use "
+                                 "--runtime torch")
+            if precision.name != "float32":
+                raise UsageError(f"--runtime {runtime} runs float32 exports only; pass --dtype float32 (was "
+                                 f"{precision.name})")
+            options["runtime"] = runtime
     return mod.load(spec, dev, precision, **options)

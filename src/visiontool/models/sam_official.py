@@ -31,15 +31,17 @@ def check(spec: str) -> None:
     check_checkpoint_spec(spec)
 
 
-def load(spec: str, device: str, precision, cache_dir=None, use_cache: bool = True, quiet: bool = False):
-    return SamOfficial(spec, device, precision, cache_dir=cache_dir, use_cache=use_cache, quiet=quiet)
+def load(spec: str, device: str, precision, cache_dir=None, use_cache: bool = True, quiet: bool = False,
+         runtime: str = "torch"):
+    return SamOfficial(spec, device, precision, cache_dir=cache_dir, use_cache=use_cache, quiet=quiet,
+                       runtime=runtime)
 
 
 class SamOfficial:
     """A segment-anything checkpoint: cached embeddings, the numpy decoder, masks as RLE."""
 
     def __init__(self, spec: str, device: str, precision, cache_dir=None, use_cache: bool = True,
-                 quiet: bool = False):
+                 quiet: bool = False, runtime: str = "torch"):
         from visiontool.models import sam as sam_models
         from visiontool.models.cache import embeddings_dir
         from visiontool.services.embedding_cache import EmbeddingCache
@@ -51,6 +53,7 @@ class SamOfficial:
         self.device = device
         self.device_type = device.split(":")[0]
         self.precision = precision.name
+        self.runtime = runtime  # torch, or openvino/onnxruntime for the image encoder (models.runtimes)
         self.model_name = spec if is_checkpoint_name(spec) else Path(spec).name
         self.quiet = quiet
         self.path = sam_models.resolve_checkpoint(spec, quiet=quiet)
@@ -64,7 +67,9 @@ class SamOfficial:
         self.info = ModelInfo(name=self.model_name, family="sam", backend="segment-anything", task="segment",
                               paradigm="promptable", needs_nms=None, device=device, dtype=self.precision,
                               capabilities=frozenset({"points", "boxes", "mask_input", "auto"}),
-                              extra={"checkpoint": str(self.path)})
+                              runtime=runtime, extra={"checkpoint": str(self.path)})
+        if runtime != "torch":
+            self.info.backend = f"segment-anything+{runtime}"
 
     # ------------------------------------------------------------------ weights
     def _state_dict(self) -> dict:
@@ -116,6 +121,14 @@ class SamOfficial:
             def make():
                 return sam_models.build_image_encoder(self._state_dict()).to(torch.device(self.device))
 
+            if self.runtime != "torch":
+                from visiontool.models.runtimes import sam_export
+
+                def make_runtime():
+                    return sam_export.encoder(make, self.checkpoint_sha, self.img_size, self.runtime,
+                                              self.model_name)
+                self._encoder = cached(("sam-encoder", self.checkpoint_sha, self.runtime), make_runtime)
+                return self._encoder
             self._encoder = cached(("sam-encoder", self.checkpoint_sha, self.device), make)
             self.info.params = sum(p.numel() for p in self._encoder.parameters())
         return self._encoder
@@ -131,8 +144,8 @@ class SamOfficial:
 
         key = None
         if self.cache is not None:
-            key = embedding_key(image_digest(rgb), self.checkpoint_sha, f"{self.device_type}-{self.precision}",
-                                self.img_size)
+            tag = f"{self.device_type}-{self.precision}" + ("" if self.runtime == "torch" else f"-{self.runtime}")
+            key = embedding_key(image_digest(rgb), self.checkpoint_sha, tag, self.img_size)
             # an intact entry of another shape is discarded, not fed to the decoder
             hit = self.cache.get(key, expected_shape=self.decoder.embedding_shape)
             self._report_discarded()

@@ -95,6 +95,7 @@ def compare(
     batch_size: int = 1,
     device: str = "auto",
     dtype: str = "auto",
+    runtime: str = "torch",
     recursive: bool = False,
     save_preds: str | os.PathLike | None = None,
     duplicate_iou: float = DUPLICATE_IOU,
@@ -110,7 +111,8 @@ def compare(
     or visiontool json/jsonl records, lists of dicts). ``models``: hub ids or local
     directories, run on ``images`` (files, directories, globs; only those the GT names are
     run) with the shared ``threshold`` (default 0.0: AP needs low-score detections),
-    ``max_det``, ``batch_size``, ``device``, ``dtype``; with ``iou_type="segm"`` a model that makes
+    ``max_det``, ``batch_size``, ``device``, ``dtype``, ``runtime`` (a load option: torch |
+    openvino | onnxruntime | auto); with ``iou_type="segm"`` a model that makes
     no masks gets an error row. ``names`` label the runs in order
     (files first, then models). ``save_preds``: a directory receiving each model's COCO
     results as ``<name>.json``. ``warmup``: run each model on one image before timing it
@@ -180,6 +182,7 @@ def compare(
             f"{'s' if len(named_images) != 1 else ''}")
         run, results = _run_model(model, name, named_images, gtobj, threshold=threshold, max_det=max_det,
                                   batch_size=batch_size, device=device, dtype=dtype, warn=tell,
+                                  load_options={} if runtime == "torch" else {"runtime": runtime},
                                   duplicate_iou=duplicate_iou, duplicate_min_score=duplicate_min_score,
                                   warmup=warmup, first=not any(r.kind == "model" and r.error is None for r in runs),
                                   iou_type=iou_type)
@@ -233,7 +236,8 @@ def _images_in_gt(images: Any, recursive: bool, gtobj, tell: Callable[[str], Non
 def _run_model(model: str, name: str, named_images: list[str], gtobj, *, threshold: float, max_det: int,
                batch_size: int, device: str, dtype: str, warn: Callable[[str], None],
                duplicate_iou: float, duplicate_min_score: float, warmup: bool = True,
-               first: bool = False, iou_type: str = "bbox") -> tuple[CompareRun, list[dict]]:
+               first: bool = False, iou_type: str = "bbox",
+               load_options: dict | None = None) -> tuple[CompareRun, list[dict]]:
     """Load, run and time one model through detect's path; memory released before and after.
 
     Peak memory covers the load, the warm-up image and the timed pass; the timings are the
@@ -245,7 +249,7 @@ def _run_model(model: str, name: str, named_images: list[str], gtobj, *, thresho
 
     run = CompareRun(name, "model", model, iou_type)
     common = dict(threshold=threshold, max_det=max_det, device=device, dtype=dtype, gt=gtobj.index,
-                  raise_on_failure=False, warn=warn)
+                  raise_on_failure=False, warn=warn, load_options=dict(load_options or {}))
     _release()
     _warm_imports(model)
     try:

@@ -1,0 +1,141 @@
+"""Benchmark: visiontool's --runtime openvino / onnxruntime against its torch path and the
+transformers pipeline, on the real DETR-R50 architecture with random weights (no download).
+
+1. ``shapes``: one dynamic-shape OpenVINO export against a static export compiled for the exact
+   processed shape of a photo (what per-shape buckets would give), same input, median of N calls.
+2. ``detect``: images/s on the four photos of ../shared/data/images, interleaved rounds
+   (pipeline, torch, openvino, onnxruntime, ...), medians; export time reported separately;
+   boxes compared with the torch path.
+
+    python benchmarks/runtimes.py [--rounds 3] [--only shapes,detect]
+
+Run it on a quiet machine; it prints ``uptime``'s load with the figures.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+PHOTOS = sorted((REPO.parent / "shared" / "data" / "images").glob("*.jpg"))
+if not PHOTOS:
+    PHOTOS = sorted(Path("/work/shared/data/images").glob("*.jpg"))
+
+
+def load() -> str:
+    return open("/proc/loadavg").read().split()[:3].__repr__()
+
+
+def build_detr_r50(path: Path) -> Path:
+    import torch
+    from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor
+
+    cfg = DetrConfig(use_pretrained_backbone=False)
+    torch.manual_seed(0)
+    DetrForObjectDetection(cfg).eval().save_pretrained(path)
+    DetrImageProcessor().save_pretrained(path)
+    return path
+
+
+def bench_shapes(model_dir: Path, reps: int) -> None:
+    import openvino as ov
+    import torch
+    from PIL import Image
+
+    from visiontool.models import registry
+    from visiontool.models.runtimes import hf_export
+
+    det = registry.load_detector(str(model_dir), "cpu", "float32")
+    pv = det.processor(images=Image.open(PHOTOS[0]).convert("RGB"), return_tensors="pt")["pixel_values"]
+    x = pv.numpy()
+    net = hf_export._net(det.model)
+    core = ov.Core()
+    cfg = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    compiled = {}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        for policy, shape in (("dynamic", [-1, 3, -1, -1]), ("static", list(pv.shape))):
+            t0 = time.perf_counter()
+            om = ov.convert_model(net, example_input=pv, input=[ov.PartialShape(shape)])
+            compiled[policy] = core.compile_model(om, "CPU", cfg)
+            print(f"shapes: {policy} export+compile {time.perf_counter() - t0:.1f} s", flush=True)
+    times = {k: [] for k in compiled}
+    outs = {}
+    for _ in range(reps):  # interleaved
+        for k, c in compiled.items():
+            req = c.create_infer_request() if k not in outs else outs[k][1]
+            t0 = time.perf_counter()
+            r = req.infer([x])
+            times[k].append(time.perf_counter() - t0)
+            outs[k] = (np.array(r[c.outputs[1]]), req)
+    diff = float(np.abs(outs["dynamic"][0] - outs["static"][0]).max())
+    for k, v in times.items():
+        print(f"shapes: {k:8s} input {tuple(pv.shape)} median {statistics.median(v) * 1000:.0f} ms "
+              f"(min {min(v) * 1000:.0f}) over {reps}", flush=True)
+    print(f"shapes: max |pred_boxes dynamic - static| = {diff:.2e}; load {load()}", flush=True)
+
+
+def bench_detect(model_dir: Path, rounds: int) -> None:
+    from PIL import Image
+    from transformers import pipeline
+
+    from visiontool.models import registry
+    from visiontool.models.protocol import DetectOptions
+
+    images = [Image.open(p).convert("RGB") for p in PHOTOS]
+    pipe = pipeline("object-detection", model=str(model_dir), device="cpu")
+    runners = {"pipeline": lambda: [pipe(im, threshold=0.5) for im in images]}
+    boxes = {}
+    for runtime in ("torch", "openvino", "onnxruntime"):
+        t0 = time.perf_counter()
+        det = registry.load_detector(str(model_dir), "cpu", "float32", runtime=runtime)
+        print(f"detect: {runtime} load (+ export on first use) {time.perf_counter() - t0:.1f} s", flush=True)
+        runners[runtime] = (lambda d: lambda: [d.predict([im], DetectOptions(threshold=0.0))[0] for im in images])(det)
+    for name, fn in runners.items():
+        r = fn()  # warm-up, untimed
+        if name != "pipeline":
+            boxes[name] = r
+    times = {k: [] for k in runners}
+    for _ in range(rounds):
+        for k, fn in runners.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    base = len(images) / statistics.median(times["torch"])
+    for k, v in times.items():
+        ips = len(images) / statistics.median(v)
+        print(f"detect: {k:12s} {ips:.3f} images/s ({ips / base:.2f}x torch path)", flush=True)
+    for k in ("openvino", "onnxruntime"):
+        d = max(float(np.abs(a.xyxy - b.xyxy).max()) if len(a.xyxy) else 0.0
+                for a, b in zip(boxes["torch"], boxes[k]))
+        print(f"detect: {k} max box difference vs torch {d:.4f} px", flush=True)
+    print(f"detect: load {load()}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", default="shapes,detect")
+    args = ap.parse_args()
+    os.environ.setdefault("VISIONTOOL_CACHE", tempfile.mkdtemp(prefix="vt-bench-cache-"))
+    only = set(args.only.split(","))
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_detr_r50(Path(tmp) / "detr-r50")
+        print(f"load before: {load()}", flush=True)
+        if "shapes" in only:
+            bench_shapes(model_dir, max(3, args.rounds))
+        if "detect" in only:
+            bench_detect(model_dir, args.rounds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""`visiontool export MODEL --runtime openvino|onnx -o DIR`: a deployable exported model."""
+from __future__ import annotations
+
+import typer
+
+from visiontool.cli.options import QuietOpt
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+
+
+@app.command("export")
+def export_command(
+    model: str = typer.Argument(..., metavar="MODEL",
+                                help="A detection model spec (Hugging Face id or directory of the DETR family)."),
+    runtime: str = typer.Option(..., "--runtime", metavar="RUNTIME", help="openvino | onnx"),
+    output: str = typer.Option(..., "--output", "-o", metavar="DIR",
+                               help="The directory to write (new, or empty); complete or absent, never half."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Export a detection model's network to OpenVINO IR or ONNX (float32, dynamic image
+    size) with a manifest (class names, preprocessing, source, visiontool version);
+    `visiontool detect --model DIR` runs it again with the same records.
+
+    Example: visiontool export facebook/detr-resnet-50 --runtime openvino -o detr-ov/
+
+    Exit codes: 0 success; 1 the export failed; 2 bad arguments, a model family without an
+    exporter, or a missing extra (the install line).
+    """
+    from visiontool.models.runtimes.deploy import check_runtime, check_target, export_model
+    from visiontool.render.console import set_quiet
+
+    set_quiet(quiet)
+    check_runtime(runtime)
+    check_target(output)
+    export_model(model, runtime, output, quiet=quiet)

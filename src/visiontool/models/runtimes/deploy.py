@@ -1,0 +1,90 @@
+"""``visiontool export``: a deployable directory that ``--model DIR`` loads again.
+
+DIR gets the exported network (OpenVINO ``model.xml``/``model.bin`` or ``model.onnx``), the
+family's preprocessing config, ``visiontool-export.json`` (the manifest: kind, family,
+runtime, class names, preprocessing, inputs/outputs, source spec, visiontool version) and
+``entry.json`` (sizes and sha256 of every file, checked on load). Written into a temporary
+sibling directory and renamed into place: DIR is complete or absent.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from visiontool.errors import UsageError
+
+RUNTIME_NAMES = {"openvino": "openvino", "onnx": "onnxruntime", "onnxruntime": "onnxruntime"}
+
+
+def check_target(out_dir: str) -> Path:
+    """``-o DIR``: absent or an empty directory, its parent writable (UsageError otherwise)."""
+    target = Path(out_dir).expanduser()
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UsageError(f"-o '{out_dir}' exists and is not an empty directory; name a new directory")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"-o '{out_dir}': the directory '{parent}' does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"-o '{out_dir}': cannot write in '{parent}'")
+    return target
+
+
+def check_runtime(runtime: str) -> str:
+    name = RUNTIME_NAMES.get((runtime or "").strip().lower())
+    if name is None:
+        raise UsageError(f"--runtime '{runtime}': visiontool export writes openvino or onnx")
+    return name
+
+
+def export_model(spec: str, runtime: str, out_dir: str, quiet: bool = False) -> Path:
+    """Export detection model ``spec`` for ``runtime`` into ``out_dir``; returns the directory."""
+    from visiontool import __version__
+    from visiontool.models import registry
+    from visiontool.models.hf_detection import HFDetector
+    from visiontool.models.runtimes import hf_export, resolve
+    from visiontool.models.runtimes.export_cache import describe
+    from visiontool.models.registry import EXPORT_MANIFEST
+    from visiontool.render.console import info
+
+    runtime = check_runtime(runtime)
+    target = check_target(out_dir)
+    registry.check_detector_spec(spec)
+    if registry.detector_module(spec).__name__ == registry.EXPORTED:
+        raise UsageError(f"'{spec}' is already an export; export its source model instead")
+    resolve(runtime, "cpu")  # the extra is installed
+    det = registry.load_detector(spec, "cpu", "float32")
+    if type(det) is not HFDetector:
+        raise UsageError(f"visiontool export: no exporter for {det.info.backend} '{det.info.family}' models yet "
+                         "(exportable: the transformers DETR family)")
+    if not quiet:
+        info(f"exporting {spec} to {runtime} ...")
+    t0 = time.perf_counter()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        files = hf_export.write_export(det, runtime, tmp)
+        manifest = {"format": 1, **hf_export.manifest_fields(det), "family": det.info.family, "runtime": runtime,
+                    "class_names": {str(k): v for k, v in det.info.class_names.items()}, "source": spec,
+                    "params": det.info.params, "precision": "float32", "shapes": "dynamic",
+                    "visiontool_version": __version__, "files": files}
+        (tmp / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=1))
+        describe(tmp, hf_export.cache_fields(det, runtime), files + [EXPORT_MANIFEST])
+        if target.exists():
+            target.rmdir()  # empty, checked above
+        os.replace(tmp, target)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        from visiontool.errors import VisionToolError
+
+        if isinstance(exc, (VisionToolError, KeyboardInterrupt, MemoryError)) or not isinstance(exc, Exception):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UsageError(f"visiontool export: exporting {spec} to {runtime} failed ({type(exc).__name__}: {first})") \
+            from exc
+    if not quiet:
+        info(f"exported {spec} to {target} ({runtime}) in {time.perf_counter() - t0:.1f} s")
+    return target

@@ -1,0 +1,100 @@
+"""Running an exported network: OpenVINO's compiled model or an ONNX Runtime session.
+
+An engine maps float32 numpy inputs (in the export's input order) to its outputs as a list
+of numpy arrays. Both run float32 on the CPU: OpenVINO's CPU plugin otherwise picks
+bfloat16 on CPUs with AVX512-BF16/AMX (measured here: DETR logits off by 0.07), so the
+inference precision hint is pinned to f32.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+# the file each runtime's export is read from (inside an export directory)
+MODEL_FILES = {"openvino": "model.xml", "onnxruntime": "model.onnx"}
+
+
+def runtime_version(runtime: str) -> str:
+    if runtime == "openvino":
+        import openvino
+
+        return str(openvino.get_version() if hasattr(openvino, "get_version") else openvino.__version__)
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
+
+
+class OpenVINOEngine:
+    def __init__(self, path: Path):
+        import openvino as ov
+
+        core = ov.Core()
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU",
+                                           {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        result = self.request.infer([np.ascontiguousarray(a, dtype=np.float32) for a in inputs])
+        return [np.array(result[out]) for out in self.compiled.outputs]
+
+
+class OnnxRuntimeEngine:
+    def __init__(self, path: Path):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # no "removing initializer" chatter on stderr
+        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        self.names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        feed = {n: np.ascontiguousarray(a, dtype=np.float32) for n, a in zip(self.names, inputs)}
+        return list(self.session.run(None, feed))
+
+
+def open_engine(runtime: str, directory: Path):
+    """The engine for the export in ``directory`` (raises whatever the runtime raises for a bad file)."""
+    path = Path(directory) / MODEL_FILES[runtime]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.name} is missing")
+    return OpenVINOEngine(path) if runtime == "openvino" else OnnxRuntimeEngine(path)
+
+
+def export_network(module, example: tuple, runtime: str, directory: Path, input_names: list[str],
+                   output_names: list[str], dynamic_axes: dict[str, dict[int, str]]) -> list[str]:
+    """Export torch ``module`` (eval; called with ``example``) into ``directory`` for ``runtime``;
+    returns the file names written.
+
+    * OpenVINO: ``openvino.convert_model(module, example_input=...)`` straight from torch (no
+      ONNX step), saved uncompressed (float32 weights);
+    * ONNX: ``torch.onnx.export(dynamo=False)`` (TorchScript exporter, opset 17): measured on
+      the tiny DETR 0.6 s against 7.9 s for ``dynamo=True``, both within 1e-5 of torch.
+    """
+    import torch
+
+    directory = Path(directory)
+    if runtime == "openvino":
+        import openvino as ov
+
+        shapes = []
+        for name, t in zip(input_names, example):
+            dims = [-1 if i in dynamic_axes.get(name, {}) else int(s) for i, s in enumerate(t.shape)]
+            shapes.append(ov.PartialShape(dims))
+        import warnings
+
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the tracer's notes on shape-constant Python branches
+            om = ov.convert_model(module, example_input=example if len(example) > 1 else example[0], input=shapes)
+        for out, name in zip(om.outputs, output_names):
+            out.get_tensor().set_names({name})
+        ov.save_model(om, str(directory / "model.xml"), compress_to_fp16=False)
+        return ["model.xml", "model.bin"]
+    import warnings
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, example, str(directory / "model.onnx"), input_names=input_names,
+                          output_names=output_names, dynamic_axes=dynamic_axes, opset_version=17, dynamo=False)
+    return ["model.onnx"]

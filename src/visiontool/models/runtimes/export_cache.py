@@ -1,0 +1,137 @@
+"""The on-disk cache of exported networks: ``<visiontool cache>/exports/<key>/``.
+
+The key is a hash of: the network's content (every tensor of the state dict as loaded and
+prepared), the family and exporter version, the runtime and its version, torch's and
+transformers' versions (the traced graph depends on them), the precision and the input-shape
+policy. An entry is written into a temporary directory next to it and renamed into place
+(atomic: a crashed export never leaves a half entry), with ``entry.json`` naming the key's
+fields and every file's size and sha256. On load the entry is validated (key, sizes, hashes,
+the engine compiles); a corrupt or stale entry is rebuilt with one warning. The first export
+shows a progress line and its time on stderr (``-q`` silences it).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from visiontool.errors import UsageError, VisionToolError
+
+ENTRY = "entry.json"
+CACHE_FORMAT = 1
+
+
+def exports_dir() -> Path:
+    from visiontool.models.cache import visiontool_cache_dir
+
+    return visiontool_cache_dir() / "exports"
+
+
+def state_hash(module) -> str:
+    """sha256 over a module's state dict (names, dtypes, shapes, bytes) — the weights' content."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.dtype == torch.bfloat16:
+            t = t.float()
+        h.update(t.numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def key_of(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:40]
+
+
+def describe(directory: Path, fields: dict[str, Any], files: list[str]) -> None:
+    """Write ``entry.json`` (key fields, file sizes and hashes) into ``directory``."""
+    entry = {"format": CACHE_FORMAT, "key": fields,
+             "files": {f: {"size": (directory / f).stat().st_size, "sha256": file_sha256(directory / f)}
+                       for f in files}}
+    (directory / ENTRY).write_text(json.dumps(entry, indent=1, sort_keys=True))
+
+
+def problem(directory: Path, fields: dict[str, Any] | None) -> str | None:
+    """Why the entry in ``directory`` cannot be used (None: it is sound). ``fields`` None:
+    only the files are checked (an export directory written by ``visiontool export``)."""
+    try:
+        entry = json.loads((directory / ENTRY).read_text())
+    except FileNotFoundError:
+        return f"{ENTRY} is missing"
+    except (OSError, ValueError) as exc:
+        return f"{ENTRY} is unreadable ({exc})"
+    if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT or not isinstance(entry.get("files"), dict):
+        return f"{ENTRY} has another format"
+    if fields is not None and entry.get("key") != fields:
+        return "it was made for other weights or library versions"
+    for name, want in entry["files"].items():
+        p = directory / name
+        if not p.is_file():
+            return f"{name} is missing"
+        if p.stat().st_size != want.get("size"):
+            return f"{name} has {p.stat().st_size} bytes, expected {want.get('size')}"
+        if file_sha256(p) != want.get("sha256"):
+            return f"{name} does not match its recorded hash"
+    return None
+
+
+def get_or_build(fields: dict[str, Any], build: Callable[[Path], list[str]], open_engine: Callable[[Path], Any],
+                 what: str, quiet: bool = False) -> tuple[Any, Path]:
+    """The engine for the cached export keyed by ``fields``, exporting with ``build(dir)``
+    (returns the file names written) when there is none or it is corrupt or stale."""
+    from visiontool.render.console import info, warn
+
+    root = exports_dir()
+    final = root / key_of(fields)
+    if final.exists():
+        why = problem(final, fields)
+        if why is None:
+            try:
+                return open_engine(final), final
+            except Exception as exc:  # noqa: BLE001 - the runtime could not read it: rebuild
+                why = f"the runtime cannot read it ({(str(exc).splitlines() or [type(exc).__name__])[0][:200]})"
+        warn(f"cached export {final} is corrupt or stale ({why}); exporting again")
+    root.mkdir(parents=True, exist_ok=True)
+    if not quiet:
+        info(f"exporting {what} (once; cached in {root}) ...")
+    t0 = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    try:
+        try:
+            files = build(tmp)
+        except (VisionToolError, KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - an operator the exporter lacks, a failed trace: one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise UsageError(f"{what}: the export failed ({type(exc).__name__}: {first}); use --runtime torch") \
+                from exc
+        describe(tmp, fields, files)
+        if final.exists():
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process put its entry there first: use it
+            shutil.rmtree(tmp, ignore_errors=True)
+        engine = open_engine(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(final, ignore_errors=True)  # an entry the runtime cannot read never stays
+        raise
+    if not quiet:
+        info(f"exported {what} in {time.perf_counter() - t0:.1f} s")
+    return engine, final

@@ -1,0 +1,178 @@
+"""The transformers DETR family (:mod:`visiontool.models.hf_detection`) in OpenVINO / ONNX Runtime.
+
+Exported: the model's forward ``pixel_values (B, 3, H, W) float32 -> logits (B, Q, C),
+pred_boxes (B, Q, 4) cxcywh in [0, 1]``, with batch, height and width dynamic. Everything else
+is the torch adapter's own code: the image processor (resize, normalise), the batching by
+processed shape, ``post_process_object_detection`` — :class:`RuntimeHFDetector` swaps only
+the network call (:meth:`HFDetector.network`).
+
+Shapes: one dynamic-shape export serves every image size (the processor's resize gives each
+photo its own shape). Per-shape-bucket exports were measured against it — see docs/runtimes.md.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from visiontool.models.hf_detection import HFDetector
+from visiontool.models.protocol import ModelInfo
+
+EXPORTER_VERSION = 1
+KIND = "transformers-detection"
+INPUTS, OUTPUTS = ["pixel_values"], ["logits", "pred_boxes"]
+DYNAMIC = {"pixel_values": {0: "batch", 2: "height", 3: "width"}}
+EXAMPLE_SHAPE = (1, 3, 256, 320)  # the traced example; every axis but channels stays dynamic
+
+
+def _net(model):
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values):
+            out = self.model(pixel_values=pixel_values)
+            return out.logits, out.pred_boxes
+
+    return Net().eval()
+
+
+def example_shape(processor) -> tuple[tuple[int, int, int, int], bool]:
+    """(the traced example's shape, whether the processor resizes every image to one fixed size)."""
+    size = getattr(processor, "size", None)
+    if size is not None and not isinstance(size, dict):  # transformers' SizeDict
+        size = {k: getattr(size, k, None) for k in ("height", "width")}
+    h, w = (size or {}).get("height"), (size or {}).get("width")
+    if getattr(processor, "do_resize", True) and h and w:
+        return (1, 3, int(h), int(w)), True
+    return EXAMPLE_SHAPE, False
+
+
+def build_into(det: HFDetector, runtime: str, directory: Path) -> list[str]:
+    """Export ``det``'s network into ``directory`` for ``runtime``; the file names written.
+
+    The export is then checked against torch on inputs of other shapes than the traced one (a
+    batch of 2; other heights and widths unless the processor fixes the size): a family whose
+    traced graph bakes its image size in (measured: Deformable DETR; RT-DETR, D-FINE and
+    DEIMv2 when traced at another size than their processor's) is refused, never cached."""
+    import torch
+
+    from visiontool.models.runtimes.engines import export_network
+
+    shape, fixed = example_shape(det.processor)
+    net = _net(det.model)
+    files = export_network(net, (torch.zeros(shape),), runtime, directory, INPUTS, OUTPUTS, DYNAMIC)
+    check_export(net, runtime, directory, shape, fixed, det.info.family)
+    return files
+
+
+def check_export(net, runtime: str, directory: Path, shape, fixed: bool, family: str) -> None:
+    import numpy as np
+    import torch
+
+    from visiontool.errors import UsageError
+    from visiontool.models.runtimes.engines import open_engine
+
+    engine = open_engine(runtime, directory)
+    _, c, h, w = shape
+    probes = [(2, c, h, w)] if fixed else [(2, c, h - 64, w + 32), (1, c, h + 32, w - 96)]
+    gen = torch.Generator().manual_seed(0)
+    for probe in probes:
+        x = torch.randn(probe, generator=gen)
+        with torch.inference_mode():
+            want = [t.float().numpy() for t in net(x)]
+        got = engine([x.numpy()])
+        worst = max(float(np.abs(a - b).max()) for a, b in zip(want, got))
+        if worst > 1e-3:
+            raise UsageError(f"--runtime {runtime}: the exported {family} network does not reproduce torch on a "
+                             f"{probe[2]}x{probe[3]} input (max difference {worst:.3g}): its traced graph fixes "
+                             "shapes it computes from the image, so it cannot be exported yet; use --runtime torch")
+
+
+def cache_fields(det: HFDetector, runtime: str) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    from visiontool.models.runtimes.engines import runtime_version
+    from visiontool.models.runtimes.export_cache import state_hash
+
+    return {"kind": KIND, "family": det.info.family, "exporter": EXPORTER_VERSION, "runtime": runtime,
+            "runtime_version": runtime_version(runtime), "torch": torch.__version__,
+            "transformers": transformers.__version__, "precision": "float32",
+            "shapes": "x".join(map(str, example_shape(det.processor)[0][2:])) if example_shape(det.processor)[1]
+            else "dynamic",
+            "weights": state_hash(det.model)}
+
+
+class RuntimeHFDetector(HFDetector):
+    """An HFDetector whose network runs in an exported engine (no torch model held)."""
+
+    def __init__(self, info: ModelInfo, processor, engine):
+        super().__init__(info, None, processor)
+        self.engine = engine
+        from visiontool.device import Precision
+
+        self.precision = Precision("float32", "cpu")
+
+    def network(self, pixel_values):
+        import torch
+
+        logits, boxes = self.engine([pixel_values.cpu().numpy()])
+        return SimpleNamespace(logits=torch.from_numpy(logits), pred_boxes=torch.from_numpy(boxes))
+
+
+def runtime_info(info: ModelInfo, runtime: str, **extra: Any) -> ModelInfo:
+    from dataclasses import replace
+
+    kept = {k: v for k, v in info.extra.items() if k != "channels_last"}
+    return replace(info, backend=f"{info.backend}+{runtime}", runtime=runtime, device="cpu", dtype="float32",
+                   extra={**kept, **extra})
+
+
+def accelerate(det: HFDetector, runtime: str, quiet: bool = False) -> RuntimeHFDetector:
+    """``det`` with its network exported (cached) and running in ``runtime``."""
+    from visiontool.models.runtimes.engines import open_engine
+    from visiontool.models.runtimes.export_cache import get_or_build
+
+    fields = cache_fields(det, runtime)
+    engine, where = get_or_build(fields, lambda d: build_into(det, runtime, d), lambda d: open_engine(runtime, d),
+                                 f"{det.info.name} to {runtime}", quiet=quiet)
+    return RuntimeHFDetector(runtime_info(det.info, runtime, export=str(where)), det.processor, engine)
+
+
+def write_export(det: HFDetector, runtime: str, directory: Path) -> list[str]:
+    """A deployable export in ``directory``: the network, the image processor's config (the
+    preprocessing) and the model config; the manifest is the caller's."""
+    files = build_into(det, runtime, directory)
+    det.processor.save_pretrained(str(directory))
+    return files + ["preprocessor_config.json"]
+
+
+def manifest_fields(det: HFDetector) -> dict[str, Any]:
+    p = det.processor
+    pre = {k: getattr(p, k, None) for k in ("size", "do_resize", "do_rescale", "rescale_factor", "do_normalize",
+                                            "image_mean", "image_std", "do_pad")}
+    return {"kind": KIND, "preprocessing": json.loads(json.dumps(pre, default=str)),
+            "inputs": INPUTS, "outputs": OUTPUTS}
+
+
+def load_exported(directory: Path, manifest: dict, runtime: str) -> RuntimeHFDetector:
+    """The adapter for an export directory written by :func:`write_export`."""
+    from transformers import AutoImageProcessor
+
+    from visiontool.models.hf_detection import load_processor
+    from visiontool.models.runtimes.engines import open_engine
+
+    processor = load_processor(AutoImageProcessor, str(directory))
+    engine = open_engine(runtime, directory)
+    names = {int(k): str(v) for k, v in (manifest.get("class_names") or {}).items()}
+    info = ModelInfo(name=str(manifest.get("_spec", directory)), family=str(manifest.get("family", "unknown")),
+                     backend=f"transformers+{runtime}", task="detect", paradigm="query-based", needs_nms=False,
+                     params=int(manifest.get("params", 0)), class_names=names, device="cpu", dtype="float32",
+                     capabilities=frozenset({"batch"}), runtime=runtime,
+                     extra={"export": str(directory), "source": manifest.get("source")})
+    return RuntimeHFDetector(info, processor, engine)

@@ -1,0 +1,63 @@
+"""Shared by the runtime tests: a tiny DETR with a small processor size, and record comparison."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+BOX_TOL = 0.05  # px, the issue's bound for fp32 exports
+SCORE_TOL = 1e-4
+
+
+def tiny_detr_small(path: Path) -> Path:
+    """The tiny DETR of detr_helpers, its processor resizing to 160-256 px (fast on 2 cores)."""
+    from transformers import DetrImageProcessor
+
+    from detr_helpers import build_tiny_detr
+
+    build_tiny_detr(path)
+    DetrImageProcessor(size={"shortest_edge": 160, "longest_edge": 256}).save_pretrained(path)
+    return path
+
+
+def records(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def assert_same_records(a: list[dict], b: list[dict], box_tol: float = BOX_TOL, score_tol: float = SCORE_TOL) -> int:
+    """Same images, same detections (label, category) with boxes within ``box_tol`` px and
+    scores within ``score_tol``, in order; returns how many detections were compared."""
+    assert [r["image"] for r in a] == [r["image"] for r in b]
+    n = 0
+    for ra, rb in zip(a, b):
+        da, db = ra["detections"], rb["detections"]
+        assert len(da) == len(db), (ra["image"], len(da), len(db))
+        for x, y in zip(da, db):
+            assert (x["label"], x["category_id"]) == (y["label"], y["category_id"]), (x, y)
+            assert abs(x["score"] - y["score"]) <= score_tol, (x, y)
+            assert max(abs(p - q) for p, q in zip(x["box"], y["box"])) <= box_tol, (x, y)
+            n += 1
+    return n
+
+
+def assert_same_detections_unordered(a: list[dict], b: list[dict], box_tol: float = BOX_TOL,
+                                     score_tol: float = SCORE_TOL) -> int:
+    """As :func:`assert_same_records` for one image's detections, each matched to one of the
+    other's (same class, box and score within tolerance) whatever their order: random-weight
+    dense detectors give near-tied scores whose order float rounding may swap."""
+    assert len(a) == len(b), (len(a), len(b))
+    left = list(b)
+    for x in a:
+        for j, y in enumerate(left):
+            if (x["category_id"] == y["category_id"] and abs(x["score"] - y["score"]) <= score_tol
+                    and max(abs(p - q) for p, q in zip(x["box"], y["box"])) <= box_tol):
+                del left[j]
+                break
+        else:
+            raise AssertionError(f"no counterpart for {x}")
+    return len(a)
+
+
+def detections_as_dicts(det) -> list[dict]:
+    """A Detections (Python API) as record-like dicts."""
+    return [{"category_id": int(c), "score": float(s), "box": [float(v) for v in box]}
+            for box, s, c in zip(det.xyxy, det.scores, det.class_ids)]

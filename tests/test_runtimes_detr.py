@@ -1,0 +1,201 @@
+"""``--runtime openvino|onnxruntime`` for the transformers DETR family: the records equal the
+torch path's (boxes within 0.05 px, scores within 1e-4, fp32), the export is cached on disk and
+reused by a new process, a corrupt cached export is rebuilt with one warning, missing extras and
+bad runtimes are exit 2 with one line."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli_helpers import assert_user_error, one_error_line
+from detector_helpers import small_photos
+from runtimes_helpers import assert_same_records, records, tiny_detr_small
+from visiontool.cli.main import app
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+RUNTIMES = ("openvino", "onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def detr(tmp_path_factory) -> Path:
+    return tiny_detr_small(tmp_path_factory.mktemp("rt") / "tiny-detr")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, images_dir) -> list[str]:
+    d = small_photos(tmp_path_factory.mktemp("rtphotos"), images_dir)
+    return [str(p) for p in sorted(d.glob("*.png"))]
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory) -> Path:
+    """One export cache for the module (the autouse fixture gives each test a fresh one)."""
+    return tmp_path_factory.mktemp("rtcache")
+
+
+def detect(photos, model, *extra, cache: Path | None = None):
+    from visiontool.models import loader
+
+    loader.release()  # each run loads (and finds its export) as a new command would
+    env = {"VISIONTOOL_CACHE": str(cache)} if cache is not None else {}
+    return runner.invoke(app, ["detect", *photos, "--model", str(model), "--device", "cpu", "-f", "jsonl",
+                               "--threshold", "0.05", *extra], env=env)
+
+
+@pytest.fixture(scope="module")
+def torch_records(detr, photos):
+    r = detect(photos, detr, "--batch-size", "2")
+    assert r.exit_code == 0, r.stderr
+    recs = records(r.stdout)
+    assert sum(len(x["detections"]) for x in recs) >= 8  # enough detections to compare
+    return recs
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_records_equal_torch_path(detr, photos, torch_records, shared_cache, runtime):
+    # batch 2: the two photos of the same size share a forward pass (dynamic batch axis)
+    r = detect(photos, detr, "--runtime", runtime, "--batch-size", "2", cache=shared_cache)
+    assert r.exit_code == 0, r.stderr
+    assert f"exported {detr} to {runtime} in" in r.stderr  # the first export says so, with its time
+    n = assert_same_records(torch_records, records(r.stdout))
+    assert n >= 8
+    # a second command in this process finds the export on disk: no second export, same records
+    r2 = detect(photos, detr, "--runtime", runtime, cache=shared_cache)
+    assert r2.exit_code == 0, r2.stderr
+    assert "export" not in r2.stderr
+    assert_same_records(torch_records, records(r2.stdout))
+
+
+def test_cache_hit_from_a_new_process(detr, photos, shared_cache, tmp_path):
+    cache = tmp_path / "cache"
+    env = {**os.environ, "VISIONTOOL_CACHE": str(cache), "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "visiontool", "detect", photos[0], "--model", str(detr), "--device", "cpu",
+           "-f", "jsonl", "--runtime", "onnxruntime", "--threshold", "0.05"]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "exporting" in first.stderr
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "export" not in second.stderr
+    assert second.stdout == first.stdout
+    assert len(list((cache / "exports").iterdir())) == 1  # one entry, no temporary leftovers
+
+
+@pytest.mark.parametrize("damage", ["truncate", "entry"])
+def test_corrupt_cached_export_rebuilt_with_one_warning(detr, photos, torch_records, tmp_path, damage):
+    cache = tmp_path / "cache"
+    r = detect(photos[:1], detr, "--runtime", "onnxruntime", cache=cache)
+    assert r.exit_code == 0, r.stderr
+    (entry,) = list((cache / "exports").iterdir())
+    if damage == "truncate":
+        model = entry / "model.onnx"
+        model.write_bytes(model.read_bytes()[:1000])
+    else:
+        (entry / "entry.json").write_text("{not json")
+    r = detect(photos[:1], detr, "--runtime", "onnxruntime", cache=cache)
+    assert r.exit_code == 0, r.stderr
+    warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("visiontool: warning:")]
+    assert len(warnings) == 1 and "corrupt or stale" in warnings[0], r.stderr
+    assert_same_records(torch_records[:1], records(r.stdout))
+    r = detect(photos[:1], detr, "--runtime", "onnxruntime", cache=cache)  # rebuilt: sound again
+    assert r.exit_code == 0 and "warning" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("runtime,extra,module", [("openvino", "openvino", "openvino"),
+                                                   ("onnxruntime", "onnx", "onnxruntime")])
+def test_missing_extra_is_exit_2_with_the_install_line(detr, photos, monkeypatch, runtime, extra, module):
+    monkeypatch.setitem(sys.modules, module, None)  # as if the extra were not installed
+    r = detect(photos[:1], detr, "--runtime", runtime)
+    line = one_error_line(r)
+    assert f"pip install 'visiontool[{extra}]'" in line and f"--runtime {runtime}" in line
+
+
+def test_auto_without_openvino_is_torch(detr, photos, torch_records, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    r = detect(photos, detr, "--runtime", "auto")
+    assert r.exit_code == 0, r.stderr
+    assert "export" not in r.stderr
+    assert records(r.stdout) == torch_records
+
+
+def test_auto_on_cpu_is_openvino(detr, photos, torch_records, shared_cache):
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("auto picks OpenVINO on x86 CPUs only")
+    from visiontool.models import registry
+
+    r = detect(photos[:1], detr, "--runtime", "auto", cache=shared_cache)
+    assert r.exit_code == 0, r.stderr
+    assert_same_records(torch_records[:1], records(r.stdout))
+    assert registry.load_detector(str(detr), "cpu", "float32", runtime="auto").info.runtime == "openvino"
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--runtime", "tensorrt"], ["--runtime 'tensorrt'", "torch, openvino, onnxruntime, auto"]),
+    (["--runtime", "openvino", "--dtype", "bfloat16"], ["float32"]),
+])
+def test_bad_runtime_options(detr, photos, args, needles):
+    r = detect(photos[:1], detr, *args)
+    assert_user_error(r, 2, *needles)
+
+
+def test_family_without_exporter_is_one_line(photos, tmp_path):
+    from sam_family_helpers import build_grounding_dino
+
+    model = build_grounding_dino(tmp_path / "gdino")
+    r = detect(photos[:1], model, "--text", "cat", "--runtime", "openvino")
+    line = one_error_line(r)
+    assert "no exporter for transformers" in line and "--runtime torch" in line
+
+
+def test_compare_runtime(detr, photos, torch_records, shared_cache, tmp_path):
+    """compare --runtime runs the models through the exported network: same AP as torch."""
+    import json
+
+    names = sorted({d["label"] for r in torch_records for d in r["detections"]})
+    cats = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
+    cat_of = {c["name"]: c["id"] for c in cats}
+    images, anns = [], []
+    for i, r in enumerate(torch_records, 1):
+        images.append({"id": i, "file_name": Path(r["image"]).name, "width": r["width"], "height": r["height"]})
+        for d in r["detections"][::2]:  # half the detections: AP strictly between 0 and 1
+            x1, y1, x2, y2 = d["box"]
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cat_of[d["label"]],
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    stats = {}
+    from visiontool.models import loader
+
+    for runtime in ("torch", "onnxruntime"):
+        loader.release()
+        r = runner.invoke(app, ["compare", "--gt", str(gt), "--images", str(Path(photos[0]).parent), "--model",
+                                str(detr), "--device", "cpu", "-f", "json", "--runtime", runtime, "--no-warmup"],
+                          env={"VISIONTOOL_CACHE": str(shared_cache)})
+        assert r.exit_code == 0, r.stderr
+        (run,) = json.loads(r.stdout)["runs"]
+        stats[runtime] = run
+    assert stats["onnxruntime"]["backend"] == "transformers+onnxruntime"
+    assert stats["torch"]["backend"] == "transformers"
+    ap_t, ap_o = stats["torch"]["map"], stats["onnxruntime"]["map"]
+    assert 0.0 < ap_t < 1.0 and abs(ap_t - ap_o) < 1e-6
+
+
+def test_family_whose_trace_fixes_its_size_is_refused_not_cached(photos, tmp_path):
+    """Deformable DETR's traced graph bakes in shapes computed from the image: the export is
+    checked against torch at other sizes and refused (exit 2, one line), nothing cached."""
+    from hf_tiny import build_detector
+
+    model = build_detector("deformable_detr", tmp_path / "deformable")
+    cache = tmp_path / "cache"
+    r = detect(photos[:1], model, "--runtime", "onnxruntime", cache=cache)
+    line = assert_user_error(r, 2, "deformable_detr", "cannot be exported yet", "--runtime torch")
+    assert "does not reproduce torch" in line
+    assert not any((cache / "exports").iterdir()) if (cache / "exports").exists() else True

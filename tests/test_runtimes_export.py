@@ -1,0 +1,144 @@
+"""``visiontool export MODEL --runtime openvino|onnx -o DIR`` and ``--model DIR``: the round trip
+gives the torch path's records, the manifest says what the export is, and every bad argument or
+damaged export is one line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli_helpers import assert_user_error, one_error_line
+from detector_helpers import small_photos
+from runtimes_helpers import assert_same_records, records, tiny_detr_small
+from visiontool.cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def detr(tmp_path_factory) -> Path:
+    return tiny_detr_small(tmp_path_factory.mktemp("rtx") / "tiny-detr")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, images_dir) -> list[str]:
+    d = small_photos(tmp_path_factory.mktemp("rtxphotos"), images_dir)
+    return [str(p) for p in sorted(d.glob("*.png"))]
+
+
+def detect(photos, model, *extra):
+    from visiontool.models import loader
+
+    loader.release()
+    return runner.invoke(app, ["detect", *photos, "--model", str(model), "--device", "cpu", "-f", "jsonl",
+                               "--threshold", "0.05", *extra])
+
+
+@pytest.fixture(scope="module")
+def torch_records(detr, photos):
+    r = detect(photos, detr)
+    assert r.exit_code == 0, r.stderr
+    return records(r.stdout)
+
+
+@pytest.fixture(scope="module")
+def exports(detr, tmp_path_factory):
+    """runtime -> export directory, written by the CLI once per module."""
+    base = tmp_path_factory.mktemp("exports")
+    made = {}
+    for runtime in ("openvino", "onnx"):
+        out = base / f"detr-{runtime}"
+        r = runner.invoke(app, ["export", str(detr), "--runtime", runtime, "-o", str(out)])
+        assert r.exit_code == 0, r.stderr
+        assert r.stdout == ""  # stdout carries data only
+        assert f"exported {detr} to {out}" in r.stderr
+        made[runtime] = out
+    return made
+
+
+@pytest.mark.parametrize("runtime,files,engine", [("openvino", ["model.xml", "model.bin"], "openvino"),
+                                                  ("onnx", ["model.onnx"], "onnxruntime")])
+def test_export_round_trip(exports, detr, photos, torch_records, runtime, files, engine):
+    out = exports[runtime]
+    for f in files + ["preprocessor_config.json", "visiontool-export.json", "entry.json"]:
+        assert (out / f).is_file(), f
+    assert not [p for p in out.parent.iterdir() if ".tmp-" in p.name]  # no temporary leftovers
+    manifest = json.loads((out / "visiontool-export.json").read_text())
+    assert manifest["runtime"] == engine and manifest["family"] == "detr" and manifest["source"] == str(detr)
+    assert manifest["class_names"]["17"] == "cat" and manifest["visiontool_version"]
+    assert manifest["preprocessing"]["image_mean"] == [0.485, 0.456, 0.406]
+    for extra in ([], ["--runtime", engine], ["--runtime", "auto"]):
+        r = detect(photos, out, "--batch-size", "2", *extra)
+        assert r.exit_code == 0, r.stderr
+        got = records(r.stdout)
+        assert {x["model"] for x in got} == {str(out)}
+        assert_same_records(torch_records, got)
+    # --classes is checked against the manifest's class names before anything loads
+    r = detect(photos[:1], out, "--classes", "cat")
+    assert r.exit_code == 0, r.stderr
+    assert {d["label"] for x in records(r.stdout) for d in x["detections"]} <= {"cat"}
+
+
+def test_export_dir_with_another_runtime_is_one_line(exports, photos):
+    r = detect(photos[:1], exports["openvino"], "--runtime", "onnxruntime")
+    line = one_error_line(r)
+    assert "is an openvino export" in line and "--runtime openvino" in line
+
+
+@pytest.mark.parametrize("damage", ["bin", "manifest"])
+def test_damaged_export_dir_is_one_line(exports, photos, tmp_path, damage):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(exports["openvino"], out)
+    if damage == "bin":
+        (out / "model.bin").write_bytes(b"\0" * 100)
+        r = detect(photos[:1], out)
+        assert_user_error(r, 1, "model.bin", "export the model again")
+    else:
+        (out / "visiontool-export.json").write_text("{}")
+        r = detect(photos[:1], out)
+        one_error_line(r)
+        assert "another format" in r.stderr
+
+
+def test_export_bad_arguments(detr, tmp_path):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "x").write_text("x")
+    cases = [
+        (["export", str(detr), "--runtime", "tensorrt", "-o", str(tmp_path / "a")], "openvino or onnx"),
+        (["export", str(detr), "--runtime", "onnx", "-o", str(busy)], "not an empty directory"),
+        (["export", str(detr), "--runtime", "onnx", "-o", str(tmp_path / "no" / "such" / "d")], "does not exist"),
+        (["export", "torchvision:nosuchnet", "--runtime", "onnx", "-o", str(tmp_path / "b")], "nosuchnet"),
+        (["export", str(tmp_path / "missing-model"), "--runtime", "onnx", "-o", str(tmp_path / "c")], "missing-model"),
+    ]
+    for args, needle in cases:
+        r = runner.invoke(app, args)
+        line = one_error_line(r)
+        assert needle in line, (args, line)
+    r = runner.invoke(app, ["export", str(detr), "-o", str(tmp_path / "d")])  # --runtime is required
+    assert r.exit_code == 2
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_export_of_a_family_without_exporter(tmp_path):
+    from detector_helpers import save_torchvision
+
+    name = "fasterrcnn_mobilenet_v3_large_320_fpn"
+    file, _ = save_torchvision(name, tmp_path / "tv.pth")
+    r = runner.invoke(app, ["export", f"torchvision:{name}:{file}", "--runtime", "onnx", "-o", str(tmp_path / "o")])
+    line = one_error_line(r)
+    assert "no exporter for torchvision 'fasterrcnn'" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_export_missing_extra(detr, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    r = runner.invoke(app, ["export", str(detr), "--runtime", "openvino", "-o", str(tmp_path / "o")])
+    line = one_error_line(r)
+    assert "pip install 'visiontool[openvino]'" in line
