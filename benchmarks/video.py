@@ -16,7 +16,7 @@ timed from its first frame to its last (model loading excluded on both sides):
    predictor ``yolo predict`` runs — when the extra and visiontool's Ultralytics adapter
    are installed (skipped with the reason otherwise).
 
-    python benchmarks/video.py [--frames 300] [--skip-yolo]
+    python benchmarks/video.py [--frames 300] [--skip-yolo | --only-yolo]
 """
 from __future__ import annotations
 
@@ -125,6 +125,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--skip-yolo", action="store_true")
+    ap.add_argument("--only-yolo", action="store_true", help="skip the DETR-R50 half (it takes the longest)")
     args = ap.parse_args()
 
     import torch
@@ -137,6 +138,10 @@ def main() -> None:
         tmp = Path(tmp)
         clip = tmp / "clip.mp4"
         write_test_video(clip, frames=args.frames, size=(1280, 720), fps=30, squares=5)
+        if args.only_yolo:
+            yolo(clip, tmp)
+            print(f"load at end {load()}")
+            return
         detr = tmp / "detr-r50-random"
         build_detr(detr)
 
