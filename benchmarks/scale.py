@@ -123,6 +123,14 @@ def run(args: list[str], env: dict, label: str, max_load: float, wait_s: float) 
     return {"label": label, "wall": wall, "rate": rate, "steady": steady, "rss_mb": rss, "load": (before, after)}
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="tiny,r50")
@@ -134,7 +142,6 @@ def main() -> None:
     ap.add_argument("--json", metavar="FILE", help="also write the figures here")
     args = ap.parse_args()
 
-    import logging
 
     import ray
 
@@ -173,9 +180,14 @@ def main() -> None:
                           run(common + ["--engine", "ray", "--replicas", "1", "--cpus-per-replica", "2",
                                         "--output-dir", str(root / f"{m}-own-{k}")], env, "ray 1x2cpu own cluster",
                               args.max_load, args.wait_s)]
-                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.ERROR)
-                address = ray.get_runtime_context().gcs_address
+                # a cluster started as a user starts one (`ray start --head`), joined with --address
+                port = free_port()
+                ray_exe = str(Path(sys.executable).with_name("ray"))
+                temp = tempfile.mkdtemp(prefix="vtscale-", dir="/tmp")  # short: Ray's socket paths live under it
+                subprocess.run([ray_exe, "start", "--head", "--port", str(port), "--num-cpus", str(os.cpu_count()),
+                                "--include-dashboard=false", "--disable-usage-stats", "--temp-dir", temp],
+                               env=env, capture_output=True, check=True, timeout=180)
+                address = f"127.0.0.1:{port}"
                 try:
                     for replicas, cpus in ((1, 2), (2, 1)):
                         rounds.append(run(common + ["--engine", "ray", "--address", address, "--replicas",
@@ -183,7 +195,7 @@ def main() -> None:
                                                     str(root / f"{m}-joined-{replicas}-{k}")], env,
                                           f"ray {replicas}x{cpus}cpu joined", args.max_load, args.wait_s))
                 finally:
-                    ray.shutdown()
+                    subprocess.run([ray_exe, "stop", "--force"], env=env, capture_output=True, timeout=120)
                 for r in rounds:
                     by_label.setdefault(r["label"], []).append(r)
             best = {label: min(rs, key=lambda r: r["wall"]) for label, rs in by_label.items()}

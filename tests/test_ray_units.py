@@ -5,6 +5,7 @@ manifests and object-store URIs."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -285,3 +286,24 @@ def test_object_store_uris_list_and_decode_like_files(photos):
         load_object(f"file://{photos / 'missing.jpg'}")
     with pytest.raises(UsageError, match="no such object or prefix"):
         list(iter_names([f"file://{photos}/nope"]))
+
+
+@pytest.mark.parametrize("env, token_file, expected", [
+    ({}, True, "token"),  # `ray start` enabled token auth because a token exists: the driver must send it
+    ({"RAY_AUTH_TOKEN": "abc"}, False, "token"),
+    ({}, False, None),  # no token anywhere: Ray's own default
+    ({"RAY_AUTH_MODE": "disabled"}, True, "disabled"),  # the user's choice stands
+])
+def test_joining_sends_the_token_when_this_machine_has_one(tmp_path, monkeypatch, env, token_file, expected):
+    from visiontool.engines.ray_cluster import join_with_token_if_any
+
+    for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    if token_file:
+        (tmp_path / ".ray").mkdir()
+        (tmp_path / ".ray" / "auth_token").write_text("x" * 32)
+    join_with_token_if_any()
+    assert os.environ.get("RAY_AUTH_MODE") == expected

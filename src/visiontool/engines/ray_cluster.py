@@ -118,6 +118,8 @@ class Session:
         if not ray.is_initialized():
             if self.address and self.address != "auto":
                 probe(self.address)
+            if self.address or os.environ.get("RAY_ADDRESS"):
+                join_with_token_if_any()
             kwargs = dict(logging_level=logging.WARNING, log_to_driver=False, ignore_reinit_error=True)
             try:
                 if self.address:
@@ -144,6 +146,23 @@ class Session:
 
             ray.shutdown()
         return False
+
+
+def join_with_token_if_any() -> None:
+    """Send the cluster token when joining, if this machine has one.
+
+    ``ray start`` turns token authentication on whenever a token exists (RAY_AUTH_TOKEN,
+    RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, where a first ``ray.init()`` writes one), but a
+    driver joining it with an address does not send the token unless RAY_AUTH_MODE=token: measured
+    with Ray 2.60, ``ray.init(address=...)`` then fails with "Failed to connect to Ray cluster"
+    (the GCS logs "Missing authorization header"). A token-mode driver also joins clusters that
+    run without authentication, so the mode is set whenever a token is found and the user has not
+    chosen a mode."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(path):
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def probe(address: str, timeout: float = 10.0) -> None:
