@@ -6,6 +6,8 @@ Nothing here imports Ray: ``visiontool --help`` stays ray- and pyarrow-free.
 """
 from __future__ import annotations
 
+import os
+
 import re
 from typing import Optional
 
@@ -74,6 +76,10 @@ def check_engine(engine: str, *, address: Optional[str] = None, replicas: Option
         raise UsageError("--cpus-per-replica must be above 0 unless the replicas hold GPUs")
     from visiontool.errors import require
 
+    if address or os.environ.get("RAY_ADDRESS"):
+        from visiontool.engines.ray_cluster import join_with_token_if_any
+
+        join_with_token_if_any()  # before ray is imported: it reads the auth mode once
     require("ray", "--engine ray", "ray")
     require("pyarrow", "--engine ray", "ray")
     require("ray.data", "--engine ray", "ray")

@@ -118,8 +118,6 @@ class Session:
         if not ray.is_initialized():
             if self.address and self.address != "auto":
                 probe(self.address)
-            if self.address or os.environ.get("RAY_ADDRESS"):
-                join_with_token_if_any()
             kwargs = dict(logging_level=logging.WARNING, log_to_driver=False, ignore_reinit_error=True)
             try:
                 if self.address:
@@ -149,7 +147,8 @@ class Session:
 
 
 def join_with_token_if_any() -> None:
-    """Send the cluster token when joining, if this machine has one.
+    """Send the cluster token when joining, if this machine has one (call it before ``import
+    ray``: Ray reads the mode once; the CLI does, in ``check_engine``).
 
     ``ray start`` turns token authentication on whenever a token exists (RAY_AUTH_TOKEN,
     RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, where a first ``ray.init()`` writes one), but a
