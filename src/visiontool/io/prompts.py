@@ -211,3 +211,20 @@ def check_mask_size(p: Prompt, width: int, height: int, image: str) -> None:
     if size is not None and size != (width, height):
         raise UsageError(f"--mask-input '{p.mask_input}' is {size[0]}x{size[1]}, {image} is "
                          f"{width}x{height}; give a mask the size of the image")
+
+
+def read_mask_input(path: str, hw: tuple[int, int]):
+    """``--mask-input PNG`` as an (H, W) bool array (non-zero = object); it must be the image's
+    size ``hw`` = (height, width). InvalidInputError / UsageError with one line otherwise."""
+    from PIL import Image
+
+    h, w = hw
+    try:
+        with Image.open(path) as im:
+            m = np.asarray(im.convert("L"), dtype=np.float32) > 0
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"--mask-input '{path}' is not a readable image ({exc})") from exc
+    if m.shape != (h, w):
+        raise UsageError(f"--mask-input '{path}' is {m.shape[1]}x{m.shape[0]}, the image is {w}x{h}; "
+                         "give a mask the size of the image")
+    return m

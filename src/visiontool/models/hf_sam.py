@@ -27,7 +27,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from visiontool.convert import from_sam_logits
-from visiontool.errors import InvalidInputError, ModelLoadError, UsageError
+from visiontool.errors import ModelLoadError, UsageError
 from visiontool.models import hf_sam_spec as S
 from visiontool.models.protocol import AutoOptions, ModelInfo
 from visiontool.types import Detections, Prompt
@@ -360,15 +360,10 @@ class HFSam:
         """A coarse mask PNG the size of the image -> (4g, 4g) logits in the model's input frame."""
         from PIL import Image
 
+        from visiontool.io.prompts import read_mask_input
+
         h, w = hw
-        try:
-            with Image.open(path) as im:
-                m = np.asarray(im.convert("L"), dtype=np.float32) > 0
-        except (OSError, ValueError) as exc:
-            raise InvalidInputError(f"--mask-input '{path}' is not a readable image ({exc})") from exc
-        if m.shape != (h, w):
-            raise UsageError(f"--mask-input '{path}' is {m.shape[1]}x{m.shape[0]}, the image is {w}x{h}; "
-                             "give a mask the size of the image")
+        m = read_mask_input(path, hw)
         side = 4 * self.s.grid
         img = Image.fromarray(m.astype(np.float32), mode="F")
         if self.s.pad:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from visiontool.convert import from_sam_logits
-from visiontool.errors import InvalidInputError, ModelLoadError, UsageError
+from visiontool.errors import ModelLoadError
 from visiontool.models.protocol import AutoOptions, ModelInfo
 from visiontool.models.sam import check_checkpoint_spec, default_checkpoint_name, is_checkpoint_name  # noqa: F401
 from visiontool.types import Detections, Prompt
@@ -244,15 +244,10 @@ class SamOfficial:
         """A coarse mask PNG the size of the image -> (4g, 4g) logits in the padded frame."""
         from PIL import Image
 
+        from visiontool.io.prompts import read_mask_input
+
         h, w = hw
-        try:
-            with Image.open(path) as im:
-                m = np.asarray(im.convert("L"), dtype=np.float32) > 0
-        except (OSError, ValueError) as exc:
-            raise InvalidInputError(f"--mask-input '{path}' is not a readable image ({exc})") from exc
-        if m.shape != (h, w):
-            raise UsageError(f"--mask-input '{path}' is {m.shape[1]}x{m.shape[0]}, the image is {w}x{h}; "
-                             "give a mask the size of the image")
+        m = read_mask_input(path, hw)
         nh, nw, _ = self.geometry(h, w)
         small = np.asarray(Image.fromarray(m.astype(np.float32), mode="F").resize((nw, nh), Image.BILINEAR))
         padded = np.zeros((self.img_size, self.img_size), np.float32)
