@@ -29,8 +29,9 @@ def _warn(message: str) -> None:
 @app.command("evaluate")
 def evaluate_command(
     gt: str = typer.Option(None, "--gt", help="COCO ground-truth annotations (JSON). Required."),
-    pred: str = typer.Option(None, "--pred", help="Predictions: COCO results JSON, or visiontool "
-                                                 "detect/segment json/jsonl records. Required."),
+    pred: str = typer.Option(None, "--pred", help="Predictions: COCO results JSON, visiontool "
+                                                 "detect/segment json/jsonl records, or the --output-dir of an "
+                                                 "--engine ray run. Required."),
     iou_type: str = typer.Option("bbox", "--iou-type", help="bbox|segm|keypoints"),
     per_class: bool = typer.Option(False, "--per-class", help="Add AP/AP50/AP75/AR100 per category."),
     fmt: Optional[str] = format_option(("table", "json"), "json"),
