@@ -78,6 +78,39 @@ def sam_engine(ckpt, **options):
     return load_segmenter(str(ckpt), "cpu", "float32", **options)
 
 
+def sam_predictor_reference(ckpt, image: Path):
+    """segment_anything's own ``SamPredictor`` on the same weights, its image set, next to
+    visiontool's adapter: ``(predictor, adapter, rgb)`` for equivalence tests."""
+    import torch
+    from segment_anything.predictor import SamPredictor
+
+    from visiontool.io.images import load_image
+    from visiontool.models import sam as sam_models
+
+    with torch.no_grad():
+        sam = sam_models.build_sam(sam_models.load_state_dict(ckpt))
+    rgb = np.asarray(load_image(str(image)))
+    pred = SamPredictor(sam)
+    pred.set_image(rgb)
+    return pred, sam_engine(ckpt, use_cache=False), rgb
+
+
+@pytest.fixture
+def count_encodes(monkeypatch):
+    """The names of the images SAM's encoder runs on during a test (a cache hit adds none)."""
+    from visiontool.models.sam_official import SamOfficial
+
+    calls = []
+    real = SamOfficial.encode
+
+    def spy(self, rgb, name="image"):
+        calls.append(name)
+        return real(self, rgb, name)
+
+    monkeypatch.setattr(SamOfficial, "encode", spy)
+    return calls
+
+
 # ----------------------------------------------------------------------------- HTTP
 class _Handler(http.server.BaseHTTPRequestHandler):
     routes: dict = {}

@@ -8,10 +8,9 @@ import shutil
 
 import numpy as np
 import pytest
-from segment_helpers import assert_user_error, records, run_cli, tiny_ckpt, tiny_ckpt_b  # noqa: F401
+from segment_helpers import assert_user_error, count_encodes, records, run_cli, tiny_ckpt, tiny_ckpt_b  # noqa: F401
 
 from visiontool.models.loader import release
-from visiontool.models.sam_official import SamOfficial
 from visiontool.services.embedding_cache import EmbeddingCache
 
 
@@ -21,19 +20,6 @@ def _fresh_models():
     release()
     yield
     release()
-
-
-@pytest.fixture
-def count_encodes(monkeypatch):
-    calls = []
-    real = SamOfficial.encode
-
-    def spy(self, rgb, name="image"):
-        calls.append(name)
-        return real(self, rgb, name)
-
-    monkeypatch.setattr(SamOfficial, "encode", spy)
-    return calls
 
 
 def _seg(ckpt, images_dir, cache, *extra):

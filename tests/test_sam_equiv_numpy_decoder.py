@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from segment_helpers import decode, sam_engine, tiny_ckpt  # noqa: F401
+from segment_helpers import decode, sam_engine, sam_predictor_reference, tiny_ckpt  # noqa: F401
 
 from visiontool.masks import str_counts
 from visiontool.models import sam_decoder
@@ -33,18 +33,7 @@ H_W_PROMPTS = {  # truck.jpg is 1800 x 1200
 
 @pytest.fixture(scope="module")
 def setup(tiny_ckpt, images_dir):
-    import torch
-    from segment_anything.predictor import SamPredictor
-
-    from visiontool.io.images import load_image
-    from visiontool.models import sam as sam_models
-
-    with torch.no_grad():
-        sam = sam_models.build_sam(sam_models.load_state_dict(tiny_ckpt))
-    rgb = np.asarray(load_image(str(images_dir / "truck.jpg")))
-    pred = SamPredictor(sam)
-    pred.set_image(rgb)
-    engine = sam_engine(tiny_ckpt, use_cache=False)
+    pred, engine, rgb = sam_predictor_reference(tiny_ckpt, images_dir / "truck.jpg")
     emb = pred.features[0].numpy().copy()  # the same embedding for both decoders
     return pred, engine, rgb, emb
 

@@ -9,23 +9,9 @@ import shutil
 
 import numpy as np
 import pytest
-from segment_helpers import records, run_cli, tiny_ckpt, tiny_ckpt_b  # noqa: F401
+from segment_helpers import count_encodes, records, run_cli, tiny_ckpt, tiny_ckpt_b  # noqa: F401
 
-from visiontool.models.sam_official import SamOfficial
 from visiontool.services.embedding_cache import EmbeddingCache, embedding_key
-
-
-@pytest.fixture
-def count_encodes(monkeypatch):
-    calls = []
-    real = SamOfficial.encode
-
-    def spy(self, rgb, name="image"):
-        calls.append(name)
-        return real(self, rgb, name)
-
-    monkeypatch.setattr(SamOfficial, "encode", spy)
-    return calls
 
 
 def _seg(tiny_ckpt, image, cache_dir, *extra):

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from segment_helpers import decode, records, run_cli, sam_engine, tiny_ckpt  # noqa: F401
+from segment_helpers import decode, records, run_cli, sam_engine, sam_predictor_reference, tiny_ckpt  # noqa: F401
 
 from visiontool.masks import str_counts
 from visiontool.types import Prompt
@@ -179,20 +179,7 @@ def test_remove_small_regions_matches_segment_anything(seed, mode):
 # ----------------------------------------------------------------------------- vs SamPredictor
 @pytest.fixture(scope="module")
 def reference(tiny_ckpt, images_dir):
-    import torch
-
-    from visiontool.io.images import load_image
-    from visiontool.models import sam as sam_models
-
-    with torch.no_grad():
-        sam = sam_models.build_sam(sam_models.load_state_dict(tiny_ckpt))
-    from segment_anything.predictor import SamPredictor
-
-    rgb = np.asarray(load_image(str(images_dir / "truck.jpg")))
-    pred = SamPredictor(sam)
-    pred.set_image(rgb)
-    engine = sam_engine(tiny_ckpt, use_cache=False)
-    return pred, engine, rgb
+    return sam_predictor_reference(tiny_ckpt, images_dir / "truck.jpg")
 
 
 def _iou(a, b):
