@@ -48,6 +48,16 @@ def check_extra(spec: str, manifest: dict) -> None:
             raise MissingExtraError(f"--model '{spec}'", "yolo", "ultralytics")
 
 
+def check_runtime(spec: str, manifest: dict, runtime: str | None) -> None:
+    """``--runtime`` with an export: omitted, ``auto`` or the export's own (UsageError otherwise)."""
+    from visiontool.models import runtimes
+
+    own = manifest["runtime"]
+    if runtime is not None and runtimes.validate(runtime) not in ("auto", own):
+        raise UsageError(f"--model '{spec}' is an {own} export; drop --runtime or pass --runtime {own} (was "
+                         f"'{runtime}')")
+
+
 def check(spec: str) -> None:
     check_extra(spec, read_manifest(spec))
 
@@ -64,9 +74,7 @@ def load(spec: str, device: str, precision, runtime: str | None = None, text: bo
     own = manifest["runtime"]
     if text:
         raise UsageError(f"--text needs an open-vocabulary model; the export '{spec}' has a fixed class list")
-    if runtime is not None and runtimes.validate(runtime) not in ("auto", own):
-        raise UsageError(f"--model '{spec}' is an {own} export; drop --runtime or pass --runtime {own} (was "
-                         f"'{runtime}')")
+    check_runtime(spec, manifest, runtime)
     runtimes.resolve(own, device)  # the extra is there and the device is the CPU
     if precision.name != "float32":
         raise UsageError(f"--model '{spec}' is a float32 {own} export; pass --dtype float32 (was {precision.name})")
