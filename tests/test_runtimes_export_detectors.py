@@ -190,3 +190,45 @@ def test_torchvision_heads_of_another_architecture_is_one_line(exports, photos, 
     describe(out, entry["key"], list(entry["files"]))
     r = detect(photos, out, cache=tmp_path / "cache")
     assert_user_error(r, 1, "heads.pt does not fit torchvision retinanet_resnet50_fpn")
+
+
+def test_compare_runs_export_dirs(exports, sources, photos, tmp_path):
+    """compare takes export directories as --model: each runs in its runtime (its backend says
+    which) and is scored."""
+    models = [exports["torchvision", "openvino"]]
+    if "ultralytics" in sources:
+        models.append(exports["ultralytics", "onnx"])
+    ref = records(detect(photos, models[0], cache=tmp_path / "cache").stdout)
+    names = sorted({d["label"] for r in ref for d in r["detections"]})
+    cats = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
+    cat_of = {c["name"]: c["id"] for c in cats}
+    images, anns = [], []
+    for i, r in enumerate(ref, 1):
+        images.append({"id": i, "file_name": Path(r["image"]).name, "width": r["width"], "height": r["height"]})
+        for d in r["detections"][::2]:
+            x1, y1, x2, y2 = d["box"]
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cat_of[d["label"]],
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    from visiontool.models import loader
+
+    loader.release()
+    args = ["compare", "--gt", str(gt), "--images", str(photos), "--device", "cpu", "-f", "json", "--no-warmup"]
+    for m in models:
+        args += ["--model", str(m)]
+    r = runner.invoke(app, args, env={"VISIONTOOL_CACHE": str(tmp_path / "cache")})
+    assert r.exit_code == 0, r.stderr
+    runs = json.loads(r.stdout)["runs"]
+    assert [x["backend"] for x in runs] == ["torchvision+openvino", "ultralytics+onnxruntime"][:len(models)]
+    assert 0.0 < runs[0]["map"] < 1.0
+
+
+def test_ultralytics_export_without_the_extra_is_exit_2(sources, exports, photos, tmp_path, monkeypatch):
+    if "ultralytics" not in sources:
+        pytest.skip("extra [yolo] not installed")
+    from visiontool.models import ultralytics
+
+    monkeypatch.setattr(ultralytics, "is_installed", lambda: False)
+    r = detect(photos, exports["ultralytics", "openvino"], cache=tmp_path / "cache")
+    assert_user_error(r, 2, "pip install 'visiontool[yolo]'")
