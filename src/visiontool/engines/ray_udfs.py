@@ -149,11 +149,11 @@ def decode_rows(table, *, cwd: str = ""):
             .append_column("load_error", pa.array(errors, pa.string())))
 
 
-def _items(table):
-    """Rows -> :class:`visiontool.io.sources.Item` s (decoded here unless a decode stage did it)."""
+def _items(table, lazy: bool = False):
+    """Rows -> :class:`visiontool.io.sources.Item` s (decoded here unless a decode stage did it).
+    ``lazy``: a generator decoding each image as it is drawn (for :func:`prefetch`)."""
     from PIL import Image
 
-    from visiontool.errors import ImageLoadError
     from visiontool.io.sources import Item
 
     names = table.column("image").to_pylist()
@@ -163,13 +163,28 @@ def _items(table):
         return [Item(name, None, pos, error=err) if err is not None else
                 Item(name, Image.frombytes("RGB", (w, h), px), pos)
                 for name, pos, px, w, h, err in zip(names, positions, *cols)]
-    items = []
-    for name, pos in zip(names, positions):
-        try:
-            items.append(Item(name, load(name), pos))
-        except ImageLoadError as exc:
-            items.append(Item(name, None, pos, error=str(exc)))
-    return items
+    decoded = (_decode(name, pos) for name, pos in zip(names, positions))
+    return decoded if lazy else list(decoded)
+
+
+def _decode(name: str, position: int):
+    from visiontool.errors import ImageLoadError
+    from visiontool.io.sources import Item
+
+    try:
+        return Item(name, load(name), position)
+    except ImageLoadError as exc:
+        return Item(name, None, position, error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - an image never stops the job: it gets an error row
+        return Item(name, None, position, error=f"{name}: {type(exc).__name__}: {exc}")
+
+
+def iter_detect_lazy(items, actor: "DetectUDF", ids, batch_size: int | None = None):
+    """The local command's ``iter_detect`` with the actor's model and options."""
+    from visiontool.services.detect import iter_detect
+
+    return iter_detect(items, actor.detector, actor.options, classes=actor.classes,
+                       batch_size=actor.batch_size if batch_size is None else batch_size, gt=ids)
 
 
 # ----------------------------------------------------------------------------- memory
@@ -249,24 +264,44 @@ class DetectUDF(_Actor):
         self.batch_size = max(1, int(spec.batch_size))
 
     def __call__(self, table):
-        items = _items(table)
         ids = _Ids(table.column("image").to_pylist(), table.column("image_id").to_pylist())
-        return self.output(self.detect_items(items, ids))
+        return self.output(self.detect_items(_items(table, lazy=True), ids))
 
     def run_window(self, window, batch_size: int, ids) -> list[ImageResult]:
-        from visiontool.services.detect import iter_detect
-
-        return [r for r, _ in iter_detect(window, self.detector, self.options, classes=self.classes,
-                                          batch_size=batch_size, gt=ids)]
+        return [r for r, _ in iter_detect_lazy(window, self, ids, batch_size)]
 
     def detect_items(self, items, ids) -> list[tuple[int, ImageResult]]:
-        """``(position, result)`` for every item, whatever fails."""
+        """``(position, result)`` for every item, whatever fails.
+
+        The batch streams through ``iter_detect`` with the images decoded in a background
+        thread (as the local command does), so decoding overlaps the forward passes; a window
+        that raises is then retried as below (smaller passes on out-of-memory, else one by one)."""
+        from visiontool.io.video import prefetch
+
+        drawn: list = []
+        source = prefetch(iter(items), depth=4)
+
+        def draw():
+            for x in source:
+                drawn.append(x)
+                yield x
+
         out: list[tuple[int, ImageResult]] = []
+        try:
+            for r, _ in iter_detect_lazy(draw(), self, ids):
+                out.append((drawn[len(out)].position, r))
+            return out
+        except Exception as exc:  # noqa: BLE001 - the failing window is handled below
+            failed: BaseException | None = exc
+        items = drawn[len(out):] + list(source)
         i = 0
         while i < len(items):
             b = self.batch_size
             window = items[i:i + b]
             try:
+                if failed is not None:  # the streaming pass's failure, on this same window
+                    exc, failed = failed, None
+                    raise exc
                 results = self.run_window(window, b, ids)
             except Exception as exc:  # noqa: BLE001 - one image must not stop the job
                 if is_oom(exc) and b > 1:
