@@ -8,10 +8,12 @@ One checkpoint (a hub id or a ``save_pretrained`` directory, see
 * ``segment_text`` (capability ``text``: SAM 3's concept segmentation, :mod:`.hf_sam3`);
 * ``propagate`` (capability ``video``: SAM 2 / EdgeTAM / SAM 3 video models, :mod:`.hf_sam_video`).
 
-The image encoder (torch, transformers) runs only on an embedding-cache miss; its features
-are stored by :class:`~visiontool.services.embedding_cache.EmbeddingCache` under a key made
-of the decoded pixels, the model's content hash (``config.json`` + weight files) and the
-precision. On a hit the prompt encoder and mask decoder run in numpy
+The image encoder (torch, transformers; or, with ``runtime`` openvino / onnxruntime, its
+cached export: :func:`visiontool.models.runtimes.sam_export.hf_encoder`) runs only on an
+embedding-cache miss; its features are stored by
+:class:`~visiontool.services.embedding_cache.EmbeddingCache` under a key made of the decoded
+pixels, the model's content hash (``config.json`` + weight files) and the precision (with a
+``-<runtime>`` suffix for a runtime's features). On a hit the prompt encoder and mask decoder run in numpy
 (:mod:`.hf_sam_decoder`; SAM-HQ's heads run in torch), so neither torch nor transformers is
 imported. Full-size masks come from the low-res logits through the processor's own bilinear
 resizes, evaluated as banded separable products (:class:`~visiontool.models.sam_decoder.MaskUpscaler`).

@@ -1,9 +1,17 @@
-"""The segment-anything image encoder (:mod:`visiontool.models.sam_official`) in OpenVINO / ONNX Runtime.
+"""SAM image encoders in OpenVINO / ONNX Runtime: segment-anything's and the transformers SAM family's.
 
-Exported: the ViT image encoder, ``(1, 3, S, S) float32`` (resized, normalised, padded to the
-checkpoint's ``img_size`` S) ``-> (1, 256, S/16, S/16)`` image embedding. The shape never
-changes, so the export is static. The prompt decoder is visiontool's numpy decoder either way;
-the embedding cache keeps runtime embeddings apart from torch ones (its precision tag).
+* segment-anything (:mod:`visiontool.models.sam_official`, :func:`encoder`): the ViT image
+  encoder, ``(1, 3, S, S) float32`` (resized, normalised, padded to the checkpoint's
+  ``img_size`` S) ``-> (1, 256, S/16, S/16)`` image embedding.
+* transformers SAM, SAM-HQ, SAM 2, EdgeTAM (:mod:`visiontool.models.hf_sam`, :func:`hf_encoder`):
+  ``get_image_embeddings`` — every tensor the adapter's embedding cache stores (SAM 2 / EdgeTAM:
+  the high-resolution s0, s1 maps too); SAM 3: the ViT backbone whose output the adapter caches.
+  Each export is checked against torch on a seeded random input (relative error <= 1e-3 on
+  every output) before it enters the cache; a family that fails is refused (UsageError).
+
+The processors always give the same input size, so the exports are static. The prompt decoder
+stays as it is; the embedding caches keep runtime features apart from torch ones (a precision
+tag suffix ``-<runtime>``).
 """
 from __future__ import annotations
 
