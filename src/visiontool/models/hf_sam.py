@@ -151,9 +151,14 @@ class HFSam:
         from visiontool.models.runtimes import sam_export
 
         def make():
-            cls_name = "Sam3Model" if self.s.image_class is None else None
-            return sam_export.hf_encoder(lambda: self.torch_model(cls_name), self.model_sha, self.s.model_type, part,
-                                         side, self.runtime, self.s.spec, quiet=self.quiet)
+            from visiontool.models.loader import release
+
+            cls_name = "Sam3Model" if self.s.image_class is None else self.s.image_class
+            enc = sam_export.hf_encoder(lambda: self.torch_model(cls_name), self.model_sha, self.s.model_type, part,
+                                        side, self.runtime, self.s.spec, quiet=self.quiet)
+            if self.s.kind in ("sam1", "sam2") and self.s.family != "sam3":  # nothing else reads the torch model
+                release(("hf-sam-model", str(self.s.path), cls_name, self.device))
+            return enc
 
         return cached(("hf-sam-encoder", self.model_sha, part, side, self.runtime), make)
 

@@ -169,7 +169,8 @@ def peek_segmenter_capabilities(spec: str | None) -> frozenset[str] | None:
 def load_segmenter(spec: str | None, device: str = "auto", dtype: str = "auto",
                    warn: Callable[[str], None] | None = None, **options: Any):
     """A :class:`~visiontool.models.protocol.Segmenter` (``spec`` None: the default SAM
-    checkpoint for the device). ``options``: ``cache_dir``, ``use_cache``, ``quiet``."""
+    checkpoint for the device). ``options``: ``cache_dir``, ``use_cache``, ``quiet``, ``runtime``
+    (the image encoder's: torch, or openvino/onnxruntime through a cached export, float32 on the CPU)."""
     from visiontool.device import resolve
 
     dev, precision = resolve(device, dtype, warn)
