@@ -125,13 +125,12 @@ def test_export_bad_arguments(detr, tmp_path):
 
 
 def test_export_of_a_family_without_exporter(tmp_path):
-    from detector_helpers import save_torchvision
+    from hf_tiny_text import build_universal
 
-    name = "fasterrcnn_mobilenet_v3_large_320_fpn"
-    file, _ = save_torchvision(name, tmp_path / "tv.pth")
-    r = runner.invoke(app, ["export", f"torchvision:{name}:{file}", "--runtime", "onnx", "-o", str(tmp_path / "o")])
+    model = build_universal("mask2former", tmp_path / "m2f")
+    r = runner.invoke(app, ["export", str(model), "--runtime", "onnx", "-o", str(tmp_path / "o")])
     line = one_error_line(r)
-    assert "no exporter for torchvision 'fasterrcnn'" in line
+    assert "no exporter for transformers" in line and "torchvision detectors, Ultralytics YOLO" in line
     assert not (tmp_path / "o").exists()
 
 

@@ -136,14 +136,13 @@ def detect_command(
                               local_only={"--output": output, "--format": fmt, "--save-viz": save_viz,
                                            "--save-crops": save_crops, "--track": track or tracker or tracker_opts,
                                            "--start": start, "--end": end, "--max-frames": max_frames,
-                                           "--source-type": source_type != "auto", "--vid-stride": vid_stride != 1,
-                                           "--runtime": bool(load_options)})
+                                           "--source-type": source_type != "auto", "--vid-stride": vid_stride != 1})
     if ray_run is not None:  # --engine ray: the records go to shards in --output-dir
         from visiontool.engines.ray import detect_on_ray
 
         detect_on_ray(ray_run, sources, recursive=recursive, model=model, threshold=threshold, classes=classes,
                       max_det=max_det, nms_iou=nms_iou, batch_size=batch_size, device=device, dtype=dtype, gt=gt,
-                      text=phrases, text_threshold=text_threshold)
+                      text=phrases, text_threshold=text_threshold, load_options=load_options)
         return
     srcs = expand_media(sources, recursive=recursive, source_type=source_type)
     videos = [s for s in srcs if s.is_video]

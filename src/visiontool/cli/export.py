@@ -11,7 +11,8 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_mar
 @app.command("export")
 def export_command(
     model: str = typer.Argument(..., metavar="MODEL",
-                                help="A detection model spec (Hugging Face id or directory of the DETR family)."),
+                                help="A detection model spec: a Hugging Face id or directory of the DETR family, "
+                                     "torchvision:NAME[:FILE.pth], or ultralytics:NAME|PATH."),
     runtime: str = typer.Option(..., "--runtime", metavar="RUNTIME", help="openvino | onnx"),
     output: str = typer.Option(..., "--output", "-o", metavar="DIR",
                                help="The directory to write (new, or empty); complete or absent, never half."),
@@ -19,7 +20,10 @@ def export_command(
 ) -> None:
     """Export a detection model's network to OpenVINO IR or ONNX (float32, dynamic image
     size) with a manifest (class names, preprocessing, source, visiontool version);
-    `visiontool detect --model DIR` runs it again with the same records.
+    `visiontool detect --model DIR` runs it again with the same records, without the source
+    model. The DETR family exports whole; torchvision detectors export their backbone (DIR
+    also holds the heads' weights, which run in torch); Ultralytics models are exported by
+    Ultralytics' own exporter and still predict through Ultralytics (extra [yolo]).
 
     Example: visiontool export facebook/detr-resnet-50 --runtime openvino -o detr-ov/
 

@@ -88,6 +88,8 @@ def detect_on_ray(opts: RayOptions, sources: list[str], *, recursive: bool = Fal
 
     check_detect_options(threshold, batch_size)
     check_device(device)
+    load_options = dict(load_options or {})
+    device = check_runtime(model, device, load_options)
     phrases = parse_text(text)
     gt_index = _gt(gt)
     classes_t = tuple(classes) if isinstance(classes, (list, tuple)) else ((classes,) if classes else None)
@@ -136,6 +138,32 @@ def check_device(device: str) -> None:
     if ":" in device and device.split(":")[0] == "cuda":
         raise UsageError(f"--device {device} picks one GPU of one machine; on a cluster each replica is given its "
                          "own GPU(s): use --device cuda (or auto) and --gpus-per-replica")
+
+
+def check_runtime(model: str | None, device: str, load_options: dict) -> str:
+    """``--runtime openvino|onnxruntime`` (or an export directory as ``--model``) on a cluster:
+    checked on the driver (the extra is installed here, the device is the CPU) and the device
+    ``auto`` made ``cpu``, so no replica asks for a GPU it would not use. Each replica then
+    loads the detector with the runtime; the export cache (``VISIONTOOL_CACHE``) serialises
+    their exports of one model, so replicas sharing a disk export it once. Returns the device."""
+    from visiontool.models import registry, runtimes
+
+    runtime = load_options.get("runtime")
+    exported = bool(model) and registry.detector_module(model).__name__ == registry.EXPORTED
+    if runtime is None and not exported:
+        return device
+    name = runtimes.validate(runtime) if runtime is not None else None
+    if name in ("torch", "auto") and not exported:
+        return device  # torch, or decided on each replica (OpenVINO where it imports on a CPU)
+    cpu = "cpu" if device == "auto" else device
+    if exported:
+        from visiontool.models.runtimes import exported as export_dir
+
+        manifest = export_dir.read_manifest(model)
+        export_dir.check_runtime(model, manifest, runtime)
+        name = manifest["runtime"]
+    runtimes.resolve(name, cpu)  # the extra (exit 2 with the install line); a GPU device is one line
+    return cpu
 
 
 def _gt(gt):

@@ -3,7 +3,9 @@
 * :func:`fold_frozen_batchnorm` folds (frozen) batch-norms into the preceding convolution
   (DETR's and torchvision's ResNet backbones use ``FrozenBatchNorm2d``: at inference a
   per-channel affine map, which a convolution can absorb);
-* :func:`prepare` puts a model in eval mode on its device, folded, channels-last on CPU.
+* :func:`prepare` puts a model in eval mode on its device, folded, channels-last on CPU, and
+  on the CPU binds the gather form of multi-scale deformable attention
+  (:mod:`visiontool.models.deformable_attention`).
 """
 from __future__ import annotations
 
@@ -84,4 +86,9 @@ def prepare(model, device: str, optimize: bool = True) -> dict:
     if optimize and str(device).startswith("cpu"):
         model.to(memory_format=torch.channels_last)
         info["channels_last"] = True
+        from visiontool.models.deformable_attention import install
+
+        n = install(model)
+        if n:
+            info["deformable_attention"] = f"embedding_bag x{n}"
     return info

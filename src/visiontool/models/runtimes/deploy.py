@@ -1,10 +1,17 @@
 """``visiontool export``: a deployable directory that ``--model DIR`` loads again.
 
-DIR gets the exported network (OpenVINO ``model.xml``/``model.bin`` or ``model.onnx``), the
-family's preprocessing config, ``visiontool-export.json`` (the manifest: kind, family,
-runtime, class names, preprocessing, inputs/outputs, source spec, visiontool version) and
-``entry.json`` (sizes and sha256 of every file, checked on load). Written into a temporary
-sibling directory and renamed into place: DIR is complete or absent.
+DIR gets what the family's exporter writes, ``visiontool-export.json`` (the manifest: format,
+kind, family, runtime, class names, preprocessing, inputs/outputs, source spec, params,
+precision, shapes, visiontool version, files, and the family's own fields) and ``entry.json``
+(sizes and sha256 of every file, checked on load). Written into a temporary sibling directory
+and renamed into place: DIR is complete or absent. Per family (``kind``):
+
+* ``transformers-detection`` (:mod:`.hf_export`): the whole network (``model.xml``/``model.bin``
+  or ``model.onnx``) and ``preprocessor_config.json``;
+* ``torchvision-backbone`` (:mod:`.tv_export`): the backbone's export and ``heads.pt`` (the
+  non-backbone state dict, rebuilt in torch from the manifest's ``torchvision.builder``);
+* ``ultralytics`` (:mod:`.ul_export`): what Ultralytics' own exporter writes
+  (``model_openvino_model/`` or ``model.onnx``), run again through Ultralytics' predict.
 """
 from __future__ import annotations
 
@@ -44,8 +51,7 @@ def export_model(spec: str, runtime: str, out_dir: str, quiet: bool = False) -> 
     """Export detection model ``spec`` for ``runtime`` into ``out_dir``; returns the directory."""
     from visiontool import __version__
     from visiontool.models import registry
-    from visiontool.models.hf_detection import HFDetector
-    from visiontool.models.runtimes import hf_export, resolve
+    from visiontool.models.runtimes import resolve
     from visiontool.models.runtimes.export_cache import describe
     from visiontool.models.registry import EXPORT_MANIFEST
     from visiontool.render.console import info
@@ -57,22 +63,21 @@ def export_model(spec: str, runtime: str, out_dir: str, quiet: bool = False) -> 
         raise UsageError(f"'{spec}' is already an export; export its source model instead")
     resolve(runtime, "cpu")  # the extra is installed
     det = registry.load_detector(spec, "cpu", "float32")
-    if type(det) is not HFDetector:
-        raise UsageError(f"visiontool export: no exporter for {det.info.backend} '{det.info.family}' models yet "
-                         "(exportable: the transformers DETR family)")
+    family = exporter_for(det)
     if not quiet:
         info(f"exporting {spec} to {runtime} ...")
     t0 = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        files = hf_export.write_export(det, runtime, tmp)
-        manifest = {"format": 1, **hf_export.manifest_fields(det), "family": det.info.family, "runtime": runtime,
+        files = family.write_export(det, runtime, tmp)
+        manifest = {"format": 1, **family_fields(family, det, runtime), "family": det.info.family, "runtime": runtime,
                     "class_names": {str(k): v for k, v in det.info.class_names.items()}, "source": spec,
                     "params": det.info.params, "precision": "float32", "shapes": "dynamic",
                     "visiontool_version": __version__, "files": files}
         (tmp / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=1))
-        describe(tmp, hf_export.cache_fields(det, runtime), files + [EXPORT_MANIFEST])
+        describe(tmp, family.cache_fields(det, runtime), files + [EXPORT_MANIFEST])
+        _share(tmp)
         if target.exists():
             target.rmdir()  # empty, checked above
         os.replace(tmp, target)
@@ -83,8 +88,45 @@ def export_model(spec: str, runtime: str, out_dir: str, quiet: bool = False) -> 
         if isinstance(exc, (VisionToolError, KeyboardInterrupt, MemoryError)) or not isinstance(exc, Exception):
             raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise UsageError(f"visiontool export: exporting {spec} to {runtime} failed ({type(exc).__name__}: {first})") \
-            from exc
+        raise VisionToolError(f"visiontool export: exporting {spec} to {runtime} failed ({type(exc).__name__}: "
+                              f"{first})") from exc
     if not quiet:
         info(f"exported {spec} to {target} ({runtime}) in {time.perf_counter() - t0:.1f} s")
     return target
+
+
+def exporter_for(det):
+    """The exporter module for a loaded torch adapter (UsageError for a family without one)."""
+    from visiontool.models.hf_detection import HFDetector
+    from visiontool.models.runtimes import hf_export, tv_export
+    from visiontool.models.torchvision import TorchvisionDetector
+
+    if type(det) is HFDetector:
+        return hf_export
+    if type(det) is TorchvisionDetector:
+        return tv_export
+    from visiontool.models.ultralytics import UltralyticsDetector
+
+    if type(det) is UltralyticsDetector:
+        from visiontool.models.runtimes import ul_export
+
+        return ul_export
+    from visiontool.models.runtimes import EXPORTABLE
+
+    raise UsageError(f"visiontool export: no exporter for {det.info.backend} '{det.info.family}' models yet "
+                     f"(exportable: {EXPORTABLE})")
+
+
+def family_fields(family, det, runtime: str) -> dict:
+    """The family's manifest fields (the DETR family's do not depend on the runtime)."""
+    from visiontool.models.runtimes import hf_export
+
+    return family.manifest_fields(det) if family is hf_export else family.manifest_fields(det, runtime)
+
+
+def _share(directory: Path) -> None:
+    """The modes a directory made by ``mkdir`` would have (``mkdtemp`` makes it 0700): a
+    deployable artefact is read by other users and services."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)

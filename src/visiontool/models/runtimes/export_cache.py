@@ -11,6 +11,7 @@ shows a progress line and its time on stderr (``-q`` silences it).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -90,48 +91,115 @@ def problem(directory: Path, fields: dict[str, Any] | None) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def build_lock(root: Path, key: str):
+    """Hold ``<cache>/locks/export-<key>`` exclusively (``fcntl.flock``; released when the process dies):
+    processes exporting the same key (Ray replicas starting together on one machine or on a
+    shared disk) take turns, so the first exports and the others find its entry. Without
+    ``fcntl`` (Windows) there is no lock: :func:`_publish` still keeps the entry whole."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield False
+        return
+    locks = root.parent / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    path = locks / f"export-{key}"
+    with open(path, "a+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waited = False
+        except OSError:
+            fcntl.flock(fh, fcntl.LOCK_EX)  # another process is exporting this key: wait for it
+            waited = True
+        try:
+            yield waited
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _usable(final: Path, fields: dict[str, Any], open_engine: Callable[[Path], Any]) -> tuple[Any, str | None]:
+    """(engine, None) for a sound entry in ``final``; (None, why) otherwise."""
+    if not final.exists():
+        return None, "absent"
+    why = problem(final, fields)
+    if why is None:
+        try:
+            return open_engine(final), None
+        except Exception as exc:  # noqa: BLE001 - the runtime could not read it: rebuild
+            why = f"the runtime cannot read it ({(str(exc).splitlines() or [type(exc).__name__])[0][:200]})"
+    return None, why
+
+
+def _publish(tmp: Path, final: Path, fields: dict[str, Any], bad_before: bool) -> bool:
+    """Rename the finished ``tmp`` into ``final``. An entry that appeared there while we
+    exported (another process won a race the lock could not prevent) is kept if sound and
+    ``tmp`` dropped (False); the corrupt or stale entry we found (``bad_before``) or an unsound
+    one is moved aside first (a rename, so a reader never sees half a directory)."""
+    if final.exists():
+        if not bad_before and problem(final, fields) is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return False
+        aside = Path(tempfile.mkdtemp(prefix=".old-", dir=final.parent))
+        try:
+            os.replace(final, aside / "entry")
+        except OSError:
+            pass  # gone meanwhile
+        shutil.rmtree(aside, ignore_errors=True)
+    try:
+        os.replace(tmp, final)
+    except OSError:  # another process put its entry there between the check and the rename
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False
+    return True
+
+
 def get_or_build(fields: dict[str, Any], build: Callable[[Path], list[str]], open_engine: Callable[[Path], Any],
                  what: str, quiet: bool = False) -> tuple[Any, Path]:
     """The engine for the cached export keyed by ``fields``, exporting with ``build(dir)``
-    (returns the file names written) when there is none or it is corrupt or stale."""
+    (returns the file names written) when there is none or it is corrupt or stale.
+
+    Concurrent callers with the same key (processes or threads): one exports while the others
+    wait on :func:`build_lock` and then open its entry; a sound entry is never replaced."""
     from visiontool.render.console import info, warn
 
     root = exports_dir()
-    final = root / key_of(fields)
-    if final.exists():
-        why = problem(final, fields)
-        if why is None:
-            try:
-                return open_engine(final), final
-            except Exception as exc:  # noqa: BLE001 - the runtime could not read it: rebuild
-                why = f"the runtime cannot read it ({(str(exc).splitlines() or [type(exc).__name__])[0][:200]})"
-        warn(f"cached export {final} is corrupt or stale ({why}); exporting again")
+    key = key_of(fields)
+    final = root / key
+    engine, why = _usable(final, fields, open_engine)
+    if engine is not None:
+        return engine, final
     root.mkdir(parents=True, exist_ok=True)
-    if not quiet:
-        info(f"exporting {what} (once; cached in {root}) ...")
-    t0 = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    try:
+    with build_lock(root, key) as waited:
+        if waited:  # someone exported while we waited: theirs, if sound
+            engine, why_now = _usable(final, fields, open_engine)
+            if engine is not None:
+                return engine, final
+            why = why_now if why == "absent" else why
+        if why != "absent":
+            warn(f"cached export {final} is corrupt or stale ({why}); exporting again")
+        if not quiet:
+            info(f"exporting {what} (once; cached in {root}) ...")
+        t0 = time.perf_counter()
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+        published = False
         try:
-            files = build(tmp)
-        except (VisionToolError, KeyboardInterrupt, MemoryError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - an operator the exporter lacks, a failed trace: one line
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise UsageError(f"{what}: the export failed ({type(exc).__name__}: {first}); use --runtime torch") \
-                from exc
-        describe(tmp, fields, files)
-        if final.exists():
-            shutil.rmtree(final, ignore_errors=True)
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another process put its entry there first: use it
+            try:
+                files = build(tmp)
+            except (VisionToolError, KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - an operator the exporter lacks, a failed trace: one line
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                raise UsageError(f"{what}: the export failed ({type(exc).__name__}: {first}); use --runtime torch") \
+                    from exc
+            describe(tmp, fields, files)
+            published = _publish(tmp, final, fields, bad_before=why != "absent")
+            engine = open_engine(final)
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-        engine = open_engine(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(final, ignore_errors=True)  # an entry the runtime cannot read never stays
-        raise
+            if published:  # an entry the runtime cannot read never stays (only ours is removed)
+                shutil.rmtree(final, ignore_errors=True)
+            raise
     if not quiet:
         info(f"exported {what} in {time.perf_counter() - t0:.1f} s")
     return engine, final

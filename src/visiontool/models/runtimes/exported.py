@@ -2,9 +2,12 @@
 
 DIR holds ``visiontool-export.json`` (the manifest: format, kind, family, runtime, class
 names, preprocessing, source spec, visiontool version), the exported network and what the
-family's preprocessing needs, and ``entry.json`` (every file's size and sha256: a damaged
-export is one line, exit 2). ``--runtime`` may be omitted, ``auto``, or the export's own
-runtime; another runtime is one line.
+family needs around it, and ``entry.json`` (every file's size and sha256: a damaged export is
+one line, exit 1; a manifest of another format or kind, exit 2). ``--runtime`` may be
+omitted, ``auto``, or the export's own runtime; another runtime is one line. The source model
+is never needed. Kinds: ``transformers-detection`` (:func:`.hf_export.load_exported`),
+``torchvision-backbone`` (:func:`.tv_export.load_exported`: the heads rebuilt in torch) and
+``ultralytics`` (:func:`.ul_export.load_exported`: Ultralytics' own predict, extra ``[yolo]``).
 """
 from __future__ import annotations
 
@@ -12,10 +15,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from visiontool.errors import ModelLoadError, UsageError
+from visiontool.errors import ModelLoadError, UsageError, VisionToolError
 
 MANIFEST_FORMAT = 1
-KINDS = ("transformers-detection",)
+KINDS = ("transformers-detection", "torchvision-backbone", "ultralytics")
 
 
 def read_manifest(spec: str) -> dict:
@@ -35,8 +38,28 @@ def read_manifest(spec: str) -> dict:
     return manifest
 
 
+def check_extra(spec: str, manifest: dict) -> None:
+    """An Ultralytics export runs through Ultralytics: the extra must be installed (exit 2)."""
+    if manifest.get("kind") == "ultralytics":
+        from visiontool.errors import MissingExtraError
+        from visiontool.models.ultralytics import is_installed
+
+        if not is_installed():
+            raise MissingExtraError(f"--model '{spec}'", "yolo", "ultralytics")
+
+
+def check_runtime(spec: str, manifest: dict, runtime: str | None) -> None:
+    """``--runtime`` with an export: omitted, ``auto`` or the export's own (UsageError otherwise)."""
+    from visiontool.models import runtimes
+
+    own = manifest["runtime"]
+    if runtime is not None and runtimes.validate(runtime) not in ("auto", own):
+        raise UsageError(f"--model '{spec}' is an {own} export; drop --runtime or pass --runtime {own} (was "
+                         f"'{runtime}')")
+
+
 def check(spec: str) -> None:
-    read_manifest(spec)
+    check_extra(spec, read_manifest(spec))
 
 
 def peek_class_names(spec: str) -> dict[int, str] | None:
@@ -51,9 +74,7 @@ def load(spec: str, device: str, precision, runtime: str | None = None, text: bo
     own = manifest["runtime"]
     if text:
         raise UsageError(f"--text needs an open-vocabulary model; the export '{spec}' has a fixed class list")
-    if runtime is not None and runtimes.validate(runtime) not in ("auto", own):
-        raise UsageError(f"--model '{spec}' is an {own} export; drop --runtime or pass --runtime {own} (was "
-                         f"'{runtime}')")
+    check_runtime(spec, manifest, runtime)
     runtimes.resolve(own, device)  # the extra is there and the device is the CPU
     if precision.name != "float32":
         raise UsageError(f"--model '{spec}' is a float32 {own} export; pass --dtype float32 (was {precision.name})")
@@ -62,6 +83,23 @@ def load(spec: str, device: str, precision, runtime: str | None = None, text: bo
     if why is not None:
         raise ModelLoadError(f"cannot load export '{spec}': {why}; export the model again with visiontool export")
     manifest = {**manifest, "_spec": spec}
-    from visiontool.models.runtimes import hf_export
+    kind = manifest["kind"]
+    check_extra(spec, manifest)
+    try:
+        if kind == "torchvision-backbone":
+            from visiontool.models.runtimes import tv_export
 
-    return hf_export.load_exported(directory, manifest, own)
+            return tv_export.load_exported(directory, manifest, own, precision)
+        if kind == "ultralytics":
+            from visiontool.models.runtimes import ul_export
+
+            return ul_export.load_exported(directory, manifest, own)
+        from visiontool.models.runtimes import hf_export
+
+        return hf_export.load_exported(directory, manifest, own)
+    except (VisionToolError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a file the runtime or torch cannot read: one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ModelLoadError(f"cannot load export '{spec}': {type(exc).__name__}: {first}; export the model again "
+                             "with visiontool export") from exc

@@ -61,11 +61,13 @@ def build_into(det: HFDetector, runtime: str, directory: Path) -> list[str]:
     DEIMv2 when traced at another size than their processor's) is refused, never cached."""
     import torch
 
+    from visiontool.models.deformable_attention import original_forward
     from visiontool.models.runtimes.engines import export_network
 
     shape, fixed = example_shape(det.processor)
     net = _net(det.model)
-    files = export_network(net, (torch.zeros(shape),), runtime, directory, INPUTS, OUTPUTS, DYNAMIC)
+    with original_forward(det.model):  # the graph transformers wrote, not the CPU gather path
+        files = export_network(net, (torch.zeros(shape),), runtime, directory, INPUTS, OUTPUTS, DYNAMIC)
     check_export(net, runtime, directory, shape, fixed, det.info.family)
     return files
 
