@@ -1,6 +1,6 @@
 """``segment --runtime openvino|onnxruntime``: the official SAM image encoder exported (static
 1024 px), embeddings within 1e-3 relative error of torch, the same masks; runtime embeddings
-are cached apart from torch ones; other segmenters refuse with one line."""
+are cached apart from torch ones (transformers SAM models: test_runtimes_sam_family)."""
 from __future__ import annotations
 
 import numpy as np
@@ -57,15 +57,6 @@ def test_other_segmenters_refuse(tmp_path):
                  "--device", "cpu", "--runtime", "tensorrt"])
     one_error_line(r)
     assert "--runtime 'tensorrt'" in r.stderr
-
-
-def test_transformers_sam_has_no_exporter_yet(photo, tmp_path):
-    from sam_family_helpers import build
-
-    path = build("sam", tmp_path / "hf-sam")
-    r = run_cli(["segment", photo, "--model", path, "--point", "10,10", "--device", "cpu", "--runtime", "openvino"])
-    line = one_error_line(r)
-    assert "no exporter for" in line and "--runtime torch" in line
 
 
 def test_videos_refuse_runtime(tiny_ckpt, tmp_path):  # noqa: F811

@@ -8,10 +8,12 @@ One checkpoint (a hub id or a ``save_pretrained`` directory, see
 * ``segment_text`` (capability ``text``: SAM 3's concept segmentation, :mod:`.hf_sam3`);
 * ``propagate`` (capability ``video``: SAM 2 / EdgeTAM / SAM 3 video models, :mod:`.hf_sam_video`).
 
-The image encoder (torch, transformers) runs only on an embedding-cache miss; its features
-are stored by :class:`~visiontool.services.embedding_cache.EmbeddingCache` under a key made
-of the decoded pixels, the model's content hash (``config.json`` + weight files) and the
-precision. On a hit the prompt encoder and mask decoder run in numpy
+The image encoder (torch, transformers; or, with ``runtime`` openvino / onnxruntime, its
+cached export: :func:`visiontool.models.runtimes.sam_export.hf_encoder`) runs only on an
+embedding-cache miss; its features are stored by
+:class:`~visiontool.services.embedding_cache.EmbeddingCache` under a key made of the decoded
+pixels, the model's content hash (``config.json`` + weight files) and the precision (with a
+``-<runtime>`` suffix for a runtime's features). On a hit the prompt encoder and mask decoder run in numpy
 (:mod:`.hf_sam_decoder`; SAM-HQ's heads run in torch), so neither torch nor transformers is
 imported. Full-size masks come from the low-res logits through the processor's own bilinear
 resizes, evaluated as banded separable products (:class:`~visiontool.models.sam_decoder.MaskUpscaler`).
@@ -40,8 +42,9 @@ def check(spec: str) -> None:
     S.check(spec)
 
 
-def load(spec: str, device: str, precision, cache_dir=None, use_cache: bool = True, quiet: bool = False):
-    return HFSam(spec, device, precision, cache_dir=cache_dir, use_cache=use_cache, quiet=quiet)
+def load(spec: str, device: str, precision, cache_dir=None, use_cache: bool = True, quiet: bool = False,
+         runtime: str = "torch"):
+    return HFSam(spec, device, precision, cache_dir=cache_dir, use_cache=use_cache, quiet=quiet, runtime=runtime)
 
 
 def _pack(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, dict]:
@@ -64,7 +67,7 @@ class HFSam:
     """A transformers SAM-family checkpoint: cached features, numpy heads, masks as RLE."""
 
     def __init__(self, spec: str, device: str, precision, cache_dir=None, use_cache: bool = True,
-                 quiet: bool = False):
+                 quiet: bool = False, runtime: str = "torch"):
         from visiontool.models.cache import embeddings_dir
         from visiontool.services.embedding_cache import EmbeddingCache
 
@@ -73,6 +76,7 @@ class HFSam:
         self.device_type = device.split(":")[0]
         self.precision = precision.name
         self.quiet = quiet
+        self.runtime = runtime  # torch, or openvino/onnxruntime for the image encoder (models.runtimes.sam_export)
         self.model_sha = S.content_sha(self.s)
         self.cache = EmbeddingCache(Path(cache_dir) if cache_dir else embeddings_dir()) if use_cache else None
         self.stats = {"encoder_runs": 0, "cache_hits": 0}
@@ -86,8 +90,10 @@ class HFSam:
             caps.add("video")
         self.info = ModelInfo(name=spec, family=self.s.family, backend="transformers", task="segment",
                               paradigm="promptable", needs_nms=None, params=self._count_params(), device=device,
-                              dtype=self.precision, capabilities=frozenset(caps),
+                              dtype=self.precision, capabilities=frozenset(caps), runtime=runtime,
                               extra={"model_type": self.s.model_type, "path": str(self.s.path)})
+        if runtime != "torch":
+            self.info.backend = f"transformers+{runtime}"
 
     # ------------------------------------------------------------------ identity
     def _count_params(self) -> int:
@@ -135,6 +141,26 @@ class HFSam:
         model = cached(("hf-sam-model", str(self.s.path), cls_name, self.device), make)
         self.info.params = self.info.params or sum(p.numel() for p in model.parameters())
         return model
+
+    def runtime_encoder(self, side: int, part: str = "embeddings"):
+        """The exported image encoder for ``(1, 3, side, side)`` pixel values (``part``
+        ``"embeddings"``: what :meth:`encode` caches; ``"sam3-backbone"``: SAM 3's ViT) in
+        ``self.runtime``: numpy pixel values -> numpy features, exported once (cached on disk,
+        checked against torch)."""
+        from visiontool.models.loader import cached
+        from visiontool.models.runtimes import sam_export
+
+        def make():
+            from visiontool.models.loader import release
+
+            cls_name = "Sam3Model" if self.s.image_class is None else self.s.image_class
+            enc = sam_export.hf_encoder(lambda: self.torch_model(cls_name), self.model_sha, self.s.model_type, part,
+                                        side, self.runtime, self.s.spec, quiet=self.quiet)
+            if self.s.kind in ("sam1", "sam2") and self.s.family != "sam3":  # nothing else reads the torch model
+                release(("hf-sam-model", str(self.s.path), cls_name, self.device))
+            return enc
+
+        return cached(("hf-sam-encoder", self.model_sha, part, side, self.runtime), make)
 
     def image_processor(self):
         from visiontool.models.loader import cached
@@ -210,8 +236,9 @@ class HFSam:
         if digest is None or digest[0] is not rgb:
             digest = (rgb, image_digest(rgb))
             self.__dict__["_digest"] = digest
-        return embedding_key(digest[1], self.model_sha, f"{self.device_type}-{self.precision}/{entry}",
-                             self.s.image_size)
+        # runtime features are kept apart from torch's (a precision tag suffix, as sam_official)
+        tag = f"{self.device_type}-{self.precision}" + ("" if self.runtime == "torch" else f"-{self.runtime}")
+        return embedding_key(digest[1], self.model_sha, f"{tag}/{entry}", self.s.image_size)
 
     def cache_get(self, rgb: np.ndarray, entry: str) -> list[np.ndarray] | None:
         if self.cache is None:
@@ -257,21 +284,30 @@ class HFSam:
         return feats
 
     def encode(self, rgb: np.ndarray, name: str = "image"):
-        """Run the image encoder (torch) -> the features :meth:`embedding` returns."""
+        """Run the image encoder (torch, or the runtime's export) -> the features :meth:`embedding` returns."""
         import torch
 
         from visiontool.device import Precision
         from visiontool.render.console import info
 
-        model = self.torch_model()
+        sam3 = self.s.model_type in ("sam3_video", "sam3_tracker", "sam3_tracker_video")
+        exported = self.runtime != "torch" and not sam3
+        model = None if exported else self.torch_model()  # the export needs no torch model once cached
         if self.s.family != "sam3":  # hf_sam3 says so when it runs the backbone (often cached)
-            info(f"encoding {name} with {self.s.spec} ({self.device}, {self.precision})…")
+            how = self.runtime if exported else f"{self.device}, {self.precision}"
+            info(f"encoding {name} with {self.s.spec} ({how})…")
         t0 = time.perf_counter()
         with torch.inference_mode(), Precision(self.precision, self.device_type).context():
-            if self.s.model_type in ("sam3_video", "sam3_tracker", "sam3_tracker_video"):
+            if sam3:
                 from visiontool.models import hf_sam3
 
                 feats = hf_sam3.tracker_features(self, rgb, model)
+            elif exported:
+                pv = self.pixel_values(rgb).cpu().numpy()  # (1, 3, S, S): the processor's fixed size
+                outs = self.runtime_encoder(pv.shape[-1])(pv)
+                feats = [np.asarray(t[0], np.float32) for t in outs]  # the flat order of the torch branch below
+                if self.s.kind == "sam1":
+                    feats = feats[0]
             else:
                 pv = self.pixel_values(rgb)
                 out = model.get_image_embeddings(pv)

@@ -38,9 +38,13 @@ def _backbone(ad, rgb: np.ndarray, vision_encoder) -> "torch.Tensor":  # noqa: F
         return torch.from_numpy(np.array(hit[0], np.float32))[None].to(dev)
     from visiontool.render.console import info
 
-    info(f"encoding the image with {ad.s.spec}'s backbone ({ad.device}, {ad.precision})…")
     pv = ad.pixel_values(rgb)
-    hidden = vision_encoder.backbone(pv).last_hidden_state
+    if ad.runtime != "torch":  # the ViT in OpenVINO / ONNX Runtime (models.runtimes.sam_export)
+        info(f"encoding the image with {ad.s.spec}'s backbone ({ad.runtime})…")
+        hidden = torch.from_numpy(ad.runtime_encoder(pv.shape[-1], "sam3-backbone")(pv.cpu().numpy())[0]).to(dev)
+    else:
+        info(f"encoding the image with {ad.s.spec}'s backbone ({ad.device}, {ad.precision})…")
+        hidden = vision_encoder.backbone(pv).last_hidden_state
     ad.stats["encoder_runs"] += 1
     ad.cache_put(rgb, BACKBONE, [hidden[0].float().cpu().numpy()])
     return hidden

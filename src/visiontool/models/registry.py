@@ -169,7 +169,8 @@ def peek_segmenter_capabilities(spec: str | None) -> frozenset[str] | None:
 def load_segmenter(spec: str | None, device: str = "auto", dtype: str = "auto",
                    warn: Callable[[str], None] | None = None, **options: Any):
     """A :class:`~visiontool.models.protocol.Segmenter` (``spec`` None: the default SAM
-    checkpoint for the device). ``options``: ``cache_dir``, ``use_cache``, ``quiet``."""
+    checkpoint for the device). ``options``: ``cache_dir``, ``use_cache``, ``quiet``, ``runtime``
+    (the image encoder's: torch, or openvino/onnxruntime through a cached export, float32 on the CPU)."""
     from visiontool.device import resolve
 
     dev, precision = resolve(device, dtype, warn)
@@ -182,11 +183,7 @@ def load_segmenter(spec: str | None, device: str = "auto", dtype: str = "auto",
         from visiontool.models import runtimes
 
         runtime = runtimes.resolve(runtime, dev)
-        if runtime != "torch":
-            if mod.__name__ != SAM_OFFICIAL:
-                raise UsageError(f"--runtime {runtime}: no exporter for '{spec}' yet (exportable image encoders: "
-                                 "the official SAM checkpoints vit_b/vit_l/vit_h and their .pth files); use "
-                                 "--runtime torch")
+        if runtime != "torch":  # the image encoder only: sam_official and hf_sam export it (runtimes.sam_export)
             if precision.name != "float32":
                 raise UsageError(f"--runtime {runtime} runs float32 exports only; pass --dtype float32 (was "
                                  f"{precision.name})")
