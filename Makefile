@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 BASE   := $(VENV)/.installed-base
 
-.PHONY: venv base demo test bench bench-detect bench-detectors bench-evaluate bench-segment bench-segment-family bench-video bench-scale lint clean
+.PHONY: venv base demo test bench bench-detect bench-detectors bench-evaluate bench-segment bench-segment-family bench-video bench-scale bench-runtimes lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,7 @@ demo: base
 test: venv
 	$(PY) -m pytest -q
 
-bench: bench-detect bench-detectors bench-evaluate bench-segment bench-segment-family bench-video bench-scale
+bench: bench-detect bench-detectors bench-evaluate bench-segment bench-segment-family bench-video bench-scale bench-runtimes
 
 bench-detect: venv
 	$(PY) benchmarks/detect.py
@@ -53,6 +53,9 @@ bench-segment-family: venv
 
 bench-scale: venv
 	$(PY) benchmarks/scale.py
+
+bench-runtimes: venv
+	$(PY) benchmarks/runtimes.py
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks

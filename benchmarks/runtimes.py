@@ -7,7 +7,12 @@ transformers pipeline, on the real DETR-R50 architecture with random weights (no
    (pipeline, torch, openvino, onnxruntime, ...), medians; export time reported separately;
    boxes compared with the torch path.
 
-    python benchmarks/runtimes.py [--rounds 3] [--only shapes,detect]
+3. ``detectors``: torchvision Faster R-CNN R50-FPN v2 and Ultralytics YOLOv8n, each runtime
+   against the torch path and the peer's own runner / export (:mod:`runtimes_detectors`).
+4. ``sam``: the segment-anything vit_b and SAM 2.1 hiera-tiny image encoders, torch fp32
+   against OpenVINO and ONNX Runtime (:mod:`runtimes_sam`).
+
+    python benchmarks/runtimes.py [--rounds 3] [--only shapes,detect,detectors,sam]
 
 Run it on a quiet machine; it prints ``uptime``'s load with the figures.
 """
@@ -124,10 +129,21 @@ def bench_detect(model_dir: Path, rounds: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--only", default="shapes,detect")
+    ap.add_argument("--only", default="shapes,detect,detectors,sam")
     args = ap.parse_args()
     os.environ.setdefault("VISIONTOOL_CACHE", tempfile.mkdtemp(prefix="vt-bench-cache-"))
     only = set(args.only.split(","))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if "detectors" in only:
+        import runtimes_detectors
+
+        runtimes_detectors.main(["--rounds", str(args.rounds)])
+    if "sam" in only:
+        import runtimes_sam
+
+        runtimes_sam.main(["--rounds", str(args.rounds)])
+    if not only & {"shapes", "detect"}:
+        return
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_detr_r50(Path(tmp) / "detr-r50")
         print(f"load before: {load()}", flush=True)

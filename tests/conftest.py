@@ -5,6 +5,10 @@ from pathlib import Path
 
 import pytest
 
+# one session-wide local Ray cluster and tiny DETR for every Ray test module (a fixture imported
+# into each module would be a separate "session" instance per module: ray.init twice)
+from ray_helpers import ray_cluster, tiny_detr_fast  # noqa: E402,F401
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 IMAGES = SHARED_DATA / "images"

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ray_helpers import (CORRUPT, N_IMAGES, assert_same_records, child_env, committed_rows, find_actor_pids,
-                         make_images, ray_cluster, records_by_image, tiny_detr_fast, visiontool_cmd,  # noqa: F401
+                         make_images, records_by_image, visiontool_cmd,
                          wait_for)
 from visiontool.cli.main import app
 

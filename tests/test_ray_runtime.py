@@ -10,8 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli_helpers import one_error_line
-from ray_helpers import (assert_same_records, make_images, ray_cluster, records_by_image,  # noqa: F401
-                         tiny_detr_fast)
+from ray_helpers import assert_same_records, make_images, records_by_image
 from visiontool.cli.main import app
 
 pytest.importorskip("ray")

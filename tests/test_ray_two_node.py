@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ray_helpers import (assert_same_records, child_env, free_port, kill_tree_by_marker, make_images, ray_exe,
-                         records_by_image, tiny_detr_fast, visiontool_cmd)  # noqa: F401
+                         records_by_image, visiontool_cmd)
 from visiontool.cli.main import app
 
 pytest.importorskip("ray")

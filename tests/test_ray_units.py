@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli_helpers import one_error_line
-from ray_helpers import assert_same_records, make_images, tiny_detr_fast  # noqa: F401
+from ray_helpers import assert_same_records, make_images
 from visiontool.cli.main import app
 
 pa = pytest.importorskip("pyarrow")
