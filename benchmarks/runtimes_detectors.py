@@ -196,10 +196,10 @@ def bench_ultralytics(images, tmp: Path, rounds: int) -> None:
     peer_pt = peer_dir / "yolov8n-random.pt"
     peer_pt.write_bytes(path.read_bytes())
     t0 = time.perf_counter()
-    with contextlib.redirect_stdout(sys.stderr), chdir(peer_dir):
+    with contextlib.redirect_stdout(sys.stderr), contextlib.chdir(peer_dir):
         exported = YOLO(str(peer_pt)).export(format="openvino")  # the documented CPU path, its defaults
     peer_export_s = time.perf_counter() - t0
-    with contextlib.redirect_stdout(sys.stderr), chdir(peer_dir):
+    with contextlib.redirect_stdout(sys.stderr), contextlib.chdir(peer_dir):
         torch_yolo = YOLO(str(path))
         peer_bf16 = YOLO(str(exported), task="detect")
         peer_f32 = YOLO(str(exported), task="detect")
@@ -264,14 +264,6 @@ def _yolo_forward(yolo):
     return forward
 
 
-@contextlib.contextmanager
-def chdir(path: Path):
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
 
 
 def main(argv: list[str] | None = None) -> None:

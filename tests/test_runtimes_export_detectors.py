@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from contextlib import contextmanager
+from contextlib import chdir, contextmanager
 from pathlib import Path
 
 import pytest
@@ -76,14 +76,6 @@ def exports(sources, tmp_path_factory, workdir) -> dict[tuple[str, str], Path]:
     return made
 
 
-@contextmanager
-def chdir(path: Path):
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
 
 
 @contextmanager
