@@ -9,7 +9,8 @@ through visiontool's adapters (``segment --runtime``), real architectures with r
 
 For each model: the export (+ its check against torch + compile) is timed once, apart; then
 interleaved rounds (torch, openvino, onnxruntime, torch, ...) of ``adapter.encode(truck.jpg)``
-(preprocessing + encoder, no embedding cache), medians -> images/s, the ratio to torch, the
+(preprocessing + encoder, no embedding cache), each path in a process of its own (one untimed
+call, then the timed one: see CHILD on why), medians -> images/s, the ratio to torch, the
 embedding's relative error ||runtime - torch|| / ||torch|| (worst output), and GFLOP/s (FLOPs of
 one torch forward counted with ``torch.utils.flop_counter.FlopCounterMode``, over each median).
 Target (issue 13): >= 1.5x the torch fp32 encoder at relative error <= 1e-3.
@@ -88,10 +89,6 @@ def build_sam21_tiny(path: Path, tiny: bool = False) -> Path:
     return path
 
 
-def _as_list(feats) -> list[np.ndarray]:
-    return [feats] if isinstance(feats, np.ndarray) else list(feats)
-
-
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
     b64 = np.asarray(b, np.float64)
     return float(np.linalg.norm(np.asarray(a, np.float64) - b64) / max(np.linalg.norm(b64), 1e-12))
@@ -115,32 +112,70 @@ def _flops(adapter, rgb: np.ndarray) -> float:
     return float(counter.get_total_flops())
 
 
-def bench_model(kind: str, spec: str, rgb: np.ndarray, rounds: int, warmup: int = 2) -> dict:
-    from visiontool.models import registry
+# one path timed in a process of its own: measured in one process, the torch encoder ran 1.7x (SAM 2.1)
+# to 3.9x (vit_b: 37.5 s against 9.7 s alone) slower once OpenVINO and ONNX Runtime sessions lived beside
+# it (their worker threads compete with torch's on 2 cores), which would flatter the runtimes
+CHILD = r"""
+import json, sys, time
+import numpy as np
+from PIL import Image
+from visiontool.models import registry
+spec, rt, image, calls, save = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+rgb = np.asarray(Image.open(image).convert("RGB"))
+ad = registry.load_segmenter(spec, "cpu", "float32", use_cache=False, quiet=True, runtime=rt)
+feats = ad.encode(rgb)  # untimed: first-call set-up (oneDNN primitives, the runtime's compile from the cache)
+if save:
+    np.savez(save, *([feats] if isinstance(feats, np.ndarray) else list(feats)))
+times = []
+for _ in range(calls):
+    t0 = time.perf_counter()
+    ad.encode(rgb)
+    times.append(time.perf_counter() - t0)
+print(json.dumps(times))
+"""
 
-    adapters, export_s = {}, {}
-    for rt in RUNTIMES:
+
+def _child(spec: str, rt: str, image: str, calls: int, save: str = "") -> list[float]:
+    import json
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.run([sys.executable, "-c", CHILD, spec, rt, image, str(calls), save], env=env,
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"{rt} child failed:\n{p.stderr[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def bench_model(kind: str, spec: str, image: str, rounds: int, work: Path) -> dict:
+    """Exports timed once here; then ``rounds`` interleaved rounds, each path in a fresh process
+    (one untimed call, then one timed call)."""
+    from PIL import Image
+
+    from visiontool.models import loader, registry
+
+    export_s = {}
+    for rt in RUNTIMES[1:]:
         t0 = time.perf_counter()
-        ad = registry.load_segmenter(spec, "cpu", "float32", use_cache=False, quiet=True, runtime=rt)
-        if rt != "torch":
-            _prepare(ad, kind)
-            export_s[rt] = time.perf_counter() - t0
-        adapters[rt] = ad
-    ref = _as_list(adapters["torch"].encode(rgb))
-    rel = {rt: max(_rel(a, b) for a, b in zip(_as_list(adapters[rt].encode(rgb)), ref)) for rt in RUNTIMES[1:]}
-    flops = _flops(adapters["torch"], rgb)
-    for _ in range(warmup):  # torch's first calls are slow (oneDNN primitive creation): measured 1.5 s vs 0.09 s
-        for rt in RUNTIMES:
-            adapters[rt].encode(rgb)
+        _prepare(registry.load_segmenter(spec, "cpu", "float32", use_cache=False, quiet=True, runtime=rt), kind)
+        export_s[rt] = time.perf_counter() - t0
+        loader.release()
+    rgb = np.asarray(Image.open(image).convert("RGB"))
+    flops = _flops(registry.load_segmenter(spec, "cpu", "float32", use_cache=False, quiet=True), rgb)
+    loader.release()
     times: dict[str, list[float]] = {rt: [] for rt in RUNTIMES}
-    for _ in range(rounds):
+    feats: dict[str, list[np.ndarray]] = {}
+    for k in range(rounds):
         for rt in RUNTIMES:
-            t0 = time.perf_counter()
-            adapters[rt].encode(rgb)
-            times[rt].append(time.perf_counter() - t0)
+            save = str(work / f"feats-{kind}-{rt}.npz") if k == 0 else ""
+            times[rt] += _child(spec, rt, image, 1, save)
+            if save:
+                with np.load(save) as z:
+                    feats[rt] = [z[f"arr_{i}"] for i in range(len(z.files))]
+    rel = {rt: max(_rel(a, b) for a, b in zip(feats[rt], feats["torch"])) for rt in RUNTIMES[1:]}
     med = {rt: statistics.median(v) for rt, v in times.items()}
     return {"model": kind, "gflop": flops / 1e9, "export_s": export_s, "median_s": med, "rel_error": rel,
-            "images_per_s": {rt: 1 / s for rt, s in med.items()},
+            "rounds_s": times, "images_per_s": {rt: 1 / s for rt, s in med.items()},
             "vs_torch": {rt: med["torch"] / med[rt] for rt in RUNTIMES},
             "gflop_per_s": {rt: flops / 1e9 / s for rt, s in med.items()}}
 
@@ -160,7 +195,6 @@ def report(r: dict) -> None:
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=2, help="untimed calls of each path before the rounds")
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
     ap.add_argument("--image", default=str(IMAGES / "truck.jpg"))
     ap.add_argument("--tiny", action="store_true", help="small architectures: a smoke test, not figures")
@@ -185,12 +219,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             spec = str(build_vit_b(work / ("vit_b-tiny.pth" if args.tiny else "vit_b.pth"), args.tiny))
         else:
             spec = str(build_sam21_tiny(work / ("sam2-tiny-test" if args.tiny else "sam2.1-hiera-tiny"), args.tiny))
-        r = bench_model(kind, spec, rgb, args.rounds, args.warmup)
+        r = bench_model(kind, spec, args.image, args.rounds, work)
         report(r)
         results.append(r)
-        from visiontool.models import loader
-
-        loader.release()
     print(f"load after: {load()}")
     return results
 
