@@ -20,6 +20,7 @@ def _inputs(batch: int, queries: int, dtype=torch.float32, seed: int = 0):
     # locations reach past every border (zero padding), land on pixel centres and on exact edges
     loc = torch.rand(batch, queries, 8, 4, 4, 2, generator=g, dtype=dtype) * 1.6 - 0.3
     loc[:, :3] = torch.tensor([0.0, 1.0, 0.5], dtype=dtype).view(1, 3, 1, 1, 1, 1)
+    loc[:, 3:5] = torch.tensor([-1e12, 1e12], dtype=dtype).view(1, 2, 1, 1, 1, 1)  # far off: zeros, no overflow
     weights = torch.rand(batch, queries, 8, 4, 4, generator=g, dtype=dtype)
     shapes = torch.tensor(SHAPES)
     starts = torch.cat([shapes.new_zeros(1), (shapes[:, 0] * shapes[:, 1]).cumsum(0)[:-1]])

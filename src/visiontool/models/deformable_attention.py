@@ -63,7 +63,10 @@ def sample(value, shapes: list[tuple[int, int]], sampling_locations, attention_w
     y = sampling_locations[..., 1] * height - 0.5
     x0f, y0f = x.floor(), y.floor()
     fx, fy = x - x0f, y - y0f
-    x0, y0 = x0f.to(itype), y0f.to(itype)
+    # beyond one pixel outside the map both corners read the zero border; clamping first keeps a far-off
+    # location (or inf) from overflowing the integer cast
+    x0 = torch.minimum(x0f.clamp(min=-2), width + 1).to(itype)
+    y0 = torch.minimum(y0f.clamp(min=-2), height + 1).to(itype)
 
     def padded_index(i, top):  # -1 .. top (the zero border) shifted to 0 .. top + 1
         return torch.minimum(i.clamp(min=-1), top) + 1
