@@ -179,7 +179,7 @@ def _decode(name: str, position: int):
         return Item(name, None, position, error=f"{name}: {type(exc).__name__}: {exc}")
 
 
-def iter_detect_lazy(items, actor: "DetectUDF", ids, batch_size: int | None = None):
+def actor_iter_detect(items, actor: "DetectUDF", ids, batch_size: int | None = None):
     """The local command's ``iter_detect`` with the actor's model and options."""
     from visiontool.services.detect import iter_detect
 
@@ -268,7 +268,7 @@ class DetectUDF(_Actor):
         return self.output(self.detect_items(_items(table, lazy=True), ids))
 
     def run_window(self, window, batch_size: int, ids) -> list[ImageResult]:
-        return [r for r, _ in iter_detect_lazy(window, self, ids, batch_size)]
+        return [r for r, _ in actor_iter_detect(window, self, ids, batch_size)]
 
     def detect_items(self, items, ids) -> list[tuple[int, ImageResult]]:
         """``(position, result)`` for every item, whatever fails.
@@ -288,7 +288,7 @@ class DetectUDF(_Actor):
 
         out: list[tuple[int, ImageResult]] = []
         try:
-            for r, _ in iter_detect_lazy(draw(), self, ids):
+            for r, _ in actor_iter_detect(draw(), self, ids):
                 out.append((drawn[len(out)].position, r))
             return out
         except Exception as exc:  # noqa: BLE001 - the failing window is handled below
