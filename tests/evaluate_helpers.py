@@ -227,3 +227,20 @@ def keypoint_set(seed: int = 0, n_images: int = 15, with_boxes: bool = True):
     cats = [{"id": 1, "name": "person", "supercategory": "person",
              "keypoints": [f"k{j}" for j in range(17)], "skeleton": []}]
     return {"images": images, "annotations": anns, "categories": cats}, res
+
+
+# bbox results made invalid: name -> (mutation of one result, text the one error line must contain)
+BAD = {
+    "missing score": (lambda r: {k: v for k, v in r.items() if k != "score"}, "has no 'score'"),
+    "null score": (lambda r: dict(r, score=None), "score is not a number"),
+    "string score": (lambda r: dict(r, score="0.9"), "score is not a number"),
+    "missing bbox": (lambda r: {k: v for k, v in r.items() if k != "bbox"}, "has no 'bbox'"),
+    "missing image_id": (lambda r: {k: v for k, v in r.items() if k != "image_id"}, "has no 'image_id'"),
+    "nan box": (lambda r: dict(r, bbox=[float("nan"), 1, 2, 3]), "bbox is nan"),
+    "negative width": (lambda r: dict(r, bbox=[1, 1, -2, 3]), "negative width"),
+    "negative height": (lambda r: dict(r, bbox=[1, 1, 2, -3]), "negative width or height"),
+    "short box": (lambda r: dict(r, bbox=[1, 1, 2]), "list of 4 numbers"),
+    "unknown image": (lambda r: dict(r, image_id=987654), "image_id 987654 is not in the ground truth"),
+    "unknown category": (lambda r: dict(r, category_id=555), "category_id 555 is not in the ground truth"),
+    "not an object": (lambda r: [1, 2], "is not an object"),
+}

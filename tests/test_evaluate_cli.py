@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from cli_helpers import one_error_line
 
-from evaluate_helpers import STAT_KEYS, adversarial_set, detect_records, oracle
+from evaluate_helpers import BAD, STAT_KEYS, adversarial_set, detect_records, oracle
 from visiontool.cli.main import app
 from visiontool.io.predictions import load_predictions
 from visiontool.services.evaluate import GroundTruth
@@ -131,22 +131,6 @@ def test_valid_files_take_the_native_fast_path(synth, coco_dir):
 
 
 # ----------------------------------------------------------------------------- bad input
-
-BAD = {
-    # name: (mutation of result 5, text the message must contain)
-    "missing score": (lambda r: {k: v for k, v in r.items() if k != "score"}, "has no 'score'"),
-    "null score": (lambda r: dict(r, score=None), "score is not a number"),
-    "string score": (lambda r: dict(r, score="0.9"), "score is not a number"),
-    "missing bbox": (lambda r: {k: v for k, v in r.items() if k != "bbox"}, "has no 'bbox'"),
-    "missing image_id": (lambda r: {k: v for k, v in r.items() if k != "image_id"}, "has no 'image_id'"),
-    "nan box": (lambda r: dict(r, bbox=[float("nan"), 1, 2, 3]), "bbox is nan"),
-    "negative width": (lambda r: dict(r, bbox=[1, 1, -2, 3]), "negative width"),
-    "negative height": (lambda r: dict(r, bbox=[1, 1, 2, -3]), "negative width or height"),
-    "short box": (lambda r: dict(r, bbox=[1, 1, 2]), "list of 4 numbers"),
-    "unknown image": (lambda r: dict(r, image_id=987654), "image_id 987654 is not in the ground truth"),
-    "unknown category": (lambda r: dict(r, category_id=555), "category_id 555 is not in the ground truth"),
-    "not an object": (lambda r: [1, 2], "is not an object"),
-}
 
 
 @pytest.mark.parametrize("name", list(BAD))

@@ -264,6 +264,12 @@ def test_hub_probe_honours_http_proxy(monkeypatch):
     try:
         for var in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
             monkeypatch.delenv(var, raising=False)
+        # the suite runs with HF_HUB_OFFLINE=1, under which huggingface_hub's session refuses every
+        # request; the hub reads it once, at import, which may have happened under this test's own env
+        from huggingface_hub import constants as hub_constants
+
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{srv.server_address[1]}")
         close_session()
         hf_hub.endpoint_reachable.cache_clear()

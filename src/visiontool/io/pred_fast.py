@@ -1,19 +1,31 @@
 """Fast paths for large valid COCO results files: no per-record Python dicts.
 
-* bbox: ultrafast-pycocotools' native reader yields an ``(N, 7)`` float64 array
-  ``[image_id, x, y, w, h, score, category_id]``, checked with numpy; the engine takes the
-  array as is (the file is parsed once).
-* segm: msgspec checks the schema, types, finite values and box sizes while decoding the
-  memory-mapped file into small structs (no RLE counts are copied); numpy checks image and
-  category ids and counts masks whose size is not their image's (scored, with a warning);
-  the file then goes to the engine, which checks the counts (see
-  :func:`visiontool.services.eval_engines.run_hotcoco`).
+Each path is two steps, so that the first can run in another process while the engine reads
+the same file (:mod:`visiontool.io.pred_early`):
+
+* **facts** (no ground truth needed): the file is parsed and checked on its own, and reduced
+  to what the second step needs -- the record count, the lowest score, the distinct image and
+  category ids (and for segm the distinct ``(image_id, height, width)`` of the masks).
+
+  - bbox: ultrafast-pycocotools' native reader yields an ``(N, 7)`` float64 array
+    ``[image_id, x, y, w, h, score, category_id]``, checked with numpy (the engine can take
+    the array as is: the file is then parsed once).
+  - segm: msgspec checks the schema, types, finite values and box sizes while decoding the
+    memory-mapped file into small structs, ~16 MB of text at a time (no RLE counts are
+    copied; each slice's pages are dropped from the process when done), so the pass holds
+    a few tens of MB whatever the file's size. The engine then reads the file and checks the
+    counts (see :func:`visiontool.services.eval_engines.run_hotcoco`).
+
+* **against the ground truth**: every image id and category id must be the GT's; masks whose
+  size is not their image's are counted (scored, with a warning).
 
 Each returns None when the file is not plain valid COCO results of that kind: the precise
 path (:mod:`visiontool.io.pred_checks`) then reads it record by record and names the first
 offending record, or scores the shapes these paths leave out.
 """
 # no `from __future__ import annotations`: msgspec reads the annotations of the local schema classes
+import mmap
+import re
 from itertools import chain
 from operator import attrgetter, countOf
 from typing import Any, Callable
@@ -24,13 +36,15 @@ import numpy as np
 def summarise(category_ids: np.ndarray, scores: np.ndarray) -> dict:
     """The diagnostic summary fields of a set of predictions (see ``Predictions``)."""
     n = int(scores.shape[0])
-    cats = category_ids
-    if n and cats.min() >= 0 and cats.max() < 10_000_000:
-        uniq = np.flatnonzero(np.bincount(cats))
-    else:
-        uniq = np.unique(cats)
     return {"n": n, "min_score": float(scores.min()) if n else float("nan"),
-            "predicted_categories": uniq.astype(np.int64)}
+            "predicted_categories": distinct(category_ids)}
+
+
+def distinct(ids: np.ndarray) -> np.ndarray:
+    """Sorted distinct int64 ids (a bincount when they are small non-negative integers)."""
+    if ids.size and ids.min() >= 0 and ids.max() < 10_000_000:
+        return np.flatnonzero(np.bincount(ids)).astype(np.int64)
+    return np.unique(ids).astype(np.int64)
 
 
 def is_member(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
@@ -47,11 +61,37 @@ def is_member(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
     return sorted_ids[pos] == values
 
 
+def against_gt(facts: dict | None, gt) -> dict | None:
+    """The summary (``n``, ``min_score``, ``predicted_categories``, and for masks of another
+    size than their image ``size_mismatches`` / ``size_mismatch_example``) of a file's facts,
+    or None when an image or category id is not the ground truth's."""
+    if facts is None:
+        return None
+    if not is_member(facts["image_ids"], gt.image_id_array).all():
+        return None
+    cats = facts["category_ids"]
+    if not is_member(cats, gt.category_id_array).all():
+        return None
+    out = {"n": facts["n"], "min_score": facts["min_score"], "predicted_categories": cats}
+    if "mask_sizes" in facts:
+        keys, counts, first = facts["mask_sizes"]  # distinct (image_id, h, w), how many, first index
+        bad = size_mismatches(keys[:, 0], keys[:, 1:], gt)
+        if bad.any():  # scored as pycocotools scores them (never matched), with a warning
+            i = int(np.argmin(np.where(bad, first, np.iinfo(np.int64).max)))
+            want = gt.image_sizes[int(keys[i, 0])]
+            out["size_mismatches"] = int(counts[bad].sum())
+            out["size_mismatch_example"] = (f"result {int(first[i])}: {keys[i, 1]}x{keys[i, 2]} on a "
+                                            f"{want[0]}x{want[1]} image")
+    return out
+
+
 # ---------------------------------------------------------------------------------------- bbox
 
 
-def fast_bbox(path: str, gt) -> dict | None:
-    """``{"rows": (N, 7) array, **summary, "deferred_check"?}`` or None."""
+def bbox_facts(path: str, keep_rows: bool = False, scan_scores: bool = True) -> dict | None:
+    """Facts of a bbox results file (see the module docstring); ``keep_rows`` adds the
+    ``(N, 7)`` array as ``rows``. ``scan_scores=False`` leaves the check that a 0.0 score is
+    a real one to the caller (``zero_scores`` is then True when some score is 0.0)."""
     try:
         from ultrafast_pycocotools import _ufcoco
 
@@ -60,25 +100,31 @@ def fast_bbox(path: str, gt) -> dict | None:
         del compact
     except (ImportError, ValueError, OSError, MemoryError, TypeError, RecursionError):
         return None
-    if rows.shape[0] == 0 or not _rows_valid(rows, gt):
+    n = rows.shape[0]
+    if n == 0 or not np.isfinite(rows[:, 1:6]).all() or (rows[:, 3] < 0).any() or (rows[:, 4] < 0).any():
         return None
-    out = {"rows": rows, **summarise(rows[:, 6].astype(np.int64), rows[:, 5])}
-    if (rows[:, 5] == 0.0).any():
+    zero = bool((rows[:, 5] == 0.0).any())
+    if zero and scan_scores and not _scores_present(path, n):
+        return None
+    facts = {"n": n, "min_score": float(rows[:, 5].min()), "image_ids": distinct(rows[:, 0].astype(np.int64)),
+             "category_ids": distinct(rows[:, 6].astype(np.int64)), "zero_scores": zero}
+    if keep_rows:
+        facts["rows"] = rows
+    return facts
+
+
+def fast_bbox(path: str, gt) -> dict | None:
+    """``{"rows": (N, 7) array, **summary, "deferred_check"?}`` or None, in this process."""
+    facts = bbox_facts(path, keep_rows=True, scan_scores=False)
+    out = against_gt(facts, gt)
+    if out is None:
+        return None
+    out["rows"] = facts["rows"]
+    if facts["zero_scores"]:
         # a 0.0 may be a null or missing score: scan the text in a thread while the engine
         # (which releases the GIL) evaluates; evaluate() discards the result if the scan fails
-        out["deferred_check"] = in_thread(_scores_present, path, rows.shape[0])
+        out["deferred_check"] = in_thread(_scores_present, path, facts["n"])
     return out
-
-
-def _rows_valid(rows: np.ndarray, gt) -> bool:
-    """Vectorised check of an (N, 7) array; False sends the file to the precise path."""
-    if not np.isfinite(rows[:, 1:6]).all():
-        return False
-    if (rows[:, 3] < 0).any() or (rows[:, 4] < 0).any():
-        return False
-    if not is_member(rows[:, 0].astype(np.int64), gt.image_id_array).all():
-        return False
-    return bool(is_member(rows[:, 6].astype(np.int64), gt.category_id_array).all())
 
 
 def in_thread(fn, *args) -> Callable[[], bool]:
@@ -115,8 +161,6 @@ def _scores_present(path: str, n: int) -> bool:
     at the engine's peak, and ~0.09 s instead of ~0.12 s for 50 MB on the loaded 2-core
     development machine); only a file with "null" somewhere is read again whole for the
     exact pattern."""
-    import re
-
     key, null = b'"score"', b"null"
     keep = len(key) - 1  # a match split across two chunks lies within the last and first `keep` bytes
     count, has_null, tail = 0, False, b""
@@ -140,6 +184,8 @@ def _scores_present(path: str, n: int) -> bool:
 # ---------------------------------------------------------------------------------------- segm
 
 _SEGM_DECODER: Any = None
+SEGM_SLICE = 1 << 24  # bytes of JSON text decoded at a time (~45k masks of COCO's size)
+_BETWEEN = re.compile(rb"\}\s*,\s*\{")  # the seam between two records of a results list
 
 
 def _segm_decoder():
@@ -173,38 +219,99 @@ def _segm_decoder():
     return _SEGM_DECODER
 
 
-def fast_segm(data, gt) -> dict | None:
-    """Summary of a valid segm results document ``data`` (a buffer: the mapped file), or None."""
+def _slices(data, step: int):
+    """``(begin, end)`` byte ranges of ``data`` (a JSON list of objects) that each hold whole
+    records and are each followed and preceded by a byte that is not part of a record: cut at
+    a ``}, {`` seam about every ``step`` bytes. A seam inside a string (possible only in a
+    field COCO does not have) makes a slice end inside that string, so its decoding fails and
+    the file goes to the precise path."""
+    begin = data.find(b"[") + 1
+    last = data.rfind(b"]")
+    if begin <= 0 or last < begin:
+        return  # not a list: no slice, no facts
+    while True:
+        m = _BETWEEN.search(data, begin + step) if begin + step < last else None
+        if m is None:
+            yield begin, last
+            return
+        yield begin, m.start() + 1
+        begin = m.end() - 1
+
+
+def segm_facts(path: str) -> dict | None:
+    """Facts of a segm results file, or None.
+
+    The file is mapped copy-on-write: each slice is decoded in place as a JSON list by writing
+    ``[`` and ``]`` into the bytes around it (a private copy of one page per slice; the file is
+    untouched), and once decoded its pages are dropped from this process."""
     import msgspec
 
+    decoder = _segm_decoder()
+    image_ids, cat_ids, scores, sizes = [], [], [], []
+    boxed: bool | None = None
     try:
-        recs = _segm_decoder().decode(data)
-    except (msgspec.DecodeError, RecursionError):
+        with open(path, "rb") as fh:
+            data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError):
         return None
-    n = len(recs)
-    if n == 0:
+    view = memoryview(data)
+    try:
+        for a, b in _slices(data, SEGM_SLICE):
+            data[a - 1] = 0x5B  # "[": the list's own, a comma or a blank
+            data[b] = 0x5D  # "]": the list's own, a comma or a blank
+            recs = decoder.decode(view[a - 1:b + 1])
+            if hasattr(mmap, "MADV_DONTNEED"):
+                lo = a - a % mmap.PAGESIZE
+                data.madvise(mmap.MADV_DONTNEED, lo, b - lo)  # decoded: drop the pages from our RSS
+            n = len(recs)
+            if not n:
+                continue
+            if boxed is None:  # pycocotools takes its format from the first result: if it has a box, all must
+                boxed = recs[0].bbox is not None
+            if boxed and countOf(map(attrgetter("bbox"), recs), None):
+                return None
+            # map(attrgetter) runs the per-record loop in C: about twice as fast as generators
+            image_ids.append(np.fromiter(map(attrgetter("image_id"), recs), np.int64, n))
+            cat_ids.append(np.fromiter(map(attrgetter("category_id"), recs), np.int64, n))
+            scores.append(np.fromiter(map(attrgetter("score"), recs), np.float64, n))
+            sizes.append(np.fromiter(chain.from_iterable(map(attrgetter("segmentation.size.h",
+                                                                        "segmentation.size.w"), recs)),
+                                     np.int64, 2 * n).reshape(n, 2))
+            del recs
+    except (msgspec.DecodeError, RecursionError, ValueError):
         return None
-    # map(attrgetter) runs the per-record loop in C: about twice as fast as generators
-    image_ids = np.fromiter(map(attrgetter("image_id"), recs), np.int64, n)
-    cat_ids = np.fromiter(map(attrgetter("category_id"), recs), np.int64, n)
-    scores = np.fromiter(map(attrgetter("score"), recs), np.float64, n)
-    sizes = np.fromiter(chain.from_iterable(map(attrgetter("segmentation.size.h", "segmentation.size.w"), recs)),
-                        np.int64, 2 * n).reshape(n, 2)
-    # pycocotools takes its format from the first result: if it has a box, all must
-    mixed = recs[0].bbox is not None and countOf(map(attrgetter("bbox"), recs), None) > 0
-    del recs
-    if mixed or not np.isfinite(scores).all():
+    finally:
+        view.release()
+        data.close()
+    if not scores:
+        return None
+    score = np.concatenate(scores)
+    if not np.isfinite(score).all():
         return None  # the precise path names the record
-    if not is_member(image_ids, gt.image_id_array).all() or not is_member(cat_ids, gt.category_id_array).all():
-        return None
-    out = summarise(cat_ids, scores)
-    bad = size_mismatches(image_ids, sizes, gt)
-    if bad.any():  # scored as pycocotools scores them (never matched), with a warning
-        i = int(np.flatnonzero(bad)[0])
-        want = gt.image_sizes[int(image_ids[i])]
-        out["size_mismatches"] = int(np.count_nonzero(bad))
-        out["size_mismatch_example"] = f"result {i}: {sizes[i, 0]}x{sizes[i, 1]} on a {want[0]}x{want[1]} image"
-    return out
+    ids = np.concatenate(image_ids)
+    return {"n": int(score.shape[0]), "min_score": float(score.min()), "image_ids": distinct(ids),
+            "category_ids": distinct(np.concatenate(cat_ids)),
+            "mask_sizes": distinct_rows(np.column_stack([ids, np.concatenate(sizes)]))}
+
+
+def fast_segm(path: str, gt) -> dict | None:
+    """Summary of a valid segm results file, or None, in this process."""
+    return against_gt(segm_facts(path), gt)
+
+
+def distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(keys, counts, first)``: the distinct rows of an ``(N, k)`` int64 array, how often
+    each occurs and the index of its first occurrence. Results come grouped by image, so runs
+    of equal rows are collapsed first (O(N)) and only the runs are sorted."""
+    n = rows.shape[0]
+    starts = np.flatnonzero(np.concatenate([[True], (rows[1:] != rows[:-1]).any(axis=1)]))
+    lengths = np.diff(np.append(starts, n))
+    keys, inverse = np.unique(rows[starts], axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    counts = np.bincount(inverse, weights=lengths, minlength=len(keys)).astype(np.int64)
+    first = np.full(len(keys), n, dtype=np.int64)
+    np.minimum.at(first, inverse, starts)
+    return keys, counts, first
 
 
 def size_mismatches(image_ids: np.ndarray, sizes: np.ndarray, gt) -> np.ndarray:

@@ -42,6 +42,11 @@ IOU_TYPES = ("bbox", "segm", "keypoints")
 ROW_COLUMNS = ("image_id", "x", "y", "w", "h", "score", "category_id")
 
 
+class NotFast(Exception):
+    """The check that ran beside the engine found the file is not plain valid COCO results:
+    read it again with ``precise=True``."""
+
+
 @dataclass
 class Predictions:
     """Validated predictions, in one of three carriers (exactly one is set).
@@ -66,11 +71,26 @@ class Predictions:
     skipped_reasons: list[str] = field(default_factory=list)
     n_unknown_images: int = 0  # visiontool records whose image is not in the GT
     deferred_check: Callable[[], bool] | None = None  # a validation still running; must return True
+    pending: Any = None  # a check of ``path`` still running in a child (:class:`~visiontool.io.pred_early.Pending`)
     size_mismatches: int = 0  # masks (used by the iou type) whose size is not their GT image's
     size_mismatch_example: str = ""  # the first, e.g. "result 3: 10x10 on a 640x480 image"
 
     def __len__(self) -> int:
+        self.settle()
         return self.n
+
+    def settle(self) -> None:
+        """Wait for a check of ``path`` still running in a child and take its summary; raise
+        :class:`NotFast` when the file is not plain valid COCO results after all (the
+        precise path then reads it)."""
+        if self.pending is None:
+            return
+        pending, self.pending = self.pending, None
+        summary = pending.result()
+        if summary is None:
+            raise NotFast(self.source)
+        for k, v in summary.items():
+            setattr(self, k, v)
 
     summarise = staticmethod(summarise)
 
@@ -94,13 +114,17 @@ class Predictions:
 
 
 def load_predictions(pred: Any, gt, iou_type: str = "bbox", lenient: bool = False,
-                     precise: bool = False) -> Predictions:
+                     precise: bool = False, early=None) -> Predictions:
     """Validated predictions from a path, a list of COCO result dicts or visiontool records.
-    ``precise=True`` skips the native fast paths (every record checked in Python)."""
+    ``precise=True`` skips the native fast paths (every record checked in Python).
+
+    ``early``: the :class:`~visiontool.io.pred_early.EarlyCheck` started on the file ``pred``;
+    a plain file then comes back at once with the check still running (``pending``): call
+    :meth:`Predictions.settle` before trusting it (``len()`` does)."""
     if iou_type not in IOU_TYPES:
         raise UsageError(f"invalid iou type '{iou_type}': expected bbox, segm or keypoints")
     if isinstance(pred, (str, os.PathLike)):
-        return _from_file(str(pred), gt, iou_type, lenient, precise)
+        return _from_file(str(pred), gt, iou_type, lenient, precise, early)
     if isinstance(pred, (list, tuple)):
         return _from_items(enumerate(pred), "list", None, gt, iou_type, lenient, "predictions")
     if isinstance(pred, np.ndarray):
@@ -126,7 +150,7 @@ def numpy_results(a: np.ndarray) -> list[dict]:
     return out
 
 
-def _from_file(path: str, gt, iou_type: str, lenient: bool, precise: bool) -> Predictions:
+def _from_file(path: str, gt, iou_type: str, lenient: bool, precise: bool, early=None) -> Predictions:
     from visiontool.io.json_input import Items, iter_items, open_json
 
     with open_json(path, "predictions") as inp:
@@ -134,9 +158,17 @@ def _from_file(path: str, gt, iou_type: str, lenient: bool, precise: bool) -> Pr
         # the engines read a file themselves only when it is a plain JSON document (no BOM,
         # no leading blanks) in a regular file
         plain = inp.start == 0 and not isinstance(inp.data, (bytes, bytearray))
+        if early is not None:
+            if not precise and plain:
+                from visiontool.io.pred_early import Pending
+
+                return Predictions(source=source, n=0, min_score=float("nan"),
+                                   predicted_categories=np.zeros(0, np.int64), path=path,
+                                   pending=Pending(early, gt))
+            early.cancel()
         if not precise and plain:
             fast = fast_bbox(path, gt) if iou_type == "bbox" else (
-                fast_segm(inp.data, gt) if iou_type == "segm" else None)
+                fast_segm(path, gt) if iou_type == "segm" else None)
             if fast is not None:
                 rows = fast.pop("rows", None)
                 return Predictions(source=source, rows=rows, path=None if rows is not None else path, **fast)

@@ -40,6 +40,7 @@ def run_ultrafast(gt: GroundTruth, preds: Predictions, iou_type: str):
                 release_memory(False)
         elif preds.path is not None:
             cd = cg.loadRes(preds.path)
+            preds.settle()  # the check that ran beside the reader (NotFast: read it precisely)
         else:
             cd = cg.loadRes([dict(r) for r in preds.to_results()])
         e = COCOeval(cg, cd, iou_type, print_function=lambda *a, **k: None)
@@ -56,6 +57,7 @@ def run_hotcoco(gt: GroundTruth, preds: Predictions, iou_type: str, arrays: bool
     with quiet():
         if preds.path is not None:
             cd = cg.load_res(preds.path)
+            preds.settle()  # the check that ran beside the reader (NotFast: read it precisely)
             if iou_type == "segm":
                 _check_areas(cd, len(preds))
             if len(preds) >= 100_000:
@@ -215,6 +217,8 @@ def release_memory(collect: bool = True) -> None:
 def run(engine: str, gt: GroundTruth, preds: Predictions, iou_type: str, per_class: bool, arrays: bool = True):
     """(stats, precision, recall, category ids); ``arrays=False`` lets an engine skip copying
     COCOeval's arrays out (precision and recall may then be None)."""
+    if engine not in ("ultrafast", "hotcoco"):
+        preds.settle()  # these read the results as dicts: the check comes first
     if engine == "torchmetrics":
         return run_torchmetrics(gt, preds, iou_type, per_class)
     if engine == "ultrafast":

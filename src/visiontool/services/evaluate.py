@@ -35,7 +35,15 @@ from typing import Any
 import numpy as np
 
 from visiontool.errors import InvalidInputError, UsageError
-from visiontool.io.predictions import IOU_TYPES, Predictions, is_tensor_style, load_predictions, tensors_to_coco
+from visiontool.io import pred_early
+from visiontool.io.predictions import (
+    IOU_TYPES,
+    NotFast,
+    Predictions,
+    is_tensor_style,
+    load_predictions,
+    tensors_to_coco,
+)
 from visiontool.services.eval_engines import (  # noqa: F401  (re-exported: compare and tests use them)
     ALIASES,
     BACKENDS,
@@ -198,38 +206,28 @@ def evaluate(gt: Any, predictions: Any, iou_type: str = "bbox", *, per_class: bo
         if not isinstance(gt, (list, tuple)):
             raise UsageError("torchmetrics-style predictions need torchmetrics-style targets as gt")
         gt, predictions = tensors_to_coco(list(gt), list(predictions), iou_type)
-    gtobj = GroundTruth.load(gt, iou_type)
-    gtobj.require(iou_type)
-    engine, note = choose_engine(backend, iou_type, gtobj)
-    run_note = None
-    if isinstance(predictions, (str, os.PathLike)) and _is_cluster_run(predictions):
-        predictions, run_note = _cluster_run_records(predictions)
-    preds = load_predictions(predictions, gtobj, iou_type, lenient)
-    if iou_type == "segm" and len(preds) >= 100_000:
-        release_memory(False)  # masks: the engine's own peak is near the 0.5 GB budget
+    # a large results file starts being checked in a child now, beside the GT and the engine
+    early = pred_early.start(predictions, iou_type)
     try:
+        gtobj = GroundTruth.load(gt, iou_type)
+        gtobj.require(iou_type)
+        engine, note = choose_engine(backend, iou_type, gtobj)
+        run_note = None
+        if isinstance(predictions, (str, os.PathLike)) and _is_cluster_run(predictions):
+            predictions, run_note = _cluster_run_records(predictions)
+        preds = load_predictions(predictions, gtobj, iou_type, lenient, early=early)
+        if preds.pending is None and iou_type == "segm" and len(preds) >= 100_000:
+            release_memory(False)  # masks: the engine's own peak is near the 0.5 GB budget
         try:
-            stats, prec, rec, cats = run(engine, gtobj, preds, iou_type, per_class, arrays)
-        except EngineCannotReadGT as exc:
-            if ALIASES.get(backend, backend) != "auto":
-                raise
-            # the engine's reader refused metadata pycocotools ignores: pycocotools' own engine
-            engine = "pycocotools"
-            note = f"{exc}; evaluated with pycocotools instead (slower)"
-            stats, prec, rec, cats = run(engine, gtobj, preds, iou_type, per_class, arrays)
-    except (UsageError, KeyboardInterrupt, MemoryError):
-        raise
-    except Exception as exc:
-        # the fast path leaves some checks (RLE counts) to the engine: name the record
-        if preds.results is None and isinstance(predictions, (str, os.PathLike)):
-            load_predictions(predictions, gtobj, iou_type, lenient, precise=True)
-        if isinstance(exc, BadCounts):
-            raise InvalidInputError(f"{preds.source}: result {exc.args[0][0]}: segmentation.counts is not a "
-                                    f"COCO RLE") from None
-        # both inputs checked out, so the engine's message decides which one it is about
-        raise InvalidInputError(f"{engine} could not evaluate {preds.source} against {gtobj.label}: "
-                                f"{type(exc).__name__}: {exc}"
-                                ) from exc
+            (stats, prec, rec, cats), engine, note = _score(engine, note, backend, gtobj, preds, predictions,
+                                                            iou_type, per_class, lenient, arrays)
+        except NotFast:  # the check beside the engine refused the file: read it record by record
+            preds = load_predictions(predictions, gtobj, iou_type, lenient, precise=True)
+            (stats, prec, rec, cats), engine, note = _score(engine, note, backend, gtobj, preds, predictions,
+                                                            iou_type, per_class, lenient, arrays)
+    finally:
+        if early is not None:
+            early.cancel()  # reaps the child if an error came first; a no-op once its answer is read
     if preds.deferred_check is not None and not preds.deferred_check():
         # the check that ran beside the engine failed: validate record by record (raises and
         # names the record, or with lenient skips it) and evaluate what passes
@@ -260,6 +258,37 @@ def evaluate(gt: Any, predictions: Any, iou_type: str = "bbox", *, per_class: bo
                       precision=prec, recall=rec, diagnostics=diags, n_predictions=len(preds),
                       n_skipped=preds.n_skipped, n_unknown_images=preds.n_unknown_images,
                       seconds=time.perf_counter() - t0)
+
+
+def _score(engine: str, note: str | None, backend: str, gtobj: GroundTruth, preds: Predictions, predictions: Any,
+           iou_type: str, per_class: bool, lenient: bool, arrays: bool):
+    """``((stats, precision, recall, category ids), engine, note)``: the engine's run, with
+    pycocotools' engine when the chosen one cannot read the GT, and an engine's error turned
+    into one line about the input it concerns. Raises :class:`NotFast` when the check beside
+    the engine refused the file."""
+    try:
+        try:
+            return run(engine, gtobj, preds, iou_type, per_class, arrays), engine, note
+        except EngineCannotReadGT as exc:
+            if ALIASES.get(backend, backend) != "auto":
+                raise
+            # the engine's reader refused metadata pycocotools ignores: pycocotools' own engine
+            note = f"{exc}; evaluated with pycocotools instead (slower)"
+            return run("pycocotools", gtobj, preds, iou_type, per_class, arrays), "pycocotools", note
+    except (UsageError, KeyboardInterrupt, MemoryError, NotFast):
+        raise
+    except Exception as exc:
+        preds.settle()  # a file the engine read before its check finished: NotFast if the check refuses it
+        # the fast path leaves some checks (RLE counts) to the engine: name the record
+        if preds.results is None and isinstance(predictions, (str, os.PathLike)):
+            load_predictions(predictions, gtobj, iou_type, lenient, precise=True)
+        if isinstance(exc, BadCounts):
+            raise InvalidInputError(f"{preds.source}: result {exc.args[0][0]}: segmentation.counts is not a "
+                                    f"COCO RLE") from None
+        # both inputs checked out, so the engine's message decides which one it is about
+        raise InvalidInputError(f"{engine} could not evaluate {preds.source} against {gtobj.label}: "
+                                f"{type(exc).__name__}: {exc}"
+                                ) from exc
 
 
 def _gt_diagnostics(gt: GroundTruth, iou_type: str) -> list[str]:

@@ -1,0 +1,173 @@
+"""The check of a large results file that runs in a forked child beside the engine
+(visiontool.io.pred_early): the same numbers, the same error lines, and no child left behind.
+
+The fork is forced here (small files, and whatever threads earlier tests left running); each
+test asserts that a child really answered, so none can pass on the in-process path alone."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli_helpers import one_error_line
+from evaluate_helpers import BAD, STAT_KEYS, adversarial_set, oracle
+from visiontool.cli.main import app
+from visiontool.io import pred_early
+from visiontool.services.evaluate import evaluate
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux" or not hasattr(os, "fork"), reason="the child is forked")
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def children(monkeypatch):
+    """Force the fork; record what each child answered ("facts" or None) and its pid."""
+    seen: list = []
+    monkeypatch.setattr(pred_early, "FORK_MIN_BYTES", 0)
+    monkeypatch.setattr(pred_early, "can_fork", lambda: True)
+    orig_facts, orig_start = pred_early.EarlyCheck.facts, pred_early.start
+
+    def facts(self):
+        out = orig_facts(self)
+        seen.append("facts" if out is not None else None)
+        return out
+
+    def start(pred, iou_type):
+        early = orig_start(pred, iou_type)
+        if early is not None:
+            seen.append(("pid", early.pid))
+        return early
+
+    monkeypatch.setattr(pred_early.EarlyCheck, "facts", facts)
+    monkeypatch.setattr(pred_early, "start", start)
+    return seen
+
+
+def answers(seen):
+    return [s for s in seen if not isinstance(s, tuple)]
+
+
+def reaped(seen) -> bool:
+    for s in seen:
+        if isinstance(s, tuple):
+            with pytest.raises(ChildProcessError):
+                os.waitpid(s[1], os.WNOHANG)
+    return True
+
+
+def run(*args):
+    return runner.invoke(app, ["evaluate", *map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    d = tmp_path_factory.mktemp("early")
+    gt, res = adversarial_set(11, with_segm=False, first_id=1)
+    (d / "gt.json").write_text(json.dumps(gt))
+    (d / "dt.json").write_text(json.dumps(res))
+    return d, gt, res
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_same_numbers_as_the_check_in_process(coco_dir, children, monkeypatch, iou_type):
+    gt = coco_dir / "instances_val2014_100.json"
+    pred = coco_dir / f"instances_val2014_fake{iou_type}100_results.json"
+    forked = evaluate(str(gt), str(pred), iou_type, per_class=True, warn=False)
+    assert answers(children) == ["facts"] and reaped(children)
+    monkeypatch.setattr(pred_early, "can_fork", lambda: False)
+    inline = evaluate(str(gt), str(pred), iou_type, per_class=True, warn=False)
+    assert answers(children) == ["facts"]  # no second child
+    assert forked.stats == inline.stats and forked.per_class == inline.per_class
+    assert forked.diagnostics == inline.diagnostics
+    assert forked.n_predictions == inline.n_predictions == len(json.loads(pred.read_text()))
+    assert np.array_equal(forked.precision, inline.precision)
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_records_are_named_as_before(synth, tmp_path, children, name):
+    d, gt, res = synth
+    mutate, text = BAD[name]
+    bad = list(res)
+    bad[5] = mutate(bad[5])
+    p = tmp_path / "bad.json"
+    p.write_text(json.dumps(bad))
+    line = one_error_line(run("--gt", d / "gt.json", "--pred", p))
+    assert "result 5:" in line and text in line, line
+    # the child refuses the file, or (an id not in the GT) its facts are refused here
+    assert answers(children) == (["facts"] if name.startswith("unknown") else [None]) and reaped(children)
+    r = run("--gt", d / "gt.json", "--pred", p, "--lenient", "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    kept = [x for i, x in enumerate(res) if i != 5]
+    assert {k: json.loads(r.stdout)[k] for k in STAT_KEYS} == oracle(gt, kept, "bbox")["stats"]
+
+
+def test_bad_masks_are_named_as_before(coco_dir, tmp_path, children):
+    res = json.loads((coco_dir / "instances_val2014_fakesegm100_results.json").read_text())
+    gt = coco_dir / "instances_val2014_100.json"
+    p = tmp_path / "bad.json"
+    cases = [(lambda r: {k: v for k, v in r.items() if k != "segmentation"}, "has no 'segmentation'"),
+             (lambda r: dict(r, score=None), "score is not a number"),
+             (lambda r: dict(r, segmentation=dict(r["segmentation"], size=[3, 3])), "is not a COCO RLE of 3x3 pixels"),
+             (lambda r: dict(r, image_id=987654), "image_id 987654 is not in the ground truth")]
+    for mut, text in cases:
+        bad = list(res)
+        bad[3] = mut(bad[3])
+        p.write_text(json.dumps(bad))
+        line = one_error_line(run("--gt", gt, "--pred", p, "--iou-type", "segm"))
+        assert "result 3:" in line and text in line, line
+    assert len(answers(children)) == len(cases) and reaped(children)
+
+
+def test_masks_of_another_size_warn_with_the_same_example(coco_dir, tmp_path, children, monkeypatch):
+    res = json.loads((coco_dir / "instances_val2014_fakesegm100_results.json").read_text())
+    from pycocotools import mask as mu
+
+    small = mu.encode(np.asfortranarray(np.ones((4, 5), np.uint8)))
+    for i in (7, 8, 40):
+        res[i] = dict(res[i], segmentation={"size": [4, 5], "counts": small["counts"].decode()})
+    p = tmp_path / "sizes.json"
+    p.write_text(json.dumps(res))
+    gt = coco_dir / "instances_val2014_100.json"
+    forked = evaluate(str(gt), str(p), "segm", warn=False)
+    assert answers(children) == ["facts"]
+    monkeypatch.setattr(pred_early, "can_fork", lambda: False)
+    inline = evaluate(str(gt), str(p), "segm", warn=False)
+    assert forked.stats == inline.stats and forked.diagnostics == inline.diagnostics
+    assert any("3 prediction mask(s)" in d and "result 7: 4x5" in d for d in forked.diagnostics), forked.diagnostics
+
+
+def test_a_child_that_dies_reads_as_not_plain(synth, children, monkeypatch):
+    """A child killed (out of memory, a signal) gives no facts: the file takes the precise path."""
+    d, gt, res = synth
+    monkeypatch.setattr(pred_early, "facts_function", lambda iou_type: lambda path: os._exit(9))
+    out = evaluate(str(d / "gt.json"), str(d / "dt.json"), "bbox", warn=False)
+    assert answers(children) == [None] and reaped(children)
+    assert out.stats == oracle(gt, res, "bbox")["stats"]
+
+
+def test_an_error_first_leaves_no_child(synth, tmp_path, children):
+    d, _, _ = synth
+    line = one_error_line(run("--gt", tmp_path / "missing.json", "--pred", d / "dt.json"))
+    assert "missing.json" in line
+    assert [s for s in children if isinstance(s, tuple)] and reaped(children)
+
+
+def test_through_the_installed_command(tmp_path):
+    """The real entry point on a file above the fork threshold: pycocotools' numbers."""
+    gt, res = adversarial_set(3, n_images=60, with_segm=False, first_id=1)
+    big = []
+    while len(json.dumps(big)) < pred_early.FORK_MIN_BYTES + 4096:
+        big += res
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "dt.json").write_text(json.dumps(big))
+    exe = os.path.join(os.path.dirname(sys.executable), "visiontool")
+    out = subprocess.run([exe, "evaluate", "--gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / "dt.json"),
+                          "-f", "json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert {k: json.loads(out.stdout)[k] for k in STAT_KEYS} == oracle(gt, big, "bbox")["stats"]
