@@ -146,19 +146,13 @@ def bench_torchvision(images, tmp: Path, rounds: int) -> None:
 
     from detector_helpers import save_torchvision
     from visiontool.models.protocol import DetectOptions
-    from visiontool.models.registry import load_detector
 
     name = "fasterrcnn_resnet50_fpn_v2"
     file, model = save_torchvision(name, tmp / f"{name}.pth", images=images)  # weights=None, weights_backbone=None
     model.eval()
     spec = f"torchvision:{name}:{file}"
     opts = DetectOptions(threshold=0.05, max_det=100)  # the model's own defaults
-    dets, loads = {}, {}
-    for runtime in ("torch", "openvino", "onnxruntime"):
-        dets[runtime], loads[runtime] = timed_load(load_detector, spec, "cpu", "float32", runtime=runtime, quiet=True)
-    for runtime in ("openvino", "onnxruntime"):
-        print(f"torchvision: {runtime} backbone export {loads[runtime] - loads['torch']:.1f} s (load with export "
-              f"{loads[runtime]:.1f} s - torch load {loads['torch']:.1f} s)", flush=True)
+    dets = load_every_runtime(spec, "torchvision: backbone")
 
     def native() -> Boxes:
         out = []
@@ -181,11 +175,24 @@ def bench_torchvision(images, tmp: Path, rounds: int) -> None:
           "visiontool torch", None, flops, {})
 
 
+def load_every_runtime(spec: str, what: str) -> dict:
+    """``{runtime: detector}`` for torch, openvino and onnxruntime; prints each export's time
+    (the load with its export minus the torch load)."""
+    from visiontool.models.registry import load_detector
+
+    dets, loads = {}, {}
+    for runtime in ("torch", "openvino", "onnxruntime"):
+        dets[runtime], loads[runtime] = timed_load(load_detector, spec, "cpu", "float32", runtime=runtime, quiet=True)
+    for runtime in ("openvino", "onnxruntime"):
+        print(f"{what} {runtime} export {loads[runtime] - loads['torch']:.1f} s (load with export "
+              f"{loads[runtime]:.1f} s - torch load {loads['torch']:.1f} s)", flush=True)
+    return dets
+
+
 # ----------------------------------------------------------------------------- 2. Ultralytics
 def bench_ultralytics(images, tmp: Path, rounds: int) -> None:
     from detector_helpers import build_yolo
     from visiontool.models.protocol import DetectOptions
-    from visiontool.models.registry import load_detector
     from visiontool.models.runtimes.ul_export import _pin_f32
 
     path = build_yolo("yolov8n.yaml", tmp / "yolov8n-random.pt", images)
@@ -212,12 +219,7 @@ def bench_ultralytics(images, tmp: Path, rounds: int) -> None:
 
     spec = f"ultralytics:{path}"
     opts = DetectOptions(threshold=0.25, max_det=300)  # Ultralytics' predict defaults
-    dets, loads = {}, {}
-    for runtime in ("torch", "openvino", "onnxruntime"):
-        dets[runtime], loads[runtime] = timed_load(load_detector, spec, "cpu", "float32", runtime=runtime, quiet=True)
-    for runtime in ("openvino", "onnxruntime"):
-        print(f"ultralytics: visiontool {runtime} export {loads[runtime] - loads['torch']:.1f} s (load with export "
-              f"{loads[runtime]:.1f} s - torch load {loads['torch']:.1f} s)", flush=True)
+    dets = load_every_runtime(spec, "ultralytics: visiontool")
 
     def peer(y):
         def run() -> Boxes:

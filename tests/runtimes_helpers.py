@@ -61,3 +61,20 @@ def detections_as_dicts(det) -> list[dict]:
     """A Detections (Python API) as record-like dicts."""
     return [{"category_id": int(c), "score": float(s), "box": [float(v) for v in box]}
             for box, s, c in zip(det.xyxy, det.scores, det.class_ids)]
+
+
+def gt_from_records(recs: list[dict], path: Path) -> Path:
+    """A COCO ground truth at ``path`` holding every other detection of ``recs`` (so a model
+    scored on it gets an AP strictly between 0 and 1); categories are the labels, sorted."""
+    names = sorted({d["label"] for r in recs for d in r["detections"]})
+    cats = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
+    cat_of = {c["name"]: c["id"] for c in cats}
+    images, anns = [], []
+    for i, r in enumerate(recs, 1):
+        images.append({"id": i, "file_name": Path(r["image"]).name, "width": r["width"], "height": r["height"]})
+        for d in r["detections"][::2]:
+            x1, y1, x2, y2 = d["box"]
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cat_of[d["label"]],
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return path

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from cli_helpers import assert_user_error, one_error_line
 from detector_helpers import small_photos
-from runtimes_helpers import assert_same_records, records, tiny_detr_small
+from runtimes_helpers import assert_same_records, gt_from_records, records, tiny_detr_small
 from visiontool.cli.main import app
 
 runner = CliRunner()
@@ -159,18 +159,7 @@ def test_compare_runtime(detr, photos, torch_records, shared_cache, tmp_path):
     """compare --runtime runs the models through the exported network: same AP as torch."""
     import json
 
-    names = sorted({d["label"] for r in torch_records for d in r["detections"]})
-    cats = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
-    cat_of = {c["name"]: c["id"] for c in cats}
-    images, anns = [], []
-    for i, r in enumerate(torch_records, 1):
-        images.append({"id": i, "file_name": Path(r["image"]).name, "width": r["width"], "height": r["height"]})
-        for d in r["detections"][::2]:  # half the detections: AP strictly between 0 and 1
-            x1, y1, x2, y2 = d["box"]
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cat_of[d["label"]],
-                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
-    gt = tmp_path / "gt.json"
-    gt.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    gt = gt_from_records(torch_records, tmp_path / "gt.json")  # half the detections: AP strictly in (0, 1)
     stats = {}
     from visiontool.models import loader
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from cli_helpers import assert_user_error
 from detector_helpers import build_yolo, save_torchvision, small_photos
-from runtimes_helpers import assert_same_detections_unordered, records
+from runtimes_helpers import assert_same_detections_unordered, gt_from_records, records
 from visiontool.cli.main import app
 
 runner = CliRunner()
@@ -191,18 +191,7 @@ def test_compare_runs_export_dirs(exports, sources, photos, tmp_path):
     if "ultralytics" in sources:
         models.append(exports["ultralytics", "onnx"])
     ref = records(detect(photos, models[0], cache=tmp_path / "cache").stdout)
-    names = sorted({d["label"] for r in ref for d in r["detections"]})
-    cats = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
-    cat_of = {c["name"]: c["id"] for c in cats}
-    images, anns = [], []
-    for i, r in enumerate(ref, 1):
-        images.append({"id": i, "file_name": Path(r["image"]).name, "width": r["width"], "height": r["height"]})
-        for d in r["detections"][::2]:
-            x1, y1, x2, y2 = d["box"]
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cat_of[d["label"]],
-                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
-    gt = tmp_path / "gt.json"
-    gt.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    gt = gt_from_records(ref, tmp_path / "gt.json")
     from visiontool.models import loader
 
     loader.release()
