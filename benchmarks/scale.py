@@ -195,7 +195,10 @@ def main() -> None:
                                                     str(root / f"{m}-joined-{replicas}-{k}")], env,
                                           f"ray {replicas}x{cpus}cpu joined", args.max_load, args.wait_s))
                 finally:
-                    subprocess.run([ray_exe, "stop", "--force"], env=env, capture_output=True, timeout=120)
+                    # this cluster's processes only (`ray stop` would stop every cluster on the machine)
+                    from ray_helpers import kill_tree_by_marker
+
+                    kill_tree_by_marker(temp)
                 for r in rounds:
                     by_label.setdefault(r["label"], []).append(r)
             best = {label: min(rs, key=lambda r: r["wall"]) for label, rs in by_label.items()}

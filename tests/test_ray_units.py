@@ -95,7 +95,7 @@ def test_cuda_oom_halves_the_batch_and_the_records_stay_the_same(udf, photos, mo
 
     names = [f"img{i:03d}.jpg" for i in range(12)] + ["bad_bytes.jpg"]
     table = _table(photos, names)
-    reference = udf(table)
+    reference = udf.records(table)
     assert udf.batch_size == 8
     real, sizes = udf.detector.predict, []
 
@@ -106,7 +106,7 @@ def test_cuda_oom_halves_the_batch_and_the_records_stay_the_same(udf, photos, mo
         return real(images, options, timings)
 
     monkeypatch.setattr(udf.detector, "predict", predict)
-    out = udf(table)
+    out = udf.records(table)
     assert sizes[:3] == [8, 4, 2] and set(sizes[3:]) <= {1, 2}
     assert udf.batch_size == 2  # the smaller batch is kept by this replica
     assert out.column("position").to_pylist() == list(range(1, 14))
@@ -123,7 +123,7 @@ def test_oom_at_batch_one_and_a_failing_image_become_error_rows(udf, photos, mon
 
     names = [f"img{i:03d}.jpg" for i in range(6)]
     table = _table(photos, names)
-    reference = _records(udf(table))
+    reference = _records(udf.records(table))
     real = udf.detector.predict
     from PIL import Image
 
@@ -139,7 +139,7 @@ def test_oom_at_batch_one_and_a_failing_image_become_error_rows(udf, photos, mon
         return real(images, options, timings)
 
     monkeypatch.setattr(udf.detector, "predict", predict)
-    out = _records(udf(table))
+    out = _records(udf.records(table))
     assert sorted(out) == sorted(reference)
     for name, rec in out.items():
         size = Image.open(name).size
@@ -160,7 +160,38 @@ def test_the_gpu_decode_stage_hands_the_actor_the_same_pixels(udf, photos):
     decoded = decode_rows(table)
     assert decoded.column("pixels").to_pylist()[1] is None
     assert decoded.column("load_error").to_pylist()[1].endswith("corrupt or truncated image (Truncated File Read)")
-    assert udf(decoded).column("record").to_pylist() == udf(table).column("record").to_pylist()
+    assert udf.records(decoded).column("record").to_pylist() == udf.records(table).column("record").to_pylist()
+
+
+def test_a_replica_reads_its_chunk_and_writes_its_shards_itself(udf, photos, tmp_path):
+    """A call gets chunk ids: the replica looks its rows up in _inputs.parquet, writes shards of
+    at most shard_rows rows to _tmp, and returns one summary row per shard (the driver commits)."""
+    import dataclasses
+
+    import numpy as np
+
+    from visiontool.engines.ray_chunks import ChunkIO
+    from visiontool.io.shards import OutputDir
+
+    names = [f"img{i:03d}.jpg" for i in range(7)] + ["bad_bytes.jpg"]
+    table = _table(photos, names)
+    out = OutputDir(str(tmp_path / "run"))
+    out.start(table.to_pylist(), "detect")
+    todo = np.array([2, 3, 5, 6, 7, 8], dtype=np.int64)  # 1 and 4 already done
+    udf.io = ChunkIO(out.store.root, "jsonl", "detect", todo, rows=4, shard_rows=3)
+    summary = udf(pa.table({"chunk": [1]})).to_pylist()  # positions 7 and 8
+    assert [(s["rows"], s["positions"], s["failed"]) for s in summary] == [(2, [7, 8], 1)]
+    assert summary[0]["errors"] == [f"{photos / 'bad_bytes.jpg'}: not an image (or an unsupported format)"]
+    summary = udf(pa.table({"chunk": [0]})).to_pylist()  # positions 2, 3, 5, 6: two shards
+    assert [(s["rows"], s["positions"]) for s in summary] == [(3, [2, 3, 5]), (1, [6])]
+    reference = {json.loads(r)["image"]: r for r in udf.records(table).column("record").to_pylist()}
+    for s in summary:
+        lines = (tmp_path / "run" / "_tmp" / s["shard"]).read_text().splitlines()
+        assert s["bytes"] == (tmp_path / "run" / "_tmp" / s["shard"]).stat().st_size
+        assert lines == [reference[str(photos / names[p - 1])] for p in s["positions"]]
+    # rows a decode stage already expanded pass through as they are
+    decoded = dataclasses.replace(udf.io, todo=None).expand(table)
+    assert decoded is table
 
 
 def test_oom_is_recognised():

@@ -3,9 +3,11 @@
 The driver (this module) lists the inputs, freezes them in ``DIR/_inputs.parquet``, subtracts
 what ``DIR`` already holds, and streams the rest through a Ray Data pipeline::
 
-    chunk ids -> input rows -> [CPU decode tasks] -> model actors (--replicas) -> shard writers
+    chunk ids -> model actors (--replicas: input rows, decode, model, shard files in DIR/_tmp)
                                                                                      |
     driver  <- one summary row per shard (rows, failures, positions) -- commits it --+
+
+(with GPU replicas, CPU tasks on the nodes' other cores decode the images before the actors).
 
 It keeps only counters and a bitmap of done positions (one byte per input), never records,
 so its memory does not grow with the number of images; progress (rows done, rows/s,
@@ -301,7 +303,7 @@ class _Run:
                     p = plan(self.opts.replicas, self.opts.gpus_per_replica, self.opts.cpus_per_replica,
                              getattr(self.spec, "device", "auto"), strict=session.started_local, warn=report.warn)
                     report.start(len(todo), p)
-                    k = chunk_rows(len(todo), p.replicas, self.batch_size)
+                    k = chunk_rows(len(todo), p.replicas, self.batch_size, most=self.shard_rows)
                     ds = self.dataset(p, out, todo, k)
                     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                         for row in batch.to_pylist():
@@ -326,34 +328,34 @@ class _Run:
         return self.finish(out, report, t0, p)
 
     def dataset(self, p, out, todo, k: int):
-        """The Ray Data pipeline (lazy; runs as the driver iterates it)."""
+        """The Ray Data pipeline (lazy; runs as the driver iterates it): one block per chunk of
+        the positions left to do (the unit a replica takes), and the model actors, which read
+        their rows, decode, infer and write the shards themselves (:mod:`visiontool.engines.ray_chunks`),
+        so that no other worker process competes with the model for the cores."""
         import ray
-        from ray.data import ActorPoolStrategy, TaskPoolStrategy
+        from ray.data import ActorPoolStrategy
 
-        from visiontool.engines.ray_udfs import DetectUDF, SegmentUDF, decode_rows, expand_chunk, write_shard
+        from visiontool.engines.ray_chunks import ChunkIO, expand_chunk
+        from visiontool.engines.ray_udfs import DetectUDF, SegmentUDF, decode_rows
 
         n_chunks = math.ceil(len(todo) / k)
         uri = out.store.uri if not out.store.local else out.store.root
-        # one block per chunk of the positions left to do: the unit a replica takes (reading
-        # _inputs.parquet directly would give one block per row group, so one busy replica)
+        io = ChunkIO(uri, self.opts.output_format, self.kind, todo, k, self.shard_rows)
         ds = ray.data.from_items([{"chunk": i} for i in range(n_chunks)], override_num_blocks=n_chunks)
-        # input rows: a 0-CPU task per chunk (it never competes with the replicas for cores)
-        ds = ds.map_batches(expand_chunk, batch_size=1, batch_format="pyarrow", num_cpus=0,
-                            compute=TaskPoolStrategy(size=max(2, p.replicas)),
-                            fn_kwargs={"listing": uri, "todo": todo, "rows": k})
+        batch = 1  # chunk ids: one chunk per call
         if self.kind == "detect" and p.gpus > 0:
-            # decode on the GPU nodes' CPUs while the GPUs run the model
+            # GPU replicas: the nodes' other cores decode (CPU tasks) while the GPUs run the model
+            ds = ds.map_batches(expand_chunk, batch_size=1, batch_format="pyarrow", num_cpus=0,
+                                fn_kwargs={"listing": uri, "todo": todo, "rows": k})
             ds = ds.map_batches(decode_rows, batch_size=k, batch_format="pyarrow", num_cpus=1,
                                 fn_kwargs={"cwd": self.spec.cwd})
+            io, batch = dataclasses.replace(io, todo=None), k
         udf = DetectUDF if self.kind == "detect" else SegmentUDF
         # replicas: Ray Data restarts a dead actor and retries its tasks (max_restarts and
         # max_task_retries default to -1 for map actors)
-        ds = ds.map_batches(udf, batch_size=k, batch_format="pyarrow", compute=ActorPoolStrategy(size=p.replicas),
-                            num_cpus=p.cpus, num_gpus=p.gpus if p.gpus > 0 else None,
-                            fn_constructor_kwargs={"spec": self.spec})
-        return ds.map_batches(write_shard, batch_size=self.shard_rows, batch_format="pyarrow", num_cpus=0,
-                              compute=TaskPoolStrategy(size=max(2, math.ceil(p.replicas / 4))),
-                              fn_kwargs={"output_dir": uri, "fmt": self.opts.output_format, "kind": self.kind})
+        return ds.map_batches(udf, batch_size=batch, batch_format="pyarrow", compute=ActorPoolStrategy(size=p.replicas),
+                              num_cpus=p.cpus, num_gpus=p.gpus if p.gpus > 0 else None,
+                              fn_constructor_kwargs={"spec": self.spec, "io": io})
 
     def commit(self, out, row: dict, done, report) -> None:
         from visiontool.io.shards import Entry
@@ -371,6 +373,9 @@ class _Run:
     def finish(self, out, report, t0: float, p) -> RunSummary:
         state = out.read_state()
         if state.success is None:
+            # every image has its row: what is left in _tmp (a shard a killed replica was writing
+            # when Ray retried its chunk) is uncommitted by definition
+            state = out.read_state(repair=True)
             out.finish({"kind": self.kind, "format": self.opts.output_format, "inputs": state.total,
                         "rows": state.rows, "failed": state.failed, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         "shards": [{"name": e.shard, "rows": e.rows, "failed": e.failed} for e in state.entries]})

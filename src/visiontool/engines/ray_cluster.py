@@ -254,8 +254,8 @@ def explain(exc: BaseException, log_path: str) -> VisionToolError:
     return VisionToolError(f"the Ray job failed: {type(exc).__name__}: {first_line(text)} (Ray's log: {log_path})")
 
 
-def chunk_rows(todo: int, replicas: int, batch_size: int, most: int = 64) -> int:
-    """Images per pipeline chunk (one model-actor task): a forward batch at least, at most
-    ``most``, and small enough that every replica gets several chunks."""
+def chunk_rows(todo: int, replicas: int, batch_size: int, most: int = 1000) -> int:
+    """Images per pipeline chunk (one model-actor task, one shard): a forward batch at least,
+    at most ``most`` (the shard size), and small enough that every replica gets several chunks."""
     share = math.ceil(todo / max(1, replicas * 8))
     return max(int(batch_size), min(most, max(1, share)))

@@ -1,9 +1,12 @@
-"""What runs on the cluster's workers: list, decode, model actors, shard writers.
+"""What runs on the cluster's workers: decode and the model actors.
 
 The Ray Data pipeline (:mod:`visiontool.engines.ray`) is::
 
-    chunks -> expand_chunk (input rows from _inputs.parquet) [-> decode_rows, CPU tasks, detect on GPUs]
-           -> DetectUDF | SegmentUDF (model actors) -> write_shard (one shard file per call)
+    chunk ids -> DetectUDF | SegmentUDF (model actors: input rows, decode, model, shards) -> summary rows
+    chunk ids -> expand_chunk -> decode_rows (CPU tasks) -> DetectUDF (detect on GPU replicas)
+
+A replica reads its own input rows and writes its own shards (:mod:`visiontool.engines.ray_chunks`);
+its ``records`` method is the model part: input rows in, one record per row out.
 
 Every function takes and returns ``pyarrow.Table`` batches (nullable columns stay nullable).
 The actors run the local commands' own code: :func:`visiontool.services.detect.prepare_detector`
@@ -75,31 +78,6 @@ class _Ids:
 
 
 # ----------------------------------------------------------------------------- inputs
-_READERS: dict[str, Any] = {}
-
-
-def expand_chunk(table, *, listing: str, todo, rows: int):
-    """Chunk ids -> the input rows they stand for: ``todo[c*rows:(c+1)*rows]`` (the positions
-    still to do, ascending) looked up in ``_inputs.parquet``."""
-    import numpy as np
-    import pyarrow as pa
-
-    from visiontool.io.shards import ListingReader
-
-    reader = _READERS.get(listing)
-    if reader is None:
-        reader = _READERS[listing] = ListingReader(listing)
-    chunks = table.column("chunk").to_pylist()
-    positions = np.concatenate([todo[c * rows:(c + 1) * rows] for c in chunks]) if chunks else []
-    cols = reader.rows(positions)
-    out = {"position": pa.array(cols.get("position", []), pa.int64()),
-           "image": pa.array(cols.get("image", []), pa.string()),
-           "image_id": pa.array(cols.get("image_id", []), pa.int64())}
-    if "job" in cols:
-        out["job"] = pa.array(cols["job"], pa.binary())
-    return pa.table(out)
-
-
 def load(name: str):
     """Decode one input (file, http(s) URL or object-store URI) to an RGB PIL image, exactly as
     the local commands do (ImageLoadError on failure)."""
@@ -214,14 +192,26 @@ def _failure(name: str, exc: BaseException) -> str:
 
 
 class _Actor:
-    """What both model actors share: the node they run on, warnings to pass on, the output table."""
+    """What both model actors share: their input and output (:class:`~visiontool.engines.ray_chunks.ChunkIO`),
+    the node they run on, warnings to pass on, the records table."""
 
-    def __init__(self, cwd: str = ""):
+    def __init__(self, cwd: str = "", io=None):
         use_cwd(cwd)
         ray = sys.modules.get("ray")  # never start Ray here (get_runtime_context() would)
         self.node = ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else ""
+        self.io = io
         self.warnings: list[str] = []
         self._said: set[str] = set()
+
+    def __call__(self, table):
+        """One Ray Data call: chunk ids (or decoded rows) in, the shards written, one summary
+        row per shard out."""
+        records = self.records(self.io.expand(table))
+        warnings = [w for w in records.column("warning").to_pylist() if w]
+        return self.io.write(records, self.node, warnings)
+
+    def records(self, table):
+        raise NotImplementedError
 
     def warn(self, message: str) -> None:
         if message not in self._said:
@@ -229,6 +219,8 @@ class _Actor:
             self.warnings.append(message)
 
     def output(self, results: list[tuple[int, ImageResult]]):
+        """The records table: ``position``, ``record`` (the local command's JSON), ``error``,
+        ``node``, ``warning`` (new warnings, on the first row), sorted by position."""
         import pyarrow as pa
 
         results.sort(key=lambda t: t[0])
@@ -250,8 +242,8 @@ class DetectUDF(_Actor):
     """A detect replica: the model is prepared once, each call runs ``iter_detect`` over the
     batch in forward passes of ``batch_size`` images (halved on out-of-memory)."""
 
-    def __init__(self, spec: DetectSpec):
-        super().__init__(spec.cwd)
+    def __init__(self, spec: DetectSpec, io=None):
+        super().__init__(spec.cwd, io)
         from visiontool.models.protocol import DetectOptions
         from visiontool.services.detect import prepare_detector
 
@@ -263,7 +255,8 @@ class DetectUDF(_Actor):
                                      text=phrases, text_threshold=spec.text_threshold)
         self.batch_size = max(1, int(spec.batch_size))
 
-    def __call__(self, table):
+    def records(self, table):
+        """Input rows (``position``, ``image``, ``image_id``, or decoded ``pixels``) -> records."""
         ids = _Ids(table.column("image").to_pylist(), table.column("image_id").to_pylist())
         return self.output(self.detect_items(_items(table, lazy=True), ids))
 
@@ -344,15 +337,16 @@ class SegmentUDF(_Actor):
     """A segment replica: the segmenter is loaded once; each image goes through
     ``iter_segment`` with the prompts its row carries (a pickled ``SegmentJob``)."""
 
-    def __init__(self, spec: SegmentSpec):
-        super().__init__(spec.cwd)
+    def __init__(self, spec: SegmentSpec, io=None):
+        super().__init__(spec.cwd, io)
         from visiontool.models.registry import load_segmenter
 
         self.spec = spec
         self.model = load_segmenter(spec.model, spec.device, spec.dtype, warn=self.warn, cache_dir=spec.cache_dir,
                                     use_cache=spec.use_cache, quiet=True, **dict(spec.load_options))
 
-    def __call__(self, table):
+    def records(self, table):
+        """Input rows (``position``, ``image``, ``image_id``, ``job``: a pickled SegmentJob) -> records."""
         names = table.column("image").to_pylist()
         ids = _Ids(names, table.column("image_id").to_pylist())
         jobs = table.column("job").to_pylist()
@@ -377,33 +371,6 @@ class SegmentUDF(_Actor):
                 return ImageResult(image=name, width=0, height=0, model=self.model.info.name,
                                    image_id=ids.image_id_for(name), kind="segment", error=msg)
         raise AssertionError("unreachable")
-
-
-# ----------------------------------------------------------------------------- writers
-def write_shard(table, *, output_dir: str, fmt: str, kind: str):
-    """One shard from the rows of this call: sorted by position, written whole to
-    ``_tmp/<name>`` (fsynced), reported to the driver as one summary row (it commits)."""
-    import pyarrow as pa
-
-    from visiontool.io.shards import TMP_DIR, encode_shard, shard_name
-    from visiontool.io.storage import Store
-
-    all_positions = table.column("position").to_pylist()
-    order = sorted(range(table.num_rows), key=all_positions.__getitem__)
-    positions = [all_positions[i] for i in order]
-    all_records, all_errors = table.column("record").to_pylist(), table.column("error").to_pylist()
-    records = [all_records[i] for i in order]
-    errors = [all_errors[i] for i in order if all_errors[i] is not None]
-    name = shard_name(positions[0] if positions else 0, fmt)
-    data = encode_shard(records, fmt, kind)
-    Store(output_dir).write_bytes(f"{TMP_DIR}/{name}", data, durable=True, atomic=False)
-    nodes = sorted({n for n in table.column("node").to_pylist() if n})
-    warnings = sorted({w for w in table.column("warning").to_pylist() if w})
-    return pa.table({"shard": [name], "bytes": [len(data)], "rows": [len(positions)], "failed": [len(errors)],
-                     "positions": pa.array([positions], pa.list_(pa.int64())),
-                     "errors": pa.array([errors], pa.list_(pa.string())),
-                     "nodes": pa.array([nodes], pa.list_(pa.string())),
-                     "warnings": pa.array([warnings], pa.list_(pa.string()))})
 
 
 def job_bytes(job) -> bytes:
