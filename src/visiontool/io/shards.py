@@ -14,8 +14,8 @@ A shard row is exactly the record the local command prints (DESIGN.md §3: ``jso
 :func:`visiontool.convert.to_record`, masks as RLE), a failed image included (its record
 carries ``error``). Rows in a shard are sorted by input position.
 
-**Commit protocol.** A writer task writes ``_tmp/<name>`` completely (flushed, fsynced on local
-disks) before it reports the shard; only the driver commits: it writes the manifest entry
+**Commit protocol.** The replica that made a shard writes ``_tmp/<name>`` completely (flushed,
+fsynced on local disks) before it reports the shard; only the driver commits: it writes the manifest entry
 ``_manifest/<name>.json`` and then moves ``_tmp/<name>`` to ``<name>``. A shard is complete
 when its entry and its file both exist; an entry whose file is still in ``_tmp`` (the driver
 died between the two steps) is finished by the next run; any other ``_tmp`` file is a
