@@ -112,6 +112,11 @@ class VideoRun:
         self.session = self.processor.init_video_session(inference_device=torch.device(ad.device),
                                                          dtype=torch.float32)
         self.labels: dict[int, Prompt] = {}  # object id -> the prompt that started it
+        self.features = None  # --runtime: the frame's image features from the image path's export
+        if ad.runtime != "torch":
+            from visiontool.models.hf_sam_video_features import RuntimeFrameFeatures
+
+            self.features = RuntimeFrameFeatures(ad, self.model)
 
     # ------------------------------------------------------------------ prompts
     def add_prompts(self, k: int, prompts: list[Prompt], ids: list[int], hw: tuple[int, int]) -> None:
@@ -156,6 +161,8 @@ class VideoRun:
         import torch
 
         pv = self.ad.pixel_values(rgb)[0]
+        if self.features is not None:  # the model finds them in its cache and skips its own encoder
+            self.session.cache.cache_vision_features(k, self.features(pv))
         with torch.inference_mode():
             out = self.model(inference_session=self.session, frame_idx=k, frame=pv, reverse=reverse)
         self.prune(k, reverse)
