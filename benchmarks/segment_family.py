@@ -291,9 +291,10 @@ def _mean_iou(a_path: Path, b_path: Path, size=(360, 640)) -> float:
 
 def bench_video(model: Path, work: Path, frames: int, runtimes: list[str] = ("torch",)) -> dict:
     """The recipe once, then visiontool once per runtime (``torch``: transformers' own image
-    encoder; ``openvino`` / ``onnxruntime`` / ``auto``: the image encoder's cached export, made
-    before the clock starts — its time is reported as ``export_setup_s``), each in its own
-    process; the export cache lives in ``work`` (``VISIONTOOL_CACHE``)."""
+    encoder; ``openvino`` / ``onnxruntime`` / ``auto``: the image encoder's export, made first in
+    a process of its own (``export_s``, kept in ``work``'s ``VISIONTOOL_CACHE`` for later runs),
+    then loaded and compiled before the clock starts: ``export_setup_s``), each in its own
+    process, so the timed run's peak RSS is that of a run finding the export in the cache."""
     clip = work / f"clip{frames}.mp4"
     boxes = make_clip(clip, frames)
     b = boxes[0]
@@ -303,6 +304,12 @@ def bench_video(model: Path, work: Path, frames: int, runtimes: list[str] = ("to
                                        save=str(work / "recipe.json")))
     out: dict = {"frames": frames, "recipe": recipe, "runs": {}, "load": [os.getloadavg()]}
     for rt in runtimes:
+        if rt != "torch":  # the export is made once in its own process: the timed run finds it (as any later run)
+            t = time.perf_counter()
+            child(f"from visiontool.models.registry import load_segmenter; "
+                  f"e = load_segmenter({str(model)!r}, 'cpu', 'float32', use_cache=False, quiet=True, runtime={rt!r}); "
+                  f"e.runtime_encoder(e.s.image_size)", env=env)
+            out.setdefault("export_s", {})[rt] = time.perf_counter() - t
         save = work / f"ours-{rt}.json"
         ours = child(OURS_VIDEO.format(model=str(model), clip=str(clip), point=point, save=str(save),
                                        runtime=rt), env=env)
@@ -368,8 +375,9 @@ def main() -> None:
             print(f"[3] {SAM21} video, {r['frames']} frames 640x360: documented recipe {r['recipe']['fps']:.3f} "
                   f"frames/s, visiontool --runtime {rt} {o['fps']:.3f} frames/s -> {run['speedup']:.2f}x; mean IoU "
                   f"{run['mean_iou']:.5f}; peak RSS recipe {r['recipe']['peak_rss_mb']:.0f} MB, visiontool "
-                  f"{o['peak_rss_mb']:.0f} MB" + (f" (export/compile before timing {o['export_setup_s']:.1f} s)"
-                                                  if rt != "torch" else ""), flush=True)
+                  f"{o['peak_rss_mb']:.0f} MB" + (f" (cached export loaded and compiled before timing: "
+                                                  f"{o['export_setup_s']:.1f} s)" if rt != "torch" else ""),
+                  flush=True)
         print(f"    load averages (before, after each run): {r['load']}", flush=True)
     if "rss" in args.only:
         r = bench_rss(models[SAM21], work, args.frames, args.long_frames)
