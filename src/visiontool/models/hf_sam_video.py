@@ -19,7 +19,9 @@ decoded frames one at a time and keeps its state bounded:
 * **Speed.** Per frame the work is transformers' own (the image encoder, then the memory
   attention, mask decoder and memory encoder); decoding runs ahead in its own thread. Encoding
   the next frame in a worker thread while the current one is tracked was measured slower on
-  2 cores (see docs/segment.md) and is not done.
+  2 cores (see docs/segment.md) and is not done. With ``ad.runtime`` openvino / onnxruntime
+  the image encoder runs in the image path's cached export instead
+  (:mod:`.hf_sam_video_features`: the features go into the session's own feature cache).
 
 Frames are numbered for the model by their position among the processed frames (so
 ``--vid-stride`` clips look like a video at the lower rate); records keep the decoded index.
