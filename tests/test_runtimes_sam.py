@@ -59,9 +59,11 @@ def test_other_segmenters_refuse(tmp_path):
     assert "--runtime 'tensorrt'" in r.stderr
 
 
-def test_videos_refuse_runtime(tiny_ckpt, tmp_path):  # noqa: F811
+def test_a_video_with_an_image_checkpoint_and_a_runtime(tiny_ckpt, tmp_path):  # noqa: F811
+    """--runtime on a video is for video models (tests/test_sam_video_runtime.py); an official
+    checkpoint segments images only, with or without it."""
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"")
     r = run_cli(["segment", video, "--checkpoint", tiny_ckpt, "--point", "1,1", "--runtime", "onnxruntime"])
     line = one_error_line(r)
-    assert "--runtime applies to the SAM image encoder on images" in line
+    assert "is a video: segment it with a video model" in line and "segments images only" in line

@@ -2,7 +2,7 @@
 (SAM, SAM-HQ, SAM 2, EdgeTAM; SAM 3's ViT backbone) exported with a static input, its features
 within 1e-3 relative error of torch's on the same weights, the same masks through the CLI, the
 export reused by a new process, runtime embeddings cached apart from torch ones, an export that
-does not reproduce torch refused (exit 2, nothing cached)."""
+does not reproduce torch refused (exit 2, nothing cached). Videos: tests/test_sam_video_runtime.py."""
 from __future__ import annotations
 
 import os
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from sam_family_helpers import engine, image, iou, model_dirs_fixture, records, rle_mask, run_cli
 
-from cli_helpers import assert_user_error, one_error_line
+from cli_helpers import assert_user_error
 
 model_dirs = model_dirs_fixture()
 REPO = Path(__file__).resolve().parents[1]
@@ -164,10 +164,3 @@ def test_sam3_backbone_in_the_runtime(model_dirs, export_cache, monkeypatch, run
 def test_runtime_usage_errors(model_dirs, photo, args, needle):
     r = run_cli(["segment", photo, "--model", model_dirs("sam"), "--point", "10,10", *args])
     assert_user_error(r, 2, needle)  # (a float16-on-CPU warning may precede the error line)
-
-
-def test_videos_stay_torch(model_dirs, tmp_path):
-    video = tmp_path / "clip.mp4"
-    video.write_bytes(b"")
-    r = run_cli(["segment", video, "--model", model_dirs("sam2_video"), "--point", "1,1", "--runtime", "openvino"])
-    assert "videos run torch" in one_error_line(r)

@@ -155,9 +155,7 @@ def segment_command(
                          f"{len(videos)} videos")
     common_checks(device=device, dtype=dtype, output=output, files={"--save-viz": viz_file},
                   dirs={"--masks-dir": masks_dir, "--save-viz": None if viz_file else save_viz})
-    seg_runtime = runtime_options(runtime)  # the SAM image encoder's runtime (images only)
-    if seg_runtime and videos:
-        raise UsageError("--runtime applies to the SAM image encoder on images; videos run torch")
+    seg_runtime = runtime_options(runtime)  # the SAM image encoder's runtime (images and video frames)
     if model:
         from visiontool.models.registry import check_segmenter_spec
 
@@ -242,7 +240,7 @@ def segment_command(
                    text_threshold=text_threshold, frame=frame, vid_stride=vid_stride, start=start, end=end,
                    max_frames_in_memory=max_frames_in_memory, fmt=fmt, output=output, gt=gt,
                    save_viz=save_viz, viz_file=viz_file, masks_dir=masks_dir, cache_dir=cache_dir,
-                   no_cache=no_cache, device=device, dtype=dtype, quiet=quiet)
+                   no_cache=no_cache, device=device, dtype=dtype, quiet=quiet, runtime_options=seg_runtime)
         return
 
     from visiontool.io.images import expand_sources, image_size

@@ -16,7 +16,7 @@ from visiontool.errors import PartialFailure, UsageError
 
 def run_videos(videos: list[str], base, phrases, *, model, detector, threshold, text_threshold, frame, vid_stride,
                start, end, max_frames_in_memory, fmt, output, gt, save_viz, viz_file, masks_dir, cache_dir,
-               no_cache, device, dtype, quiet) -> None:
+               no_cache, device, dtype, quiet, runtime_options: dict | None = None) -> None:
     from visiontool.cli.main import error_line
     from visiontool.io.video import VideoError, parse_position
     from visiontool.models.registry import load_segmenter, peek_segmenter_capabilities
@@ -43,7 +43,7 @@ def run_videos(videos: list[str], base, phrases, *, model, detector, threshold, 
         gt_index = GroundTruthIndex.load(gt)
 
     engine = load_segmenter(model, device, dtype, warn=warn, cache_dir=cache_dir, use_cache=not no_cache,
-                            quiet=quiet)
+                            quiet=quiet, **(runtime_options or {}))
     sv.require_video_model(engine.info, videos[0])
     text_options = None
     if phrases:

@@ -443,6 +443,9 @@ class HFSam:
                   max_frames_in_memory: int | None = None) -> Iterator[tuple[int, float, Detections]]:
         """Masks of the prompted objects on every frame (see :mod:`.hf_sam_video`)."""
         self.require("video", "a video")
+        from visiontool.models.hf_sam_video_features import check_supported
+
+        check_supported(self, bool(text))
         if text:
             from visiontool.models import hf_sam3
 

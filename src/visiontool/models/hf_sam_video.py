@@ -19,7 +19,9 @@ decoded frames one at a time and keeps its state bounded:
 * **Speed.** Per frame the work is transformers' own (the image encoder, then the memory
   attention, mask decoder and memory encoder); decoding runs ahead in its own thread. Encoding
   the next frame in a worker thread while the current one is tracked was measured slower on
-  2 cores (see docs/segment.md) and is not done.
+  2 cores (see docs/segment.md) and is not done. With ``ad.runtime`` openvino / onnxruntime
+  the image encoder runs in the image path's cached export instead
+  (:mod:`.hf_sam_video_features`: the features go into the session's own feature cache).
 
 Frames are numbered for the model by their position among the processed frames (so
 ``--vid-stride`` clips look like a video at the lower rate); records keep the decoded index.
@@ -112,6 +114,11 @@ class VideoRun:
         self.session = self.processor.init_video_session(inference_device=torch.device(ad.device),
                                                          dtype=torch.float32)
         self.labels: dict[int, Prompt] = {}  # object id -> the prompt that started it
+        self.features = None  # --runtime: the frame's image features from the image path's export
+        if ad.runtime != "torch":
+            from visiontool.models.hf_sam_video_features import RuntimeFrameFeatures
+
+            self.features = RuntimeFrameFeatures(ad, self.model)
 
     # ------------------------------------------------------------------ prompts
     def add_prompts(self, k: int, prompts: list[Prompt], ids: list[int], hw: tuple[int, int]) -> None:
@@ -156,6 +163,8 @@ class VideoRun:
         import torch
 
         pv = self.ad.pixel_values(rgb)[0]
+        if self.features is not None:  # the model finds them in its cache and skips its own encoder
+            self.session.cache.cache_vision_features(k, self.features(pv))
         with torch.inference_mode():
             out = self.model(inference_session=self.session, frame_idx=k, frame=pv, reverse=reverse)
         self.prune(k, reverse)
