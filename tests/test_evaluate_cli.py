@@ -122,9 +122,11 @@ def test_diagnostics(synth, tmp_path):
 
 
 def test_valid_files_take_the_native_fast_path(synth, coco_dir):
-    d, _, _ = synth
+    d, _, res = synth
     g = GroundTruth.load(str(d / "gt.json"))
-    assert load_predictions(str(d / "dt.json"), g, "bbox").rows is not None
+    p = load_predictions(str(d / "dt.json"), g, "bbox")  # the engine reads it; checked on its rows
+    assert p.path is not None and p.pending is not None and p.rows is None
+    assert len(p) == len(res) and p.pending is None
     g2 = GroundTruth.load(str(coco_dir / "instances_val2014_100.json"))
     p = load_predictions(str(coco_dir / "instances_val2014_fakesegm100_results.json"), g2, "segm")
     assert p.path is not None and p.results is None

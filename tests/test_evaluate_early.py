@@ -1,5 +1,6 @@
-"""The check of a large results file that runs in a forked child beside the engine
-(visiontool.io.pred_early): the same numbers, the same error lines, and no child left behind.
+"""The checks of a large results file that overlap the engine's own reading: segm in a forked
+child (visiontool.io.pred_early) -- the same numbers, the same error lines, no child left
+behind -- and bbox on the rows the engine's reader parsed (the file is parsed once).
 
 The fork is forced here (small files, and whatever threads earlier tests left running); each
 test asserts that a child really answered, so none can pass on the in-process path alone."""
@@ -15,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli_helpers import one_error_line
-from evaluate_helpers import BAD, STAT_KEYS, adversarial_set, oracle
+from evaluate_helpers import STAT_KEYS, adversarial_set, oracle
 from visiontool.cli.main import app
 from visiontool.io import pred_early
 from visiontool.services.evaluate import evaluate
@@ -74,8 +75,8 @@ def synth(tmp_path_factory):
     return d, gt, res
 
 
-@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
-def test_same_numbers_as_the_check_in_process(coco_dir, children, monkeypatch, iou_type):
+def test_same_numbers_as_the_check_in_process(coco_dir, children, monkeypatch):
+    iou_type = "segm"  # bbox: the check runs on the rows the engine's reader parsed (no child)
     gt = coco_dir / "instances_val2014_100.json"
     pred = coco_dir / f"instances_val2014_fake{iou_type}100_results.json"
     forked = evaluate(str(gt), str(pred), iou_type, per_class=True, warn=False)
@@ -89,22 +90,21 @@ def test_same_numbers_as_the_check_in_process(coco_dir, children, monkeypatch, i
     assert np.array_equal(forked.precision, inline.precision)
 
 
-@pytest.mark.parametrize("name", list(BAD))
-def test_bad_records_are_named_as_before(synth, tmp_path, children, name):
+def test_bbox_file_is_parsed_once(synth, monkeypatch):
+    """bbox: the check runs on the rows ultrafast-pycocotools' reader parsed for the engine."""
+    from ultrafast_pycocotools import _ufcoco
+
+    from visiontool.io import pred_fast
+
     d, gt, res = synth
-    mutate, text = BAD[name]
-    bad = list(res)
-    bad[5] = mutate(bad[5])
-    p = tmp_path / "bad.json"
-    p.write_text(json.dumps(bad))
-    line = one_error_line(run("--gt", d / "gt.json", "--pred", p))
-    assert "result 5:" in line and text in line, line
-    # the child refuses the file, or (an id not in the GT) its facts are refused here
-    assert answers(children) == (["facts"] if name.startswith("unknown") else [None]) and reaped(children)
-    r = run("--gt", d / "gt.json", "--pred", p, "--lenient", "--format", "json")
-    assert r.exit_code == 0, r.stderr
-    kept = [x for i, x in enumerate(res) if i != 5]
-    assert {k: json.loads(r.stdout)[k] for k in STAT_KEYS} == oracle(gt, kept, "bbox")["stats"]
+    calls, given = [], []
+    orig_load, orig_facts = _ufcoco.load_compact_bbox, pred_fast.bbox_facts
+    monkeypatch.setattr(_ufcoco, "load_compact_bbox", lambda *a, **k: calls.append(a) or orig_load(*a, **k))
+    monkeypatch.setattr(pred_fast, "bbox_facts",
+                        lambda *a, **k: given.append(k.get("rows") is not None) or orig_facts(*a, **k))
+    out = evaluate(str(d / "gt.json"), str(d / "dt.json"), "bbox", warn=False)
+    assert out.stats == oracle(gt, res, "bbox")["stats"] and out.n_predictions == len(res)
+    assert [c for c in calls if str(c[0]).endswith("dt.json")] == [(str(d / "dt.json"),)] and given == [True]
 
 
 def test_bad_masks_are_named_as_before(coco_dir, tmp_path, children):
@@ -142,32 +142,36 @@ def test_masks_of_another_size_warn_with_the_same_example(coco_dir, tmp_path, ch
     assert any("3 prediction mask(s)" in d and "result 7: 4x5" in d for d in forked.diagnostics), forked.diagnostics
 
 
-def test_a_child_that_dies_reads_as_not_plain(synth, children, monkeypatch):
+def test_a_child_that_dies_reads_as_not_plain(coco_dir, children, monkeypatch):
     """A child killed (out of memory, a signal) gives no facts: the file takes the precise path."""
-    d, gt, res = synth
+    gt = coco_dir / "instances_val2014_100.json"
+    pred = coco_dir / "instances_val2014_fakesegm100_results.json"
+    expected = evaluate(str(gt), str(pred), "segm", warn=False).stats
+    del children[:]
     monkeypatch.setattr(pred_early, "facts_function", lambda iou_type: lambda path: os._exit(9))
-    out = evaluate(str(d / "gt.json"), str(d / "dt.json"), "bbox", warn=False)
+    out = evaluate(str(gt), str(pred), "segm", warn=False)
     assert answers(children) == [None] and reaped(children)
-    assert out.stats == oracle(gt, res, "bbox")["stats"]
+    assert out.stats == expected
 
 
-def test_an_error_first_leaves_no_child(synth, tmp_path, children):
-    d, _, _ = synth
-    line = one_error_line(run("--gt", tmp_path / "missing.json", "--pred", d / "dt.json"))
+def test_an_error_first_leaves_no_child(coco_dir, tmp_path, children):
+    pred = coco_dir / "instances_val2014_fakesegm100_results.json"
+    line = one_error_line(run("--gt", tmp_path / "missing.json", "--pred", pred, "--iou-type", "segm"))
     assert "missing.json" in line
     assert [s for s in children if isinstance(s, tuple)] and reaped(children)
 
 
-def test_through_the_installed_command(tmp_path):
-    """The real entry point on a file above the fork threshold: pycocotools' numbers."""
-    gt, res = adversarial_set(3, n_images=60, with_segm=False, first_id=1)
+def test_through_the_installed_command(coco_dir, tmp_path):
+    """The real entry point on a masks file above the fork threshold: pycocotools' numbers."""
+    gt = json.loads((coco_dir / "instances_val2014_100.json").read_text())
+    res = json.loads((coco_dir / "instances_val2014_fakesegm100_results.json").read_text())
     big = []
     while len(json.dumps(big)) < pred_early.FORK_MIN_BYTES + 4096:
         big += res
-    (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "dt.json").write_text(json.dumps(big))
     exe = os.path.join(os.path.dirname(sys.executable), "visiontool")
-    out = subprocess.run([exe, "evaluate", "--gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / "dt.json"),
-                          "-f", "json"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([exe, "evaluate", "--gt", str(coco_dir / "instances_val2014_100.json"), "--pred",
+                          str(tmp_path / "dt.json"), "--iou-type", "segm", "-f", "json"],
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
-    assert {k: json.loads(out.stdout)[k] for k in STAT_KEYS} == oracle(gt, big, "bbox")["stats"]
+    assert {k: json.loads(out.stdout)[k] for k in STAT_KEYS} == oracle(gt, big, "segm")["stats"]

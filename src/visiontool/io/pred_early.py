@@ -95,8 +95,6 @@ def facts_function(iou_type: str):
     """The GT-free half of the fast check for ``iou_type`` (None: no fast path)."""
     from visiontool.io import pred_fast
 
-    if iou_type == "bbox":
-        return pred_fast.bbox_facts
     if iou_type == "segm":
         pred_fast._segm_decoder()  # build the schema here: the child only decodes
         return pred_fast.segm_facts
@@ -120,8 +118,6 @@ def start(pred, iou_type: str) -> EarlyCheck | None:
     fn = facts_function(iou_type)
     if fn is None:
         return None
-    if iou_type == "bbox":
-        import ultrafast_pycocotools._ufcoco  # noqa: F401  (imported here, not in the child)
     read_fd, write_fd = os.pipe()
     try:
         pid = os.fork()

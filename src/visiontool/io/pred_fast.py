@@ -88,18 +88,21 @@ def against_gt(facts: dict | None, gt) -> dict | None:
 # ---------------------------------------------------------------------------------------- bbox
 
 
-def bbox_facts(path: str, keep_rows: bool = False, scan_scores: bool = True) -> dict | None:
+def bbox_facts(path: str, keep_rows: bool = False, scan_scores: bool = True,
+               rows: np.ndarray | None = None) -> dict | None:
     """Facts of a bbox results file (see the module docstring); ``keep_rows`` adds the
     ``(N, 7)`` array as ``rows``. ``scan_scores=False`` leaves the check that a 0.0 score is
-    a real one to the caller (``zero_scores`` is then True when some score is 0.0)."""
-    try:
-        from ultrafast_pycocotools import _ufcoco
+    a real one to the caller (``zero_scores`` is then True when some score is 0.0). ``rows``:
+    the file as the engine's reader already parsed it (the same native reader), not parsed again."""
+    if rows is None:
+        try:
+            from ultrafast_pycocotools import _ufcoco
 
-        _, compact = _ufcoco.load_compact_bbox(path, results=True)  # ValueError: not plain COCO results
-        rows = np.ascontiguousarray(compact.array_rows(), dtype=np.float64)
-        del compact
-    except (ImportError, ValueError, OSError, MemoryError, TypeError, RecursionError):
-        return None
+            _, compact = _ufcoco.load_compact_bbox(path, results=True)  # ValueError: not plain COCO results
+            rows = np.ascontiguousarray(compact.array_rows(), dtype=np.float64)
+            del compact
+        except (ImportError, ValueError, OSError, MemoryError, TypeError, RecursionError):
+            return None
     n = rows.shape[0]
     if n == 0 or not np.isfinite(rows[:, 1:6]).all() or (rows[:, 3] < 0).any() or (rows[:, 4] < 0).any():
         return None
@@ -125,6 +128,26 @@ def fast_bbox(path: str, gt) -> dict | None:
         # (which releases the GIL) evaluates; evaluate() discards the result if the scan fails
         out["deferred_check"] = in_thread(_scores_present, path, facts["n"])
     return out
+
+
+class AfterEngineRead:
+    """The check of a bbox results file the engine reads itself: :meth:`result` takes the rows
+    its reader parsed (ultrafast-pycocotools' compact results: the file is parsed once), or
+    parses the file when the engine is another one. A 0.0 score is checked against the text
+    in a thread beside the evaluation (``deferred_check``)."""
+
+    def __init__(self, path: str, gt):
+        self.path, self.gt = path, gt
+
+    def result(self, rows: np.ndarray | None = None) -> dict | None:
+        facts = bbox_facts(self.path, scan_scores=False, rows=rows)
+        out = against_gt(facts, self.gt)
+        if out is not None and facts["zero_scores"]:
+            out["deferred_check"] = in_thread(_scores_present, self.path, facts["n"])
+        return out
+
+    def cancel(self) -> None:
+        pass
 
 
 def in_thread(fn, *args) -> Callable[[], bool]:

@@ -35,7 +35,7 @@ import numpy as np
 from visiontool.errors import InvalidInputError, UsageError
 from visiontool.io import pred_checks as checks
 from visiontool.io.gt_read import read_gt_light  # noqa: F401  (re-exported for callers of the old layout)
-from visiontool.io.pred_fast import fast_bbox, fast_segm, is_member, summarise  # noqa: F401
+from visiontool.io.pred_fast import AfterEngineRead, fast_bbox, fast_segm, is_member, summarise  # noqa: F401
 from visiontool.io.pred_tensors import is_tensor_style, tensors_to_coco  # noqa: F401
 
 IOU_TYPES = ("bbox", "segm", "keypoints")
@@ -79,14 +79,15 @@ class Predictions:
         self.settle()
         return self.n
 
-    def settle(self) -> None:
-        """Wait for a check of ``path`` still running in a child and take its summary; raise
+    def settle(self, rows: np.ndarray | None = None) -> None:
+        """Finish the check of ``path`` the engine's reading overlapped (a child computing it,
+        or, for bbox, the ``rows`` the engine's reader parsed) and take its summary; raise
         :class:`NotFast` when the file is not plain valid COCO results after all (the
         precise path then reads it)."""
         if self.pending is None:
             return
         pending, self.pending = self.pending, None
-        summary = pending.result()
+        summary = pending.result(rows) if rows is not None else pending.result()
         if summary is None:
             raise NotFast(self.source)
         for k, v in summary.items():
@@ -158,14 +159,26 @@ def _from_file(path: str, gt, iou_type: str, lenient: bool, precise: bool, early
         # the engines read a file themselves only when it is a plain JSON document (no BOM,
         # no leading blanks) in a regular file
         plain = inp.start == 0 and not isinstance(inp.data, (bytes, bytearray))
+        # the engine may read the file itself only if it looks like COCO results (a list whose
+        # first element is a result, not a visiontool record): its reader would go slowly
+        # through anything else before the check refused it
+        results_file = False
+        if plain and not precise and (early is not None or iou_type == "bbox"):
+            head = _first_element(inp.data)
+            results_file = isinstance(head, dict) and not _is_records(head, "list")
         if early is not None:
-            if not precise and plain:
+            if results_file:
                 from visiontool.io.pred_early import Pending
 
                 return Predictions(source=source, n=0, min_score=float("nan"),
                                    predicted_categories=np.zeros(0, np.int64), path=path,
                                    pending=Pending(early, gt))
             early.cancel()
+        if results_file and iou_type == "bbox":
+            # the engine reads the file; its parsed rows are checked before it evaluates them
+            return Predictions(source=source, n=0, min_score=float("nan"),
+                               predicted_categories=np.zeros(0, np.int64), path=path,
+                               pending=AfterEngineRead(path, gt))
         if not precise and plain:
             fast = fast_bbox(path, gt) if iou_type == "bbox" else (
                 fast_segm(path, gt) if iou_type == "segm" else None)
@@ -185,6 +198,21 @@ def _from_file(path: str, gt, iou_type: str, lenient: bool, precise: bool, early
         by_path = plain and info.shape == "list"
         return _from_results(items, gt, iou_type, lenient, source, path if by_path else None,
                              reopen if by_path else None)
+
+
+def _first_element(data) -> Any:
+    """The first element of a JSON list from the first 64 KB of ``data`` (None if that is not
+    where a list's first element ends)."""
+    import json
+
+    head = bytes(data[:1 << 16]).decode("utf-8", "ignore")
+    if not head.startswith("["):
+        return None
+    start = len(head) - len(head[1:].lstrip())
+    try:
+        return json.JSONDecoder().raw_decode(head, start)[0]
+    except ValueError:
+        return None
 
 
 def _from_items(items, shape: str, info, gt, iou_type: str, lenient: bool, source: str) -> Predictions:

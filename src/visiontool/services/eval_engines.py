@@ -40,7 +40,10 @@ def run_ultrafast(gt: GroundTruth, preds: Predictions, iou_type: str):
                 release_memory(False)
         elif preds.path is not None:
             cd = cg.loadRes(preds.path)
-            preds.settle()  # the check that ran beside the reader (NotFast: read it precisely)
+            # the check runs on the rows the reader parsed (its compact store, a private field;
+            # without it the check parses the file itself); NotFast: read it precisely
+            compact = getattr(cd, "_compact", None)
+            preds.settle(np.asarray(compact.array_rows(), dtype=np.float64) if compact is not None else None)
         else:
             cd = cg.loadRes([dict(r) for r in preds.to_results()])
         e = COCOeval(cg, cd, iou_type, print_function=lambda *a, **k: None)
