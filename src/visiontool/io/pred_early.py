@@ -1,17 +1,17 @@
-"""Checking a large results file in a second process while the engine reads it.
+"""Checking a large segm results file in a second process while the engine reads it.
 
 visiontool checks a COCO results file before trusting an engine's numbers for it (a
 malformed record is named instead of scored silently differently or crashing the engine);
-the engines then parse the same file themselves. Both readers are single-threaded and hold
-the GIL the whole time (hotcoco's ``load_res``: 0.44 s for COCO-val-sized masks;
-ultrafast-pycocotools' ``loadRes``: 0.11 s for 500k boxes), so a thread cannot overlap
-them -- but another process can use the core they leave idle. The first half of the check
-needs no ground truth (:func:`visiontool.io.pred_fast.bbox_facts` /
-:func:`~visiontool.io.pred_fast.segm_facts`): :func:`start` forks a child that computes it
-from the moment ``evaluate`` knows the file, while this process reads the ground truth and
-the engine reads the results; :meth:`EarlyCheck.facts` collects the answer (a few small
-arrays) before anything is evaluated, and the second, cheap half (ids against the ground
-truth) runs here.
+the engine then parses the same file itself. hotcoco's ``load_res`` (0.44 s for COCO-val-sized
+masks) and the check (0.3 s) are single-threaded and hold the GIL the whole time, so a thread
+cannot overlap them -- but another process can use the core they leave idle. The first half of
+the check needs no ground truth (:func:`visiontool.io.pred_fast.segm_facts`): :func:`start`
+forks a child that computes it from the moment ``evaluate`` knows the file, while this process
+reads the ground truth and the engine reads the results; :meth:`EarlyCheck.facts` collects the
+answer (a few small arrays) before anything is evaluated, and the second, cheap half (ids
+against the ground truth) runs here. (bbox does not fork: its check runs on the rows the
+engine's reader parsed, :class:`visiontool.io.pred_fast.AfterEngineRead`; a child measured no
+faster there.)
 
 A fork is used only where it is safe and pays: Linux, two or more CPUs usable, no other
 Python thread in the process (a fork copies the calling thread only: a lock another thread
