@@ -289,6 +289,16 @@ def _mean_iou(a_path: Path, b_path: Path, size=(360, 640)) -> float:
     return float(np.mean(ious)) if len(a) == len(b) else float("nan")
 
 
+def make_export(model: Path, runtime: str, env: dict) -> float:
+    """Make the image encoder's ``runtime`` export in a process of its own (kept in ``env``'s
+    ``VISIONTOOL_CACHE``, where the timed runs find it); its seconds."""
+    t = time.perf_counter()
+    child(f"from visiontool.models.registry import load_segmenter; "
+          f"e = load_segmenter({str(model)!r}, 'cpu', 'float32', use_cache=False, quiet=True, runtime={runtime!r}); "
+          f"e.runtime_encoder(e.s.image_size)", env=env)
+    return time.perf_counter() - t
+
+
 def bench_video(model: Path, work: Path, frames: int, runtimes: list[str] = ("torch",)) -> dict:
     """The recipe once, then visiontool once per runtime (``torch``: transformers' own image
     encoder; ``openvino`` / ``onnxruntime`` / ``auto``: the image encoder's export, made first in
@@ -305,11 +315,7 @@ def bench_video(model: Path, work: Path, frames: int, runtimes: list[str] = ("to
     out: dict = {"frames": frames, "recipe": recipe, "runs": {}, "load": [os.getloadavg()]}
     for rt in runtimes:
         if rt != "torch":  # the export is made once in its own process: the timed run finds it (as any later run)
-            t = time.perf_counter()
-            child(f"from visiontool.models.registry import load_segmenter; "
-                  f"e = load_segmenter({str(model)!r}, 'cpu', 'float32', use_cache=False, quiet=True, runtime={rt!r}); "
-                  f"e.runtime_encoder(e.s.image_size)", env=env)
-            out.setdefault("export_s", {})[rt] = time.perf_counter() - t
+            out.setdefault("export_s", {})[rt] = make_export(model, rt, env)
         save = work / f"ours-{rt}.json"
         ours = child(OURS_VIDEO.format(model=str(model), clip=str(clip), point=point, save=str(save),
                                        runtime=rt), env=env)
@@ -321,15 +327,27 @@ def bench_video(model: Path, work: Path, frames: int, runtimes: list[str] = ("to
     return out
 
 
-def bench_rss(model: Path, work: Path, short: int, long: int) -> dict:
+def bench_rss(model: Path, work: Path, short: int, long: int, runtime: str = "torch",
+              reuse: dict | None = None) -> dict:
+    """Peak RSS of visiontool's propagation through a ``short`` and a ``long`` clip, each in its
+    own process, with the image encoder in ``runtime`` (its export made first, as in
+    ``bench_video``). ``reuse``: the ``bench_video`` run of the same runtime on ``short`` frames,
+    taken as the short run."""
+    env = {"VISIONTOOL_CACHE": str(work / "vt-cache")}
+    if runtime != "torch":
+        make_export(model, runtime, env)
     out = {}
     for n in (short, long):
+        if n == short and reuse is not None:
+            out[n] = reuse
+            continue
         clip = work / f"clip{n}.mp4"
         boxes = make_clip(clip, n)
         b = boxes[0]
         point = f"[{(b[0] + b[2]) / 2}, {(b[1] + b[3]) / 2}]"
-        out[n] = child(OURS_VIDEO.format(model=str(model), clip=str(clip), point=point, save="", runtime="torch"))
-    return {"short": short, "long": long, "runs": out,
+        out[n] = child(OURS_VIDEO.format(model=str(model), clip=str(clip), point=point, save="", runtime=runtime),
+                       env=env)
+    return {"short": short, "long": long, "runtime": runtime, "runs": out,
             "rss_ratio": out[long]["peak_rss_mb"] / out[short]["peak_rss_mb"]}
 
 
@@ -380,10 +398,13 @@ def main() -> None:
                   flush=True)
         print(f"    load averages (before, after each run): {r['load']}", flush=True)
     if "rss" in args.only:
-        r = bench_rss(models[SAM21], work, args.frames, args.long_frames)
+        rt = args.runtime[-1]
+        reuse = out["video"]["runs"][rt]["ours"] if "video" in out else None
+        r = bench_rss(models[SAM21], work, args.frames, args.long_frames, rt, reuse)
         out["rss"] = r
-        print(f"[4] peak RSS: {r['short']} frames {r['runs'][r['short']]['peak_rss_mb']:.0f} MB, {r['long']} frames "
-              f"{r['runs'][r['long']]['peak_rss_mb']:.0f} MB -> {r['rss_ratio']:.2f}x", flush=True)
+        runs = r["runs"]
+        print(f"[4] peak RSS (--runtime {rt}): {r['short']} frames {runs[r['short']]['peak_rss_mb']:.0f} MB, "
+              f"{r['long']} frames {runs[r['long']]['peak_rss_mb']:.0f} MB -> {r['rss_ratio']:.2f}x", flush=True)
     out["load_after"] = os.getloadavg()
     print(json.dumps(out))
 

@@ -142,6 +142,15 @@ def build_detector(family: str, path: Path, seed: int = 0) -> Path:
             elif family in ("detr", "conditional_detr", "table-transformer", "dab-detr") and p.dim() == 2 and \
                     ("decoder" in name or "class_labels_classifier" in name or "bbox" in name):
                 p.normal_(0.0, 0.5 / p.shape[1] ** 0.5 * 4)
+        if family in ("rt_detr", "rt_detr_v2", "d_fine", "deimv2"):
+            # their init gives convolutions and batch norms weights ~N(0, 0.01): the encoder's
+            # output is then constant across positions and every encoder score ties, so which
+            # queries the top-k picks is arbitrary (and differs between torch and an exported graph)
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.weight.fill_(1.0)
+                elif isinstance(m, torch.nn.Conv2d):
+                    torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
     path = Path(path)
     model.save_pretrained(path)
     processor_for(family).save_pretrained(path)

@@ -1,8 +1,9 @@
 """Running an exported network: OpenVINO's compiled model or an ONNX Runtime session.
 
 An engine maps float32 numpy inputs (in the export's input order) to its outputs as a list
-of numpy arrays. Both run float32 on the CPU: OpenVINO's CPU plugin otherwise picks
-bfloat16 on CPUs with AVX512-BF16/AMX (measured here: DETR logits off by 0.07), so the
+of numpy arrays; ``fixed_batch`` is the first input's static batch size (None when dynamic).
+Both run float32 on the CPU: OpenVINO's CPU plugin otherwise picks bfloat16 on CPUs with
+AVX512-BF16/AMX (measured here: DETR logits off by 0.07), so the
 inference precision hint is pinned to f32.
 """
 from __future__ import annotations
@@ -34,6 +35,8 @@ class OpenVINOEngine:
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU",
                                            {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
         self.request = self.compiled.create_infer_request()
+        first = self.compiled.inputs[0].get_partial_shape()
+        self.fixed_batch = first[0].get_length() if first.rank.is_static and first[0].is_static else None
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         result = self.request.infer([np.ascontiguousarray(a, dtype=np.float32) for a in inputs])
@@ -48,6 +51,8 @@ class OnnxRuntimeEngine:
         opts.log_severity_level = 3  # no "removing initializer" chatter on stderr
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         self.names = [i.name for i in self.session.get_inputs()]
+        first = self.session.get_inputs()[0].shape
+        self.fixed_batch = first[0] if first and isinstance(first[0], int) else None
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         feed = {n: np.ascontiguousarray(a, dtype=np.float32) for n, a in zip(self.names, inputs)}

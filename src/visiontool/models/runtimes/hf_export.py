@@ -8,6 +8,10 @@ the network call (:meth:`HFDetector.network`).
 
 Shapes: one dynamic-shape export serves every image size (the processor's resize gives each
 photo its own shape). Per-shape-bucket exports were measured against it — see docs/runtimes.md.
+RT-DETR, RT-DETR v2, D-FINE and DEIMv2 trace their batch size into ``view``/``reshape``
+constants and their anchors from the image size: with a processor that resizes to one fixed
+size they are exported static, ``(1, 3, H, W)``, and the engine is called once per image
+(``fixed_batch``); any other processor is refused by the check as before.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ KIND = "transformers-detection"
 INPUTS, OUTPUTS = ["pixel_values"], ["logits", "pred_boxes"]
 DYNAMIC = {"pixel_values": {0: "batch", 2: "height", 3: "width"}}
 EXAMPLE_SHAPE = (1, 3, 256, 320)  # the traced example; every axis but channels stays dynamic
+# families whose traced graph fixes the batch (and the anchors): exported static at batch 1
+BATCH_ONE = frozenset({"rt_detr", "rt_detr_v2", "d_fine", "deimv2"})
 
 
 def _net(model):
@@ -52,27 +58,35 @@ def example_shape(processor) -> tuple[tuple[int, int, int, int], bool]:
     return EXAMPLE_SHAPE, False
 
 
+def batch_one(det: HFDetector) -> bool:
+    """Whether ``det`` is exported static at batch 1 (a :data:`BATCH_ONE` family whose processor
+    resizes to one fixed size)."""
+    return det.info.family in BATCH_ONE and example_shape(det.processor)[1]
+
+
 def build_into(det: HFDetector, runtime: str, directory: Path) -> list[str]:
     """Export ``det``'s network into ``directory`` for ``runtime``; the file names written.
 
     The export is then checked against torch on inputs of other shapes than the traced one (a
-    batch of 2; other heights and widths unless the processor fixes the size): a family whose
-    traced graph bakes its image size in (measured: Deformable DETR; RT-DETR, D-FINE and
-    DEIMv2 when traced at another size than their processor's) is refused, never cached."""
+    batch of 2; other heights and widths unless the processor fixes the size; a :data:`BATCH_ONE`
+    family: other pixels at its one shape): a family whose traced graph bakes its image size in
+    (measured: Deformable DETR; RT-DETR, D-FINE and DEIMv2 with a processor that does not fix
+    the size) is refused, never cached."""
     import torch
 
     from visiontool.models.deformable_attention import original_forward
     from visiontool.models.runtimes.engines import export_network
 
     shape, fixed = example_shape(det.processor)
+    one = batch_one(det)
     net = _net(det.model)
     with original_forward(det.model):  # the graph transformers wrote, not the CPU gather path
-        files = export_network(net, (torch.zeros(shape),), runtime, directory, INPUTS, OUTPUTS, DYNAMIC)
-    check_export(net, runtime, directory, shape, fixed, det.info.family)
+        files = export_network(net, (torch.zeros(shape),), runtime, directory, INPUTS, OUTPUTS, {} if one else DYNAMIC)
+    check_export(net, runtime, directory, shape, fixed, det.info.family, one)
     return files
 
 
-def check_export(net, runtime: str, directory: Path, shape, fixed: bool, family: str) -> None:
+def check_export(net, runtime: str, directory: Path, shape, fixed: bool, family: str, one: bool = False) -> None:
     import numpy as np
     import torch
 
@@ -81,7 +95,7 @@ def check_export(net, runtime: str, directory: Path, shape, fixed: bool, family:
 
     engine = open_engine(runtime, directory)
     _, c, h, w = shape
-    probes = [(2, c, h, w)] if fixed else [(2, c, h - 64, w + 32), (1, c, h + 32, w - 96)]
+    probes = [(1, c, h, w)] if one else [(2, c, h, w)] if fixed else [(2, c, h - 64, w + 32), (1, c, h + 32, w - 96)]
     gen = torch.Generator().manual_seed(0)
     for probe in probes:
         x = torch.randn(probe, generator=gen)
@@ -107,7 +121,7 @@ def cache_fields(det: HFDetector, runtime: str) -> dict[str, Any]:
             "transformers": transformers.__version__, "precision": "float32",
             "shapes": "x".join(map(str, example_shape(det.processor)[0][2:])) if example_shape(det.processor)[1]
             else "dynamic",
-            "weights": state_hash(det.model)}
+            "weights": state_hash(det.model), **({"batch": 1} if batch_one(det) else {})}
 
 
 class RuntimeHFDetector(HFDetector):
@@ -121,9 +135,15 @@ class RuntimeHFDetector(HFDetector):
         self.precision = Precision("float32", "cpu")
 
     def network(self, pixel_values):
+        import numpy as np
         import torch
 
-        logits, boxes = self.engine([pixel_values.cpu().numpy()])
+        x = pixel_values.cpu().numpy()
+        if getattr(self.engine, "fixed_batch", None) == 1 and len(x) > 1:  # a batch-1 export: image by image
+            parts = [self.engine([x[i:i + 1]]) for i in range(len(x))]
+            logits, boxes = (np.concatenate([p[k] for p in parts]) for k in (0, 1))
+        else:
+            logits, boxes = self.engine([x])
         return SimpleNamespace(logits=torch.from_numpy(logits), pred_boxes=torch.from_numpy(boxes))
 
 
