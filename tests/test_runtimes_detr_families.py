@@ -78,3 +78,16 @@ def assert_same(want: list[dict], got: list[dict]) -> None:
     assert [r["image"] for r in want] == [r["image"] for r in got]
     n = sum(assert_same_detections_unordered(a["detections"], b["detections"]) for a, b in zip(want, got))
     assert n >= 10, n  # threshold 0: every kept query of every photo compared
+
+
+@pytest.mark.parametrize("family", ["rt_detr", "d_fine"])
+def test_batch_one_family_export_round_trip(models, photos, torch_records, tmp_path, family):
+    """``visiontool export`` of a batch-1 family: ``--model DIR`` reads the static batch from the
+    export itself and runs a batch of 2 image by image, with the torch path's records."""
+    out = tmp_path / f"{family}-onnx"
+    r = runner.invoke(app, ["export", str(models[family]), "--runtime", "onnx", "-o", str(out)],
+                      env={"VISIONTOOL_CACHE": str(tmp_path / "cache")})
+    assert r.exit_code == 0, r.stderr
+    r = detect(photos, out, cache=tmp_path / "cache")
+    assert r.exit_code == 0, r.stderr
+    assert_same(torch_records[family], records(r.stdout))
