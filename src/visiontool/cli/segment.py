@@ -138,8 +138,7 @@ def segment_command(
                               cpus_per_replica=cpus_per_replica, output_dir=output_dir, resume=resume,
                               output_format=output_format, quiet=quiet,
                               local_only={"--format": fmt, "--output": output, "--masks-dir": masks_dir,
-                                          "--save-viz": save_viz, "--gt": gt,
-                                          "--runtime": bool(runtime_options(runtime))})
+                                          "--save-viz": save_viz, "--gt": gt})
     # ---- everything a user can get wrong, before any model loads
     from visiontool.io.video import is_video_source, is_video_path
 
@@ -286,7 +285,8 @@ def segment_command(
         from visiontool.engines.ray import segment_on_ray
 
         segment_on_ray(ray_run, jobs, records=records, model=model, multimask=multimask, auto_options=opts,
-                       gt=gt_index, device=device, dtype=dtype, cache_dir=cache_dir, use_cache=not no_cache)
+                       gt=gt_index, device=device, dtype=dtype, cache_dir=cache_dir, use_cache=not no_cache,
+                       load_options=seg_runtime)
         return
     # ---- the model, then one image at a time
     from visiontool.io.records import RecordWriter

@@ -120,6 +120,8 @@ def segment_on_ray(opts: RayOptions, jobs: list, *, records: dict | None = None,
     from visiontool.engines.ray_udfs import SegmentSpec, job_bytes
 
     check_device(device)
+    load_options = dict(load_options or {})
+    device = check_runtime(None, device, load_options)  # the SAM image encoder's runtime
     gt_index = _gt(gt)
     spec = SegmentSpec(model=model, multimask=multimask, auto_options=auto_options, device=device, dtype=dtype,
                        cache_dir=cache_dir, use_cache=use_cache,
@@ -146,8 +148,9 @@ def check_runtime(model: str | None, device: str, load_options: dict) -> str:
     """``--runtime openvino|onnxruntime`` (or an export directory as ``--model``) on a cluster:
     checked on the driver (the extra is installed here, the device is the CPU) and the device
     ``auto`` made ``cpu``, so no replica asks for a GPU it would not use. Each replica then
-    loads the detector with the runtime; the export cache (``VISIONTOOL_CACHE``) serialises
-    their exports of one model, so replicas sharing a disk export it once. Returns the device."""
+    loads the detector (``model``; None: segment's SAM image encoder) with the runtime; the
+    export cache (``VISIONTOOL_CACHE``) serialises their exports of one model, so replicas
+    sharing a disk export it once. Returns the device."""
     from visiontool.models import registry, runtimes
 
     runtime = load_options.get("runtime")
