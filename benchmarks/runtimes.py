@@ -11,8 +11,12 @@ transformers pipeline, on the real DETR-R50 architecture with random weights (no
    against the torch path and the peer's own runner / export (:mod:`runtimes_detectors`).
 4. ``sam``: the segment-anything vit_b and SAM 2.1 hiera-tiny image encoders, torch fp32
    against OpenVINO and ONNX Runtime (:mod:`runtimes_sam`).
+5. ``rtdetr``: as ``detect`` for RT-DETR-R50 (exported static at batch 1 and 640×640). Its
+   random initialisation gives batch norms and convolutions weights ~N(0, 0.01), which makes the
+   encoder's output constant and every encoder score tie (the top-k's pick is then arbitrary, in
+   torch as in a runtime): those layers are initialised as torchvision does first.
 
-    python benchmarks/runtimes.py [--rounds 3] [--only shapes,detect,detectors,sam]
+    python benchmarks/runtimes.py [--rounds 3] [--only shapes,detect,detectors,sam,rtdetr]
 
 Run it on a quiet machine; it prints ``uptime``'s load with the figures.
 """
@@ -48,6 +52,23 @@ def build_detr_r50(path: Path) -> Path:
     torch.manual_seed(0)
     DetrForObjectDetection(cfg).eval().save_pretrained(path)
     DetrImageProcessor().save_pretrained(path)
+    return path
+
+
+def build_rtdetr_r50(path: Path) -> Path:
+    import torch
+    from transformers import RTDetrConfig, RTDetrForObjectDetection, RTDetrImageProcessor
+
+    torch.manual_seed(0)
+    model = RTDetrForObjectDetection(RTDetrConfig()).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.fill_(1.0)
+            elif isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    model.save_pretrained(path)
+    RTDetrImageProcessor().save_pretrained(path)
     return path
 
 
@@ -89,7 +110,7 @@ def bench_shapes(model_dir: Path, reps: int) -> None:
     print(f"shapes: max |pred_boxes dynamic - static| = {diff:.2e}; load {load()}", flush=True)
 
 
-def bench_detect(model_dir: Path, rounds: int) -> None:
+def bench_detect(model_dir: Path, rounds: int, tag: str = "detect") -> None:
     from PIL import Image
     from transformers import pipeline
 
@@ -103,7 +124,7 @@ def bench_detect(model_dir: Path, rounds: int) -> None:
     for runtime in ("torch", "openvino", "onnxruntime"):
         t0 = time.perf_counter()
         det = registry.load_detector(str(model_dir), "cpu", "float32", runtime=runtime)
-        print(f"detect: {runtime} load (+ export on first use) {time.perf_counter() - t0:.1f} s", flush=True)
+        print(f"{tag}: {runtime} load (+ export on first use) {time.perf_counter() - t0:.1f} s", flush=True)
         runners[runtime] = (lambda d: lambda: [d.predict([im], DetectOptions(threshold=0.0))[0] for im in images])(det)
     for name, fn in runners.items():
         r = fn()  # warm-up, untimed
@@ -118,18 +139,30 @@ def bench_detect(model_dir: Path, rounds: int) -> None:
     base = len(images) / statistics.median(times["torch"])
     for k, v in times.items():
         ips = len(images) / statistics.median(v)
-        print(f"detect: {k:12s} {ips:.3f} images/s ({ips / base:.2f}x torch path)", flush=True)
+        print(f"{tag}: {k:12s} {ips:.3f} images/s ({ips / base:.2f}x torch path)", flush=True)
     for k in ("openvino", "onnxruntime"):
-        d = max(float(np.abs(a.xyxy - b.xyxy).max()) if len(a.xyxy) else 0.0
-                for a, b in zip(boxes["torch"], boxes[k]))
-        print(f"detect: {k} max box difference vs torch {d:.4f} px", flush=True)
-    print(f"detect: load {load()}", flush=True)
+        d = max(box_difference(a, b) for a, b in zip(boxes["torch"], boxes[k]))
+        print(f"{tag}: {k} max box difference vs torch {d:.4f} px (each detection against the other side's "
+              f"closest of its class: random weights tie scores, so the order may differ)", flush=True)
+    print(f"{tag}: load {load()}", flush=True)
+
+
+def box_difference(a, b) -> float:
+    """The largest distance (px, max over coordinates) from a detection of ``a`` to the closest
+    of ``b`` with the same class; inf when the counts differ."""
+    if len(a.xyxy) != len(b.xyxy):
+        return float("inf")
+    worst = 0.0
+    for box, cls in zip(a.xyxy, a.class_ids):
+        same = b.xyxy[b.class_ids == cls]
+        worst = max(worst, float(np.abs(same - box).max(-1).min()) if len(same) else float("inf"))
+    return worst
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--only", default="shapes,detect,detectors,sam")
+    ap.add_argument("--only", default="shapes,detect,detectors,sam,rtdetr")
     args = ap.parse_args()
     os.environ.setdefault("VISIONTOOL_CACHE", tempfile.mkdtemp(prefix="vt-bench-cache-"))
     only = set(args.only.split(","))
@@ -142,6 +175,11 @@ def main() -> None:
         import runtimes_sam
 
         runtimes_sam.main(["--rounds", str(args.rounds)])
+    if "rtdetr" in only:
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = build_rtdetr_r50(Path(tmp) / "rtdetr-r50")
+            print(f"load before: {load()}", flush=True)
+            bench_detect(model_dir, args.rounds, "rtdetr")
     if not only & {"shapes", "detect"}:
         return
     with tempfile.TemporaryDirectory() as tmp:

@@ -55,7 +55,10 @@ def test_ray_runtime_equals_local_runtime(ray_cluster, images, tiny_detr_fast, t
     caches = sorted({p.resolve() for p in tmp_path_factory.getbasetemp().glob("ray-worker-cache*/exports")})
     assert len(caches) == 1
     entries = [p.name for p in caches[0].iterdir()]
-    assert len(entries) == 1 and not entries[0].startswith("."), entries
+    assert not [e for e in entries if e.startswith(".")], entries  # no temporary leftovers
+    detr = [e for e in entries if json.loads((caches[0] / e / "entry.json").read_text())["key"]["kind"]
+            == "transformers-detection"]
+    assert len(detr) == 1, entries
 
 
 def test_ray_runtime_bad_combinations_fail_on_the_driver(images, tiny_detr_fast, tmp_path):

@@ -91,3 +91,23 @@ def test_batch_one_family_export_round_trip(models, photos, torch_records, tmp_p
     r = detect(photos, out, cache=tmp_path / "cache")
     assert r.exit_code == 0, r.stderr
     assert_same(torch_records[family], records(r.stdout))
+
+
+def test_export_check_matches_queries_in_any_order():
+    """Proposals whose scores tie within rounding swap places in a two-stage detector's top-k:
+    the check accepts a permutation of queries, nothing else."""
+    import numpy as np
+
+    from visiontool.models.runtimes.hf_export import query_difference
+
+    rng = np.random.default_rng(0)
+    logits, boxes = rng.normal(size=(2, 30, 5)).astype(np.float32), rng.random((2, 30, 4), dtype=np.float32)
+    perm = np.arange(30)
+    perm[[7, 8]] = perm[[8, 7]]
+    swapped = [logits[:, perm] + 1e-6, boxes[:, perm]]
+    assert query_difference([logits, boxes], swapped, 1e-3) <= 2e-6
+    changed = [logits.copy(), boxes.copy()]
+    changed[1][1, 4, 2] += 0.01  # one box moved: not a permutation
+    assert query_difference([logits, boxes], changed, 1e-3) > 1e-3
+    keep = [0, 0, 0] + list(range(3, 30))  # queries 1 and 2 replaced by copies of query 0
+    assert query_difference([logits, boxes], [logits[:, keep], boxes[:, keep]], 1e-3) == float("inf")
