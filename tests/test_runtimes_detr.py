@@ -175,16 +175,3 @@ def test_compare_runtime(detr, photos, torch_records, shared_cache, tmp_path):
     assert stats["torch"]["backend"] == "transformers"
     ap_t, ap_o = stats["torch"]["map"], stats["onnxruntime"]["map"]
     assert 0.0 < ap_t < 1.0 and abs(ap_t - ap_o) < 1e-6
-
-
-def test_family_whose_trace_fixes_its_size_is_refused_not_cached(photos, tmp_path):
-    """Deformable DETR's traced graph bakes in shapes computed from the image: the export is
-    checked against torch at other sizes and refused (exit 2, one line), nothing cached."""
-    from hf_tiny import build_detector
-
-    model = build_detector("deformable_detr", tmp_path / "deformable")
-    cache = tmp_path / "cache"
-    r = detect(photos[:1], model, "--runtime", "onnxruntime", cache=cache)
-    line = assert_user_error(r, 2, "deformable_detr", "cannot be exported yet", "--runtime torch")
-    assert "does not reproduce torch" in line
-    assert not any((cache / "exports").iterdir()) if (cache / "exports").exists() else True
