@@ -82,7 +82,8 @@ class Pending:
     def __init__(self, early: EarlyCheck, gt):
         self.early, self.gt = early, gt
 
-    def result(self) -> dict | None:
+    def result(self, rows=None) -> dict | None:
+        """The child's facts against the ground truth (``rows``: unused, the child read the file)."""
         from visiontool.io.pred_fast import against_gt
 
         return against_gt(self.early.facts(), self.gt)

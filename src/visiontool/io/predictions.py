@@ -87,7 +87,7 @@ class Predictions:
         if self.pending is None:
             return
         pending, self.pending = self.pending, None
-        summary = pending.result(rows) if rows is not None else pending.result()
+        summary = pending.result(rows)
         if summary is None:
             raise NotFast(self.source)
         for k, v in summary.items():

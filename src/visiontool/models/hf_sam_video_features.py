@@ -47,7 +47,6 @@ class RuntimeFrameFeatures:
         self.model = model
         self.sam3 = ad.s.family == "sam3"
         self.encoder = ad.runtime_encoder(ad.s.image_size, "sam3-backbone" if self.sam3 else "embeddings")
-        self.export = self.encoder.export
         self._pos: list | None = None
 
     def __call__(self, pv) -> dict:

@@ -147,11 +147,11 @@ def cache_fields(det: HFDetector, runtime: str) -> dict[str, Any]:
     from visiontool.models.runtimes.engines import runtime_version
     from visiontool.models.runtimes.export_cache import state_hash
 
+    shape, fixed = example_shape(det.processor)
     return {"kind": KIND, "family": det.info.family, "exporter": EXPORTER_VERSION, "runtime": runtime,
             "runtime_version": runtime_version(runtime), "torch": torch.__version__,
             "transformers": transformers.__version__, "precision": "float32",
-            "shapes": "x".join(map(str, example_shape(det.processor)[0][2:])) if example_shape(det.processor)[1]
-            else "dynamic",
+            "shapes": "x".join(map(str, shape[2:])) if fixed else "dynamic",
             "weights": state_hash(det.model), **({"batch": 1} if batch_one(det) else {})}
 
 
