@@ -100,12 +100,35 @@ def test_the_compare_mot_entry_prints_json_and_table(tmp_path, capsys, monkeypat
         compare_mot.run(str(g), [str(p)], models=["./missing"], video=str(clip), fmt="json", quiet=True)
 
 
-def test_runtime_is_refused_with_mot(tmp_path):
-    """--runtime exports detectors for COCO comparisons; with --mot it would be ignored: exit 2."""
+def test_runtime_applies_to_the_model_runs(tmp_path, monkeypatch):
+    """compare --mot --model M --runtime onnxruntime runs M's ONNX export (written to the cache) and
+    scores the same tracks as the torch path: the ground truth is the torch run's own MOT rows."""
+    pytest.importorskip("onnxruntime")
     from typer.testing import CliRunner
 
+    from runtimes_helpers import tiny_detr_small
     from visiontool.cli.main import app
 
-    r = CliRunner().invoke(app, ["compare", "--mot", "--gt", str(tmp_path / "gt.txt"), str(tmp_path / "p.txt"),
-                                 "--runtime", "openvino"])
-    assert r.exit_code == 2 and "--runtime applies to COCO comparisons, not --mot" in r.stderr
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VISIONTOOL_CACHE", str(cache))
+    model = tiny_detr_small(tmp_path / "tiny-detr")
+    clip = tmp_path / "clip.mp4"
+    make_clip(clip, frames=8, size=(240, 120), squares=2, speed=2)
+    runner = CliRunner()
+    base = ["--model", str(model), "--device", "cpu", "--threshold", "0.05"]
+    r = runner.invoke(app, ["detect", str(clip), *base, "--track", "-f", "mot"])
+    assert r.exit_code == 0, r.stderr
+    assert len(r.stdout.splitlines()) >= 8  # tracks to score
+    gt = write_lines(tmp_path / "gt.txt", [",".join(line.split(",")[:6] + ["1", "1", "1"])
+                                           for line in r.stdout.splitlines() if line.strip()])
+    assert not cache.exists() or not any(cache.rglob("*.onnx"))
+    r = runner.invoke(app, ["compare", "--mot", "--gt", str(gt), "--video", str(clip), *base,
+                            "--runtime", "onnxruntime", "-f", "json", "-q"])
+    assert r.exit_code == 0, r.stderr
+    run = json.loads(r.stdout)["runs"][0]
+    assert run["runtime"] == "onnxruntime" and run["frames"] == 8
+    assert run["HOTA"] > 0.99 and run["IDSW"] == 0 and run["CLR_FN"] == 0 and run["CLR_FP"] == 0
+    assert any(cache.rglob("*.onnx"))  # the run went through the export
+    r = runner.invoke(app, ["compare", "--mot", "--gt", str(gt), "--video", str(clip), *base,
+                            "--runtime", "tensorrt"])
+    assert r.exit_code == 2 and "--runtime 'tensorrt'" in r.stderr

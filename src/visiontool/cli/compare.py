@@ -104,11 +104,12 @@ def compare_command(
 
         compare_mot.run(gt, list(preds or []), models=list(models or []), video=video, trackers=list(trackers or []),
                         names=list(names or []), preproc=preproc, threshold=threshold or 0.5, max_det=max_det,
-                        batch_size=batch_size, device=device, dtype=dtype, fmt=fmt, output=output, quiet=quiet,
+                        batch_size=batch_size, device=device, dtype=dtype, runtime=runtime, fmt=fmt,
+                        output=output, quiet=quiet,
                         coco_flags={"--iou-type": iou_type != "bbox", "--per-class": per_class,
                                     "--images": bool(images), "--save-preds": bool(save_preds), "--plot": bool(plot),
                                     "--sort-by": bool(sort_by), "--backend": backend != "auto",
-                                    "--lenient": lenient, "--runtime": runtime != "torch"})
+                                    "--lenient": lenient})
         return
     out_format = choose_format(fmt, output, ("table", "json"))
     if iou_type not in ("bbox", "segm", "keypoints"):

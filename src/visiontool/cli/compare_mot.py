@@ -2,7 +2,8 @@
 cli/compare.py, kept here so that command only routes to it).
 
 stdout carries the data (the comparison table, or its JSON); progress lines, warnings and
-per-run errors go to stderr. Exit 1 when a model run failed (its row says why; the other
+per-run errors go to stderr. ``--runtime`` applies to the
+``--model`` runs as it does in a COCO comparison (the detector's cached export). Exit 1 when a model run failed (its row says why; the other
 runs are still scored), 2 for bad flags or files.
 """
 from __future__ import annotations
@@ -18,13 +19,13 @@ COCO_ONLY = ("--iou-type", "--per-class", "--images", "--save-preds", "--plot", 
 def run(gt: str, preds: list[str], *, models: list[str] | None = None, video: Optional[str] = None,
         trackers: list[str] | None = None, names: list[str] | None = None, preproc: str = "auto",
         threshold: float = 0.5, max_det: int = 100, batch_size: int = 1, device: str = "auto", dtype: str = "auto",
-        fmt: Optional[str] = None, output: Optional[str] = None, quiet: bool = False,
+        runtime: str = "torch", fmt: Optional[str] = None, output: Optional[str] = None, quiet: bool = False,
         coco_flags: dict | None = None) -> None:
     """Score MOT prediction files / (model x tracker) runs on ``video`` against MOT ground truth
     ``gt`` and print them. ``coco_flags``: {flag: given?} of compare's COCO-only options (exit 2
     when one is given with --mot)."""
     from visiontool.cli.main import error_line
-    from visiontool.cli.options import choose_format, common_checks
+    from visiontool.cli.options import choose_format, common_checks, runtime_options
     from visiontool.errors import PartialFailure
     from visiontool.io.output import open_output
     from visiontool.render.console import info, print_tables, set_quiet, warn
@@ -36,11 +37,12 @@ def run(gt: str, preds: list[str], *, models: list[str] | None = None, video: Op
         raise UsageError(f"{', '.join(used)} appl{'y' if len(used) > 1 else 'ies'} to COCO comparisons, not --mot")
     out_format = choose_format(fmt, output, ("table", "json"))
     common_checks(device=device, dtype=dtype, output=output)
+    load_options = runtime_options(runtime)  # an unknown runtime or a missing extra: exit 2 before any run
     set_quiet(quiet)
     result = compare_tracking(gt, list(preds or []), models=list(models or []), video=video,
                               trackers=list(trackers or []) or None, names=list(names or []), preproc=preproc,
                               threshold=threshold, max_det=max_det, batch_size=batch_size, device=device,
-                              dtype=dtype, on_event=info, warn=warn)
+                              dtype=dtype, load_options=load_options, on_event=info, warn=warn)
     for line in result.diagnostics:
         warn(line)
     for r in result.failed:

@@ -33,7 +33,7 @@ class TrackingComparison:
 
     def to_dict(self) -> dict:
         """``{"backend", "benchmark", "preprocessing", "sequences", "runs": [{"name", <metrics>, "delta",
-        "fps", "model", "tracker", "frames", "error"}]}`` — the first run is the baseline."""
+        "fps", "model", "tracker", "runtime", "frames", "error"}]}`` — the first run is the baseline."""
         base = self.runs[0].metrics if self.runs else {}
         runs = []
         for r in self.runs:
@@ -56,13 +56,14 @@ def compare_tracking(gt: str, preds: list[str] | None = None, *, models: list[st
                      video: str | None = None, trackers: list[str] | None = None, names: list[str] | None = None,
                      preproc: str = "auto", threshold: float = 0.5, max_det: int = 100, batch_size: int = 1,
                      device: str = "auto", dtype: str = "auto", text: str | None = None,
-                     vid_stride: int = 1, on_event: Callable[[str], None] | None = None,
+                     load_options: dict | None = None, vid_stride: int = 1, on_event: Callable[[str], None] | None = None,
                      warn: Callable[[str], None] | None = None) -> TrackingComparison:
     """Score prediction files and (model x tracker) runs on ``video`` against MOT ground truth ``gt``.
 
     ``names`` label the runs in order (files first, then model runs); default: the file or
     folder name, and ``<model dir>+<tracker>`` for a model run. Model runs need ``video``
-    and a ground truth of one sequence (the video's frames are MOT frames, 1-based)."""
+    and a ground truth of one sequence (the video's frames are MOT frames, 1-based).
+    ``load_options``: the detectors' load options, e.g. ``{"runtime": "openvino"}``."""
     from visiontool.io.mot import find_gt_sequences
     from visiontool.services.track import check_track_options
 
@@ -101,7 +102,7 @@ def compare_tracking(gt: str, preds: list[str] | None = None, *, models: list[st
                 try:
                     extra = _run_model(model, opts, video, path, threshold=threshold, max_det=max_det,
                                        batch_size=batch_size, device=device, dtype=dtype, text=text,
-                                       vid_stride=vid_stride, warn=warn)
+                                       vid_stride=vid_stride, warn=warn, load_options=load_options)
                 except VisionToolError as exc:
                     failed.append(MotRun(label, {}, {}, {"model": model, "tracker": opts.tracker,
                                                          "error": str(exc)}))
@@ -130,7 +131,7 @@ def _names(preds: list[str], given: list[str], run_labels: list[str]) -> list[st
 
 
 def _run_model(model: str, opts, video: str, path: Path, *, threshold: float, max_det: int, batch_size: int,
-               device: str, dtype: str, text, vid_stride: int, warn) -> dict:
+               device: str, dtype: str, text, vid_stride: int, warn, load_options: dict | None = None) -> dict:
     """Detect + track ``video`` with ``model``; MOT rows to ``path``; returns fps, frames, model, tracker."""
     from visiontool.errors import PartialFailure
     from visiontool.io.mot import MotWriter
@@ -140,12 +141,13 @@ def _run_model(model: str, opts, video: str, path: Path, *, threshold: float, ma
     t0 = time.perf_counter()
     with MotWriter(str(path)) as writer:
         run = run_detect(video, model, threshold=threshold, max_det=max_det, batch_size=batch_size, device=device,
-                         dtype=dtype, text=text, on_result=lambda r: None if r.error else writer.write(r),
+                         dtype=dtype, text=text, load_options=load_options, on_result=lambda r: None if r.error else writer.write(r),
                          warn=warn, keep_results=False, video=VideoOptions(stride=vid_stride), track=opts)
     wall = time.perf_counter() - t0
     if run.failed:
         raise PartialFailure(run.failed[0])
     frames = run.timings.images
-    return {"model": model, "tracker": opts.tracker, "frames": frames,
+    return {"model": model, "tracker": opts.tracker, "runtime": (load_options or {}).get("runtime", "torch"),
+            "frames": frames,
             "fps": frames / run.timings.wall if run.timings.wall > 0 else None,
             "wall_s": round(wall, 3)}
