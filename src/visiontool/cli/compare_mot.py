@@ -2,9 +2,9 @@
 cli/compare.py, kept here so that command only routes to it).
 
 stdout carries the data (the comparison table, or its JSON); progress lines, warnings and
-per-run errors go to stderr. ``--runtime`` applies to the
-``--model`` runs as it does in a COCO comparison (the detector's cached export). Exit 1 when a model run failed (its row says why; the other
-runs are still scored), 2 for bad flags or files.
+per-run errors go to stderr. ``--runtime`` applies to the ``--model`` runs as it does in a
+COCO comparison (the detector's cached export). Exit 1 when a model run failed (its row
+says why; the other runs are still scored), 2 for bad flags or files.
 """
 from __future__ import annotations
 

@@ -56,7 +56,8 @@ def compare_tracking(gt: str, preds: list[str] | None = None, *, models: list[st
                      video: str | None = None, trackers: list[str] | None = None, names: list[str] | None = None,
                      preproc: str = "auto", threshold: float = 0.5, max_det: int = 100, batch_size: int = 1,
                      device: str = "auto", dtype: str = "auto", text: str | None = None,
-                     load_options: dict | None = None, vid_stride: int = 1, on_event: Callable[[str], None] | None = None,
+                     load_options: dict | None = None, vid_stride: int = 1,
+                     on_event: Callable[[str], None] | None = None,
                      warn: Callable[[str], None] | None = None) -> TrackingComparison:
     """Score prediction files and (model x tracker) runs on ``video`` against MOT ground truth ``gt``.
 
@@ -141,8 +142,9 @@ def _run_model(model: str, opts, video: str, path: Path, *, threshold: float, ma
     t0 = time.perf_counter()
     with MotWriter(str(path)) as writer:
         run = run_detect(video, model, threshold=threshold, max_det=max_det, batch_size=batch_size, device=device,
-                         dtype=dtype, text=text, load_options=load_options, on_result=lambda r: None if r.error else writer.write(r),
-                         warn=warn, keep_results=False, video=VideoOptions(stride=vid_stride), track=opts)
+                         dtype=dtype, text=text, load_options=load_options,
+                         on_result=lambda r: None if r.error else writer.write(r), warn=warn,
+                         keep_results=False, video=VideoOptions(stride=vid_stride), track=opts)
     wall = time.perf_counter() - t0
     if run.failed:
         raise PartialFailure(run.failed[0])
