@@ -6,10 +6,11 @@ family's torch adapter is loaded as usual (its weights give the export cache key
 exported once (:mod:`.export_cache`), and a runtime twin of the adapter keeps the adapter's own
 pre- and post-processing while the network call runs in the engine (:mod:`.engines`).
 
-Families with an exporter: the transformers DETR family (:mod:`.hf_export`: the whole network)
-torchvision's detectors (:mod:`.tv_export`: the backbone) and Ultralytics (:mod:`.ul_export`:
-Ultralytics' own exporter). Other families asked for
-another runtime are one line, exit 2 (:func:`accelerate`).
+Families with an exporter: the transformers DETR family (:mod:`.hf_export`: the whole network;
+:mod:`.hf_shapes`: one static export per processed image size for Deformable DETR and the
+RT-DETR-like families without a fixed-size processor), torchvision's detectors
+(:mod:`.tv_export`: the backbone) and Ultralytics (:mod:`.ul_export`: Ultralytics' own
+exporter). Other families asked for another runtime are one line, exit 2 (:func:`accelerate`).
 """
 from __future__ import annotations
 

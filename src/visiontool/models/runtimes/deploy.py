@@ -7,7 +7,9 @@ precision, shapes, visiontool version, files, and the family's own fields) and `
 and renamed into place: DIR is complete or absent. Per family (``kind``):
 
 * ``transformers-detection`` (:mod:`.hf_export`): the whole network (``model.xml``/``model.bin``
-  or ``model.onnx``) and ``preprocessor_config.json``;
+  or ``model.onnx``) and ``preprocessor_config.json``; a model exported once per processed image
+  size (:func:`.hf_export.per_shape`: Deformable DETR, or RT-DETR-like families whose processor
+  does not fix the size) is refused, exit 2 — ``--runtime`` caches its per-size exports instead;
 * ``torchvision-backbone`` (:mod:`.tv_export`): the backbone's export and ``heads.pt`` (the
   non-backbone state dict, rebuilt in torch from the manifest's ``torchvision.builder``);
 * ``ultralytics`` (:mod:`.ul_export`): what Ultralytics' own exporter writes
@@ -64,6 +66,8 @@ def export_model(spec: str, runtime: str, out_dir: str, quiet: bool = False) -> 
     resolve(runtime, "cpu")  # the extra is installed
     det = registry.load_detector(spec, "cpu", "float32")
     family = exporter_for(det)
+    if hasattr(family, "check_deployable"):  # the DETR family: a per-shape model is refused here, in one line
+        family.check_deployable(det, runtime)
     if not quiet:
         info(f"exporting {spec} to {runtime} ...")
     t0 = time.perf_counter()

@@ -8,13 +8,15 @@ inference precision hint is pinned to f32.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 # the file each runtime's export is read from (inside an export directory)
 MODEL_FILES = {"openvino": "model.xml", "onnxruntime": "model.onnx"}
+ONNX_OPSET = 17
 
 
 def runtime_version(runtime: str) -> str:
@@ -101,5 +103,40 @@ def export_network(module, example: tuple, runtime: str, directory: Path, input_
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, example, str(directory / "model.onnx"), input_names=input_names,
-                          output_names=output_names, dynamic_axes=dynamic_axes, opset_version=17, dynamo=False)
+                          output_names=output_names, dynamic_axes=dynamic_axes, opset_version=ONNX_OPSET,
+                          dynamo=False)
     return ["model.onnx"]
+
+
+@contextmanager
+def onnx_linspace_keeps_dtype() -> Iterator[None]:
+    """While exporting to ONNX, ``aten::linspace`` casts to the dtype it was asked for.
+
+    torch's TorchScript exporter computes linspace from Python-float bounds in double and
+    ignores its ``dtype``; in a static-shape trace of Deformable DETR (its reference points:
+    ``linspace(0.5, h - 0.5, h, dtype=float32)``) the double then reaches ``GridSample``'s grid,
+    which ONNX Runtime implements for float only ("Could not find an implementation for
+    GridSample(16)"). The symbolic is registered for the duration only (process-wide: the
+    exporter has no per-call table); OpenVINO converts from torch and is unaffected."""
+    import torch
+
+    try:
+        from torch.onnx._internal.torchscript_exporter import _type_utils, symbolic_helper as sh
+        from torch.onnx._internal.torchscript_exporter import symbolic_opset9 as opset9
+    except ImportError:  # torch < 2.9
+        from torch.onnx import _type_utils, symbolic_helper as sh, symbolic_opset9 as opset9
+
+    def linspace(g, start, end, steps, dtype, *rest):
+        out = opset9.linspace(g, start, end, steps, dtype, *rest)
+        if sh._is_none(dtype):
+            return out
+        want = sh._maybe_get_const(dtype, "i")
+        if sh._is_value(want):
+            return out
+        return g.op("Cast", out, to_i=_type_utils.JitScalarType(want).onnx_type())
+
+    torch.onnx.register_custom_op_symbolic("aten::linspace", linspace, ONNX_OPSET)
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic("aten::linspace", ONNX_OPSET)

@@ -8,10 +8,14 @@ the network call (:meth:`HFDetector.network`).
 
 Shapes: one dynamic-shape export serves every image size (the processor's resize gives each
 photo its own shape). Per-shape-bucket exports were measured against it — see docs/runtimes.md.
-RT-DETR, RT-DETR v2, D-FINE and DEIMv2 trace their batch size into ``view``/``reshape``
-constants and their anchors from the image size: with a processor that resizes to one fixed
-size they are exported static, ``(1, 3, H, W)``, and the engine is called once per image
-(``fixed_batch``); any other processor is refused by the check as before.
+Some families' traced graphs fix what they compute from the image size (:data:`SHAPE_BOUND`):
+RT-DETR, RT-DETR v2, D-FINE and DEIMv2 also trace their batch size into ``view``/``reshape``
+constants and their anchors from the image size; Deformable DETR its feature maps' sizes and
+level start indices. With a processor that resizes to one fixed size the first four are
+exported static, ``(1, 3, H, W)``, and the engine is called once per image (``fixed_batch``).
+Otherwise (:func:`per_shape`: Deformable DETR, or one of the four whose processor does not fix
+the size) one static ``(1, 3, H, W)`` network is exported per processed image size, lazily, when
+that size is first met (:mod:`.hf_shapes`).
 """
 from __future__ import annotations
 
@@ -30,6 +34,9 @@ DYNAMIC = {"pixel_values": {0: "batch", 2: "height", 3: "width"}}
 EXAMPLE_SHAPE = (1, 3, 256, 320)  # the traced example; every axis but channels stays dynamic
 # families whose traced graph fixes the batch (and the anchors): exported static at batch 1
 BATCH_ONE = frozenset({"rt_detr", "rt_detr_v2", "d_fine", "deimv2"})
+# families whose traced graph fixes the image size: without a fixed-size processor, one static
+# export per processed size (Deformable DETR: the feature maps' sizes and level start indices)
+SHAPE_BOUND = BATCH_ONE | {"deformable_detr"}
 
 
 def _net(model):
@@ -64,23 +71,35 @@ def batch_one(det: HFDetector) -> bool:
     return det.info.family in BATCH_ONE and example_shape(det.processor)[1]
 
 
-def build_into(det: HFDetector, runtime: str, directory: Path) -> list[str]:
+def per_shape(det: HFDetector) -> bool:
+    """Whether ``det`` is exported once per processed image size (a :data:`SHAPE_BOUND` family
+    whose processor does not resize to one fixed size; :mod:`.hf_shapes`)."""
+    return det.info.family in SHAPE_BOUND and not example_shape(det.processor)[1]
+
+
+def build_into(det: HFDetector, runtime: str, directory: Path, size: tuple[int, int] | None = None) -> list[str]:
     """Export ``det``'s network into ``directory`` for ``runtime``; the file names written.
+    ``size`` (H, W): a static ``(1, 3, H, W)`` export (one per-shape export, :mod:`.hf_shapes`).
 
     The export is then checked against torch on inputs of other shapes than the traced one (a
-    batch of 2; other heights and widths unless the processor fixes the size; a :data:`BATCH_ONE`
-    family: other pixels at its one shape): a family whose traced graph bakes its image size in
-    (measured: Deformable DETR; RT-DETR, D-FINE and DEIMv2 with a processor that does not fix
-    the size) is refused, never cached."""
+    batch of 2; other heights and widths unless the processor fixes the size; a static export:
+    other pixels at its one shape): a graph that bakes in what it computes from the image size
+    fails it and is refused, never cached — why the :data:`SHAPE_BOUND` families are exported
+    static, at a fixed size or per shape."""
+    import contextlib
+
     import torch
 
     from visiontool.models.deformable_attention import original_forward
-    from visiontool.models.runtimes.engines import export_network
+    from visiontool.models.runtimes.engines import export_network, onnx_linspace_keeps_dtype
 
     shape, fixed = example_shape(det.processor)
     one = batch_one(det)
+    if size is not None:
+        shape, fixed, one = (1, 3, *map(int, size)), True, True
     net = _net(det.model)
-    with original_forward(det.model):  # the graph transformers wrote, not the CPU gather path
+    # the graph transformers wrote, not the CPU gather path; a static ONNX graph keeps linspace's dtype
+    with original_forward(det.model), onnx_linspace_keeps_dtype() if one else contextlib.nullcontext():
         files = export_network(net, (torch.zeros(shape),), runtime, directory, INPUTS, OUTPUTS, {} if one else DYNAMIC)
     check_export(net, runtime, directory, shape, fixed, det.info.family, one)
     return files
@@ -140,7 +159,8 @@ def query_difference(want: list, got: list, tol: float) -> float:
     return worst
 
 
-def cache_fields(det: HFDetector, runtime: str) -> dict[str, Any]:
+def cache_fields(det: HFDetector, runtime: str, size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The export's cache key fields; ``size`` (H, W): those of the per-shape export at that size."""
     import torch
     import transformers
 
@@ -152,7 +172,13 @@ def cache_fields(det: HFDetector, runtime: str) -> dict[str, Any]:
             "runtime_version": runtime_version(runtime), "torch": torch.__version__,
             "transformers": transformers.__version__, "precision": "float32",
             "shapes": "x".join(map(str, shape[2:])) if fixed else "dynamic",
-            "weights": state_hash(det.model), **({"batch": 1} if batch_one(det) else {})}
+            "weights": state_hash(det.model), **({"batch": 1} if batch_one(det) else {}),
+            **(shape_fields(size) if size is not None else {})}
+
+
+def shape_fields(size: tuple[int, int]) -> dict[str, Any]:
+    """What a per-shape export adds to (or overrides in) the cache key fields."""
+    return {"shapes": f"{int(size[0])}x{int(size[1])}", "batch": 1, "policy": "per-shape"}
 
 
 class RuntimeHFDetector(HFDetector):
@@ -166,16 +192,22 @@ class RuntimeHFDetector(HFDetector):
         self.precision = Precision("float32", "cpu")
 
     def network(self, pixel_values):
-        import numpy as np
-        import torch
+        return run_engine(self.engine, pixel_values)
 
-        x = pixel_values.cpu().numpy()
-        if getattr(self.engine, "fixed_batch", None) == 1 and len(x) > 1:  # a batch-1 export: image by image
-            parts = [self.engine([x[i:i + 1]]) for i in range(len(x))]
-            logits, boxes = (np.concatenate([p[k] for p in parts]) for k in (0, 1))
-        else:
-            logits, boxes = self.engine([x])
-        return SimpleNamespace(logits=torch.from_numpy(logits), pred_boxes=torch.from_numpy(boxes))
+
+def run_engine(engine, pixel_values) -> SimpleNamespace:
+    """``engine`` on a ``(B, 3, H, W)`` batch: ``logits`` and ``pred_boxes`` as torch tensors (a
+    batch-1 export is called image by image)."""
+    import numpy as np
+    import torch
+
+    x = pixel_values.cpu().numpy()
+    if getattr(engine, "fixed_batch", None) == 1 and len(x) > 1:  # a batch-1 export: image by image
+        parts = [engine([x[i:i + 1]]) for i in range(len(x))]
+        logits, boxes = (np.concatenate([p[k] for p in parts]) for k in (0, 1))
+    else:
+        logits, boxes = engine([x])
+    return SimpleNamespace(logits=torch.from_numpy(logits), pred_boxes=torch.from_numpy(boxes))
 
 
 def runtime_info(info: ModelInfo, runtime: str, **extra: Any) -> ModelInfo:
@@ -187,14 +219,31 @@ def runtime_info(info: ModelInfo, runtime: str, **extra: Any) -> ModelInfo:
 
 
 def accelerate(det: HFDetector, runtime: str, quiet: bool = False) -> RuntimeHFDetector:
-    """``det`` with its network exported (cached) and running in ``runtime``."""
+    """``det`` with its network exported (cached) and running in ``runtime``; a :func:`per_shape`
+    model exports nothing yet (:class:`.hf_shapes.PerShapeHFDetector`: one export per size met)."""
     from visiontool.models.runtimes.engines import open_engine
     from visiontool.models.runtimes.export_cache import get_or_build
 
+    if per_shape(det):
+        from visiontool.models.runtimes.hf_shapes import PerShapeHFDetector
+
+        return PerShapeHFDetector(det, runtime, quiet=quiet)
     fields = cache_fields(det, runtime)
     engine, where = get_or_build(fields, lambda d: build_into(det, runtime, d), lambda d: open_engine(runtime, d),
                                  f"{det.info.name} to {runtime}", quiet=quiet)
     return RuntimeHFDetector(runtime_info(det.info, runtime, export=str(where)), det.processor, engine)
+
+
+def check_deployable(det: HFDetector, runtime: str) -> None:
+    """``visiontool export`` of a :func:`per_shape` model: one line, exit 2 (a directory cannot
+    hold an export for every size its processor may produce)."""
+    if per_shape(det):
+        from visiontool.errors import UsageError
+
+        raise UsageError(f"visiontool export: {det.info.name} ({det.info.family}) is exported once per processed image "
+                         "size (its traced graph fixes the image size and its processor does not resize to one "
+                         f"size), so no directory can hold every size; run it with --runtime {runtime} instead, "
+                         "which caches one export per size")
 
 
 def write_export(det: HFDetector, runtime: str, directory: Path) -> list[str]:

@@ -1,0 +1,95 @@
+"""Per-shape exports: one static ``(1, 3, H, W)`` network per processed image size.
+
+For the DETR families whose traced graph fixes what it computes from the image size
+(:data:`.hf_export.SHAPE_BOUND`: Deformable DETR's feature maps' sizes and level start indices,
+RT-DETR's, RT-DETR v2's, D-FINE's and DEIMv2's anchors and batch) when their processor does not
+resize every image to one size (:func:`.hf_export.per_shape`). A dynamic-shape export of them
+does not reproduce torch at other sizes, so :class:`PerShapeHFDetector` exports one static
+network per processed ``(H, W)``, the first time a batch of that size reaches the network, each
+cached on disk (:func:`.export_cache.get_or_build`, key fields ``shapes: "HxW"``, ``batch: 1``,
+``policy: "per-shape"``) and checked against torch at its own shape before it is cached (a
+failing check is the usual one-line refusal). A second command finds the cached exports and
+converts nothing.
+
+Images are never padded to a shared size: Deformable DETR's ``input_proj`` ends in a GroupNorm
+over the whole feature map, so padding would change every output; the adapter batches only
+images of one processed shape (:func:`visiontool.models.hf_detection.group_by_shape`) and the
+export takes no pixel mask, so an export at exactly that shape is the torch path's network.
+
+Cost: one conversion per processed size (the processor's shortest/longest-edge resize gives a
+size per aspect ratio), measured in docs/runtimes.md; past :data:`WARN_AT` sizes in one
+detector's life, one warning says so.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from visiontool.models.hf_detection import HFDetector
+from visiontool.models.runtimes.hf_export import (RuntimeHFDetector, build_into, cache_fields, run_engine,
+                                                  runtime_info, shape_fields)
+
+WARN_AT = 9  # the number of distinct sizes at which a run is told about the per-size exports (once)
+
+
+class PerShapeHFDetector(RuntimeHFDetector):
+    """A :class:`RuntimeHFDetector` holding one engine per processed size: ``engines[(H, W)]``,
+    opened from the export cache or exported (static, batch 1) when a size is first met; a
+    batch of B images of one size is B calls of that engine.
+
+    Memory: unlike the other runtime adapters, this one keeps the torch adapter (``source``:
+    its model and weights, e.g. ~160 MB for Deformable DETR R50 in float32) referenced for its
+    whole life, because a size not yet met needs it to export; and every engine opened holds
+    its own copy of the weights (one per size met, nothing is closed), so a run over photos of
+    many aspect ratios grows by one network per size."""
+
+    def __init__(self, source: HFDetector, runtime: str, quiet: bool = False):
+        from visiontool.models.runtimes.export_cache import exports_dir
+
+        info = runtime_info(source.info, runtime, export=str(exports_dir()), shapes="per-shape")
+        super().__init__(info, source.processor, None)
+        self.source, self.runtime, self.quiet = source, runtime, quiet
+        self.fields = cache_fields(source, runtime)  # hashes the weights once, not per size
+        self.engines: dict[tuple[int, int], Any] = {}
+        self.warned = False
+        self._lock = threading.Lock()  # two threads meeting a new size export it once
+
+    def network(self, pixel_values):
+        h, w = (int(s) for s in pixel_values.shape[2:])
+        return run_engine(self.engine_for((h, w)), pixel_values)
+
+    def engine_for(self, size: tuple[int, int]):
+        """The engine for processed size ``size`` (H, W), exporting it on first use."""
+        engine = self.engines.get(size)
+        if engine is not None:
+            return engine
+        with self._lock:
+            if size not in self.engines:
+                self.engines[size] = self._open(size)
+                self._warn_if_many()
+            return self.engines[size]
+
+    def _open(self, size: tuple[int, int]):
+        import torch
+
+        from visiontool.models.runtimes.engines import open_engine
+        from visiontool.models.runtimes.export_cache import get_or_build
+
+        def build(directory):
+            with torch.inference_mode(False):  # the adapter calls the network under inference_mode
+                return build_into(self.source, self.runtime, directory, size)
+
+        engine, _ = get_or_build({**self.fields, **shape_fields(size)}, build,
+                                 lambda d: open_engine(self.runtime, d),
+                                 f"{self.info.name} to {self.runtime} at {size[0]}x{size[1]}", quiet=self.quiet)
+        return engine
+
+    def _warn_if_many(self) -> None:
+        if self.warned or len(self.engines) < WARN_AT:
+            return
+        from visiontool.render.console import warn
+
+        self.warned = True
+        warn(f"{self.info.name} ({self.info.family}) exports one {self.runtime} network per processed image size "
+             f"({len(self.engines)} sizes so far, each converted once and cached, each held in memory); images "
+             "resized to one size, or --runtime torch, avoid it")
