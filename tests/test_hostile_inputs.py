@@ -203,6 +203,38 @@ def test_bomb_message_quotes_our_limit(photo, monkeypatch, tiny_detr):
     assert "200000" not in line and "200,000" not in line  # not PIL's own (2x) figure
 
 
+def test_decoding_leaves_other_threads_warning_filters_and_pil_limit_alone(photo, monkeypatch):
+    """Images decode in a prefetch thread while the main thread may be exporting a model under
+    its own warning filters: a filter added while a decode is in flight survives it, and PIL's
+    limit is back to its value once concurrent decodes are done."""
+    import threading
+    import warnings
+
+    from visiontool.io import images
+
+    real_open = Image.open
+    added = []
+
+    def open_and_add_a_filter(*a, **k):  # what another thread does meanwhile
+        warnings.filterwarnings("ignore", message="visiontool-test-filter")
+        added.append(True)
+        return real_open(*a, **k)
+
+    before = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        monkeypatch.setattr(Image, "open", open_and_add_a_filter)
+        images.load_image(str(photo))
+        assert added and any(f[1] is not None and f[1].pattern == "visiontool-test-filter"
+                             for f in warnings.filters)
+        monkeypatch.setattr(Image, "open", real_open)
+    threads = [threading.Thread(target=lambda: [images.load_image(str(photo)) for _ in range(5)]) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert Image.MAX_IMAGE_PIXELS == before
+
+
 @pytest.mark.parametrize("value", ["abc", "-5", "0"])
 def test_bad_max_pixels_setting_is_exit_2(photo, monkeypatch, value, no_model):
     monkeypatch.setenv("VISIONTOOL_MAX_PIXELS", value)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import io
 import os
 import urllib.error
+import threading
 import urllib.request
-import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,33 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 DEFAULT_MAX_PIXELS = 89_478_485
 URL_TIMEOUT_S = 30.0
 URL_MAX_BYTES = 200 * 1024 * 1024
+
+
+_PIL_LIMIT = {"lock": threading.Lock(), "users": 0, "saved": None}
+
+
+@contextmanager
+def _pil_limit_off():
+    """PIL's own decompression-bomb check off while images decode (ours runs before any pixel
+    is decoded, with our message). ``Image.MAX_IMAGE_PIXELS`` is a module global and images
+    decode in several threads (the prefetch, the Ray replicas' readers), so the first decode in
+    saves it and the last one out restores it; with it None, PIL neither warns nor raises, so no
+    ``warnings.catch_warnings`` is needed (that one is not thread-safe: it would undo another
+    thread's filters, e.g. an export's)."""
+    from PIL import Image
+
+    with _PIL_LIMIT["lock"]:
+        if _PIL_LIMIT["users"] == 0:
+            _PIL_LIMIT["saved"] = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _PIL_LIMIT["users"] += 1
+    try:
+        yield
+    finally:
+        with _PIL_LIMIT["lock"]:
+            _PIL_LIMIT["users"] -= 1
+            if _PIL_LIMIT["users"] == 0:
+                Image.MAX_IMAGE_PIXELS = _PIL_LIMIT["saved"]
 
 
 @dataclass(frozen=True)
@@ -149,30 +177,24 @@ def load_image(source: ImageSource | str):
     except OSError as exc:
         raise ImageLoadError(f"{name}: cannot open ({exc.strerror or exc})") from exc
     try:
-        with fp, warnings.catch_warnings():
+        with fp, _pil_limit_off():
             # our limit, our message: PIL's own check (a warning at 1x, an error quoting 2x its
-            # limit) is off while the header is read, and ours runs before any pixel is decoded
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            old = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = None
-            try:
-                img = Image.open(fp)
-                w, h = img.size
-                if w * h > limit:
-                    raise ImageLoadError(
-                        f"{name}: refused, {w}x{h} = {w * h:,} pixels exceeds the limit of {limit:,} "
-                        "(possible decompression bomb; set VISIONTOOL_MAX_PIXELS to allow it)")
-                frames = getattr(img, "n_frames", 1)
-                if frames > 1:
-                    from visiontool.render.console import once
+            # limit) is off while the image decodes, and ours runs before any pixel is decoded
+            img = Image.open(fp)
+            w, h = img.size
+            if w * h > limit:
+                raise ImageLoadError(
+                    f"{name}: refused, {w}x{h} = {w * h:,} pixels exceeds the limit of {limit:,} "
+                    "(possible decompression bomb; set VISIONTOOL_MAX_PIXELS to allow it)")
+            frames = getattr(img, "n_frames", 1)
+            if frames > 1:
+                from visiontool.render.console import once
 
-                    once("multi-frame", f"{name} holds {frames} frames (an animated or multi-page image); only "
-                                        "the first is used (further such images are not reported)")
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return to_rgb(img)
-            finally:
-                Image.MAX_IMAGE_PIXELS = old
+                once("multi-frame", f"{name} holds {frames} frames (an animated or multi-page image); only "
+                                    "the first is used (further such images are not reported)")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
     except ImageLoadError:
         raise
     except UnidentifiedImageError as exc:
