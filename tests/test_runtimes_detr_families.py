@@ -8,6 +8,8 @@ RT-DETR with a processor that does not fix the size, are exported once per proce
 finding every export cached, ``visiontool export`` refused."""
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -94,6 +96,8 @@ def test_batch_one_family_export_round_trip(models, photos, torch_records, tmp_p
     r = runner.invoke(app, ["export", str(models[family]), "--runtime", "onnx", "-o", str(out)],
                       env={"VISIONTOOL_CACHE": str(tmp_path / "cache")})
     assert r.exit_code == 0, r.stderr
+    manifest = json.loads((out / "visiontool-export.json").read_text())
+    assert manifest["batch"] == 1 and re.fullmatch(r"\d+x\d+", manifest["shapes"]), manifest  # static, as exported
     r = detect(photos, out, cache=tmp_path / "cache")
     assert r.exit_code == 0, r.stderr
     assert_same(torch_records[family], records(r.stdout))

@@ -75,12 +75,15 @@ def export_model(spec: str, runtime: str, out_dir: str, quiet: bool = False) -> 
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         files = family.write_export(det, runtime, tmp)
+        fields = family.cache_fields(det, runtime)
+        # the input-shape policy as exported: "dynamic", or a static "HxW" (with "batch": 1)
+        shapes = {k: fields[k] for k in ("shapes", "batch") if k in fields}
         manifest = {"format": 1, **family_fields(family, det, runtime), "family": det.info.family, "runtime": runtime,
                     "class_names": {str(k): v for k, v in det.info.class_names.items()}, "source": spec,
-                    "params": det.info.params, "precision": "float32", "shapes": "dynamic",
+                    "params": det.info.params, "precision": "float32", **shapes,
                     "visiontool_version": __version__, "files": files}
         (tmp / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=1))
-        describe(tmp, family.cache_fields(det, runtime), files + [EXPORT_MANIFEST])
+        describe(tmp, fields, files + [EXPORT_MANIFEST])
         _share(tmp)
         if target.exists():
             target.rmdir()  # empty, checked above
