@@ -48,8 +48,8 @@ def ray_cluster(tmp_path_factory):
             mp.setenv(k, v)
         import logging
 
-        ray.init(num_cpus=2, object_store_memory=150 * 2**20, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.ERROR)
+        ray.init(address="local", num_cpus=2, object_store_memory=150 * 2**20, include_dashboard=False,
+                 log_to_driver=False, logging_level=logging.ERROR)
         try:
             yield ray.get_runtime_context().gcs_address
         finally:

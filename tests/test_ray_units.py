@@ -338,3 +338,24 @@ def test_joining_sends_the_token_when_this_machine_has_one(tmp_path, monkeypatch
         (tmp_path / ".ray" / "auth_token").write_text("x" * 32)
     join_with_token_if_any()
     assert os.environ.get("RAY_AUTH_MODE") == expected
+
+
+@pytest.mark.parametrize("env, expected", [({}, "local"), ({"RAY_ADDRESS": "10.0.0.5:6379"}, "10.0.0.5:6379")])
+def test_without_address_a_new_local_cluster_is_started(monkeypatch, env, expected):
+    """No --address: a cluster of its own ("local"), not whatever `ray start` left recorded in
+    /tmp/ray/ray_current_cluster (ray.init() alone would join that, or fail when it is gone);
+    RAY_ADDRESS still names a cluster to join."""
+    import ray
+
+    from visiontool.engines.ray_cluster import Session
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    with Session(None) as session:
+        assert session.started_local == (expected == "local")
+    assert calls[0]["address"] == expected and calls[-1] == "shutdown"

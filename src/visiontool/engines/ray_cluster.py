@@ -123,7 +123,10 @@ class Session:
                 if self.address:
                     ray.init(address=self.address, **kwargs)
                 else:  # RAY_ADDRESS, when set, names a cluster to join instead
-                    ray.init(include_dashboard=False, **kwargs)
+                    # "local": a new cluster, even when `ray start` left its address in
+                    # /tmp/ray/ray_current_cluster (ray.init() alone would join that one, or fail
+                    # on it when that cluster is gone)
+                    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, **kwargs)
                     self.started_local = not os.environ.get("RAY_ADDRESS")
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 where = f"the Ray cluster at '{self.address}'" if self.address else "a local Ray cluster"
