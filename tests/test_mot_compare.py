@@ -3,6 +3,7 @@ model x tracker runs on a video, HOTA/MOTA/IDF1 with deltas against the first ru
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -132,3 +133,7 @@ def test_runtime_applies_to_the_model_runs(tmp_path, monkeypatch):
     r = runner.invoke(app, ["compare", "--mot", "--gt", str(gt), "--video", str(clip), *base,
                             "--runtime", "tensorrt"])
     assert r.exit_code == 2 and "--runtime 'tensorrt'" in r.stderr
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the extra were not installed
+    r = runner.invoke(app, ["compare", "--mot", "--gt", str(gt), "--video", str(clip), *base,
+                            "--runtime", "onnxruntime"])
+    assert r.exit_code == 2 and "pip install 'visiontool[onnx]'" in r.stderr, r.stderr

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from visiontool.errors import UsageError, VisionToolError
+from visiontool.errors import MissingExtraError, UsageError, VisionToolError
 from visiontool.services.mot_metrics import MotEvaluation, MotRun, evaluate_mot
 
 
@@ -104,6 +104,8 @@ def compare_tracking(gt: str, preds: list[str] | None = None, *, models: list[st
                     extra = _run_model(model, opts, video, path, threshold=threshold, max_det=max_det,
                                        batch_size=batch_size, device=device, dtype=dtype, text=text,
                                        vid_stride=vid_stride, warn=warn, load_options=load_options)
+                except MissingExtraError:
+                    raise  # --runtime without its extra: exit 2 with the install line, as detect
                 except VisionToolError as exc:
                     failed.append(MotRun(label, {}, {}, {"model": model, "tracker": opts.tracker,
                                                          "error": str(exc)}))
