@@ -134,6 +134,6 @@ def test_runtime_applies_to_the_model_runs(tmp_path, monkeypatch):
                             "--runtime", "tensorrt"])
     assert r.exit_code == 2 and "--runtime 'tensorrt'" in r.stderr
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the extra were not installed
-    r = runner.invoke(app, ["compare", "--mot", "--gt", str(gt), "--video", str(clip), *base,
-                            "--runtime", "onnxruntime"])
+    r = runner.invoke(app, ["compare", "--mot", "--gt", str(gt), str(gt), "--video", str(clip), *base,
+                            "--runtime", "onnxruntime"])  # a file run too: not an error row beside it
     assert r.exit_code == 2 and "pip install 'visiontool[onnx]'" in r.stderr, r.stderr
