@@ -37,7 +37,8 @@ def run(gt: str, preds: list[str], *, models: list[str] | None = None, video: Op
         raise UsageError(f"{', '.join(used)} appl{'y' if len(used) > 1 else 'ies'} to COCO comparisons, not --mot")
     out_format = choose_format(fmt, output, ("table", "json"))
     common_checks(device=device, dtype=dtype, output=output)
-    load_options = runtime_options(runtime)  # an unknown runtime or a missing extra: exit 2 before any run
+    # an unknown runtime: exit 2 before any run; a missing extra: exit 2 when the first model loads
+    load_options = runtime_options(runtime)
     set_quiet(quiet)
     result = compare_tracking(gt, list(preds or []), models=list(models or []), video=video,
                               trackers=list(trackers or []) or None, names=list(names or []), preproc=preproc,

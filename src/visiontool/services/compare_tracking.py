@@ -151,7 +151,6 @@ def _run_model(model: str, opts, video: str, path: Path, *, threshold: float, ma
     if run.failed:
         raise PartialFailure(run.failed[0])
     frames = run.timings.images
-    return {"model": model, "tracker": opts.tracker, "runtime": (load_options or {}).get("runtime", "torch"),
-            "frames": frames,
+    return {"model": model, "tracker": opts.tracker, "runtime": run.info.runtime, "frames": frames,
             "fps": frames / run.timings.wall if run.timings.wall > 0 else None,
             "wall_s": round(wall, 3)}

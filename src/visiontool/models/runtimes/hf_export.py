@@ -159,8 +159,8 @@ def query_difference(want: list, got: list, tol: float) -> float:
     return worst
 
 
-def cache_fields(det: HFDetector, runtime: str, size: tuple[int, int] | None = None) -> dict[str, Any]:
-    """The export's cache key fields; ``size`` (H, W): those of the per-shape export at that size."""
+def cache_fields(det: HFDetector, runtime: str) -> dict[str, Any]:
+    """The export's cache key fields (a per-shape export adds :func:`shape_fields`)."""
     import torch
     import transformers
 
@@ -172,8 +172,7 @@ def cache_fields(det: HFDetector, runtime: str, size: tuple[int, int] | None = N
             "runtime_version": runtime_version(runtime), "torch": torch.__version__,
             "transformers": transformers.__version__, "precision": "float32",
             "shapes": "x".join(map(str, shape[2:])) if fixed else "dynamic",
-            "weights": state_hash(det.model), **({"batch": 1} if batch_one(det) else {}),
-            **(shape_fields(size) if size is not None else {})}
+            "weights": state_hash(det.model), **({"batch": 1} if batch_one(det) else {})}
 
 
 def shape_fields(size: tuple[int, int]) -> dict[str, Any]:
