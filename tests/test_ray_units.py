@@ -90,6 +90,54 @@ def udf(tiny_detr_fast):
     return DetectUDF(DetectSpec(model=tiny_detr_fast, threshold=0.05, batch_size=8, device="cpu", dtype="float32"))
 
 
+class _RowsAsTheyAre:
+    """A ChunkIO stand-in: the rows are given expanded, the records table comes back."""
+
+    def expand(self, table):
+        return table
+
+    def write(self, records, node, warnings):
+        return records
+
+
+def test_the_replica_loads_and_infers_on_one_thread(tiny_detr_fast, photos, monkeypatch):
+    """Ray Data builds a replica on the worker's main thread and calls it on another thread; were
+    the model to load on one and infer on the other, torch's OpenMP would keep two thread teams
+    on the cores one team fills and stop spinning at its barriers (the replica ran DETR-R50 at
+    1.5 of 2 cores). Load and every call run on the replica's one model thread."""
+    import threading
+
+    from visiontool.engines.ray_udfs import DetectSpec, DetectUDF
+    from visiontool.services import detect as detect_service
+
+    threads: dict[str, set] = {"load": set(), "predict": set()}
+    real_prepare = detect_service.prepare_detector
+
+    def prepare(*args, **kwargs):
+        threads["load"].add(threading.get_ident())
+        detector, classes, phrases = real_prepare(*args, **kwargs)
+        real_predict = detector.predict
+
+        def predict(*a, **k):
+            threads["predict"].add(threading.get_ident())
+            return real_predict(*a, **k)
+
+        detector.predict = predict
+        return detector, classes, phrases
+
+    monkeypatch.setattr(detect_service, "prepare_detector", prepare)
+    udf = DetectUDF(DetectSpec(model=tiny_detr_fast, threshold=0.05, batch_size=2, device="cpu", dtype="float32"),
+                    io=_RowsAsTheyAre())
+    out = []
+    for _ in range(2):  # two calls, each from a thread of its own (as Ray Data's calls come)
+        caller = threading.Thread(target=lambda: out.append(udf(_table(photos, ["img000.jpg", "img001.jpg"]))))
+        caller.start()
+        caller.join()
+    assert [t.num_rows for t in out] == [2, 2]
+    assert len(threads["load"]) == 1 and threads["predict"] == threads["load"]
+    assert threading.get_ident() not in threads["load"]
+
+
 def test_cuda_oom_halves_the_batch_and_the_records_stay_the_same(udf, photos, monkeypatch):
     import torch
 
