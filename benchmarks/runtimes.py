@@ -20,7 +20,12 @@ transformers pipeline, on the real DETR-R50 architecture with random weights (no
    per processed image size (``runtimes.hf_shapes``): each size's export is timed and reported
    apart from inference (the four photos are three sizes at 800-1333 px).
 
-    python benchmarks/runtimes.py [--rounds 3] [--only shapes,detect,detectors,sam,rtdetr,deformable]
+7. ``owl``: open-vocabulary OWLv2 (``Owlv2Config()``'s defaults: the ViT-B/16 architecture of
+   google/owlv2-base-patch16 at 960×960, random weights, a character-level CLIP tokenizer
+   written here) with ``--text`` of three phrases: the transformers zero-shot pipeline, the torch
+   path and both runtimes (one export, the phrases as an input).
+
+    python benchmarks/runtimes.py [--rounds 3] [--only shapes,detect,detectors,sam,rtdetr,deformable,owl]
 
 Run it on a quiet machine; it prints ``uptime``'s load with the figures.
 """
@@ -174,6 +179,60 @@ def bench_detect(model_dir: Path, rounds: int, tag: str = "detect") -> None:
     print(f"{tag}: load {load()}", flush=True)
 
 
+def build_owlv2_base(path: Path) -> Path:
+    import torch
+    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from hf_tiny_text import clip_tokenizer
+
+    tok = clip_tokenizer(path / "tok", max_length=16)  # OWL's 16 tokens per phrase
+    torch.manual_seed(0)
+    Owlv2ForObjectDetection(Owlv2Config()).eval().save_pretrained(path)
+    Owlv2Processor(Owlv2ImageProcessor(), tok).save_pretrained(path)
+    return path
+
+
+OWL_TEXT = ("person", "car", "dog")
+
+
+def bench_owl(model_dir: Path, rounds: int, tag: str = "owl") -> None:
+    from PIL import Image
+    from transformers import pipeline
+
+    from visiontool.models import registry
+    from visiontool.models.protocol import DetectOptions
+
+    images = [Image.open(p).convert("RGB") for p in PHOTOS]
+    pipe = pipeline("zero-shot-object-detection", model=str(model_dir), device="cpu")
+    runners = {"pipeline": lambda: [pipe(im, candidate_labels=list(OWL_TEXT), threshold=0.1) for im in images]}
+    opts = DetectOptions(threshold=0.0, text=OWL_TEXT)
+    for runtime in ("torch", "openvino", "onnxruntime"):
+        t0 = time.perf_counter()
+        det = registry.load_detector(str(model_dir), "cpu", "float32", runtime=runtime, text=True)
+        print(f"{tag}: {runtime} load (+ export on first use) {time.perf_counter() - t0:.1f} s", flush=True)
+        runners[runtime] = (lambda d: lambda: [d.predict([im], opts)[0] for im in images])(det)
+    boxes = {}
+    for name, fn in runners.items():
+        r = fn()  # warm-up, untimed
+        if name != "pipeline":
+            boxes[name] = r
+    times = {k: [] for k in runners}
+    for _ in range(rounds):
+        for k, fn in runners.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    base = len(images) / statistics.median(times["torch"])
+    for k, v in times.items():
+        ips = len(images) / statistics.median(v)
+        print(f"{tag}: {k:12s} {ips:.3f} images/s ({ips / base:.2f}x torch path)", flush=True)
+    for k in ("openvino", "onnxruntime"):
+        d = max(box_difference(a, b) for a, b in zip(boxes["torch"], boxes[k]))
+        print(f"{tag}: {k} max box difference vs torch {d:.4f} px", flush=True)
+    print(f"{tag}: load {load()}", flush=True)
+
+
 def box_difference(a, b) -> float:
     """The largest distance (px, max over coordinates) from a detection of ``a`` to the closest
     of ``b`` with the same class; inf when the counts differ."""
@@ -189,7 +248,7 @@ def box_difference(a, b) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--only", default="shapes,detect,detectors,sam,rtdetr,deformable")
+    ap.add_argument("--only", default="shapes,detect,detectors,sam,rtdetr,deformable,owl")
     args = ap.parse_args()
     os.environ.setdefault("VISIONTOOL_CACHE", tempfile.mkdtemp(prefix="vt-bench-cache-"))
     only = set(args.only.split(","))
@@ -212,6 +271,11 @@ def main() -> None:
             model_dir = build_deformable_r50(Path(tmp) / "deformable-detr-r50")
             print(f"load before: {load()}", flush=True)
             bench_detect(model_dir, args.rounds, "deformable")
+    if "owl" in only:
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = build_owlv2_base(Path(tmp) / "owlv2-base")
+            print(f"load before: {load()}", flush=True)
+            bench_owl(model_dir, args.rounds)
     if not only & {"shapes", "detect"}:
         return
     with tempfile.TemporaryDirectory() as tmp:

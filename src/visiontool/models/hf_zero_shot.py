@@ -114,8 +114,7 @@ class ZeroShotDetector:
                 enc["pixel_values"] = enc["pixel_values"].contiguous(memory_format=torch.channels_last)
             t1 = time.perf_counter()
             timings.preprocess += t1 - t0
-            with torch.inference_mode(), self.precision.context():
-                outputs = self.model(**enc)
+            outputs = self.network(enc)
             t2 = time.perf_counter()
             timings.inference += t2 - t1
             sizes = [(im.height, im.width) for im in group]
@@ -123,6 +122,13 @@ class ZeroShotDetector:
                 out[i] = det
             timings.postprocess += time.perf_counter() - t2
         return out  # type: ignore[return-value]
+
+    def network(self, enc):
+        """The model's forward on the processor's tensors (a runtime twin runs its export instead)."""
+        import torch
+
+        with torch.inference_mode(), self.precision.context():
+            return self.model(**enc)
 
     def postprocess(self, outputs, enc, sizes, phrases, options: DetectOptions) -> list[Detections]:
         import torch

@@ -9,8 +9,9 @@ pre- and post-processing while the network call runs in the engine (:mod:`.engin
 Families with an exporter: the transformers DETR family (:mod:`.hf_export`: the whole network;
 :mod:`.hf_shapes`: one static export per processed image size for Deformable DETR and the
 RT-DETR-like families without a fixed-size processor), torchvision's detectors
-(:mod:`.tv_export`: the backbone) and Ultralytics (:mod:`.ul_export`: Ultralytics' own
-exporter). Other families asked for another runtime are one line, exit 2 (:func:`accelerate`).
+(:mod:`.tv_export`: the backbone), Ultralytics (:mod:`.ul_export`: Ultralytics' own exporter) and
+the open-vocabulary OWL-ViT and OWLv2 (:mod:`.zs_export`: the network, phrases as an input).
+Other families asked for another runtime are one line, exit 2 (:func:`accelerate`).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any
 from visiontool.errors import UsageError, require
 
 RUNTIMES = ("torch", "openvino", "onnxruntime", "auto")
-EXPORTABLE = "the transformers DETR family, torchvision detectors, Ultralytics YOLO"
+EXPORTABLE = "the transformers DETR family, OWL-ViT and OWLv2, torchvision detectors, Ultralytics YOLO"
 EXTRAS = {"openvino": ("openvino", "openvino"), "onnxruntime": ("onnxruntime", "onnx")}  # runtime -> (module, extra)
 
 
@@ -86,6 +87,10 @@ def accelerate(detector: Any, runtime: str, quiet: bool = False) -> Any:
         from visiontool.models.runtimes import ul_export
 
         return ul_export.accelerate(detector, runtime, quiet=quiet)
+    from visiontool.models.runtimes import zs_export
+
+    if zs_export.exportable(detector):
+        return zs_export.accelerate(detector, runtime, quiet=quiet)
     info = detector.info
     raise UsageError(f"--runtime {runtime}: no exporter for {info.backend} '{info.family}' models yet (exportable: "
                      f"{EXPORTABLE}); use --runtime torch")

@@ -64,6 +64,7 @@ def export_model(spec: str, runtime: str, out_dir: str, quiet: bool = False) -> 
     if registry.detector_module(spec).__name__ == registry.EXPORTED:
         raise UsageError(f"'{spec}' is already an export; export its source model instead")
     resolve(runtime, "cpu")  # the extra is installed
+    _refuse_open_vocabulary(spec, runtime)
     det = registry.load_detector(spec, "cpu", "float32")
     family = exporter_for(det)
     if hasattr(family, "check_deployable"):  # the DETR family: a per-shape model is refused here, in one line
@@ -100,6 +101,28 @@ def export_model(spec: str, runtime: str, out_dir: str, quiet: bool = False) -> 
     if not quiet:
         info(f"exported {spec} to {target} ({runtime}) in {time.perf_counter() - t0:.1f} s")
     return target
+
+
+def _refuse_open_vocabulary(spec: str, runtime: str) -> None:
+    """An open-vocabulary model (OWL-ViT, OWLv2, Grounding DINO, …): one line, exit 2, before it
+    loads (it would ask for --text). OWL runs exported through ``--runtime`` (cached); a
+    directory with its export, processor and tokenizer is not written yet."""
+    from visiontool.models import registry
+
+    if registry.detector_module(spec).__name__ != registry.HF_DETECTION:
+        return
+    try:
+        from visiontool.models.hf_detection import ZERO_SHOT_TYPES
+        from visiontool.models.hf_hub import load_config
+
+        model_type = str(getattr(load_config(spec), "model_type", ""))
+    except Exception:  # noqa: BLE001 - loading the model reports what is wrong with the spec
+        return
+    if model_type in ZERO_SHOT_TYPES:
+        raise UsageError(f"visiontool export: '{spec}' is an open-vocabulary model ({model_type}); visiontool export "
+                         f"writes closed-vocabulary detectors only. OWL-ViT and OWLv2 run exported with "
+                         f"`visiontool detect --text ... --runtime {runtime}` (the export is cached); the other "
+                         "open-vocabulary families have no exporter yet")
 
 
 def exporter_for(det):

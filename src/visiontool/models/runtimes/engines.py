@@ -1,10 +1,10 @@
 """Running an exported network: OpenVINO's compiled model or an ONNX Runtime session.
 
-An engine maps float32 numpy inputs (in the export's input order) to its outputs as a list
-of numpy arrays; ``fixed_batch`` is the first input's static batch size (None when dynamic).
-Both run float32 on the CPU: OpenVINO's CPU plugin otherwise picks bfloat16 on CPUs with
-AVX512-BF16/AMX (measured here: DETR logits off by 0.07), so the
-inference precision hint is pinned to f32.
+An engine maps numpy inputs (in the export's input order; float32, or int64 for token ids) to
+its outputs as a list of numpy arrays; ``fixed_batch`` is the first input's static batch size
+(None when dynamic). Both run float32 on the CPU: OpenVINO's CPU plugin otherwise picks bfloat16
+on CPUs with AVX512-BF16/AMX (measured here: DETR logits off by 0.07), so the inference
+precision hint is pinned to f32.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class OpenVINOEngine:
         self.fixed_batch = first[0].get_length() if first.rank.is_static and first[0].is_static else None
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        result = self.request.infer([np.ascontiguousarray(a, dtype=np.float32) for a in inputs])
+        result = self.request.infer([_as_input(a) for a in inputs])
         return [np.array(result[out]) for out in self.compiled.outputs]
 
 
@@ -57,8 +57,14 @@ class OnnxRuntimeEngine:
         self.fixed_batch = first[0] if first and isinstance(first[0], int) else None
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        feed = {n: np.ascontiguousarray(a, dtype=np.float32) for n, a in zip(self.names, inputs)}
+        feed = {n: _as_input(a) for n, a in zip(self.names, inputs)}
         return list(self.session.run(None, feed))
+
+
+def _as_input(a) -> np.ndarray:
+    """An engine input: float arrays as contiguous float32, integer ones (token ids) as int64."""
+    a = np.asarray(a)
+    return np.ascontiguousarray(a, dtype=np.int64 if a.dtype.kind in "iub" else np.float32)
 
 
 def open_engine(runtime: str, directory: Path):

@@ -1,0 +1,130 @@
+"""OWL-ViT and OWLv2 (:mod:`visiontool.models.hf_zero_shot`) in OpenVINO / ONNX Runtime.
+
+Exported: the model's forward ``pixel_values (B, 3, H, W) float32, input_ids (B·Q, T) int64,
+attention_mask (B·Q, T) int64 -> logits (B, P, Q), pred_boxes (B, P, 4)`` (P: the image's
+patches, Q: the phrases per image), with the batch, the number of phrases and the token length
+dynamic: the phrases are an input, so one export serves every ``--text``. H and W are the
+processor's one fixed size (the vision transformer's position embeddings are tied to it). The
+export is checked against torch at another batch and another number of phrases than the traced
+ones before it is cached. Everything else is the torch adapter's own code: the processor (image
+resize, tokenizer) and transformers' ``post_process_grounded_object_detection`` —
+:class:`RuntimeZeroShotDetector` swaps only the network call (:meth:`ZeroShotDetector.network`).
+
+Grounding DINO, MM-Grounding-DINO and OmDet-Turbo have no exporter yet (their text and image
+branches are fused inside deformable attention; not tried).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from visiontool.errors import UsageError
+from visiontool.models.hf_zero_shot import OWL, ZeroShotDetector
+
+EXPORTER_VERSION = 1
+KIND = "transformers-zero-shot"
+INPUTS, OUTPUTS = ["pixel_values", "input_ids", "attention_mask"], ["logits", "pred_boxes"]
+DYNAMIC = {"pixel_values": {0: "batch"}, "input_ids": {0: "queries", 1: "tokens"},
+           "attention_mask": {0: "queries", 1: "tokens"}}
+TRACED = ("object", "thing")  # the traced example's phrases (one image); the check uses other counts
+PROBE = ("a photo of a cat", "dog", "person")  # the check: two images, three phrases each
+TOLERANCE = 1e-3
+
+
+def exportable(det: Any) -> bool:
+    return type(det) is ZeroShotDetector and det.model_type in OWL
+
+
+def _net(model):
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values, input_ids, attention_mask):
+            out = self.model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
+            return out.logits, out.pred_boxes
+
+    return Net().eval()
+
+
+def _example(det: ZeroShotDetector, phrases: tuple[str, ...], n_images: int, seed: int | None = None) -> tuple:
+    """The processor's tensors for ``n_images`` images and ``phrases`` (random pixels with ``seed``)."""
+    import torch
+    from PIL import Image
+
+    enc = det.processor(images=[Image.new("RGB", (64, 48))] * n_images, text=[list(phrases)] * n_images,
+                        return_tensors="pt")
+    pixels = enc["pixel_values"].float()
+    if seed is not None:
+        pixels = torch.randn(pixels.shape, generator=torch.Generator().manual_seed(seed))
+    return pixels, enc["input_ids"].long(), enc["attention_mask"].long()
+
+
+def image_size(det: ZeroShotDetector) -> tuple[int, int]:
+    return tuple(int(s) for s in _example(det, TRACED, 1)[0].shape[2:])  # type: ignore[return-value]
+
+
+def build_into(det: ZeroShotDetector, runtime: str, directory: Path) -> list[str]:
+    """Export ``det``'s network into ``directory`` for ``runtime`` and check it (the file names written)."""
+    import numpy as np
+    import torch
+
+    from visiontool.models.runtimes.engines import export_network, open_engine
+
+    net = _net(det.model)
+    files = export_network(net, _example(det, TRACED, 1), runtime, directory, INPUTS, OUTPUTS, DYNAMIC)
+    probe = _example(det, PROBE, 2, seed=0)
+    with torch.inference_mode():
+        want = [t.float().numpy() for t in net(*probe)]
+    got = open_engine(runtime, directory)([t.numpy() for t in probe])
+    worst = max((float(np.abs(w - g).max()) if w.shape == g.shape else float("inf")) for w, g in zip(want, got))
+    if worst > TOLERANCE:
+        raise UsageError(f"--runtime {runtime}: the exported {det.info.family} network does not reproduce torch on 2 "
+                         f"images x {len(PROBE)} phrases (max difference {worst:.3g}); use --runtime torch")
+    return files
+
+
+def cache_fields(det: ZeroShotDetector, runtime: str) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    from visiontool.models.runtimes.engines import runtime_version
+    from visiontool.models.runtimes.export_cache import state_hash
+
+    return {"kind": KIND, "family": det.info.family, "exporter": EXPORTER_VERSION, "runtime": runtime,
+            "runtime_version": runtime_version(runtime), "torch": torch.__version__,
+            "transformers": transformers.__version__, "precision": "float32",
+            "shapes": "x".join(map(str, image_size(det))), "weights": state_hash(det.model)}
+
+
+class RuntimeZeroShotDetector(ZeroShotDetector):
+    """A ZeroShotDetector whose network runs in an exported engine (no torch model held)."""
+
+    def __init__(self, info, processor, model_type: str, engine):
+        from visiontool.device import Precision
+
+        super().__init__(info, None, processor, model_type, Precision("float32", "cpu"))
+        self.engine = engine
+
+    def network(self, enc):
+        import torch
+
+        logits, boxes = self.engine([enc["pixel_values"].cpu().numpy(), enc["input_ids"].cpu().numpy(),
+                                     enc["attention_mask"].cpu().numpy()])
+        return SimpleNamespace(logits=torch.from_numpy(logits), pred_boxes=torch.from_numpy(boxes))
+
+
+def accelerate(det: ZeroShotDetector, runtime: str, quiet: bool = False) -> RuntimeZeroShotDetector:
+    """``det`` with its network exported (cached) and running in ``runtime``."""
+    from visiontool.models.runtimes.engines import open_engine
+    from visiontool.models.runtimes.export_cache import get_or_build
+    from visiontool.models.runtimes.hf_export import runtime_info
+
+    engine, where = get_or_build(cache_fields(det, runtime), lambda d: build_into(det, runtime, d),
+                                 lambda d: open_engine(runtime, d), f"{det.info.name} to {runtime}", quiet=quiet)
+    return RuntimeZeroShotDetector(runtime_info(det.info, runtime, export=str(where)), det.processor,
+                                   det.model_type, engine)

@@ -1,0 +1,87 @@
+"""The open-vocabulary OWL-ViT and OWLv2 through ``--runtime openvino|onnxruntime``: the
+records equal the torch path's for the same ``--text`` (boxes within 0.05 px, scores within
+1e-4), batch 2 included; the phrases are an input of the export, so a second command with
+other phrases (and another number of them) finds the export cached and still gives the torch
+path's records. ``visiontool export`` of them is one line, exit 2 (Grounding DINO without an
+exporter: ``test_runtimes_detr.py``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli_helpers import assert_user_error
+from detector_helpers import small_photos
+from hf_tiny_text import build_zero_shot
+from runtimes_helpers import assert_same_detections_unordered, records
+from visiontool.cli.main import app
+
+runner = CliRunner()
+FAMILIES = ("owlv2", "owlvit")
+RUNTIMES = ("openvino", "onnxruntime")
+TEXTS = ("cat, dog, a person", "a red car, tree")  # the second: other phrases, another count
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("owl")
+    return {f: build_zero_shot(f, d / f) for f in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, images_dir) -> list[str]:
+    d = small_photos(tmp_path_factory.mktemp("owlphotos"), images_dir)
+    return [str(p) for p in sorted(d.glob("*.png"))]
+
+
+def detect(photos, model, text, *extra, cache: Path):
+    from visiontool.models import loader
+
+    loader.release()  # each run loads (and finds its export) as a new command would
+    return runner.invoke(app, ["detect", *photos, "--model", str(model), "--text", text, "--device", "cpu",
+                               "-f", "jsonl", "--threshold", "0.0", "--batch-size", "2", *extra],
+                         env={"VISIONTOOL_CACHE": str(cache)})
+
+
+@pytest.fixture(scope="module")
+def torch_records(models, photos, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("owlcache-torch")
+    out = {}
+    for family, model in models.items():
+        for text in TEXTS:
+            r = detect(photos, model, text, cache=cache)
+            assert r.exit_code == 0, (family, r.stderr)
+            out[family, text] = records(r.stdout)
+    return out
+
+
+def assert_same(want: list[dict], got: list[dict]) -> None:
+    assert [r["image"] for r in want] == [r["image"] for r in got]
+    n = sum(assert_same_detections_unordered(a["detections"], b["detections"]) for a, b in zip(want, got))
+    assert n >= 10, n  # threshold 0: every patch's box of every photo compared
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_owl_records_equal_torch_path_for_any_text(models, photos, torch_records, tmp_path, family, runtime):
+    cache = tmp_path / "cache"
+    r = detect(photos, models[family], TEXTS[0], "--runtime", runtime, cache=cache)
+    assert r.exit_code == 0, r.stderr
+    assert "exported" in r.stderr
+    got = records(r.stdout)
+    assert {d["label"] for rec in got for d in rec["detections"]} == {"cat", "dog", "a person"}
+    assert_same(torch_records[family, TEXTS[0]], got)
+    # other phrases, another count of them: the same export (no second one), the torch path's records
+    r2 = detect(photos, models[family], TEXTS[1], "--runtime", runtime, cache=cache)
+    assert r2.exit_code == 0 and "export" not in r2.stderr, r2.stderr
+    assert_same(torch_records[family, TEXTS[1]], records(r2.stdout))
+    entries = [p for p in (cache / "exports").iterdir() if not p.name.startswith((".", "locks"))]
+    assert len(entries) == 1, entries
+
+
+def test_export_of_an_open_vocabulary_model_is_one_line(models, tmp_path):
+    r = runner.invoke(app, ["export", str(models["owlv2"]), "--runtime", "onnx", "-o", str(tmp_path / "o")],
+                      env={"VISIONTOOL_CACHE": str(tmp_path / "cache")})
+    assert_user_error(r, 2, "open-vocabulary", "--runtime onnxruntime")
+    assert not (tmp_path / "o").exists()
