@@ -20,8 +20,8 @@ transformers pipeline, on the real DETR-R50 architecture with random weights (no
    per processed image size (``runtimes.hf_shapes``): each size's export is timed and reported
    apart from inference (the four photos are three sizes at 800-1333 px).
 
-7. ``owl``: open-vocabulary OWLv2 (``Owlv2Config()``'s defaults: the ViT-B/16 architecture of
-   google/owlv2-base-patch16 at 960×960, random weights, a character-level CLIP tokenizer
+7. ``owl``: open-vocabulary OWLv2 (``Owlv2Config()`` at 960 px: the ViT-B/16 architecture of
+   google/owlv2-base-patch16, random weights, a character-level CLIP tokenizer
    written here) with ``--text`` of three phrases: the transformers zero-shot pipeline, the torch
    path and both runtimes (one export, the phrases as an input).
 
@@ -188,7 +188,8 @@ def build_owlv2_base(path: Path) -> Path:
 
     tok = clip_tokenizer(path / "tok", max_length=16)  # OWL's 16 tokens per phrase
     torch.manual_seed(0)
-    Owlv2ForObjectDetection(Owlv2Config()).eval().save_pretrained(path)
+    # google/owlv2-base-patch16: ViT-B/16 at 960 px (Owlv2Config()'s vision default is 768)
+    Owlv2ForObjectDetection(Owlv2Config(vision_config={"image_size": 960})).eval().save_pretrained(path)
     Owlv2Processor(Owlv2ImageProcessor(), tok).save_pretrained(path)
     return path
 

@@ -85,3 +85,37 @@ def test_export_of_an_open_vocabulary_model_is_one_line(models, tmp_path):
                       env={"VISIONTOOL_CACHE": str(tmp_path / "cache")})
     assert_user_error(r, 2, "open-vocabulary", "--runtime onnxruntime")
     assert not (tmp_path / "o").exists()
+
+
+def test_export_check_allows_float32_rounding_and_nothing_more():
+    """Large activations (random weights reach logits of 5,000) put torch's own float32 result
+    visibly off the float64 one: an engine as far off as that passes, one further off does not."""
+    import numpy as np
+    import torch
+
+    from visiontool.models.runtimes.zs_export import mismatch
+
+    class Amplifier(torch.nn.Module):  # (B, P, Q) "logits" of magnitude ~1e5, and boxes in [0, 1]
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(512, 3, generator=torch.Generator().manual_seed(0)) * 300)
+
+        def forward(self, pixel_values, input_ids, attention_mask):
+            return (pixel_values * 30) @ self.w + 0 * input_ids.sum(), torch.sigmoid(pixel_values[..., :4])
+
+    net = Amplifier().eval()
+    probe = (torch.randn(2, 16, 512, generator=torch.Generator().manual_seed(1)),
+             torch.ones(6, 4, dtype=torch.long), torch.ones(6, 4, dtype=torch.long))
+    with torch.inference_mode():
+        want = [t.numpy() for t in net(*probe)]
+        exact = [t.numpy() for t in net.double()(probe[0].double(), probe[1], probe[2])]
+    net.float()
+    own = float(np.abs(want[0] - exact[0]).max())
+    assert own > 1e-3  # the float32 rounding this test is about
+    # an engine as close to float64 as torch's float32 is (here: the float64 result itself)
+    assert mismatch(net, probe, [exact[0].astype(np.float32), want[1]]) is None
+    off = want[0].copy()
+    off[0, 0, 0] += 10 * own + 1
+    why = mismatch(net, probe, [off, want[1]])
+    assert why is not None and "against float64" in why
+    assert "shapes differ" in mismatch(net, probe, [want[0][:, :5], want[1]])

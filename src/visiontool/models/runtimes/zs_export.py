@@ -6,12 +6,13 @@ patches, Q: the phrases per image), with the batch, the number of phrases and th
 dynamic: the phrases are an input, so one export serves every ``--text``. H and W are the
 processor's one fixed size (the vision transformer's position embeddings are tied to it). The
 export is checked against torch at another batch and another number of phrases than the traced
-ones before it is cached. Everything else is the torch adapter's own code: the processor (image
+ones before it is cached (:func:`mismatch`). Everything else is the torch adapter's own code: the processor (image
 resize, tokenizer) and transformers' ``post_process_grounded_object_detection`` —
 :class:`RuntimeZeroShotDetector` swaps only the network call (:meth:`ZeroShotDetector.network`).
 
-Grounding DINO, MM-Grounding-DINO and OmDet-Turbo have no exporter yet (their text and image
-branches are fused inside deformable attention; not tried).
+Grounding DINO, MM-Grounding-DINO and OmDet-Turbo have no exporter yet (not tried; their image
+branches use deformable attention, which Deformable DETR showed traces the image size into its
+graph, and Grounding DINO's processor does not fix the size).
 """
 from __future__ import annotations
 
@@ -70,22 +71,54 @@ def image_size(det: ZeroShotDetector) -> tuple[int, int]:
 
 def build_into(det: ZeroShotDetector, runtime: str, directory: Path) -> list[str]:
     """Export ``det``'s network into ``directory`` for ``runtime`` and check it (the file names written)."""
-    import numpy as np
-    import torch
 
     from visiontool.models.runtimes.engines import export_network, open_engine
 
     net = _net(det.model)
     files = export_network(net, _example(det, TRACED, 1), runtime, directory, INPUTS, OUTPUTS, DYNAMIC)
     probe = _example(det, PROBE, 2, seed=0)
+    got = open_engine(runtime, directory)([t.numpy() for t in probe])
+    problem = mismatch(net, probe, got)
+    if problem:
+        raise UsageError(f"--runtime {runtime}: the exported {det.info.family} network does not reproduce torch on 2 "
+                         f"images x {len(PROBE)} phrases ({problem}); use --runtime torch")
+    return files
+
+
+FLOAT32_SLACK = 4.0
+
+
+def mismatch(net, probe: tuple, got: list) -> str | None:
+    """Why the engine's outputs ``got`` on ``probe`` are not torch's (None when they are).
+
+    Within :data:`TOLERANCE` of torch's float32 outputs passes. Otherwise both are compared with
+    the network run in float64: float32 rounding grows with the activations, and OWLv2-B/16 with
+    random weights (the benchmark's) reaches logits of 5,160, where torch's own float32 result is
+    0.0049 from float64 in the logits and 0.0042 in the normalised boxes (ONNX Runtime 0.0032 and
+    0.0011, OpenVINO 0.0093 and 0.0096). The engine passes when it is within
+    :data:`FLOAT32_SLACK` times torch's own distance of the float64 result, output by output."""
+    import copy
+
+    import numpy as np
+    import torch
+
     with torch.inference_mode():
         want = [t.float().numpy() for t in net(*probe)]
-    got = open_engine(runtime, directory)([t.numpy() for t in probe])
-    worst = max((float(np.abs(w - g).max()) if w.shape == g.shape else float("inf")) for w, g in zip(want, got))
-    if worst > TOLERANCE:
-        raise UsageError(f"--runtime {runtime}: the exported {det.info.family} network does not reproduce torch on 2 "
-                         f"images x {len(PROBE)} phrases (max difference {worst:.3g}); use --runtime torch")
-    return files
+    if any(w.shape != g.shape for w, g in zip(want, got)):
+        return "output shapes differ: " + ", ".join(f"{w.shape} vs {g.shape}" for w, g in zip(want, got))
+    worst = max(float(np.abs(w - g).max()) for w, g in zip(want, got))
+    if worst <= TOLERANCE:
+        return None
+    exact_net = copy.deepcopy(net).double()
+    with torch.inference_mode():
+        exact = [t.numpy() for t in exact_net(*(p.double() if p.is_floating_point() else p for p in probe))]
+    del exact_net
+    for w, g, e in zip(want, got, exact):
+        own, engine = float(np.abs(w - e).max()), float(np.abs(g - e).max())
+        if engine > max(TOLERANCE, FLOAT32_SLACK * own):
+            return (f"max difference {worst:.3g}; against float64 the engine is {engine:.3g} off where torch's float32 "
+                    f"is {own:.3g}")
+    return None
 
 
 def cache_fields(det: ZeroShotDetector, runtime: str) -> dict[str, Any]:
