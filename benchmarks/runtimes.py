@@ -150,7 +150,6 @@ def bench_detect(model_dir: Path, rounds: int, tag: str = "detect") -> None:
     images = [Image.open(p).convert("RGB") for p in PHOTOS]
     pipe = pipeline("object-detection", model=str(model_dir), device="cpu")
     runners = {"pipeline": lambda: [pipe(im, threshold=0.5) for im in images]}
-    boxes = {}
     for runtime in ("torch", "openvino", "onnxruntime"):
         t0 = time.perf_counter()
         det = registry.load_detector(str(model_dir), "cpu", "float32", runtime=runtime)
@@ -158,25 +157,7 @@ def bench_detect(model_dir: Path, rounds: int, tag: str = "detect") -> None:
         if hasattr(det, "engine_for"):  # exported per processed size: every size now, timed apart
             export_per_shape(det, images, tag, runtime)
         runners[runtime] = (lambda d: lambda: [d.predict([im], DetectOptions(threshold=0.0))[0] for im in images])(det)
-    for name, fn in runners.items():
-        r = fn()  # warm-up, untimed
-        if name != "pipeline":
-            boxes[name] = r
-    times = {k: [] for k in runners}
-    for _ in range(rounds):
-        for k, fn in runners.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    base = len(images) / statistics.median(times["torch"])
-    for k, v in times.items():
-        ips = len(images) / statistics.median(v)
-        print(f"{tag}: {k:12s} {ips:.3f} images/s ({ips / base:.2f}x torch path)", flush=True)
-    for k in ("openvino", "onnxruntime"):
-        d = max(box_difference(a, b) for a, b in zip(boxes["torch"], boxes[k]))
-        print(f"{tag}: {k} max box difference vs torch {d:.4f} px (each detection against the other side's "
-              f"closest of its class: random weights tie scores, so the order may differ)", flush=True)
-    print(f"{tag}: load {load()}", flush=True)
+    time_runners(runners, rounds, len(images), tag)
 
 
 def build_owlv2_base(path: Path) -> Path:
@@ -213,6 +194,12 @@ def bench_owl(model_dir: Path, rounds: int, tag: str = "owl") -> None:
         det = registry.load_detector(str(model_dir), "cpu", "float32", runtime=runtime, text=True)
         print(f"{tag}: {runtime} load (+ export on first use) {time.perf_counter() - t0:.1f} s", flush=True)
         runners[runtime] = (lambda d: lambda: [d.predict([im], opts)[0] for im in images])(det)
+    time_runners(runners, rounds, len(images), tag)
+
+
+def time_runners(runners: dict, rounds: int, n_images: int, tag: str) -> None:
+    """Warm every runner up (untimed), then interleaved rounds; images/s (medians) against the
+    torch path, and the runtimes' boxes against the torch path's."""
     boxes = {}
     for name, fn in runners.items():
         r = fn()  # warm-up, untimed
@@ -224,13 +211,14 @@ def bench_owl(model_dir: Path, rounds: int, tag: str = "owl") -> None:
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
-    base = len(images) / statistics.median(times["torch"])
+    base = n_images / statistics.median(times["torch"])
     for k, v in times.items():
-        ips = len(images) / statistics.median(v)
+        ips = n_images / statistics.median(v)
         print(f"{tag}: {k:12s} {ips:.3f} images/s ({ips / base:.2f}x torch path)", flush=True)
     for k in ("openvino", "onnxruntime"):
         d = max(box_difference(a, b) for a, b in zip(boxes["torch"], boxes[k]))
-        print(f"{tag}: {k} max box difference vs torch {d:.4f} px", flush=True)
+        print(f"{tag}: {k} max box difference vs torch {d:.4f} px (each detection against the other side's "
+              f"closest of its class: random weights tie scores, so the order may differ)", flush=True)
     print(f"{tag}: load {load()}", flush=True)
 
 
