@@ -71,7 +71,6 @@ def image_size(det: ZeroShotDetector) -> tuple[int, int]:
 
 def build_into(det: ZeroShotDetector, runtime: str, directory: Path) -> list[str]:
     """Export ``det``'s network into ``directory`` for ``runtime`` and check it (the file names written)."""
-
     from visiontool.models.runtimes.engines import export_network, open_engine
 
     net = _net(det.model)
