@@ -141,3 +141,22 @@ def test_export_missing_extra(detr, tmp_path, monkeypatch):
     r = runner.invoke(app, ["export", str(detr), "--runtime", "openvino", "-o", str(tmp_path / "o")])
     line = one_error_line(r)
     assert "pip install 'visiontool[openvino]'" in line
+
+
+def test_openvino_conversion_sends_no_telemetry(tmp_path, monkeypatch):
+    """``openvino.convert_model`` reports to Google Analytics by default, from a forked child that
+    hung a test run at exit (no network here): visiontool's conversions never call it."""
+    import torch
+
+    pytest.importorskip("openvino")
+    telemetry = pytest.importorskip("openvino_telemetry.main")
+    from visiontool.models.runtimes.engines import export_network, open_engine
+
+    sent = []
+    monkeypatch.setattr(telemetry.Telemetry, "send_event", lambda self, *a, **k: sent.append(a))
+    monkeypatch.setattr(telemetry.Telemetry, "start_session", lambda self, *a, **k: sent.append(a))
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    files = export_network(net, (torch.zeros(1, 3, 16, 16),), "openvino", tmp_path, ["x"], ["y"], {})
+    assert files == ["model.xml", "model.bin"]
+    assert open_engine("openvino", tmp_path)([torch.ones(1, 3, 16, 16).numpy()])[0].shape == (1, 4, 14, 14)
+    assert sent == []

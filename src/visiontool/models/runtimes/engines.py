@@ -97,7 +97,7 @@ def export_network(module, example: tuple, runtime: str, directory: Path, input_
             shapes.append(ov.PartialShape(dims))
         import warnings
 
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), no_openvino_telemetry():
             warnings.simplefilter("ignore")  # the tracer's notes on shape-constant Python branches
             om = ov.convert_model(module, example_input=example if len(example) > 1 else example[0], input=shapes)
         for out, name in zip(om.outputs, output_names):
@@ -112,6 +112,36 @@ def export_network(module, example: tuple, runtime: str, directory: Path, input_
                           output_names=output_names, dynamic_axes=dynamic_axes, opset_version=ONNX_OPSET,
                           dynamo=False)
     return ["model.onnx"]
+
+
+@contextmanager
+def no_openvino_telemetry() -> Iterator[None]:
+    """OpenVINO's model converter without its telemetry, for the block.
+
+    ``openvino.convert_model`` reports each conversion to Google Analytics unless the user opted
+    out (``openvino_telemetry``: consent is assumed when ``~/intel/openvino_telemetry`` is
+    absent). It sends from a forked child process; measured here (no network, a test process
+    with Ray's SIGTERM handler installed) such a child deadlocked in ``getaddrinfo`` after the
+    fork and, its SIGTERM caught by the inherited Python handler, never exited, so the parent
+    hung at exit joining it. A command-line tool must not phone home on the user's behalf
+    either: the converter's own modules get the stub OVC uses when ``openvino_telemetry`` is not
+    installed."""
+    import importlib
+
+    try:
+        stub = importlib.import_module("openvino.tools.ovc.telemetry_stub")
+        modules = [importlib.import_module(f"openvino.tools.ovc.{m}") for m in ("telemetry_utils", "convert_impl")]
+    except ImportError:  # another layout: nothing to switch off
+        yield
+        return
+    saved = [(m, m.__dict__["tm"]) for m in modules if "tm" in m.__dict__]
+    for m, _ in saved:
+        m.tm = stub
+    try:
+        yield
+    finally:
+        for m, tm in saved:
+            m.tm = tm
 
 
 @contextmanager

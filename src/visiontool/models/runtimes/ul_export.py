@@ -48,7 +48,9 @@ def build_into(det, runtime: str, directory: Path) -> list[str]:
     weights = directory / "model.pt"
     import warnings
 
-    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+    from visiontool.models.runtimes.engines import no_openvino_telemetry
+
+    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings(), no_openvino_telemetry():
         warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notes (Ultralytics traces)
         det.model.save(str(weights))
         kw: dict[str, Any] = dict(format=FORMATS[runtime], dynamic=True, half=False, device="cpu", verbose=False)
