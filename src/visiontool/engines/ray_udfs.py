@@ -206,16 +206,22 @@ class _Actor:
     second thread, 1.48 cores). So loading and every call run on one thread of the actor's
     own (:meth:`on_model_thread`), whichever threads Ray uses."""
 
-    def __init__(self, cwd: str = "", io=None):
+    def __init__(self, spec, io=None):
         from concurrent.futures import ThreadPoolExecutor
 
-        use_cwd(cwd)
+        use_cwd(spec.cwd)
+        self.spec = spec
         ray = sys.modules.get("ray")  # never start Ray here (get_runtime_context() would)
         self.node = ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else ""
         self.io = io
         self.warnings: list[str] = []
         self._said: set[str] = set()
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="visiontool-model")
+        self.on_model_thread(self._load, spec)
+
+    def _load(self, spec) -> None:
+        """Load the model (on the model thread)."""
+        raise NotImplementedError
 
     def on_model_thread(self, fn, *args):
         """``fn(*args)`` on the actor's model thread (its result, or its exception)."""
@@ -262,11 +268,6 @@ class _Actor:
 class DetectUDF(_Actor):
     """A detect replica: the model is prepared once, each call runs ``iter_detect`` over the
     batch in forward passes of ``batch_size`` images (halved on out-of-memory)."""
-
-    def __init__(self, spec: DetectSpec, io=None):
-        super().__init__(spec.cwd, io)
-        self.spec = spec
-        self.on_model_thread(self._load, spec)
 
     def _load(self, spec: DetectSpec) -> None:
         from visiontool.models.protocol import DetectOptions
@@ -360,11 +361,6 @@ class DetectUDF(_Actor):
 class SegmentUDF(_Actor):
     """A segment replica: the segmenter is loaded once; each image goes through
     ``iter_segment`` with the prompts its row carries (a pickled ``SegmentJob``)."""
-
-    def __init__(self, spec: SegmentSpec, io=None):
-        super().__init__(spec.cwd, io)
-        self.spec = spec
-        self.on_model_thread(self._load, spec)
 
     def _load(self, spec: SegmentSpec) -> None:
         from visiontool.models.registry import load_segmenter
