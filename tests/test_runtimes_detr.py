@@ -146,13 +146,18 @@ def test_bad_runtime_options(detr, photos, args, needles):
     assert_user_error(r, 2, *needles)
 
 
-def test_family_without_exporter_is_one_line(photos, tmp_path):
+def test_family_without_exporter_is_one_line(photos, tmp_path, monkeypatch):
+    """Every detect family has an exporter now: an adapter none of them claims (here Grounding
+    DINO with its exporter switched off) is one line naming the exportable families."""
     from sam_family_helpers import build_grounding_dino
 
+    from visiontool.models.runtimes import gd_export
+
+    monkeypatch.setattr(gd_export, "exportable", lambda det: False)
     model = build_grounding_dino(tmp_path / "gdino")
     r = detect(photos[:1], model, "--text", "cat", "--runtime", "openvino")
     line = one_error_line(r)
-    assert "no exporter for transformers" in line and "--runtime torch" in line
+    assert "no exporter for transformers" in line and "--runtime torch" in line and "OWL-ViT" in line
 
 
 def test_compare_runtime(detr, photos, torch_records, shared_cache, tmp_path):

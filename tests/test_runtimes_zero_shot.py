@@ -2,8 +2,8 @@
 records equal the torch path's for the same ``--text`` (boxes within 0.05 px, scores within
 1e-4), batch 2 included; the phrases are an input of the export, so a second command with
 other phrases (and another number of them) finds the export cached and still gives the torch
-path's records. ``visiontool export`` of them is one line, exit 2 (Grounding DINO without an
-exporter: ``test_runtimes_detr.py``)."""
+path's records. ``visiontool export`` of them and ``--model DIR --text``:
+``test_runtimes_zero_shot_export.py`` (Grounding DINO without an exporter: ``test_runtimes_detr.py``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli_helpers import assert_user_error
 from detector_helpers import small_photos
 from hf_tiny_text import build_zero_shot
 from runtimes_helpers import assert_same_detections_unordered, records
@@ -78,13 +77,6 @@ def test_owl_records_equal_torch_path_for_any_text(models, photos, torch_records
     assert_same(torch_records[family, TEXTS[1]], records(r2.stdout))
     entries = [p for p in (cache / "exports").iterdir() if not p.name.startswith((".", "locks"))]
     assert len(entries) == 1, entries
-
-
-def test_export_of_an_open_vocabulary_model_is_one_line(models, tmp_path):
-    r = runner.invoke(app, ["export", str(models["owlv2"]), "--runtime", "onnx", "-o", str(tmp_path / "o")],
-                      env={"VISIONTOOL_CACHE": str(tmp_path / "cache")})
-    assert_user_error(r, 2, "open-vocabulary", "--runtime onnxruntime")
-    assert not (tmp_path / "o").exists()
 
 
 def test_export_check_allows_float32_rounding_and_nothing_more():

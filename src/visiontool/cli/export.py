@@ -11,8 +11,9 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_mar
 @app.command("export")
 def export_command(
     model: str = typer.Argument(..., metavar="MODEL",
-                                help="A detection model spec: a Hugging Face id or directory of the DETR family, "
-                                     "torchvision:NAME[:FILE.pth], or ultralytics:NAME|PATH."),
+                                help="A detection model spec: a Hugging Face id or directory (the DETR family, "
+                                     "OWL-ViT / OWLv2, EoMT or Mask2Former-like models with a fixed-size "
+                                     "processor), torchvision:NAME[:FILE.pth], or ultralytics:NAME|PATH."),
     runtime: str = typer.Option(..., "--runtime", metavar="RUNTIME", help="openvino | onnx"),
     output: str = typer.Option(..., "--output", "-o", metavar="DIR",
                                help="The directory to write (new, or empty); complete or absent, never half."),
@@ -23,7 +24,11 @@ def export_command(
     `visiontool detect --model DIR` runs it again with the same records, without the source
     model. The DETR family exports whole; torchvision detectors export their backbone (DIR
     also holds the heads' weights, which run in torch); Ultralytics models are exported by
-    Ultralytics' own exporter and still predict through Ultralytics (extra [yolo]).
+    Ultralytics' own exporter and still predict through Ultralytics (extra [yolo]). OWL-ViT
+    and OWLv2 export with their processor and tokenizer, phrases as an input: `--model DIR`
+    then needs `--text`. Families exported once per image size (Deformable DETR, Grounding
+    DINO, most universal-segmentation models), OmDet-Turbo and OneFormer run exported through
+    `detect --runtime` (cached) but are not written to a directory: refused.
 
     Example: visiontool export facebook/detr-resnet-50 --runtime openvino -o detr-ov/
 

@@ -57,11 +57,18 @@ class UniversalSegmenter:
         self.processor = processor
         self.model_type = model_type
         self.precision = precision
-        self.accepts = set(inspect.signature(model.forward).parameters)
+        # the forward's parameters (a runtime twin, holding no model, sets its export's inputs)
+        self.accepts = set(inspect.signature(model.forward).parameters) if model is not None else set()
 
     @property
     def image_processor(self):
         return getattr(self.processor, "image_processor", self.processor)
+
+    def network(self, batch: dict):
+        """The network call: the processor's tensors (``pixel_values``; OneFormer's ``task_inputs``)
+        -> outputs with ``class_queries_logits`` and ``masks_queries_logits`` (a runtime twin
+        overrides it; :mod:`visiontool.models.runtimes.universal_export`)."""
+        return self.model(**batch)
 
     def encode(self, images: Sequence[Any]):
         if self.model_type == "oneformer":
@@ -86,7 +93,7 @@ class UniversalSegmenter:
             if self.info.extra.get("channels_last"):
                 batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
             with torch.inference_mode(), self.precision.context():
-                outputs = self.model(**batch)
+                outputs = self.network(batch)
             t2 = time.perf_counter()
             timings.inference += t2 - t1
             for key in ("class_queries_logits", "masks_queries_logits"):

@@ -10,7 +10,11 @@ Families with an exporter: the transformers DETR family (:mod:`.hf_export`: the 
 :mod:`.hf_shapes`: one static export per processed image size for Deformable DETR and the
 RT-DETR-like families without a fixed-size processor), torchvision's detectors
 (:mod:`.tv_export`: the backbone), Ultralytics (:mod:`.ul_export`: Ultralytics' own exporter) and
-the open-vocabulary OWL-ViT and OWLv2 (:mod:`.zs_export`: the network, phrases as an input).
+the open-vocabulary OWL-ViT and OWLv2 (:mod:`.zs_export`: the network, phrases as an input),
+Grounding DINO, MM-Grounding-DINO and OmDet-Turbo (:mod:`.gd_export`: the network, phrases as
+an input, one static-size export per processed size),
+and the universal-segmentation Mask2Former, MaskFormer, OneFormer and EoMT
+(:mod:`.universal_export`: the network, one static-size export per processed size).
 Other families asked for another runtime are one line, exit 2 (:func:`accelerate`).
 """
 from __future__ import annotations
@@ -21,7 +25,8 @@ from typing import Any
 from visiontool.errors import UsageError, require
 
 RUNTIMES = ("torch", "openvino", "onnxruntime", "auto")
-EXPORTABLE = "the transformers DETR family, OWL-ViT and OWLv2, torchvision detectors, Ultralytics YOLO"
+EXPORTABLE = ("the transformers DETR family, OWL-ViT and OWLv2, Grounding DINO, MM-Grounding-DINO, OmDet-Turbo, "
+              "Mask2Former, MaskFormer, OneFormer, EoMT, torchvision detectors, Ultralytics YOLO")
 EXTRAS = {"openvino": ("openvino", "openvino"), "onnxruntime": ("onnxruntime", "onnx")}  # runtime -> (module, extra)
 
 
@@ -91,6 +96,14 @@ def accelerate(detector: Any, runtime: str, quiet: bool = False) -> Any:
 
     if zs_export.exportable(detector):
         return zs_export.accelerate(detector, runtime, quiet=quiet)
+    from visiontool.models.runtimes import gd_export
+
+    if gd_export.exportable(detector):
+        return gd_export.accelerate(detector, runtime, quiet=quiet)
+    from visiontool.models.runtimes import universal_export
+
+    if universal_export.exportable(detector):
+        return universal_export.accelerate(detector, runtime, quiet=quiet)
     info = detector.info
     raise UsageError(f"--runtime {runtime}: no exporter for {info.backend} '{info.family}' models yet (exportable: "
                      f"{EXPORTABLE}); use --runtime torch")

@@ -13,7 +13,11 @@ and renamed into place: DIR is complete or absent. Per family (``kind``):
 * ``torchvision-backbone`` (:mod:`.tv_export`): the backbone's export and ``heads.pt`` (the
   non-backbone state dict, rebuilt in torch from the manifest's ``torchvision.builder``);
 * ``ultralytics`` (:mod:`.ul_export`): what Ultralytics' own exporter writes
-  (``model_openvino_model/`` or ``model.onnx``), run again through Ultralytics' predict.
+  (``model_openvino_model/`` or ``model.onnx``), run again through Ultralytics' predict;
+* ``transformers-zero-shot`` (:mod:`.zs_export`, OWL-ViT and OWLv2): the network with the
+  phrases as an input, and the processor's files (``processor_config.json``, the tokenizer's);
+  ``--model DIR`` then needs ``--text``. The other open-vocabulary families
+  (:data:`NO_EXPORTER`) are refused before they load, one line, exit 2.
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ from pathlib import Path
 
 from visiontool.errors import UsageError
 
+# open-vocabulary model types (config.model_type) visiontool export has no exporter for
+NO_EXPORTER = frozenset({"grounding-dino", "mm-grounding-dino", "omdet-turbo"})
 RUNTIME_NAMES = {"openvino": "openvino", "onnx": "onnxruntime", "onnxruntime": "onnxruntime"}
 
 
@@ -64,8 +70,8 @@ def export_model(spec: str, runtime: str, out_dir: str, quiet: bool = False) -> 
     if registry.detector_module(spec).__name__ == registry.EXPORTED:
         raise UsageError(f"'{spec}' is already an export; export its source model instead")
     resolve(runtime, "cpu")  # the extra is installed
-    _refuse_open_vocabulary(spec, runtime)
-    det = registry.load_detector(spec, "cpu", "float32")
+    text = _open_vocabulary(spec, runtime)  # OWL loads with its phrases as an input; the others are refused here
+    det = registry.load_detector(spec, "cpu", "float32", **({"text": True} if text else {}))
     family = exporter_for(det)
     if hasattr(family, "check_deployable"):  # the DETR family: a per-shape model is refused here, in one line
         family.check_deployable(det, runtime)
@@ -103,26 +109,30 @@ def export_model(spec: str, runtime: str, out_dir: str, quiet: bool = False) -> 
     return target
 
 
-def _refuse_open_vocabulary(spec: str, runtime: str) -> None:
-    """An open-vocabulary model (OWL-ViT, OWLv2, Grounding DINO, …): one line, exit 2, before it
-    loads (it would ask for --text). OWL runs exported through ``--runtime`` (cached); a
-    directory with its export, processor and tokenizer is not written yet."""
+def _open_vocabulary(spec: str, runtime: str) -> bool:
+    """Whether ``spec`` is an open-vocabulary model with an exporter (OWL-ViT, OWLv2: it loads
+    with ``text=True``). One without (:data:`NO_EXPORTER`): one line, exit 2, before it loads."""
     from visiontool.models import registry
 
     if registry.detector_module(spec).__name__ != registry.HF_DETECTION:
-        return
+        return False
     try:
         from visiontool.models.hf_detection import ZERO_SHOT_TYPES
         from visiontool.models.hf_hub import load_config
 
         model_type = str(getattr(load_config(spec), "model_type", ""))
     except Exception:  # noqa: BLE001 - loading the model reports what is wrong with the spec
-        return
-    if model_type in ZERO_SHOT_TYPES:
-        raise UsageError(f"visiontool export: '{spec}' is an open-vocabulary model ({model_type}); visiontool export "
-                         f"writes closed-vocabulary detectors only. OWL-ViT and OWLv2 run exported with "
-                         f"`visiontool detect --text ... --runtime {runtime}` (the export is cached); the other "
-                         "open-vocabulary families have no exporter yet")
+        return False
+    if model_type in NO_EXPORTER:
+        import importlib.util
+
+        # gd_export (Grounding DINO, OmDet-Turbo) exports for --runtime, into the cache, not a directory
+        cached = importlib.util.find_spec("visiontool.models.runtimes.gd_export") is not None
+        how = (f"`visiontool detect --model {spec} --text ... --runtime {runtime}` (its export is cached)" if cached
+               else f"`visiontool detect --model {spec} --text ...` (torch)")
+        raise UsageError(f"visiontool export: '{spec}' ({model_type}) cannot be exported to a directory yet: of the "
+                         f"open-vocabulary families visiontool export writes OWL-ViT and OWLv2 only; run it with {how}")
+    return model_type in ZERO_SHOT_TYPES
 
 
 def exporter_for(det):
@@ -141,6 +151,14 @@ def exporter_for(det):
         from visiontool.models.runtimes import ul_export
 
         return ul_export
+    from visiontool.models.runtimes import zs_export
+
+    if zs_export.exportable(det):
+        return zs_export
+    from visiontool.models.runtimes import universal_export
+
+    if universal_export.exportable(det):
+        return universal_export
     from visiontool.models.runtimes import EXPORTABLE
 
     raise UsageError(f"visiontool export: no exporter for {det.info.backend} '{det.info.family}' models yet "

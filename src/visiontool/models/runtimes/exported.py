@@ -6,8 +6,10 @@ family needs around it, and ``entry.json`` (every file's size and sha256: a dama
 one line, exit 1; a manifest of another format or kind, exit 2). ``--runtime`` may be
 omitted, ``auto``, or the export's own runtime; another runtime is one line. The source model
 is never needed. Kinds: ``transformers-detection`` (:func:`.hf_export.load_exported`),
-``torchvision-backbone`` (:func:`.tv_export.load_exported`: the heads rebuilt in torch) and
-``ultralytics`` (:func:`.ul_export.load_exported`: Ultralytics' own predict, extra ``[yolo]``).
+``torchvision-backbone`` (:func:`.tv_export.load_exported`: the heads rebuilt in torch),
+``ultralytics`` (:func:`.ul_export.load_exported`: Ultralytics' own predict, extra ``[yolo]``)
+and ``transformers-zero-shot`` (:func:`.zs_export.load_exported`: OWL-ViT / OWLv2, whose
+phrases are an input: it needs ``--text``, and has no class names of its own).
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from typing import Any
 from visiontool.errors import ModelLoadError, UsageError, VisionToolError
 
 MANIFEST_FORMAT = 1
-KINDS = ("transformers-detection", "torchvision-backbone", "ultralytics")
+ZERO_SHOT_KIND = "transformers-zero-shot"  # zs_export.KIND (not imported: it imports transformers' modules)
+UNIVERSAL_KIND = "transformers-universal"  # universal_export.KIND: Mask2Former, MaskFormer, OneFormer, EoMT
+KINDS = ("transformers-detection", "torchvision-backbone", "ultralytics", ZERO_SHOT_KIND, UNIVERSAL_KIND)
 
 
 def read_manifest(spec: str) -> dict:
@@ -63,7 +67,21 @@ def check(spec: str) -> None:
 
 
 def peek_class_names(spec: str) -> dict[int, str] | None:
-    return {int(k): str(v) for k, v in (read_manifest(spec).get("class_names") or {}).items()}
+    """The export's class names; None for an open-vocabulary export (loading it says --text is needed)."""
+    manifest = read_manifest(spec)
+    if manifest["kind"] == ZERO_SHOT_KIND:
+        return None
+    return {int(k): str(v) for k, v in (manifest.get("class_names") or {}).items()}
+
+
+def check_text(spec: str, manifest: dict, text: bool) -> None:
+    """``--text`` is needed by an open-vocabulary export and refused by the others (exit 2)."""
+    if manifest["kind"] == ZERO_SHOT_KIND:
+        if not text:
+            raise UsageError(f"--model '{spec}' is an open-vocabulary {manifest.get('family', '')} export: say what "
+                             "to find with --text \"phrase, phrase\"")
+    elif text:
+        raise UsageError(f"--text needs an open-vocabulary model; the export '{spec}' has a fixed class list")
 
 
 def load(spec: str, device: str, precision, runtime: str | None = None, text: bool = False, **options: Any):
@@ -72,8 +90,7 @@ def load(spec: str, device: str, precision, runtime: str | None = None, text: bo
 
     manifest = read_manifest(spec)
     own = manifest["runtime"]
-    if text:
-        raise UsageError(f"--text needs an open-vocabulary model; the export '{spec}' has a fixed class list")
+    check_text(spec, manifest, text)
     check_runtime(spec, manifest, runtime)
     runtimes.resolve(own, device)  # the extra is there and the device is the CPU
     if precision.name != "float32":
@@ -94,6 +111,14 @@ def load(spec: str, device: str, precision, runtime: str | None = None, text: bo
             from visiontool.models.runtimes import ul_export
 
             return ul_export.load_exported(directory, manifest, own)
+        if kind == UNIVERSAL_KIND:
+            from visiontool.models.runtimes import universal_export
+
+            return universal_export.load_exported(directory, manifest, own)
+        if kind == ZERO_SHOT_KIND:
+            from visiontool.models.runtimes import zs_export
+
+            return zs_export.load_exported(directory, manifest, own)
         from visiontool.models.runtimes import hf_export
 
         return hf_export.load_exported(directory, manifest, own)

@@ -10,12 +10,18 @@ ones before it is cached (:func:`mismatch`). Everything else is the torch adapte
 resize, tokenizer) and transformers' ``post_process_grounded_object_detection`` —
 :class:`RuntimeZeroShotDetector` swaps only the network call (:meth:`ZeroShotDetector.network`).
 
+``visiontool export`` writes the same network into a deployable directory (:func:`write_export`:
+the network, and the processor's ``save_pretrained`` files — the image processor's config and the
+tokenizer), with :func:`manifest_fields` in its manifest; ``--model DIR --text ...`` loads it
+with :func:`load_exported` (the processor from DIR, no torch model, no hub).
+
 Grounding DINO, MM-Grounding-DINO and OmDet-Turbo have no exporter yet (not tried; their image
 branches use deformable attention, which Deformable DETR showed traces the image size into its
 graph, and Grounding DINO's processor does not fix the size).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -31,6 +37,10 @@ DYNAMIC = {"pixel_values": {0: "batch"}, "input_ids": {0: "queries", 1: "tokens"
 TRACED = ("object", "thing")  # the traced example's phrases (one image); the check uses other counts
 PROBE = ("a photo of a cat", "dog", "person")  # the check: two images, three phrases each
 TOLERANCE = 1e-3
+# model_type -> the processor class an export directory is loaded with (the image processor and tokenizer)
+PROCESSORS = {"owlv2": "Owlv2Processor", "owlvit": "OwlViTProcessor"}
+PREPROCESSING = ("size", "do_resize", "do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std",
+                 "do_pad", "do_center_crop", "crop_size")
 
 
 def exportable(det: Any) -> bool:
@@ -160,3 +170,69 @@ def accelerate(det: ZeroShotDetector, runtime: str, quiet: bool = False) -> Runt
                                  lambda d: open_engine(runtime, d), f"{det.info.name} to {runtime}", quiet=quiet)
     return RuntimeZeroShotDetector(runtime_info(det.info, runtime, export=str(where)), det.processor,
                                    det.model_type, engine)
+
+
+# ---------------------------------------------------------------------- visiontool export
+def write_export(det: ZeroShotDetector, runtime: str, directory: Path) -> list[str]:
+    """A deployable export in ``directory``: the checked network (:func:`build_into`) and the
+    processor's own files (``save_pretrained``: image processor config, tokenizer); the file
+    names written. The manifest is the caller's (:mod:`.deploy`)."""
+    directory = Path(directory)
+    files = build_into(det, runtime, directory)
+    before = set(files)
+    det.processor.save_pretrained(str(directory))
+    saved = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+    return files + [f for f in saved if f not in before]
+
+
+def manifest_fields(det: ZeroShotDetector, runtime: str) -> dict[str, Any]:
+    """What the manifest says about an OWL export: the processor and tokenizer classes, the one
+    image size the network takes, the preprocessing, the inputs and outputs with their dynamic axes."""
+    image_processor, tokenizer = det.processor.image_processor, det.processor.tokenizer
+    pre = {k: _plain(getattr(image_processor, k, None)) for k in PREPROCESSING}
+    return {"kind": KIND, "model_type": det.model_type, "processor_class": type(det.processor).__name__,
+            "image_size": list(image_size(det)), "preprocessing": json.loads(json.dumps(pre, default=str)),
+            "tokenizer": {"class": type(tokenizer).__name__, "max_length": int(tokenizer.model_max_length)},
+            "inputs": INPUTS, "outputs": OUTPUTS,
+            "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in DYNAMIC.items()}}
+
+
+def _plain(value: Any) -> Any:
+    """A processor attribute as JSON would hold it (transformers' SizeDict is a dataclass)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: v for k, v in dataclasses.asdict(value).items() if v is not None}
+    return value
+
+
+def load_exported(directory: Path, manifest: dict, runtime: str) -> RuntimeZeroShotDetector:
+    """The adapter for an export directory written by :func:`write_export`: the processor from
+    ``directory`` (local files only), the network in ``runtime``; no torch model."""
+    import transformers
+
+    from visiontool.errors import ModelLoadError
+    from visiontool.models.protocol import ModelInfo
+    from visiontool.models.runtimes.engines import open_engine
+
+    spec = str(manifest.get("_spec", directory))
+    model_type = str(manifest.get("model_type"))
+    if model_type not in PROCESSORS or manifest.get("processor_class") != PROCESSORS[model_type]:
+        raise ModelLoadError(f"cannot load export '{spec}': its manifest names model type '{model_type}' and "
+                             f"processor '{manifest.get('processor_class')}' (expected one of {sorted(PROCESSORS)} "
+                             "with its processor); export the model again with visiontool export")
+    processor = getattr(transformers, PROCESSORS[model_type]).from_pretrained(str(directory), local_files_only=True)
+    want = tuple(int(s) for s in manifest.get("image_size") or ())
+    got = image_size(SimpleNamespace(processor=processor))
+    if want and got != want:
+        raise ModelLoadError(f"cannot load export '{spec}': its processor makes {got[0]}x{got[1]} images, the network "
+                             f"was exported for {want[0]}x{want[1]}; export the model again with visiontool export")
+    engine = open_engine(runtime, directory)
+    size = getattr(processor.image_processor, "size", None) or {}
+    info = ModelInfo(name=spec, family=str(manifest.get("family", model_type)), backend=f"transformers+{runtime}",
+                     task="detect", paradigm="open-vocabulary", needs_nms=False,
+                     params=int(manifest.get("params", 0)), class_names={}, device="cpu", dtype="float32",
+                     capabilities=frozenset({"text", "batch"}), runtime=runtime,
+                     extra={"export": str(directory), "source": manifest.get("source"),
+                            "fixed_size": bool(size) and ("height" in size and "width" in size)})
+    return RuntimeZeroShotDetector(info, processor, model_type, engine)

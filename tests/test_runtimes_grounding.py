@@ -1,0 +1,178 @@
+"""Grounding DINO, MM-Grounding-DINO and OmDet-Turbo through ``--runtime openvino|onnxruntime``
+(:mod:`visiontool.models.runtimes.gd_export`): the records equal the torch path's for the same
+``--text`` (boxes within 0.05 px, scores within 1e-4; a batch of 2 images of one size); the
+phrases are an input of the export, so a second command with other phrases (and another number
+of them) finds the one cached export and still gives the torch path's records; an export that
+does not reproduce torch is one line, exit 2, and is not cached."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli_helpers import one_error_line
+from detector_helpers import small_photos
+from hf_tiny_text import build_zero_shot
+from runtimes_helpers import assert_same_detections_unordered, records
+from visiontool.cli.main import app
+
+runner = CliRunner()
+FAMILIES = ("grounding-dino", "mm-grounding-dino", "omdet-turbo")
+RUNTIMES = ("openvino", "onnxruntime")
+TEXTS = ("cat, dog, a person", "truck, forklift")  # the second: other phrases, another count
+PHOTOS = ("dog.png", "groceries.png")  # one size: Grounding DINO's one processed size, one batch of 2
+
+
+def build_grounding(family: str, path: Path, seed: int = 0) -> Path:
+    """hf_tiny_text's tiny Grounding DINO / MM-Grounding-DINO (same config) with a word-piece
+    vocabulary that puts [CLS], [SEP], "." and "?" at BERT's ids (101, 102, 1012, 1029): the ids
+    the model holds as its phrase delimiters, so its text self-attention masks and position ids
+    are per phrase as with the real tokenizer (with hf_tiny_text's short vocabulary no token is
+    a delimiter and that part of the graph is never exercised)."""
+    import torch
+    import transformers as T
+
+    from hf_tiny_text import SIZE, WORDS, _swin
+
+    torch.manual_seed(seed)
+    vocab = [f"[unused{i}]" for i in range(1030)]
+    for i, token in {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]", 1012: ".",
+                     1029: "?"}.items():
+        vocab[i] = token
+    for i, word in enumerate(w for w in WORDS if w != "."):
+        vocab[200 + i] = word
+    (path / "tok").mkdir(parents=True, exist_ok=True)
+    (path / "tok" / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = T.BertTokenizer(str(path / "tok" / "vocab.txt"))
+    text = T.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)
+    cls = T.GroundingDinoConfig if family == "grounding-dino" else T.MMGroundingDinoConfig
+    cfg = cls(backbone_config=_swin(), text_config=text, d_model=32, num_queries=20, encoder_layers=1,
+              decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2,
+              decoder_attention_heads=2, num_feature_levels=4, encoder_n_points=2, decoder_n_points=2,
+              max_text_len=32)
+    T.AutoModelForZeroShotObjectDetection.from_config(cfg).eval().save_pretrained(path)
+    T.GroundingDinoProcessor(T.GroundingDinoImageProcessor(size=SIZE), tok).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("grounding")
+    return {f: (build_zero_shot if f == "omdet-turbo" else build_grounding)(f, d / f) for f in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, images_dir) -> list[str]:
+    d = small_photos(tmp_path_factory.mktemp("gdphotos"), images_dir)
+    return [str(d / name) for name in PHOTOS]
+
+
+def detect(photos, model, text, *extra, cache: Path):
+    from visiontool.models import loader
+
+    loader.release()  # each run loads (and finds its export) as a new command would
+    return runner.invoke(app, ["detect", *photos, "--model", str(model), "--text", text, "--device", "cpu",
+                               "-f", "jsonl", "--threshold", "0.0", "--text-threshold", "0.0", "--batch-size", "2",
+                               *extra], env={"VISIONTOOL_CACHE": str(cache)})
+
+
+@pytest.fixture(scope="module")
+def torch_records(models, photos, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("gdcache-torch")
+    out = {}
+    for family, model in models.items():
+        for text in TEXTS:
+            r = detect(photos, model, text, cache=cache)
+            assert r.exit_code == 0, (family, r.stderr)
+            out[family, text] = records(r.stdout)
+    return out
+
+
+def entries(cache: Path) -> list[Path]:
+    root = cache / "exports"
+    return [p for p in root.iterdir() if not p.name.startswith((".", "locks"))] if root.exists() else []
+
+
+def assert_same(want: list[dict], got: list[dict]) -> None:
+    assert [r["image"] for r in want] == [r["image"] for r in got]
+    n = sum(assert_same_detections_unordered(a["detections"], b["detections"]) for a, b in zip(want, got))
+    assert n >= 20, n  # threshold 0: every query's box of both photos compared
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_records_equal_torch_path_for_any_text(models, photos, torch_records, tmp_path, family, runtime):
+    cache = tmp_path / "cache"
+    r = detect(photos, models[family], TEXTS[0], "--runtime", runtime, cache=cache)
+    assert r.exit_code == 0, r.stderr
+    assert "exported" in r.stderr
+    got = records(r.stdout)
+    assert {d["label"] for rec in got for d in rec["detections"]} <= {"cat", "dog", "a person"}
+    assert_same(torch_records[family, TEXTS[0]], got)
+    assert len(entries(cache)) == 1, entries(cache)
+    # other phrases, another count of them: the same export (no second one), the torch path's records
+    r2 = detect(photos, models[family], TEXTS[1], "--runtime", runtime, cache=cache)
+    assert r2.exit_code == 0 and "export" not in r2.stderr, r2.stderr
+    assert_same(torch_records[family, TEXTS[1]], records(r2.stdout))
+    assert len(entries(cache)) == 1, entries(cache)
+
+
+def test_export_that_does_not_reproduce_torch_is_one_line_and_not_cached(models, photos, tmp_path, monkeypatch):
+    """The export check catches a graph that differs from torch: here the traced text masks give
+    every token position id 0 (torch's restart after each phrase's delimiter)."""
+    from visiontool.models.runtimes import gd_export
+
+    right = gd_export.text_masks
+
+    def wrong(input_ids, special_tokens):
+        mask, position_ids = right(input_ids, special_tokens)
+        return mask, position_ids * 0
+
+    monkeypatch.setattr(gd_export, "text_masks", wrong)
+    cache = tmp_path / "cache"
+    r = detect(photos[:1], models["grounding-dino"], TEXTS[0], "--runtime", "onnxruntime", "-q", cache=cache)
+    line = one_error_line(r, 2)
+    assert "does not reproduce torch" in line and "--runtime torch" in line, line
+    assert entries(cache) == []
+
+
+def test_omdet_network_that_differs_from_transformers_is_refused(models, photos, tmp_path, monkeypatch):
+    """OmDet-Turbo's exported forward is visiontool's rewrite of transformers' (without its phrase
+    embedding caches): it is compared with the model's own forward before exporting."""
+    from visiontool.models.runtimes import gd_export
+
+    right = gd_export._omdet_net
+
+    def wrong(model):
+        net = right(model)
+        forward = net.forward
+        net.forward = lambda *args: (forward(*args)[0] * 1.01, forward(*args)[1])
+        return net
+
+    monkeypatch.setattr(gd_export, "_omdet_net", wrong)
+    cache = tmp_path / "cache"
+    r = detect(photos[:1], models["omdet-turbo"], TEXTS[0], "--runtime", "onnxruntime", "-q", cache=cache)
+    line = one_error_line(r, 2)
+    assert "differs from transformers" in line and "--runtime torch" in line, line
+    assert entries(cache) == []
+
+
+def test_traced_text_masks_equal_transformers():
+    """:func:`gd_export.text_masks` (what the export traces) gives transformers' masks and
+    position ids for any arrangement of delimiters, at any token count."""
+    import torch
+    from transformers.models.grounding_dino import modeling_grounding_dino as gd
+
+    from visiontool.models.runtimes.gd_export import text_masks
+
+    special = torch.tensor([101, 102, 1012, 1029])
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        n = int(torch.randint(1, 14, (1,), generator=gen))
+        pick = torch.randint(0, 7, (3, n), generator=gen)
+        ids = torch.where(pick < 4, special[pick.clamp(max=3)], 2000 + pick)
+        want = gd.generate_masks_with_special_tokens_and_transfer_map(ids, special)
+        got = text_masks(ids, special)
+        assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1]), ids
