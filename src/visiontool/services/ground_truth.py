@@ -144,9 +144,9 @@ class GroundTruth:
     @property
     def gt_counts(self) -> dict[int, int]:
         h = self._handles.get("hotcoco")
-        if self._anns is None and h is not None:  # columns from the engine's own index
-            counts = {c: len(h.get_ann_ids(cat_ids=[c], iscrowd=False)) for c in self.category_names}
-            return {c: n for c, n in counts.items() if n}
+        if self._anns is None and h is not None:  # from the engine's own index (stats(): one call, ~1 ms)
+            per = {int(c["id"]): int(c["ann_count"]) - int(c["crowd_count"]) for c in h.stats()["per_category"]}
+            return {c: n for c in self.category_names if (n := per.get(c, 0))}
         _, cats, crowd = self._ann_arrays()
         u, n = np.unique(cats[crowd == 0], return_counts=True)
         return {int(c): int(k) for c, k in zip(u.tolist(), n.tolist())}
