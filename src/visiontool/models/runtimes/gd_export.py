@@ -45,13 +45,13 @@ is one ``visiontool: error:`` line, exit 2, and nothing is cached.
 from __future__ import annotations
 
 import contextlib
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator
 
 from visiontool.errors import UsageError
 from visiontool.models.hf_zero_shot import GROUNDING, OMDET, ZeroShotDetector
+from visiontool.models.runtimes.hf_shapes import PerSizeEngines
 
 EXPORTER_VERSION = 1
 KIND = "transformers-grounding"
@@ -313,9 +313,10 @@ def shape_fields(size: tuple[int, int]) -> dict[str, Any]:
     return {"shapes": f"{int(size[0])}x{int(size[1])}", "policy": "per-shape"}
 
 
-class RuntimeGroundingDetector(ZeroShotDetector):
+class RuntimeGroundingDetector(PerSizeEngines, ZeroShotDetector):
     """A ZeroShotDetector whose network runs in exported engines, one per processed image size
-    (``engines[(H, W)]``, opened from the export cache or exported when a size is first met).
+    (:class:`.hf_shapes.PerSizeEngines`: opened from the export cache or exported when a size is
+    first met).
 
     Like :class:`.hf_shapes.PerShapeHFDetector` it keeps the torch adapter (``source``) for its
     whole life, since a size not yet met needs it to export, and each engine opened holds its
@@ -328,49 +329,13 @@ class RuntimeGroundingDetector(ZeroShotDetector):
 
         info = runtime_info(source.info, runtime, export=str(exports_dir()), shapes="per-shape")
         super().__init__(info, None, source.processor, source.model_type, Precision("float32", "cpu"))
-        self.source, self.runtime, self.quiet = source, runtime, quiet
-        self.fields = cache_fields(source, runtime)  # hashes the weights once, not per size
-        self.engines: dict[tuple[int, int], Any] = {}
-        self.warned = False
-        self._lock = threading.Lock()  # two threads meeting a new size export it once
+        self.init_sizes(source, runtime, cache_fields(source, runtime), quiet=quiet)
 
-    def engine_for(self, size: tuple[int, int]):
-        """The engine for processed size ``size`` (H, W), exporting it on first use."""
-        engine = self.engines.get(size)
-        if engine is not None:
-            return engine
-        with self._lock:
-            if size not in self.engines:
-                self.engines[size] = self._open(size)
-                self._warn_if_many()
-            return self.engines[size]
+    def build(self, directory, size: tuple[int, int]) -> list[str]:
+        return build_into(self.source, self.runtime, directory, size)
 
-    def _warn_if_many(self) -> None:
-        from visiontool.models.runtimes.hf_shapes import WARN_AT
-
-        if self.warned or len(self.engines) < WARN_AT:
-            return
-        from visiontool.render.console import warn
-
-        self.warned = True
-        warn(f"{self.info.name} ({self.info.family}) exports one {self.runtime} network per processed image size "
-             f"({len(self.engines)} sizes so far, each converted once and cached, each held in memory); images "
-             "of one size, or --runtime torch, avoid it")
-
-    def _open(self, size: tuple[int, int]):
-        import torch
-
-        from visiontool.models.runtimes.engines import open_engine
-        from visiontool.models.runtimes.export_cache import get_or_build
-
-        def build(directory):
-            with torch.inference_mode(False):  # the adapter calls the network under inference_mode
-                return build_into(self.source, self.runtime, directory, size)
-
-        engine, _ = get_or_build({**self.fields, **shape_fields(size)}, build,
-                                 lambda d: open_engine(self.runtime, d),
-                                 f"{self.info.name} to {self.runtime} at {size[0]}x{size[1]}", quiet=self.quiet)
-        return engine
+    def size_fields(self, size: tuple[int, int]) -> dict[str, Any]:
+        return shape_fields(size)
 
     def network(self, enc):
         import numpy as np

@@ -32,31 +32,30 @@ from visiontool.models.runtimes.hf_export import (RuntimeHFDetector, build_into,
 WARN_AT = 9  # the number of distinct sizes at which a run is told about the per-size exports (once)
 
 
-class PerShapeHFDetector(RuntimeHFDetector):
-    """A :class:`RuntimeHFDetector` holding one engine per processed size: ``engines[(H, W)]``,
-    opened from the export cache or exported (static, batch 1) when a size is first met; a
-    batch of B images of one size is B calls of that engine.
+class PerSizeEngines:
+    """One exported engine per processed image size, for a runtime adapter whose network is
+    exported at static sizes: :meth:`engine_for` opens ``engines[(H, W)]`` from the export cache,
+    or exports it from the torch adapter ``source`` (checked, then cached), the first time a
+    size is met; past :data:`WARN_AT` sizes one warning says so. Used by Deformable DETR and the
+    RT-DETR-like families here, Grounding DINO (:mod:`.gd_export`) and universal segmentation
+    (:mod:`.universal_export`).
 
-    Memory: unlike the other runtime adapters, this one keeps the torch adapter (``source``:
-    its model and weights, e.g. ~160 MB for Deformable DETR R50 in float32) referenced for its
-    whole life, because a size not yet met needs it to export; and every engine opened holds
-    its own copy of the weights (one per size met, nothing is closed), so a run over photos of
-    many aspect ratios grows by one network per size."""
+    The adapter calls :meth:`init_sizes` and defines :meth:`build` (export at a size into a
+    directory, the file names) and :meth:`size_fields` (what a size adds to the key fields)."""
 
-    def __init__(self, source: HFDetector, runtime: str, quiet: bool = False):
-        from visiontool.models.runtimes.export_cache import exports_dir
-
-        info = runtime_info(source.info, runtime, export=str(exports_dir()), shapes="per-shape")
-        super().__init__(info, source.processor, None)
+    def init_sizes(self, source, runtime: str, fields: dict | None, engines: dict | None = None,
+                   quiet: bool = False) -> None:
         self.source, self.runtime, self.quiet = source, runtime, quiet
-        self.fields = cache_fields(source, runtime)  # hashes the weights once, not per size
-        self.engines: dict[tuple[int, int], Any] = {}
+        self.fields = fields  # the key fields but the size: the weights are hashed once, not per size
+        self.engines: dict[tuple[int, int], Any] = dict(engines or {})
         self.warned = False
         self._lock = threading.Lock()  # two threads meeting a new size export it once
 
-    def network(self, pixel_values):
-        h, w = (int(s) for s in pixel_values.shape[2:])
-        return run_engine(self.engine_for((h, w)), pixel_values)
+    def build(self, directory, size: tuple[int, int]) -> list[str]:
+        raise NotImplementedError
+
+    def size_fields(self, size: tuple[int, int]) -> dict[str, Any]:
+        raise NotImplementedError
 
     def engine_for(self, size: tuple[int, int]):
         """The engine for processed size ``size`` (H, W), exporting it on first use."""
@@ -77,9 +76,9 @@ class PerShapeHFDetector(RuntimeHFDetector):
 
         def build(directory):
             with torch.inference_mode(False):  # the adapter calls the network under inference_mode
-                return build_into(self.source, self.runtime, directory, size)
+                return self.build(directory, size)
 
-        engine, _ = get_or_build({**self.fields, **shape_fields(size)}, build,
+        engine, _ = get_or_build({**self.fields, **self.size_fields(size)}, build,
                                  lambda d: open_engine(self.runtime, d),
                                  f"{self.info.name} to {self.runtime} at {size[0]}x{size[1]}", quiet=self.quiet)
         return engine
@@ -93,3 +92,31 @@ class PerShapeHFDetector(RuntimeHFDetector):
         warn(f"{self.info.name} ({self.info.family}) exports one {self.runtime} network per processed image size "
              f"({len(self.engines)} sizes so far, each converted once and cached, each held in memory); images "
              "resized to one size, or --runtime torch, avoid it")
+
+
+class PerShapeHFDetector(PerSizeEngines, RuntimeHFDetector):
+    """A :class:`RuntimeHFDetector` holding one engine per processed size (:class:`PerSizeEngines`:
+    static, batch 1); a batch of B images of one size is B calls of that engine.
+
+    Memory: unlike the other runtime adapters, this one keeps the torch adapter (``source``:
+    its model and weights, e.g. ~160 MB for Deformable DETR R50 in float32) referenced for its
+    whole life, because a size not yet met needs it to export; and every engine opened holds
+    its own copy of the weights (one per size met, nothing is closed), so a run over photos of
+    many aspect ratios grows by one network per size."""
+
+    def __init__(self, source: HFDetector, runtime: str, quiet: bool = False):
+        from visiontool.models.runtimes.export_cache import exports_dir
+
+        info = runtime_info(source.info, runtime, export=str(exports_dir()), shapes="per-shape")
+        super().__init__(info, source.processor, None)
+        self.init_sizes(source, runtime, cache_fields(source, runtime), quiet=quiet)
+
+    def build(self, directory, size: tuple[int, int]) -> list[str]:
+        return build_into(self.source, self.runtime, directory, size)
+
+    def size_fields(self, size: tuple[int, int]) -> dict[str, Any]:
+        return shape_fields(size)
+
+    def network(self, pixel_values):
+        h, w = (int(s) for s in pixel_values.shape[2:])
+        return run_engine(self.engine_for((h, w)), pixel_values)

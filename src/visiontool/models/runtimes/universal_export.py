@@ -41,7 +41,6 @@ OneFormer for now (its processor reads its class metadata from its source reposi
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -49,6 +48,7 @@ from typing import Any
 from visiontool.errors import UsageError
 from visiontool.models.hf_universal import UniversalSegmenter
 from visiontool.models.protocol import ModelInfo
+from visiontool.models.runtimes.hf_shapes import PerSizeEngines
 
 EXPORTER_VERSION = 1
 KIND = "transformers-universal"
@@ -194,8 +194,9 @@ def run_engine(engine, batch: dict, names: list[str]) -> SimpleNamespace:
     return SimpleNamespace(**{k: torch.from_numpy(v) for k, v in zip(OUTPUTS, outs)})
 
 
-class RuntimeUniversalSegmenter(UniversalSegmenter):
-    """A UniversalSegmenter whose network runs in exported engines, one per processed size.
+class RuntimeUniversalSegmenter(PerSizeEngines, UniversalSegmenter):
+    """A UniversalSegmenter whose network runs in exported engines, one per processed size
+    (:class:`.hf_shapes.PerSizeEngines`).
 
     With a fixed-size processor the one engine is opened at load and no torch model is held.
     Otherwise (``source`` given) an engine is exported or found in the cache when a size is
@@ -209,51 +210,25 @@ class RuntimeUniversalSegmenter(UniversalSegmenter):
         super().__init__(info, None, processor, model_type, Precision("float32", "cpu"))
         self.names = inputs_of(model_type)
         self.accepts = set(self.names)
-        self.engines = dict(engines)
-        self.source, self.runtime, self.quiet = source, runtime, quiet
-        # the key fields but the size (set per size met): the weights are hashed once
-        self.fields = cache_fields(source, runtime, (0, 0)) if source is not None else None
-        self._lock = threading.Lock()
+        self.init_sizes(source, runtime, cache_fields(source, runtime, (0, 0)) if source is not None else None,
+                        engines, quiet)
+
+    def build(self, directory, size: tuple[int, int]) -> list[str]:
+        return build_into(self.source, self.runtime, directory, size)
+
+    def size_fields(self, size: tuple[int, int]) -> dict[str, Any]:
+        return {"shapes": f"{size[0]}x{size[1]}"}
 
     def network(self, batch: dict):
         size = tuple(int(s) for s in batch["pixel_values"].shape[2:])
         return run_engine(self.engine_for(size), batch, self.names)
 
     def engine_for(self, size: tuple[int, int]):
-        engine = self.engines.get(size)
-        if engine is not None:
-            return engine
-        if self.source is None:  # a fixed-size export met another size: the processor changed
+        if size not in self.engines and self.source is None:  # a fixed-size export met another size
             have = ", ".join(f"{h}x{w}" for h, w in self.engines)
             raise UsageError(f"{self.info.name}: the {self.info.runtime} export takes {have} images, the processor "
                              f"gave {size[0]}x{size[1]}")
-        with self._lock:
-            if size not in self.engines:
-                self.engines[size] = self._open(size)
-                self._warn_if_many()
-            return self.engines[size]
-
-    def _warn_if_many(self) -> None:
-        from visiontool.models.runtimes.hf_shapes import WARN_AT
-
-        if getattr(self, "warned", False) or len(self.engines) < WARN_AT:
-            return
-        from visiontool.render.console import warn
-
-        self.warned = True
-        warn(f"{self.info.name} ({self.info.family}) exports one {self.runtime} network per processed image size "
-             f"({len(self.engines)} sizes so far, each converted once and cached, each held in memory); images "
-             "resized to one size, or --runtime torch, avoid it")
-
-    def _open(self, size: tuple[int, int]):
-        from visiontool.models.runtimes.engines import open_engine
-        from visiontool.models.runtimes.export_cache import get_or_build
-
-        fields = {**self.fields, "shapes": f"{size[0]}x{size[1]}"}
-        engine, _ = get_or_build(fields, lambda d: build_into(self.source, self.runtime, d, size),
-                                 lambda d: open_engine(self.runtime, d),
-                                 f"{self.info.name} to {self.runtime} at {size[0]}x{size[1]}", quiet=self.quiet)
-        return engine
+        return super().engine_for(size)
 
 
 def accelerate(det: UniversalSegmenter, runtime: str, quiet: bool = False) -> RuntimeUniversalSegmenter:
