@@ -19,6 +19,40 @@ def tiny_detr_small(path: Path) -> Path:
     return path
 
 
+def detect_cli(photos, model, *extra, cache: Path, batch_size: int = 2):
+    """``visiontool detect`` of ``photos`` with ``model`` through Typer's CliRunner, as a new
+    command would run it (the loaded-model cache released), every detection kept (threshold 0),
+    JSONL, with its own ``VISIONTOOL_CACHE``."""
+    from typer.testing import CliRunner
+
+    from visiontool.cli.main import app
+    from visiontool.models import loader
+
+    loader.release()  # each run loads (and finds its export) as a new command would
+    return CliRunner().invoke(app, ["detect", *photos, "--model", str(model), "--device", "cpu", "-f", "jsonl",
+                                    "--threshold", "0.0", "--batch-size", str(batch_size), *extra],
+                              env={"VISIONTOOL_CACHE": str(cache)})
+
+
+def torch_path_records(models: dict, photos, cache: Path) -> dict:
+    """Each model's records on the torch path (``models``: key -> model directory)."""
+    out = {}
+    for key, model in models.items():
+        r = detect_cli(photos, model, cache=cache)
+        assert r.exit_code == 0, (key, r.stderr)
+        out[key] = records(r.stdout)
+    return out
+
+
+def assert_same_unordered(want: list[dict], got: list[dict], least: int) -> int:
+    """The same images, and each image's detections matched in any order
+    (:func:`assert_same_detections_unordered`); at least ``least`` detections compared."""
+    assert [r["image"] for r in want] == [r["image"] for r in got]
+    n = sum(assert_same_detections_unordered(a["detections"], b["detections"]) for a, b in zip(want, got))
+    assert n >= least, n
+    return n
+
+
 def records(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from cli_helpers import assert_user_error, one_error_line
 from detector_helpers import small_photos
 from hf_tiny import FAMILIES, build_detector
-from runtimes_helpers import assert_same_detections_unordered, records
+from runtimes_helpers import assert_same_unordered, detect_cli, records, torch_path_records
 from visiontool.cli.main import app
 
 runner = CliRunner()
@@ -43,24 +43,12 @@ def photos(tmp_path_factory, images_dir) -> list[str]:
     return [str(p) for p in sorted(d.glob("*.png"))]
 
 
-def detect(photos, model, *extra, cache: Path):
-    from visiontool.models import loader
-
-    loader.release()  # each run loads (and finds its export) as a new command would
-    return runner.invoke(app, ["detect", *photos, "--model", str(model), "--device", "cpu", "-f", "jsonl",
-                               "--threshold", "0.0", "--batch-size", "2", *extra],
-                         env={"VISIONTOOL_CACHE": str(cache)})
+detect = detect_cli
 
 
 @pytest.fixture(scope="module")
 def torch_records(models, photos, tmp_path_factory):
-    cache = tmp_path_factory.mktemp("famcache-torch")
-    out = {}
-    for family, model in models.items():
-        r = detect(photos, model, cache=cache)
-        assert r.exit_code == 0, (family, r.stderr)
-        out[family] = records(r.stdout)
-    return out
+    return torch_path_records(models, photos, tmp_path_factory.mktemp("famcache-torch"))
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
@@ -83,9 +71,7 @@ def test_family_records_equal_torch_path(models, photos, torch_records, tmp_path
 
 def assert_same(want: list[dict], got: list[dict]) -> None:
     """Same images, each with the same detections (random weights: near-tied scores may swap)."""
-    assert [r["image"] for r in want] == [r["image"] for r in got]
-    n = sum(assert_same_detections_unordered(a["detections"], b["detections"]) for a, b in zip(want, got))
-    assert n >= 10, n  # threshold 0: every kept query of every photo compared
+    assert_same_unordered(want, got, least=10)  # threshold 0: every kept query of every photo compared
 
 
 @pytest.mark.parametrize("family", ["rt_detr", "d_fine"])

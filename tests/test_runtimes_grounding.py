@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from cli_helpers import one_error_line
 from detector_helpers import small_photos
 from hf_tiny_text import build_zero_shot
-from runtimes_helpers import assert_same_detections_unordered, records
+from runtimes_helpers import assert_same_unordered, records
 from visiontool.cli.main import app
 
 runner = CliRunner()
@@ -96,9 +96,7 @@ def entries(cache: Path) -> list[Path]:
 
 
 def assert_same(want: list[dict], got: list[dict]) -> None:
-    assert [r["image"] for r in want] == [r["image"] for r in got]
-    n = sum(assert_same_detections_unordered(a["detections"], b["detections"]) for a, b in zip(want, got))
-    assert n >= 20, n  # threshold 0: every query's box of both photos compared
+    assert_same_unordered(want, got, least=20)  # threshold 0: every query's box of both photos compared
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from cli_helpers import one_error_line
 from detector_helpers import small_photos
-from runtimes_helpers import BOX_TOL, SCORE_TOL, records
+from runtimes_helpers import BOX_TOL, SCORE_TOL, detect_cli, records, torch_path_records
 from visiontool.cli.main import app
 
 runner = CliRunner()
@@ -70,24 +70,12 @@ def photos(tmp_path_factory, images_dir) -> list[str]:
     return [str(d / "dog.png"), str(d / "groceries.png")]
 
 
-def detect(photos, model, *extra, cache: Path):
-    from visiontool.models import loader
-
-    loader.release()  # each run loads (and finds its export) as a new command would
-    return runner.invoke(app, ["detect", *photos, "--model", str(model), "--device", "cpu", "-f", "jsonl",
-                               "--threshold", "0.0", "--batch-size", "2", *extra],
-                         env={"VISIONTOOL_CACHE": str(cache)})
+detect = detect_cli
 
 
 @pytest.fixture(scope="module")
 def torch_records(models, photos, tmp_path_factory):
-    cache = tmp_path_factory.mktemp("unrt-torch")
-    out = {}
-    for family, model in models.items():
-        r = detect(photos, model, cache=cache)
-        assert r.exit_code == 0, (family, r.stderr)
-        out[family] = records(r.stdout)
-    return out
+    return torch_path_records(models, photos, tmp_path_factory.mktemp("unrt-torch"))
 
 
 def entries(cache: Path) -> list[str]:
