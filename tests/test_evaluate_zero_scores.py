@@ -1,5 +1,5 @@
 """A 0.0 score in a bbox results file: ultrafast-pycocotools' reader also reads a null or
-missing score as 0.0, so those records are checked in the text (pred_fast.scores_present).
+missing score as 0.0, so those records are checked in the text (score_scan.scores_present).
 A real zero is scored as pycocotools scores it; a null or missing one is an error naming
 the record, whichever way the check finds the records."""
 from __future__ import annotations
@@ -14,8 +14,8 @@ from cli_helpers import one_error_line
 
 from evaluate_helpers import STAT_KEYS, adversarial_set, oracle
 from visiontool.cli.main import app
-from visiontool.io import pred_fast
-from visiontool.io.pred_fast import scores_present
+from visiontool.io import score_scan
+from visiontool.io.score_scan import scores_present
 
 runner = CliRunner()
 ZEROS = (0, 17, 41)  # positions of the 0.0 scores; the last record gets one too
@@ -49,7 +49,7 @@ def test_real_zero_scores_are_found_record_by_record(synth, tmp_path, spelling):
     d, gt, res = synth
     p = tmp_path / "dt.json"
     p.write_text(spellings(res)[spelling])
-    assert pred_fast._record_starts(str(p), zero_rows(res), len(res)) is not None  # the lookup, not the fallback
+    assert score_scan.record_starts(str(p), zero_rows(res), len(res)) is not None  # the lookup, not the fallback
     assert scores_present(str(p), zero_rows(res), len(res))
     r = runner.invoke(app, ["evaluate", "--gt", str(d / "gt.json"), "--pred", str(p), "--format", "json"])
     assert r.exit_code == 0, r.stderr
@@ -68,12 +68,12 @@ def test_a_null_or_missing_score_among_real_zeros_is_named(synth, tmp_path, monk
     if layout == "nested objects":  # the braces no longer line up with the records: every key is counted
         bad = [dict(r, extra={"source": "x"}) for r in bad]
     if layout == "many zeros":
-        monkeypatch.setattr(pred_fast, "MAX_RECORDS_LOOKED_UP", 2)
+        monkeypatch.setattr(score_scan, "MAX_RECORDS_LOOKED_UP", 2)
     p = tmp_path / "dt.json"
     p.write_text(json.dumps(bad))
     rows = zero_rows(bad)
     assert 23 in rows.tolist()
-    assert (pred_fast._record_starts(str(p), rows, len(bad)) is None) == (layout == "nested objects")
+    assert (score_scan.record_starts(str(p), rows, len(bad)) is None) == (layout == "nested objects")
     assert not scores_present(str(p), rows, len(bad))
     line = one_error_line(runner.invoke(app, ["evaluate", "--gt", str(d / "gt.json"), "--pred", str(p)]))
     assert "result 23:" in line and text in line, line
@@ -83,7 +83,7 @@ def test_real_zeros_with_nested_objects_are_counted(synth, tmp_path):
     d, gt, res = synth
     p = tmp_path / "dt.json"
     p.write_text(json.dumps([dict(r, extra={"score_source": "model"}) for r in res]))
-    assert pred_fast._record_starts(str(p), zero_rows(res), len(res)) is None
+    assert score_scan.record_starts(str(p), zero_rows(res), len(res)) is None
     assert scores_present(str(p), zero_rows(res), len(res))
     r = runner.invoke(app, ["evaluate", "--gt", str(d / "gt.json"), "--pred", str(p), "--format", "json"])
     assert r.exit_code == 0, r.stderr
@@ -93,11 +93,11 @@ def test_real_zeros_with_nested_objects_are_counted(synth, tmp_path):
 def test_record_ranges_across_read_chunks(synth, tmp_path, monkeypatch):
     """Records that straddle the reads (64-byte chunks here) are still found whole."""
     _, _, res = synth
-    monkeypatch.setattr(pred_fast, "_SCAN_CHUNK", 64)
+    monkeypatch.setattr(score_scan, "SCAN_CHUNK", 64)
     p = tmp_path / "dt.json"
     text = json.dumps(res)
     p.write_text(text)
     rows = zero_rows(res)
-    ranges = pred_fast._record_starts(str(p), rows, len(res))
+    ranges = score_scan.record_starts(str(p), rows, len(res))
     for i, (begin, end) in zip(rows.tolist(), ranges):
         assert json.loads(text[begin:end].rstrip(", ]")) == res[i]

@@ -25,13 +25,14 @@ offending record, or scores the shapes these paths leave out.
 """
 # no `from __future__ import annotations`: msgspec reads the annotations of the local schema classes
 import mmap
-import os
 import re
 from itertools import chain
 from operator import attrgetter, countOf
 from typing import Any, Callable
 
 import numpy as np
+
+from visiontool.io.score_scan import scores_present
 
 
 def summarise(category_ids: np.ndarray, scores: np.ndarray) -> dict:
@@ -174,87 +175,6 @@ def in_thread(fn, *args) -> Callable[[], bool]:
         return box.get("ok", False)
 
     return join
-
-
-_SCAN_CHUNK = 1 << 20  # bytes read at a time: each chunk is searched while it is in the CPU cache
-_NUMERIC_SCORE = re.compile(rb'"score"\s*:\s*-?[0-9]')
-MAX_RECORDS_LOOKED_UP = 5000  # 0.0 scores checked one record at a time (~5 us each); more: count keys
-
-
-def scores_present(path: str, zero: np.ndarray, n: int) -> bool:
-    """The native reader turns a null or missing score into 0.0: accept the file only if each
-    record whose score it read as 0.0 (positions ``zero`` among ``n``) holds a numeric
-    ``"score"``.
-
-    Those records are looked up, not the whole text searched: when the file holds exactly one
-    ``{`` per record (no nested object, no brace in a string), record i starts at the i-th
-    ``{``. A pass of numpy over the text finds the braces (~16 ms for 50 MB, against ~60 ms to
-    count the ``"score"`` keys and search for ``null``, which steal a core from the engine's
-    evaluation it runs beside), then only the 0.0-score records are read. Other files, or
-    more than :data:`MAX_RECORDS_LOOKED_UP` such records, take :func:`_score_keys_present`."""
-    if zero.size > MAX_RECORDS_LOOKED_UP:
-        return _score_keys_present(path, n)
-    starts = _record_starts(path, zero, n)
-    if starts is None:
-        return _score_keys_present(path, n)
-    with open(path, "rb", buffering=0) as fh:
-        for begin, end in starts:
-            fh.seek(begin)
-            if _NUMERIC_SCORE.search(fh.read(end - begin)) is None:
-                return False
-    return True
-
-
-def _record_starts(path: str, records: np.ndarray, n: int) -> list[tuple[int, int]] | None:
-    """The byte range ``[begin, end)`` of each of ``records`` (sorted positions in a JSON list
-    of ``n`` objects): from its ``{`` to the next record's (or the end of the file). None when
-    the file does not hold exactly ``n`` braces ``{``."""
-    wanted = np.union1d(records, records + 1)
-    wanted = wanted[wanted < n]
-    offsets = np.empty(wanted.size, dtype=np.int64)
-    buf = bytearray(_SCAN_CHUNK)
-    text = np.frombuffer(buf, dtype=np.uint8)
-    seen = at = k = 0
-    with open(path, "rb", buffering=0) as fh:
-        size = os.fstat(fh.fileno()).st_size
-        while got := fh.readinto(buf):
-            braces = np.flatnonzero(text[:got] == 0x7B)  # "{"
-            if k < wanted.size and wanted[k] < seen + braces.size:
-                j = int(np.searchsorted(wanted, seen + braces.size))
-                offsets[k:j] = at + braces[wanted[k:j] - seen]
-                k = j
-            seen += braces.size
-            at += got
-    if seen != n:
-        return None
-    where = dict(zip(wanted.tolist(), offsets.tolist()))
-    return [(where[i], where.get(i + 1, size)) for i in records.tolist()]
-
-
-def _score_keys_present(path: str, n: int) -> bool:
-    """Exactly one ``"score"`` key per record and none of them null (the whole text searched).
-
-    Read in chunks, each counted and searched while in cache (no whole-file copy: 50 MB less
-    at the engine's peak); only a file with "null" somewhere is read again whole for the
-    exact pattern."""
-    key, null = b'"score"', b"null"
-    keep = len(key) - 1  # a match split across two chunks lies within the last and first `keep` bytes
-    count, has_null, tail = 0, False, b""
-    with open(path, "rb") as fh:
-        while True:
-            chunk = fh.read(_SCAN_CHUNK)
-            if not chunk:
-                break
-            seam = tail + chunk[:keep]  # no match fits in either half of the seam alone: none counted twice
-            count += chunk.count(key) + seam.count(key)
-            has_null = has_null or null in chunk or null in seam
-            tail = chunk[-keep:] if len(chunk) >= keep else (tail + chunk)[-keep:]
-    if count != n:
-        return False
-    if has_null:
-        with open(path, "rb") as fh:
-            return re.search(rb'"score"\s*:\s*null', fh.read()) is None
-    return True
 
 
 # ---------------------------------------------------------------------------------------- segm
