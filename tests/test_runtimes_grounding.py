@@ -174,3 +174,36 @@ def test_traced_text_masks_equal_transformers():
         want = gd.generate_masks_with_special_tokens_and_transfer_map(ids, special)
         got = text_masks(ids, special)
         assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1]), ids
+
+
+def test_a_deformable_level_one_feature_high_exports_exactly(photos, tmp_path):
+    """A small processed size (64x95 here) gives Grounding DINO a feature level one row high,
+    whose reference points are ``linspace(0.5, 0.5, 1)``: torch's ONNX symbolic divided by
+    ``steps - 1`` and made them NaN, so the export was refused by its check. Now exact."""
+    from sam_family_helpers import build_grounding_dino
+
+    model = build_grounding_dino(tmp_path / "gdino")
+    want = detect(photos[:1], model, "bus", cache=tmp_path / "torch")
+    assert want.exit_code == 0, want.stderr
+    got = detect(photos[:1], model, "bus", "--runtime", "onnxruntime", cache=tmp_path / "ort")
+    assert got.exit_code == 0, got.stderr
+    assert_same_unordered(records(want.stdout), records(got.stdout), least=10)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_onnx_linspace_of_one_step_is_its_start(tmp_path, steps):
+    import numpy as np
+    import torch
+
+    from visiontool.models.runtimes.engines import export_network, onnx_linspace_keeps_dtype, open_engine
+
+    class Grid(torch.nn.Module):
+        def forward(self, x):
+            h = x.shape[-1]
+            return x + torch.linspace(0.5, h - 0.5, h, dtype=torch.float32)
+
+    x = torch.zeros(1, steps)
+    with onnx_linspace_keeps_dtype():
+        export_network(Grid().eval(), (x,), "onnxruntime", tmp_path, ["x"], ["y"], {})
+    (got,) = open_engine("onnxruntime", tmp_path)([x.numpy()])
+    np.testing.assert_array_equal(got, Grid()(x).numpy())

@@ -152,8 +152,11 @@ def onnx_linspace_keeps_dtype() -> Iterator[None]:
     ignores its ``dtype``; in a static-shape trace of Deformable DETR (its reference points:
     ``linspace(0.5, h - 0.5, h, dtype=float32)``) the double then reaches ``GridSample``'s grid,
     which ONNX Runtime implements for float only ("Could not find an implementation for
-    GridSample(16)"). The symbolic is registered for the duration only (process-wide: the
-    exporter has no per-call table); OpenVINO converts from torch and is unaffected."""
+    GridSample(16)"). It also gives one step its value: torch's symbolic divides by ``steps - 1``,
+    so a one-point ``linspace`` was NaN in the graph (a deformable-attention level of height or
+    width 1: measured on a tiny Grounding DINO at 64x95, whose export was then refused by its
+    check). The symbolic is registered for the duration only (process-wide: the exporter has no
+    per-call table); OpenVINO's own converter from torch is unaffected."""
     import torch
 
     try:
@@ -163,7 +166,12 @@ def onnx_linspace_keeps_dtype() -> Iterator[None]:
         from torch.onnx import _type_utils, symbolic_helper as sh, symbolic_opset9 as opset9
 
     def linspace(g, start, end, steps, dtype, *rest):
-        out = opset9.linspace(g, start, end, steps, dtype, *rest)
+        # opset9's, but for one step: it divides by steps - 1, so linspace(a, a, 1), a level of
+        # deformable attention one feature high or wide, was NaN (torch gives [a])
+        one = g.op("Constant", value_t=torch.tensor(1, dtype=torch.int64))
+        intervals = g.op("Max", opset9.sub(g, steps, one), one)
+        step = opset9.div(g, opset9.sub(g, end, start), intervals)
+        out = opset9.add(g, opset9.mul(g, sh._arange_helper(g, steps, None), step), start)
         if sh._is_none(dtype):
             return out
         want = sh._maybe_get_const(dtype, "i")
