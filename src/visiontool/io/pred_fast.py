@@ -90,12 +90,11 @@ def against_gt(facts: dict | None, gt) -> dict | None:
 # ---------------------------------------------------------------------------------------- bbox
 
 
-def bbox_facts(path: str, keep_rows: bool = False, scan_scores: bool = True,
-               rows: np.ndarray | None = None) -> dict | None:
+def bbox_facts(path: str, keep_rows: bool = False, rows: np.ndarray | None = None) -> dict | None:
     """Facts of a bbox results file (see the module docstring); ``keep_rows`` adds the
-    ``(N, 7)`` array as ``rows``. ``scan_scores=False`` leaves the check that a 0.0 score is
-    a real one to the caller (``zero_scores`` then holds the indices of the 0.0 scores). ``rows``:
-    the file as the engine's reader already parsed it (the same native reader), not parsed again."""
+    ``(N, 7)`` array as ``rows``. ``zero_scores`` holds the indices of the 0.0 scores, which
+    :func:`with_score_check` checks against the text. ``rows``: the file as the engine's reader
+    already parsed it (the same native reader), not parsed again."""
     if rows is None:
         try:
             from ultrafast_pycocotools import _ufcoco
@@ -111,8 +110,6 @@ def bbox_facts(path: str, keep_rows: bool = False, scan_scores: bool = True,
     if n == 0 or not np.isfinite(rows).all() or rows[:, 3:5].min() < 0:
         return None
     zero = np.flatnonzero(rows[:, 5] == 0.0)
-    if zero.size and scan_scores and not scores_present(path, zero, n):
-        return None
     facts = {"n": n, "min_score": float(rows[:, 5].min()), "image_ids": distinct(rows[:, 0].astype(np.int64)),
              "category_ids": distinct(rows[:, 6].astype(np.int64)), "zero_scores": zero}
     if keep_rows:
@@ -122,14 +119,20 @@ def bbox_facts(path: str, keep_rows: bool = False, scan_scores: bool = True,
 
 def fast_bbox(path: str, gt) -> dict | None:
     """``{"rows": (N, 7) array, **summary, "deferred_check"?}`` or None, in this process."""
-    facts = bbox_facts(path, keep_rows=True, scan_scores=False)
+    facts = bbox_facts(path, keep_rows=True)
     out = against_gt(facts, gt)
     if out is None:
         return None
     out["rows"] = facts["rows"]
-    if facts["zero_scores"].size:
-        # a 0.0 may be a null or missing score: scan the text in a thread while the engine
-        # (which releases the GIL) evaluates; evaluate() discards the result if the scan fails
+    return with_score_check(out, path, facts)
+
+
+def with_score_check(out: dict | None, path: str, facts: dict) -> dict | None:
+    """``out`` (a file's summary) with, when some of its scores are 0.0 (maybe a null or missing
+    score: the native reader reads those as 0.0), the check of the text started in a thread
+    beside the engine, which releases the GIL (``deferred_check``: evaluate() discards the
+    engine's result if the check fails)."""
+    if out is not None and facts["zero_scores"].size:
         out["deferred_check"] = in_thread(scores_present, path, facts["zero_scores"], facts["n"])
     return out
 
@@ -144,11 +147,8 @@ class AfterEngineRead:
         self.path, self.gt = path, gt
 
     def result(self, rows: np.ndarray | None = None) -> dict | None:
-        facts = bbox_facts(self.path, scan_scores=False, rows=rows)
-        out = against_gt(facts, self.gt)
-        if out is not None and facts["zero_scores"].size:
-            out["deferred_check"] = in_thread(scores_present, self.path, facts["zero_scores"], facts["n"])
-        return out
+        facts = bbox_facts(self.path, rows=rows)
+        return with_score_check(against_gt(facts, self.gt), self.path, facts)
 
     def cancel(self) -> None:
         pass
