@@ -237,28 +237,66 @@ def check_deployable(det: HFDetector, runtime: str) -> None:
     """``visiontool export`` of a :func:`per_shape` model: one line, exit 2 (a directory cannot
     hold an export for every size its processor may produce)."""
     if per_shape(det):
-        from visiontool.errors import UsageError
+        raise per_size_refusal(det, runtime)
 
-        raise UsageError(f"visiontool export: {det.info.name} ({det.info.family}) is exported once per processed image "
-                         "size (its traced graph fixes the image size and its processor does not resize to one "
-                         f"size), so no directory can hold every size; run it with --runtime {runtime} instead, "
-                         "which caches one export per size")
+
+def per_size_refusal(det, runtime: str):
+    """The one line refusing ``visiontool export`` of a model exported once per processed size."""
+    from visiontool.errors import UsageError
+
+    return UsageError(f"visiontool export: {det.info.name} ({det.info.family}) is exported once per processed image "
+                      "size (its traced graph fixes the image size and its processor does not resize to one "
+                      f"size), so no directory can hold every size; run it with --runtime {runtime} instead, "
+                      "which caches one export per size")
 
 
 def write_export(det: HFDetector, runtime: str, directory: Path) -> list[str]:
     """A deployable export in ``directory``: the network, the image processor's config (the
     preprocessing) and the model config; the manifest is the caller's."""
-    files = build_into(det, runtime, directory)
-    det.processor.save_pretrained(str(directory))
-    return files + ["preprocessor_config.json"]
+    return with_processor_files(build_into(det, runtime, directory), det.processor, directory)
 
 
 def manifest_fields(det: HFDetector) -> dict[str, Any]:
-    p = det.processor
-    pre = {k: getattr(p, k, None) for k in ("size", "do_resize", "do_rescale", "rescale_factor", "do_normalize",
-                                            "image_mean", "image_std", "do_pad")}
-    return {"kind": KIND, "preprocessing": json.loads(json.dumps(pre, default=str)),
-            "inputs": INPUTS, "outputs": OUTPUTS}
+    return {"kind": KIND, "preprocessing": preprocessing_fields(det.processor), "inputs": INPUTS, "outputs": OUTPUTS}
+
+
+# shared by the transformers families' export directories (here, zero-shot and universal segmentation)
+PREPROCESSING = ("size", "do_resize", "do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std",
+                 "do_pad")
+
+
+def preprocessing_fields(image_processor, keys: tuple[str, ...] = PREPROCESSING) -> dict[str, Any]:
+    """The image processor's settings for the manifest, as JSON data (informative: the saved
+    processor config is what loads); transformers' ``SizeDict`` (a dataclass) becomes the dict
+    of its set fields, not its repr."""
+    import dataclasses
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {k: v for k, v in dataclasses.asdict(value).items() if v is not None}
+        return value
+
+    return json.loads(json.dumps({k: plain(getattr(image_processor, k, None)) for k in keys}, default=str))
+
+
+def with_processor_files(files: list[str], processor, directory) -> list[str]:
+    """``files`` (the network's, in ``directory``) and every file the processor's ``save_pretrained``
+    writes there (image processor config, tokenizer), as paths relative to ``directory``."""
+    directory = Path(directory)
+    processor.save_pretrained(str(directory))
+    saved = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+    return files + [f for f in saved if f not in set(files)]
+
+
+def exported_info(directory, manifest: dict, runtime: str, capabilities: frozenset, paradigm: str = "query-based",
+                  family: str = "unknown", **extra: Any) -> ModelInfo:
+    """The ModelInfo of an export directory's adapter (no torch model: float32 on the CPU)."""
+    return ModelInfo(name=str(manifest.get("_spec", directory)), family=str(manifest.get("family", family)),
+                     backend=f"transformers+{runtime}", task="detect", paradigm=paradigm, needs_nms=False,
+                     params=int(manifest.get("params", 0)),
+                     class_names={int(k): str(v) for k, v in (manifest.get("class_names") or {}).items()},
+                     device="cpu", dtype="float32", capabilities=capabilities, runtime=runtime,
+                     extra={"export": str(directory), "source": manifest.get("source"), **extra})
 
 
 def load_exported(directory: Path, manifest: dict, runtime: str) -> RuntimeHFDetector:
@@ -270,10 +308,4 @@ def load_exported(directory: Path, manifest: dict, runtime: str) -> RuntimeHFDet
 
     processor = load_processor(AutoImageProcessor, str(directory))
     engine = open_engine(runtime, directory)
-    names = {int(k): str(v) for k, v in (manifest.get("class_names") or {}).items()}
-    info = ModelInfo(name=str(manifest.get("_spec", directory)), family=str(manifest.get("family", "unknown")),
-                     backend=f"transformers+{runtime}", task="detect", paradigm="query-based", needs_nms=False,
-                     params=int(manifest.get("params", 0)), class_names=names, device="cpu", dtype="float32",
-                     capabilities=frozenset({"batch"}), runtime=runtime,
-                     extra={"export": str(directory), "source": manifest.get("source")})
-    return RuntimeHFDetector(info, processor, engine)
+    return RuntimeHFDetector(exported_info(directory, manifest, runtime, frozenset({"batch"})), processor, engine)

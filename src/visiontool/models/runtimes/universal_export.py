@@ -40,7 +40,6 @@ OneFormer for now (its processor reads its class metadata from its source reposi
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -254,10 +253,9 @@ def accelerate(det: UniversalSegmenter, runtime: str, quiet: bool = False) -> Ru
 def check_deployable(det: UniversalSegmenter, runtime: str) -> None:
     """A model exported per processed size: one line, exit 2 (no directory holds every size)."""
     if fixed_size(det) is None:
-        raise UsageError(f"visiontool export: {det.info.name} ({det.info.family}) is exported once per processed image "
-                         "size (its traced graph fixes the image size and its processor does not resize to one "
-                         f"size), so no directory can hold every size; run it with --runtime {runtime} instead, "
-                         "which caches one export per size")
+        from visiontool.models.runtimes.hf_export import per_size_refusal
+
+        raise per_size_refusal(det, runtime)
     if det.model_type == "oneformer":
         raise UsageError(f"visiontool export: {det.info.name} (oneformer): its processor reads its class metadata "
                          "from its source repository (repo_path), which an export directory does not carry yet; run "
@@ -266,18 +264,17 @@ def check_deployable(det: UniversalSegmenter, runtime: str) -> None:
 
 def write_export(det: UniversalSegmenter, runtime: str, directory: Path) -> list[str]:
     """A deployable export in ``directory``: the network and the processor's config."""
+    from visiontool.models.runtimes.hf_export import with_processor_files
+
     check_deployable(det, runtime)
     files = build_into(det, runtime, directory, fixed_size(det))  # type: ignore[arg-type]
-    before = {p.name for p in Path(directory).iterdir()}
-    det.processor.save_pretrained(str(directory))
-    return files + sorted(p.name for p in Path(directory).iterdir() if p.name not in before and p.is_file())
+    return with_processor_files(files, det.processor, directory)
 
 
 def manifest_fields(det: UniversalSegmenter, runtime: str) -> dict[str, Any]:
-    p = det.image_processor
-    pre = {k: getattr(p, k, None) for k in ("size", "do_resize", "do_rescale", "rescale_factor", "do_normalize",
-                                            "image_mean", "image_std", "do_pad")}
-    return {"kind": KIND, "model_type": det.model_type, "preprocessing": json.loads(json.dumps(pre, default=str)),
+    from visiontool.models.runtimes.hf_export import preprocessing_fields
+
+    return {"kind": KIND, "model_type": det.model_type, "preprocessing": preprocessing_fields(det.image_processor),
             "inputs": inputs_of(det.model_type), "outputs": OUTPUTS}
 
 
@@ -287,14 +284,10 @@ def load_exported(directory: Path, manifest: dict, runtime: str) -> RuntimeUnive
 
     from visiontool.models.hf_detection import load_processor
     from visiontool.models.runtimes.engines import open_engine
+    from visiontool.models.runtimes.hf_export import exported_info
 
     model_type = str(manifest.get("model_type", ""))
     processor = load_processor(AutoProcessor if model_type == "oneformer" else AutoImageProcessor, str(directory))
     h, w = (int(s) for s in str(manifest.get("shapes", "")).split("x"))
-    names = {int(k): str(v) for k, v in (manifest.get("class_names") or {}).items()}
-    info = ModelInfo(name=str(manifest.get("_spec", directory)), family=str(manifest.get("family", "unknown")),
-                     backend=f"transformers+{runtime}", task="detect", paradigm="query-based", needs_nms=False,
-                     params=int(manifest.get("params", 0)), class_names=names, device="cpu", dtype="float32",
-                     capabilities=frozenset({"masks", "batch"}), runtime=runtime,
-                     extra={"export": str(directory), "source": manifest.get("source")})
+    info = exported_info(directory, manifest, runtime, frozenset({"masks", "batch"}))
     return RuntimeUniversalSegmenter(info, processor, model_type, {(h, w): open_engine(runtime, directory)})

@@ -21,7 +21,6 @@ graph, and Grounding DINO's processor does not fix the size).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -40,7 +39,7 @@ TOLERANCE = 1e-3
 # model_type -> the processor class an export directory is loaded with (the image processor and tokenizer)
 PROCESSORS = {"owlv2": "Owlv2Processor", "owlvit": "OwlViTProcessor"}
 PREPROCESSING = ("size", "do_resize", "do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std",
-                 "do_pad", "do_center_crop", "crop_size")
+                 "do_pad", "do_center_crop", "crop_size")  # hf_export.PREPROCESSING and OWL's center crop
 
 
 def exportable(det: Any) -> bool:
@@ -177,33 +176,22 @@ def write_export(det: ZeroShotDetector, runtime: str, directory: Path) -> list[s
     """A deployable export in ``directory``: the checked network (:func:`build_into`) and the
     processor's own files (``save_pretrained``: image processor config, tokenizer); the file
     names written. The manifest is the caller's (:mod:`.deploy`)."""
-    directory = Path(directory)
-    files = build_into(det, runtime, directory)
-    before = set(files)
-    det.processor.save_pretrained(str(directory))
-    saved = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
-    return files + [f for f in saved if f not in before]
+    from visiontool.models.runtimes.hf_export import with_processor_files
+
+    return with_processor_files(build_into(det, runtime, Path(directory)), det.processor, directory)
 
 
 def manifest_fields(det: ZeroShotDetector, runtime: str) -> dict[str, Any]:
     """What the manifest says about an OWL export: the processor and tokenizer classes, the one
     image size the network takes, the preprocessing, the inputs and outputs with their dynamic axes."""
+    from visiontool.models.runtimes.hf_export import preprocessing_fields
+
     image_processor, tokenizer = det.processor.image_processor, det.processor.tokenizer
-    pre = {k: _plain(getattr(image_processor, k, None)) for k in PREPROCESSING}
     return {"kind": KIND, "model_type": det.model_type, "processor_class": type(det.processor).__name__,
-            "image_size": list(image_size(det)), "preprocessing": json.loads(json.dumps(pre, default=str)),
+            "image_size": list(image_size(det)), "preprocessing": preprocessing_fields(image_processor, PREPROCESSING),
             "tokenizer": {"class": type(tokenizer).__name__, "max_length": int(tokenizer.model_max_length)},
             "inputs": INPUTS, "outputs": OUTPUTS,
             "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in DYNAMIC.items()}}
-
-
-def _plain(value: Any) -> Any:
-    """A processor attribute as JSON would hold it (transformers' SizeDict is a dataclass)."""
-    import dataclasses
-
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: v for k, v in dataclasses.asdict(value).items() if v is not None}
-    return value
 
 
 def load_exported(directory: Path, manifest: dict, runtime: str) -> RuntimeZeroShotDetector:
@@ -212,8 +200,8 @@ def load_exported(directory: Path, manifest: dict, runtime: str) -> RuntimeZeroS
     import transformers
 
     from visiontool.errors import ModelLoadError
-    from visiontool.models.protocol import ModelInfo
     from visiontool.models.runtimes.engines import open_engine
+    from visiontool.models.runtimes.hf_export import exported_info
 
     spec = str(manifest.get("_spec", directory))
     model_type = str(manifest.get("model_type"))
@@ -229,10 +217,7 @@ def load_exported(directory: Path, manifest: dict, runtime: str) -> RuntimeZeroS
                              f"was exported for {want[0]}x{want[1]}; export the model again with visiontool export")
     engine = open_engine(runtime, directory)
     size = getattr(processor.image_processor, "size", None) or {}
-    info = ModelInfo(name=spec, family=str(manifest.get("family", model_type)), backend=f"transformers+{runtime}",
-                     task="detect", paradigm="open-vocabulary", needs_nms=False,
-                     params=int(manifest.get("params", 0)), class_names={}, device="cpu", dtype="float32",
-                     capabilities=frozenset({"text", "batch"}), runtime=runtime,
-                     extra={"export": str(directory), "source": manifest.get("source"),
-                            "fixed_size": bool(size) and ("height" in size and "width" in size)})
+    info = exported_info(directory, {**manifest, "class_names": {}}, runtime, frozenset({"text", "batch"}),
+                         paradigm="open-vocabulary", family=model_type,
+                         fixed_size=bool(size) and ("height" in size and "width" in size))
     return RuntimeZeroShotDetector(info, processor, model_type, engine)
