@@ -45,15 +45,16 @@ def _swin(out_features=("stage2", "stage3", "stage4"), embed_dim=16):
                       num_heads=[1, 1, 1, 1], out_features=list(out_features))
 
 
-def build_zero_shot(family: str, path: Path, seed: int = 0) -> Path:
-    """Save a tiny zero-shot detector of ``family`` with its processor to ``path``."""
+def build_zero_shot(family: str, path: Path, seed: int = 0, tokenizer=None) -> Path:
+    """Save a tiny zero-shot detector of ``family`` with its processor to ``path``
+    (``tokenizer``: another word-piece tokenizer for the Grounding DINO families)."""
     import torch
     import transformers as T
 
     path = Path(path)
     torch.manual_seed(seed)
     if family in ("grounding-dino", "mm-grounding-dino"):
-        tok = bert_tokenizer(path / "tok")
+        tok = tokenizer if tokenizer is not None else bert_tokenizer(path / "tok")
         text = T.BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                             intermediate_size=32, max_position_embeddings=64)
         cls = T.GroundingDinoConfig if family == "grounding-dino" else T.MMGroundingDinoConfig

@@ -30,12 +30,10 @@ def build_grounding(family: str, path: Path, seed: int = 0) -> Path:
     the model holds as its phrase delimiters, so its text self-attention masks and position ids
     are per phrase as with the real tokenizer (with hf_tiny_text's short vocabulary no token is
     a delimiter and that part of the graph is never exercised)."""
-    import torch
     import transformers as T
 
-    from hf_tiny_text import SIZE, WORDS, _swin
+    from hf_tiny_text import WORDS
 
-    torch.manual_seed(seed)
     vocab = [f"[unused{i}]" for i in range(1030)]
     for i, token in {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]", 1012: ".",
                      1029: "?"}.items():
@@ -44,17 +42,7 @@ def build_grounding(family: str, path: Path, seed: int = 0) -> Path:
         vocab[200 + i] = word
     (path / "tok").mkdir(parents=True, exist_ok=True)
     (path / "tok" / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = T.BertTokenizer(str(path / "tok" / "vocab.txt"))
-    text = T.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64)
-    cls = T.GroundingDinoConfig if family == "grounding-dino" else T.MMGroundingDinoConfig
-    cfg = cls(backbone_config=_swin(), text_config=text, d_model=32, num_queries=20, encoder_layers=1,
-              decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2,
-              decoder_attention_heads=2, num_feature_levels=4, encoder_n_points=2, decoder_n_points=2,
-              max_text_len=32)
-    T.AutoModelForZeroShotObjectDetection.from_config(cfg).eval().save_pretrained(path)
-    T.GroundingDinoProcessor(T.GroundingDinoImageProcessor(size=SIZE), tok).save_pretrained(path)
-    return path
+    return build_zero_shot(family, path, seed, tokenizer=T.BertTokenizer(str(path / "tok" / "vocab.txt")))
 
 
 @pytest.fixture(scope="module")
