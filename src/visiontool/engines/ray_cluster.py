@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -24,6 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from visiontool.engines.ray_local import prompt_registration, stop_monitor
 from visiontool.errors import UsageError, VisionToolError
 
 RAY_LOGGERS = ("ray", "ray.data", "ray.serve", "ray.train", "ray.tune")
@@ -126,8 +128,10 @@ class Session:
                     # "local": a new cluster, even when `ray start` left its address in
                     # /tmp/ray/ray_current_cluster (ray.init() alone would join that one, or fail
                     # on it when that cluster is gone)
-                    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, **kwargs)
                     self.started_local = not os.environ.get("RAY_ADDRESS")
+                    with prompt_registration() if self.started_local else contextlib.nullcontext():
+                        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+                                 **kwargs)
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 where = f"the Ray cluster at '{self.address}'" if self.address else "a local Ray cluster"
                 raise VisionToolError(f"cannot connect to {where}: {first_line(str(exc))}") from None
@@ -145,6 +149,8 @@ class Session:
         if self.owned:
             import ray
 
+            if self.started_local:
+                stop_monitor()  # else ray.shutdown waits a second for it (see ray_local)
             ray.shutdown()
         return False
 

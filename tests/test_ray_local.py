@@ -1,0 +1,104 @@
+"""A run without --address starts a local cluster of its own and stops it: through the installed
+`visiontool` (records equal a local run; none of that cluster's processes are left), and the two
+shortcuts of :mod:`visiontool.engines.ray_local` in a driver of their own (the raylet lookup
+waits for the registration, the monitor is gone before ``ray.shutdown`` starts)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from ray_helpers import _procs, assert_same_records, child_env, make_images, records_by_image
+
+pytest.importorskip("ray")
+
+
+def own_env(tmp_path) -> dict:
+    env = child_env(VISIONTOOL_CACHE=tmp_path / "cache")
+    env.pop("RAY_ADDRESS", None)  # no cluster to join: the run starts its own
+    return env
+
+
+DRIVER = textwrap.dedent("""
+    import json, subprocess
+    import ray
+    from ray._private import services
+    from visiontool.engines import ray_local
+    from visiontool.engines.ray_cluster import Session
+
+    polls = []
+    registered = ray_local._registered
+    ray_local._registered = lambda client, node_id: polls.append(registered(client, node_id)) or polls[-1]
+    original = services.get_node
+    seen = {}
+    shutdown = ray.shutdown
+
+    def spy_shutdown(*a, **k):
+        monitor = seen["monitor"]
+        try:
+            seen["monitor_rc_at_shutdown"] = monitor.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            seen["monitor_rc_at_shutdown"] = None
+        return shutdown(*a, **k)
+
+    ray.shutdown = spy_shutdown
+    with Session(None) as session:
+        node = ray._private.worker._global_node
+        seen["monitor"] = node.all_processes["monitor"][0].process
+        seen["pids"] = [i.process.pid for infos in node.all_processes.values() for i in infos]
+        seen["restored"] = services.get_node is original
+        seen["answer"] = ray.get(ray.remote(lambda: 41 + 1).remote())
+        seen["started_local"] = session.started_local
+    print(json.dumps({"polls": polls, "restored": seen["restored"], "answer": seen["answer"],
+                      "started_local": seen["started_local"], "pids": seen["pids"],
+                      "monitor_rc_at_shutdown": seen["monitor_rc_at_shutdown"]}))
+""")
+
+
+def test_own_cluster_waits_for_the_raylet_and_stops_the_monitor_first(tmp_path):
+    p = subprocess.run([sys.executable, "-c", DRIVER], env=own_env(tmp_path), capture_output=True, text=True,
+                       timeout=240)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["started_local"] and out["answer"] == 42
+    # the lookup asked until the raylet was there, then left the rest to Ray (and is undone)
+    assert out["polls"] and out["polls"][-1] is True and out["restored"]
+    # SIGKILLed before ray.shutdown began (on its own the monitor does not exit: Ray waits a
+    # second for it and SIGKILLs it then)
+    assert out["monitor_rc_at_shutdown"] == -9
+    alive = _procs()
+    assert not [pid for pid in out["pids"] if pid in alive and "<defunct>" not in alive[pid][1]]
+
+
+def test_installed_command_on_its_own_cluster_equals_the_local_run(tmp_path, tiny_detr_fast):
+    exe = shutil.which("visiontool", path=str(__import__("pathlib").Path(sys.executable).parent))
+    assert exe, "the visiontool entry point is not installed next to this Python"
+    images = make_images(tmp_path / "images", 12)
+    env = own_env(tmp_path)
+    before = set(_procs())
+    local = subprocess.run([exe, "detect", str(images), "-m", tiny_detr_fast, "-f", "jsonl", "-q"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert local.returncode == 1, local.stderr  # the corrupt files are failed records
+    out = tmp_path / "out"
+    p = subprocess.run([exe, "detect", str(images), "-m", tiny_detr_fast, "--engine", "ray", "--replicas", "1",
+                        "--output-dir", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1, p.stderr[-3000:]
+    assert "on 1 node" in p.stderr and p.stdout == ""
+    merged = subprocess.run([exe, "merge", str(out), "-f", "jsonl"], env=env, capture_output=True, text=True)
+    assert merged.returncode == 0, merged.stderr
+    assert_same_records(records_by_image(merged.stdout.splitlines()), records_by_image(local.stdout.splitlines()))
+    # the cluster's processes are gone: the node's at once, the replica's worker once it sees its raylet gone
+    # (measured: 1-2.5 s after the command, with Ray's own shutdown too)
+    deadline = time.monotonic() + 30
+    while True:
+        left = [cmd.split()[0] for pid, (_, cmd) in _procs().items() if pid not in before and
+                ("raylet" in cmd or "gcs_server" in cmd or "ray::" in cmd) and "<defunct>" not in cmd]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert not left, left
