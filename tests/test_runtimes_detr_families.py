@@ -5,7 +5,7 @@ the records equal the torch path's (boxes within 0.05 px, scores within 1e-4), b
 the families that cannot be exported are one line, exit 2, nothing cached. Deformable DETR, and
 RT-DETR with a processor that does not fix the size, are exported once per processed size
 (``runtimes.hf_shapes``): two sizes, a batch of two images of one size split, a second command
-finding every export cached, ``visiontool export`` refused."""
+finding every export cached, ``visiontool export --image-size`` writing a network per size."""
 from __future__ import annotations
 
 import json
@@ -179,13 +179,40 @@ def test_deformable_detr_per_shape_engines(models, shape_photos, shared_cache, m
     loader.release()
 
 
-def test_deformable_detr_export_dir_refused(models, tmp_path):
-    out = tmp_path / "deformable-onnx"
-    r = runner.invoke(app, ["export", str(models["deformable_detr"]), "--runtime", "onnx", "-o", str(out)],
-                      env={"VISIONTOOL_CACHE": str(tmp_path / "cache")})
+def test_deformable_detr_export_dir_per_size(models, shape_photos, torch_records, tmp_path):
+    """``visiontool export --image-size``: one network per processed size of the sizes named, in
+    a folder each; ``--model DIR`` gives the torch path's records for those sizes and refuses an
+    image processed to another, one line, exit 2. Without --image-size: refused, nothing written."""
+    from PIL import Image
+
+    env = {"VISIONTOOL_CACHE": str(tmp_path / "cache")}
+    refused = tmp_path / "refused"
+    r = runner.invoke(app, ["export", str(models["deformable_detr"]), "--runtime", "onnx", "-o", str(refused)], env=env)
     line = one_error_line(r, 2)
-    assert "once per processed image size" in line and "--runtime onnxruntime" in line, line
-    assert not out.exists()
+    assert "once per processed image size" in line and "--image-size" in line and "--runtime onnxruntime" in line
+    assert not refused.exists()
+    r = runner.invoke(app, ["export", str(models["deformable_detr"]), "--runtime", "onnx", "-o", str(refused),
+                            "--image-size", "640"], env=env)
+    assert "--image-size '640'" in one_error_line(r, 2) and not refused.exists()
+
+    out = tmp_path / "deformable-onnx"
+    sizes = [f"{h}x{w}" for w, h in (Image.open(p).size for p in shape_photos)]
+    r = runner.invoke(app, ["export", str(models["deformable_detr"]), "--runtime", "onnx", "-o", str(out),
+                            *[a for s in sizes for a in ("--image-size", s)]], env=env)
+    assert r.exit_code == 0, r.stderr
+    manifest = json.loads((out / "visiontool-export.json").read_text())
+    assert manifest["shapes"] == "per-shape" and set(manifest["sizes"]) == PER_SHAPE_SIZES, manifest
+    assert sorted(manifest["image_sizes"]) == sorted(set(sizes))
+    assert {p.name for p in out.iterdir() if p.is_dir()} == PER_SHAPE_SIZES
+    r = detect(shape_photos, out, cache=tmp_path / "cache")
+    assert r.exit_code == 0, r.stderr
+    assert_same(in_order(torch_records["deformable_detr"], shape_photos), records(r.stdout))
+
+    square = tmp_path / "square.png"
+    Image.open(shape_photos[0]).resize((150, 150)).save(square)
+    r = detect([str(square)], out, cache=tmp_path / "cache")
+    line = one_error_line(r, 2)
+    assert "processed to 128x128" in line and "--image-size" in line and all(s in line for s in PER_SHAPE_SIZES)
 
 
 def test_rt_detr_without_fixed_size_exported_per_shape(models, shape_photos, tmp_path):

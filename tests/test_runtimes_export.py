@@ -124,18 +124,6 @@ def test_export_bad_arguments(detr, tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_export_of_a_model_exported_per_size(tmp_path):
-    """Mask2Former whose processor does not fix the size is exported per size (universal_export):
-    ``visiontool export`` is one line, exit 2, nothing written."""
-    from hf_tiny_text import build_universal
-
-    model = build_universal("mask2former", tmp_path / "m2f")
-    r = runner.invoke(app, ["export", str(model), "--runtime", "onnx", "-o", str(tmp_path / "o")])
-    line = one_error_line(r)
-    assert "exported once per processed image size" in line and "--runtime onnxruntime" in line
-    assert not (tmp_path / "o").exists()
-
-
 def test_export_missing_extra(detr, tmp_path, monkeypatch):
     import sys
 

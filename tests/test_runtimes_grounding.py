@@ -3,10 +3,14 @@
 ``--text`` (boxes within 0.05 px, scores within 1e-4; a batch of 2 images of one size); the
 phrases are an input of the export, so a second command with other phrases (and another number
 of them) finds the one cached export and still gives the torch path's records; an export that
-does not reproduce torch is one line, exit 2, and is not cached."""
+does not reproduce torch is one line, exit 2, and is not cached; ``visiontool export`` (Grounding
+DINO with ``--image-size``, OmDet-Turbo at its processor's one size) and ``--model DIR --text``
+give the same records without the source model."""
 from __future__ import annotations
 
 from pathlib import Path
+
+import json
 
 import pytest
 from typer.testing import CliRunner
@@ -195,3 +199,36 @@ def test_onnx_linspace_of_one_step_is_its_start(tmp_path, steps):
         export_network(Grid().eval(), (x,), "onnxruntime", tmp_path, ["x"], ["y"], {})
     (got,) = open_engine("onnxruntime", tmp_path)([x.numpy()])
     np.testing.assert_array_equal(got, Grid()(x).numpy())
+
+
+@pytest.mark.parametrize("family", ["grounding-dino", "omdet-turbo"])
+def test_export_directory_round_trip(models, photos, torch_records, tmp_path, family):
+    """``visiontool export`` then ``--model DIR --text``: the torch path's records for two texts
+    (one directory serves any phrases), nothing exported into the cache; no --text is one line.
+    Grounding DINO keeps the aspect ratio: without --image-size the export is one line, exit 2."""
+    from PIL import Image
+
+    cache = tmp_path / "cache"
+    env = {"VISIONTOOL_CACHE": str(cache)}
+    out = tmp_path / f"{family}-onnx"
+    sized = []
+    if family == "grounding-dino":
+        r = runner.invoke(app, ["export", str(models[family]), "--runtime", "onnx", "-o", str(out)], env=env)
+        assert "--image-size" in one_error_line(r, 2) and not out.exists()
+        w, h = Image.open(photos[0]).size
+        sized = ["--image-size", f"{h}x{w}"]
+    r = runner.invoke(app, ["export", str(models[family]), "--runtime", "onnx", "-o", str(out), *sized], env=env)
+    assert r.exit_code == 0, r.stderr
+    manifest = json.loads((out / "visiontool-export.json").read_text())
+    assert (manifest["kind"], manifest["model_type"]) == ("transformers-grounding", family)
+    assert len(manifest["sizes"]) == 1 and (out / manifest["sizes"][0]).is_dir()
+    for text in TEXTS:
+        r = detect(photos, out, text, cache=cache)
+        assert r.exit_code == 0, r.stderr
+        assert_same(torch_records[family, text], records(r.stdout))
+    assert entries(cache) == []
+    from visiontool.models import loader
+
+    loader.release()
+    r = runner.invoke(app, ["detect", *photos, "--model", str(out), "--device", "cpu"], env=env)
+    assert "--text" in one_error_line(r, 2)

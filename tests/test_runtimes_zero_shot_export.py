@@ -2,10 +2,10 @@
 DIR holds the network (the phrases an input), the processor's files and the manifest; loaded
 from DIR alone (the source model deleted, nothing exported again into the cache) it gives the
 torch path's records for any phrases (boxes within 0.05 px, scores within 1e-4). Without
-``--text``, with a damaged DIR, or for an open-vocabulary family without an exporter: one line."""
+``--text`` or with a damaged DIR: one line. (Grounding DINO and OmDet-Turbo export directories:
+tests/test_runtimes_grounding.py.)"""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -164,18 +164,3 @@ def test_compare_with_an_owl_export_is_as_with_its_source(models, exports, photo
         r = invoke(["compare", "--gt", gt, "--images", images, "--model", model, "--device", "cpu", "-f", "json"],
                    cache)
         assert_user_error(r, 2, "open-vocabulary", "--text")
-
-
-@pytest.mark.parametrize("family", ["grounding-dino", "omdet-turbo"])
-def test_export_of_an_open_vocabulary_family_without_exporter_is_one_line(tmp_path, family):
-    """Refused before it loads; the hint names --runtime once gd_export caches its exports."""
-    model = build_zero_shot(family, tmp_path / family)
-    r = invoke(["export", model, "--runtime", "onnx", "-o", tmp_path / "o"], tmp_path / "cache")
-    if r.exit_code == 0:
-        pytest.skip(f"visiontool export writes {family} directories now (gd_export)")
-    line = one_error_line(r, 2)
-    assert f"'{model}' ({family}) cannot be exported to a directory yet" in line and "OWL-ViT and OWLv2" in line
-    assert f"--model {model} --text" in line
-    if importlib.util.find_spec("visiontool.models.runtimes.gd_export") is not None:
-        assert "--runtime onnxruntime" in line
-    assert not (tmp_path / "o").exists() and not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]

@@ -9,15 +9,22 @@ and renamed into place: DIR is complete or absent. Per family (``kind``):
 * ``transformers-detection`` (:mod:`.hf_export`): the whole network (``model.xml``/``model.bin``
   or ``model.onnx``) and ``preprocessor_config.json``; a model exported once per processed image
   size (:func:`.hf_export.per_shape`: Deformable DETR, or RT-DETR-like families whose processor
-  does not fix the size) is refused, exit 2 — ``--runtime`` caches its per-size exports instead;
+  does not fix the size) gets one network per processed size of the ``--image-size`` images, each
+  in a folder ``HxW`` (the manifest's ``sizes``; ``--model DIR`` refuses an image processed to
+  another size, one line, exit 2); without ``--image-size`` it is refused, exit 2;
 * ``torchvision-backbone`` (:mod:`.tv_export`): the backbone's export and ``heads.pt`` (the
   non-backbone state dict, rebuilt in torch from the manifest's ``torchvision.builder``);
 * ``ultralytics`` (:mod:`.ul_export`): what Ultralytics' own exporter writes
   (``model_openvino_model/`` or ``model.onnx``), run again through Ultralytics' predict;
 * ``transformers-zero-shot`` (:mod:`.zs_export`, OWL-ViT and OWLv2): the network with the
   phrases as an input, and the processor's files (``processor_config.json``, the tokenizer's);
-  ``--model DIR`` then needs ``--text``. The other open-vocabulary families
-  (:data:`NO_EXPORTER`) are refused before they load, one line, exit 2.
+  ``--model DIR`` then needs ``--text``;
+* ``transformers-grounding`` (:mod:`.gd_deploy`: Grounding DINO, MM-Grounding-DINO, OmDet-Turbo):
+  the same, with one network per processed size in a folder ``HxW`` each (Grounding DINO: the
+  sizes of ``--image-size``; OmDet-Turbo's processor has one size);
+* ``transformers-universal`` (:mod:`.universal_export`: Mask2Former, MaskFormer, EoMT): the
+  network and the processor's config; per processed size as above when the processor does not
+  resize to one size. OneFormer is refused (its processor needs its source repository).
 """
 from __future__ import annotations
 
@@ -30,8 +37,6 @@ from pathlib import Path
 
 from visiontool.errors import UsageError
 
-# open-vocabulary model types (config.model_type) visiontool export has no exporter for
-NO_EXPORTER = frozenset({"grounding-dino", "mm-grounding-dino", "omdet-turbo"})
 RUNTIME_NAMES = {"openvino": "openvino", "onnx": "onnxruntime", "onnxruntime": "onnxruntime"}
 
 
@@ -48,6 +53,17 @@ def check_target(out_dir: str) -> Path:
     return target
 
 
+def parse_image_size(text: str) -> tuple[int, int]:
+    """``HxW`` (height by width, in pixels) as ``(H, W)``; UsageError otherwise."""
+    try:
+        h, w = (int(x) for x in str(text).lower().replace("×", "x").split("x"))
+    except ValueError:
+        h = w = 0
+    if not (0 < h <= 65536 and 0 < w <= 65536):
+        raise UsageError(f"--image-size '{text}': expected HEIGHTxWIDTH in pixels, e.g. 1080x1920")
+    return h, w
+
+
 def check_runtime(runtime: str) -> str:
     name = RUNTIME_NAMES.get((runtime or "").strip().lower())
     if name is None:
@@ -55,8 +71,10 @@ def check_runtime(runtime: str) -> str:
     return name
 
 
-def export_model(spec: str, runtime: str, out_dir: str, quiet: bool = False) -> Path:
-    """Export detection model ``spec`` for ``runtime`` into ``out_dir``; returns the directory."""
+def export_model(spec: str, runtime: str, out_dir: str, quiet: bool = False, image_sizes=()) -> Path:
+    """Export detection model ``spec`` for ``runtime`` into ``out_dir``; returns the directory.
+    ``image_sizes`` (``--image-size``, ``(H, W)`` before processing): for a model exported once
+    per processed size, the sizes whose networks DIR holds."""
     from visiontool import __version__
     from visiontool.models import registry
     from visiontool.models.runtimes import resolve
@@ -65,26 +83,41 @@ def export_model(spec: str, runtime: str, out_dir: str, quiet: bool = False) -> 
     from visiontool.render.console import info
 
     runtime = check_runtime(runtime)
+    image_sizes = list(dict.fromkeys(tuple(int(v) for v in s) for s in image_sizes))  # each once, in order
     target = check_target(out_dir)
     registry.check_detector_spec(spec)
     if registry.detector_module(spec).__name__ == registry.EXPORTED:
         raise UsageError(f"'{spec}' is already an export; export its source model instead")
     resolve(runtime, "cpu")  # the extra is installed
-    text = _open_vocabulary(spec, runtime)  # OWL loads with its phrases as an input; the others are refused here
+    text = _open_vocabulary(spec)  # an open-vocabulary model loads with its phrases as an input of the export
     det = registry.load_detector(spec, "cpu", "float32", **({"text": True} if text else {}))
     family = exporter_for(det)
-    if hasattr(family, "check_deployable"):  # the DETR family: a per-shape model is refused here, in one line
+    if hasattr(family, "check_deployable"):  # refused here, in one line (OneFormer)
         family.check_deployable(det, runtime)
+    # a model exported once per processed size: the sizes of --image-size (none: refused, one line)
+    sizes = family.export_sizes(det, runtime, image_sizes) if hasattr(family, "export_sizes") else None
+    if image_sizes and sizes is None:
+        from visiontool.render.console import warn
+
+        warn(f"--image-size: {spec} is exported once for every image size; the option changes nothing")
     if not quiet:
-        info(f"exporting {spec} to {runtime} ...")
+        per = f" at processed sizes {', '.join(f'{h}x{w}' for h, w in sizes)}" if sizes else ""
+        info(f"exporting {spec} to {runtime}{per} ...")
     t0 = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        files = family.write_export(det, runtime, tmp)
-        fields = family.cache_fields(det, runtime)
-        # the input-shape policy as exported: "dynamic", or a static "HxW" (with "batch": 1)
-        shapes = {k: fields[k] for k in ("shapes", "batch") if k in fields}
+        if sizes:
+            from visiontool.models.runtimes.hf_shapes import per_size_manifest
+
+            files = family.write_export(det, runtime, tmp, sizes)
+            fields = {**family.cache_fields(det, runtime, sizes[0]), **per_size_manifest(sizes, image_sizes)}
+        else:
+            files = family.write_export(det, runtime, tmp)
+            fields = family.cache_fields(det, runtime)
+        # the input-shape policy as exported: "dynamic", a static "HxW" (with "batch": 1), or
+        # "per-shape" with the processed "sizes" (a folder each) and the "image_sizes" asked for
+        shapes = {k: fields[k] for k in ("shapes", "batch", "sizes", "image_sizes") if k in fields}
         manifest = {"format": 1, **family_fields(family, det, runtime), "family": det.info.family, "runtime": runtime,
                     "class_names": {str(k): v for k, v in det.info.class_names.items()}, "source": spec,
                     "params": det.info.params, "precision": "float32", **shapes,
@@ -109,9 +142,9 @@ def export_model(spec: str, runtime: str, out_dir: str, quiet: bool = False) -> 
     return target
 
 
-def _open_vocabulary(spec: str, runtime: str) -> bool:
-    """Whether ``spec`` is an open-vocabulary model with an exporter (OWL-ViT, OWLv2: it loads
-    with ``text=True``). One without (:data:`NO_EXPORTER`): one line, exit 2, before it loads."""
+def _open_vocabulary(spec: str) -> bool:
+    """Whether ``spec`` is an open-vocabulary model (OWL-ViT, OWLv2, Grounding DINO,
+    MM-Grounding-DINO, OmDet-Turbo: it loads with ``text=True``, its phrases an input of the export)."""
     from visiontool.models import registry
 
     if registry.detector_module(spec).__name__ != registry.HF_DETECTION:
@@ -123,15 +156,6 @@ def _open_vocabulary(spec: str, runtime: str) -> bool:
         model_type = str(getattr(load_config(spec), "model_type", ""))
     except Exception:  # noqa: BLE001 - loading the model reports what is wrong with the spec
         return False
-    if model_type in NO_EXPORTER:
-        import importlib.util
-
-        # gd_export (Grounding DINO, OmDet-Turbo) exports for --runtime, into the cache, not a directory
-        cached = importlib.util.find_spec("visiontool.models.runtimes.gd_export") is not None
-        how = (f"`visiontool detect --model {spec} --text ... --runtime {runtime}` (its export is cached)" if cached
-               else f"`visiontool detect --model {spec} --text ...` (torch)")
-        raise UsageError(f"visiontool export: '{spec}' ({model_type}) cannot be exported to a directory yet: of the "
-                         f"open-vocabulary families visiontool export writes OWL-ViT and OWLv2 only; run it with {how}")
     return model_type in ZERO_SHOT_TYPES
 
 
@@ -155,6 +179,12 @@ def exporter_for(det):
 
     if zs_export.exportable(det):
         return zs_export
+    from visiontool.models.runtimes import gd_export
+
+    if gd_export.exportable(det):
+        from visiontool.models.runtimes import gd_deploy
+
+        return gd_deploy
     from visiontool.models.runtimes import universal_export
 
     if universal_export.exportable(det):

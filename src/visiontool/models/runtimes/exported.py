@@ -8,8 +8,11 @@ omitted, ``auto``, or the export's own runtime; another runtime is one line. The
 is never needed. Kinds: ``transformers-detection`` (:func:`.hf_export.load_exported`),
 ``torchvision-backbone`` (:func:`.tv_export.load_exported`: the heads rebuilt in torch),
 ``ultralytics`` (:func:`.ul_export.load_exported`: Ultralytics' own predict, extra ``[yolo]``)
-and ``transformers-zero-shot`` (:func:`.zs_export.load_exported`: OWL-ViT / OWLv2, whose
-phrases are an input: it needs ``--text``, and has no class names of its own).
+``transformers-zero-shot`` (:func:`.zs_export.load_exported`: OWL-ViT / OWLv2, whose
+phrases are an input: it needs ``--text``, and has no class names of its own),
+``transformers-grounding`` (:func:`.gd_deploy.load_exported`: Grounding DINO,
+MM-Grounding-DINO, OmDet-Turbo; ``--text`` as OWL) and ``transformers-universal``
+(:func:`.universal_export.load_exported`).
 """
 from __future__ import annotations
 
@@ -21,8 +24,10 @@ from visiontool.errors import ModelLoadError, UsageError, VisionToolError
 
 MANIFEST_FORMAT = 1
 ZERO_SHOT_KIND = "transformers-zero-shot"  # zs_export.KIND (not imported: it imports transformers' modules)
+GROUNDING_KIND = "transformers-grounding"  # gd_export.KIND: Grounding DINO, MM-Grounding-DINO, OmDet-Turbo
+OPEN_VOCABULARY = (ZERO_SHOT_KIND, GROUNDING_KIND)  # the phrases are an input: --model DIR needs --text
 UNIVERSAL_KIND = "transformers-universal"  # universal_export.KIND: Mask2Former, MaskFormer, OneFormer, EoMT
-KINDS = ("transformers-detection", "torchvision-backbone", "ultralytics", ZERO_SHOT_KIND, UNIVERSAL_KIND)
+KINDS = ("transformers-detection", "torchvision-backbone", "ultralytics", *OPEN_VOCABULARY, UNIVERSAL_KIND)
 
 
 def read_manifest(spec: str) -> dict:
@@ -69,14 +74,14 @@ def check(spec: str) -> None:
 def peek_class_names(spec: str) -> dict[int, str] | None:
     """The export's class names; None for an open-vocabulary export (loading it says --text is needed)."""
     manifest = read_manifest(spec)
-    if manifest["kind"] == ZERO_SHOT_KIND:
+    if manifest["kind"] in OPEN_VOCABULARY:
         return None
     return {int(k): str(v) for k, v in (manifest.get("class_names") or {}).items()}
 
 
 def check_text(spec: str, manifest: dict, text: bool) -> None:
     """``--text`` is needed by an open-vocabulary export and refused by the others (exit 2)."""
-    if manifest["kind"] == ZERO_SHOT_KIND:
+    if manifest["kind"] in OPEN_VOCABULARY:
         if not text:
             raise UsageError(f"--model '{spec}' is an open-vocabulary {manifest.get('family', '')} export: say what "
                              "to find with --text \"phrase, phrase\"")
@@ -119,6 +124,10 @@ def load(spec: str, device: str, precision, runtime: str | None = None, text: bo
             from visiontool.models.runtimes import zs_export
 
             return zs_export.load_exported(directory, manifest, own)
+        if kind == GROUNDING_KIND:
+            from visiontool.models.runtimes import gd_deploy
+
+            return gd_deploy.load_exported(directory, manifest, own)
         from visiontool.models.runtimes import hf_export
 
         return hf_export.load_exported(directory, manifest, own)

@@ -322,14 +322,23 @@ class RuntimeGroundingDetector(PerSizeEngines, ZeroShotDetector):
     whole life, since a size not yet met needs it to export, and each engine opened holds its
     own copy of the weights."""
 
-    def __init__(self, source: ZeroShotDetector, runtime: str, quiet: bool = False):
+    def __init__(self, source: ZeroShotDetector | None, runtime: str, quiet: bool = False, *, info=None,
+                 processor=None, model_type: str = "", max_text_len: int = 0, exported: dict | None = None):
+        """From the torch adapter ``source``; or (``source`` None) from an export directory
+        (:mod:`.gd_deploy`): its ``info``, ``processor``, ``model_type``, the model's
+        ``max_text_len`` and per-size folders (``exported``)."""
         from visiontool.device import Precision
         from visiontool.models.runtimes.export_cache import exports_dir
         from visiontool.models.runtimes.hf_export import runtime_info
 
-        info = runtime_info(source.info, runtime, export=str(exports_dir()), shapes="per-shape")
-        super().__init__(info, None, source.processor, source.model_type, Precision("float32", "cpu"))
-        self.init_sizes(source, runtime, cache_fields(source, runtime), quiet=quiet)
+        if source is not None:
+            info = runtime_info(source.info, runtime, export=str(exports_dir()), shapes="per-shape")
+            processor, model_type = source.processor, source.model_type
+            max_text_len = int(getattr(source.model.config, "max_text_len", 0) or 0)
+        super().__init__(info, None, processor, model_type, Precision("float32", "cpu"))
+        self.max_text_len = max_text_len
+        self.init_sizes(source, runtime, cache_fields(source, runtime) if source is not None else None, quiet=quiet,
+                        exported=exported)
 
     def build(self, directory, size: tuple[int, int]) -> list[str]:
         return build_into(self.source, self.runtime, directory, size)
@@ -349,7 +358,7 @@ class RuntimeGroundingDetector(PerSizeEngines, ZeroShotDetector):
         engine = self.engine_for(tuple(int(s) for s in pixels.shape[2:]))
         if not _omdet(self):
             ids = enc["input_ids"]
-            limit = int(getattr(self.source.model.config, "max_text_len", 0) or 0)
+            limit = self.max_text_len
             if limit and ids.shape[1] > limit:  # torch fails too (a shape error in its contrastive head)
                 raise UsageError(f"--text: the prompt is {ids.shape[1]} tokens, more than {self.info.name} takes "
                                  f"({limit}); use fewer or shorter phrases")

@@ -159,8 +159,8 @@ def query_difference(want: list, got: list, tol: float) -> float:
     return worst
 
 
-def cache_fields(det: HFDetector, runtime: str) -> dict[str, Any]:
-    """The export's cache key fields (a per-shape export adds :func:`shape_fields`)."""
+def cache_fields(det: HFDetector, runtime: str, size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The export's cache key fields (a per-shape export, ``size``, adds :func:`shape_fields`)."""
     import torch
     import transformers
 
@@ -172,7 +172,8 @@ def cache_fields(det: HFDetector, runtime: str) -> dict[str, Any]:
             "runtime_version": runtime_version(runtime), "torch": torch.__version__,
             "transformers": transformers.__version__, "precision": "float32",
             "shapes": "x".join(map(str, shape[2:])) if fixed else "dynamic",
-            "weights": state_hash(det.model), **({"batch": 1} if batch_one(det) else {})}
+            "weights": state_hash(det.model), **({"batch": 1} if batch_one(det) else {}),
+            **(shape_fields(size) if size is not None else {})}
 
 
 def shape_fields(size: tuple[int, int]) -> dict[str, Any]:
@@ -233,11 +234,17 @@ def accelerate(det: HFDetector, runtime: str, quiet: bool = False) -> RuntimeHFD
     return RuntimeHFDetector(runtime_info(det.info, runtime, export=str(where)), det.processor, engine)
 
 
-def check_deployable(det: HFDetector, runtime: str) -> None:
-    """``visiontool export`` of a :func:`per_shape` model: one line, exit 2 (a directory cannot
-    hold an export for every size its processor may produce)."""
-    if per_shape(det):
+def export_sizes(det: HFDetector, runtime: str, image_sizes) -> list[tuple[int, int]] | None:
+    """``visiontool export``'s processed sizes for a :func:`per_shape` model: those of
+    ``image_sizes`` (``--image-size``; none given: one line, exit 2, as no directory can hold
+    every size its processor may produce); None for a model exported once for every size."""
+    if not per_shape(det):
+        return None
+    if not image_sizes:
         raise per_size_refusal(det, runtime)
+    from visiontool.models.runtimes.hf_shapes import processed_sizes
+
+    return processed_sizes(lambda im: det.processor(images=im, return_tensors="pt"), image_sizes)
 
 
 def per_size_refusal(det, runtime: str):
@@ -246,14 +253,21 @@ def per_size_refusal(det, runtime: str):
 
     return UsageError(f"visiontool export: {det.info.name} ({det.info.family}) is exported once per processed image "
                       "size (its traced graph fixes the image size and its processor does not resize to one "
-                      f"size), so no directory can hold every size; run it with --runtime {runtime} instead, "
-                      "which caches one export per size")
+                      "size): name the sizes of the images it will see with --image-size HEIGHTxWIDTH "
+                      f"(repeatable), or run it with --runtime {runtime}, which caches one export per size it meets")
 
 
-def write_export(det: HFDetector, runtime: str, directory: Path) -> list[str]:
-    """A deployable export in ``directory``: the network, the image processor's config (the
-    preprocessing) and the model config; the manifest is the caller's."""
-    return with_processor_files(build_into(det, runtime, directory), det.processor, directory)
+def write_export(det: HFDetector, runtime: str, directory: Path, sizes: list | None = None) -> list[str]:
+    """A deployable export in ``directory``: the network (with ``sizes``, from
+    :func:`export_sizes`: one per processed size, each in a folder named ``HxW``) and the image
+    processor's config (the preprocessing); the manifest is the caller's."""
+    if sizes:
+        from visiontool.models.runtimes.hf_shapes import write_per_size
+
+        files = write_per_size(lambda folder, size: build_into(det, runtime, folder, size), directory, sizes)
+    else:
+        files = build_into(det, runtime, directory)
+    return with_processor_files(files, det.processor, directory)
 
 
 def manifest_fields(det: HFDetector) -> dict[str, Any]:
@@ -307,5 +321,10 @@ def load_exported(directory: Path, manifest: dict, runtime: str) -> RuntimeHFDet
     from visiontool.models.runtimes.engines import open_engine
 
     processor = load_processor(AutoImageProcessor, str(directory))
-    engine = open_engine(runtime, directory)
-    return RuntimeHFDetector(exported_info(directory, manifest, runtime, frozenset({"batch"})), processor, engine)
+    info = exported_info(directory, manifest, runtime, frozenset({"batch"}))
+    if manifest.get("sizes"):  # one network per processed size, each opened when first met
+        from visiontool.models.runtimes.hf_shapes import PerShapeHFDetector, per_size_dirs
+
+        return PerShapeHFDetector(None, runtime, info=info, processor=processor,
+                                  exported=per_size_dirs(directory, manifest))
+    return RuntimeHFDetector(info, processor, open_engine(runtime, directory))

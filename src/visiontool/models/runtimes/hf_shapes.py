@@ -25,11 +25,67 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from visiontool.errors import UsageError
 from visiontool.models.hf_detection import HFDetector
 from visiontool.models.runtimes.hf_export import (RuntimeHFDetector, build_into, cache_fields, run_engine,
                                                   runtime_info, shape_fields)
 
 WARN_AT = 9  # the number of distinct sizes at which a run is told about the per-size exports (once)
+
+
+# ``visiontool export --image-size``: an export directory holds one network per processed size,
+# in a folder named for it; ``--model DIR`` serves those sizes and refuses others in one line
+
+def processed_sizes(encode, image_sizes) -> list[tuple[int, int]]:
+    """The distinct processed ``(H, W)`` of images of ``image_sizes`` (``(H, W)`` before
+    processing), in first-seen order; ``encode`` maps a PIL image to its ``pixel_values``."""
+    from PIL import Image
+
+    out: list[tuple[int, int]] = []
+    for h, w in image_sizes:
+        size = tuple(int(s) for s in encode(Image.new("RGB", (int(w), int(h))))["pixel_values"].shape[2:])
+        if size not in out:
+            out.append(size)  # type: ignore[arg-type]
+    return out
+
+
+def size_folder(size: tuple[int, int]) -> str:
+    return f"{int(size[0])}x{int(size[1])}"
+
+
+def per_size_dirs(directory, manifest: dict) -> dict[tuple[int, int], Any]:
+    """An export directory's per-size networks: processed size -> its folder."""
+    from pathlib import Path
+
+    from visiontool.models.runtimes.deploy import parse_image_size
+
+    return {parse_image_size(s): Path(directory) / s for s in manifest.get("sizes") or []}
+
+
+def per_size_manifest(sizes: list[tuple[int, int]], image_sizes) -> dict[str, Any]:
+    return {"shapes": "per-shape", "sizes": [size_folder(s) for s in sizes],
+            "image_sizes": [size_folder(s) for s in image_sizes]}
+
+
+def write_per_size(build, directory, sizes: list[tuple[int, int]]) -> list[str]:
+    """``build(folder, size)`` for every size, each into its own folder of ``directory``; the
+    file names written, relative to ``directory``."""
+    from pathlib import Path
+
+    files: list[str] = []
+    for size in sizes:
+        folder = Path(directory) / size_folder(size)
+        folder.mkdir()
+        files += [f"{folder.name}/{f}" for f in build(folder, size)]
+    return files
+
+
+def unknown_size(name: str, runtime: str, size: tuple[int, int], have: list[tuple[int, int]]) -> str:
+    listed = ", ".join(size_folder(s) for s in have) or "none"
+    return (f"{name}: this {runtime} export holds networks for processed image sizes {listed}, and an image here is "
+            f"processed to {size_folder(size)}; export the model again with this image's size added (visiontool "
+            f"export --image-size HEIGHTxWIDTH, repeatable), or run the source model with --runtime {runtime}, "
+            "which exports every size it meets")
 
 
 class PerSizeEngines:
@@ -44,10 +100,13 @@ class PerSizeEngines:
     directory, the file names) and :meth:`size_fields` (what a size adds to the key fields)."""
 
     def init_sizes(self, source, runtime: str, fields: dict | None, engines: dict | None = None,
-                   quiet: bool = False) -> None:
+                   quiet: bool = False, exported: dict | None = None) -> None:
+        """``source`` None: only the sizes of ``engines`` and ``exported`` (size -> a directory of
+        an export directory's, opened when first met) are served; another size is one line, exit 2."""
         self.source, self.runtime, self.quiet = source, runtime, quiet
         self.fields = fields  # the key fields but the size: the weights are hashed once, not per size
         self.engines: dict[tuple[int, int], Any] = dict(engines or {})
+        self.exported: dict[tuple[int, int], Any] = dict(exported or {})
         self.warned = False
         self._lock = threading.Lock()  # two threads meeting a new size export it once
 
@@ -62,6 +121,8 @@ class PerSizeEngines:
         engine = self.engines.get(size)
         if engine is not None:
             return engine
+        if self.source is None and size not in self.exported:
+            raise UsageError(unknown_size(self.info.name, self.runtime, size, sorted({*self.engines, *self.exported})))
         with self._lock:
             if size not in self.engines:
                 self.engines[size] = self._open(size)
@@ -74,6 +135,9 @@ class PerSizeEngines:
         from visiontool.models.runtimes.engines import open_engine
         from visiontool.models.runtimes.export_cache import get_or_build
 
+        if size in self.exported:
+            return open_engine(self.runtime, self.exported[size])
+
         def build(directory):
             with torch.inference_mode(False):  # the adapter calls the network under inference_mode
                 return self.build(directory, size)
@@ -84,7 +148,7 @@ class PerSizeEngines:
         return engine
 
     def _warn_if_many(self) -> None:
-        if self.warned or len(self.engines) < WARN_AT:
+        if self.warned or self.source is None or len(self.engines) < WARN_AT:
             return
         from visiontool.render.console import warn
 
@@ -104,12 +168,18 @@ class PerShapeHFDetector(PerSizeEngines, RuntimeHFDetector):
     its own copy of the weights (one per size met, nothing is closed), so a run over photos of
     many aspect ratios grows by one network per size."""
 
-    def __init__(self, source: HFDetector, runtime: str, quiet: bool = False):
+    def __init__(self, source: HFDetector | None, runtime: str, quiet: bool = False, *, info=None, processor=None,
+                 exported: dict | None = None):
+        """From the torch adapter ``source``; or (``source`` None) from an export directory:
+        its ``info``, ``processor`` and per-size folders (``exported``)."""
         from visiontool.models.runtimes.export_cache import exports_dir
 
-        info = runtime_info(source.info, runtime, export=str(exports_dir()), shapes="per-shape")
-        super().__init__(info, source.processor, None)
-        self.init_sizes(source, runtime, cache_fields(source, runtime), quiet=quiet)
+        if source is not None:
+            info = runtime_info(source.info, runtime, export=str(exports_dir()), shapes="per-shape")
+            processor = source.processor
+        super().__init__(info, processor, None)
+        self.init_sizes(source, runtime, cache_fields(source, runtime) if source is not None else None, quiet=quiet,
+                        exported=exported)
 
     def build(self, directory, size: tuple[int, int]) -> list[str]:
         return build_into(self.source, self.runtime, directory, size)

@@ -203,14 +203,14 @@ class RuntimeUniversalSegmenter(PerSizeEngines, UniversalSegmenter):
     own copy of the weights (one per size met)."""
 
     def __init__(self, info: ModelInfo, processor, model_type: str, engines: dict, source=None, runtime: str = "",
-                 quiet: bool = False):
+                 quiet: bool = False, exported: dict | None = None):
         from visiontool.device import Precision
 
         super().__init__(info, None, processor, model_type, Precision("float32", "cpu"))
         self.names = inputs_of(model_type)
         self.accepts = set(self.names)
         self.init_sizes(source, runtime, cache_fields(source, runtime, (0, 0)) if source is not None else None,
-                        engines, quiet)
+                        engines, quiet, exported)
 
     def build(self, directory, size: tuple[int, int]) -> list[str]:
         return build_into(self.source, self.runtime, directory, size)
@@ -221,13 +221,6 @@ class RuntimeUniversalSegmenter(PerSizeEngines, UniversalSegmenter):
     def network(self, batch: dict):
         size = tuple(int(s) for s in batch["pixel_values"].shape[2:])
         return run_engine(self.engine_for(size), batch, self.names)
-
-    def engine_for(self, size: tuple[int, int]):
-        if size not in self.engines and self.source is None:  # a fixed-size export met another size
-            have = ", ".join(f"{h}x{w}" for h, w in self.engines)
-            raise UsageError(f"{self.info.name}: the {self.info.runtime} export takes {have} images, the processor "
-                             f"gave {size[0]}x{size[1]}")
-        return super().engine_for(size)
 
 
 def accelerate(det: UniversalSegmenter, runtime: str, quiet: bool = False) -> RuntimeUniversalSegmenter:
@@ -245,29 +238,44 @@ def accelerate(det: UniversalSegmenter, runtime: str, quiet: bool = False) -> Ru
     engine, where = get_or_build(cache_fields(det, runtime), lambda d: build_into(det, runtime, d, size),
                                  lambda d: open_engine(runtime, d), f"{det.info.name} to {runtime}", quiet=quiet)
     return RuntimeUniversalSegmenter(runtime_info(det.info, runtime, export=str(where)), det.processor,
-                                     det.model_type, {size: engine})
+                                     det.model_type, {size: engine}, runtime=runtime)
 
 
 # ``visiontool export`` (:mod:`.deploy`) and ``--model DIR`` (:mod:`.exported`)
 
 def check_deployable(det: UniversalSegmenter, runtime: str) -> None:
-    """A model exported per processed size: one line, exit 2 (no directory holds every size)."""
-    if fixed_size(det) is None:
-        from visiontool.models.runtimes.hf_export import per_size_refusal
-
-        raise per_size_refusal(det, runtime)
+    """OneFormer: one line, exit 2 (its processor needs its source repository)."""
     if det.model_type == "oneformer":
         raise UsageError(f"visiontool export: {det.info.name} (oneformer): its processor reads its class metadata "
                          "from its source repository (repo_path), which an export directory does not carry yet; run "
                          f"it with --runtime {runtime} instead (the export is cached)")
 
 
-def write_export(det: UniversalSegmenter, runtime: str, directory: Path) -> list[str]:
-    """A deployable export in ``directory``: the network and the processor's config."""
+def export_sizes(det: UniversalSegmenter, runtime: str, image_sizes) -> list[tuple[int, int]] | None:
+    """The processed sizes to export for ``image_sizes`` (``--image-size``) when the processor
+    does not resize to one size (none given: one line, exit 2); None for a fixed-size processor."""
+    if fixed_size(det) is not None:
+        return None
+    if not image_sizes:
+        from visiontool.models.runtimes.hf_export import per_size_refusal
+
+        raise per_size_refusal(det, runtime)
+    from visiontool.models.runtimes.hf_shapes import processed_sizes
+
+    return processed_sizes(lambda im: det.encode([im]), image_sizes)
+
+
+def write_export(det: UniversalSegmenter, runtime: str, directory: Path, sizes: list | None = None) -> list[str]:
+    """A deployable export in ``directory``: the network (with ``sizes``: one per processed
+    size, each in a folder named ``HxW``) and the processor's config."""
     from visiontool.models.runtimes.hf_export import with_processor_files
+    from visiontool.models.runtimes.hf_shapes import write_per_size
 
     check_deployable(det, runtime)
-    files = build_into(det, runtime, directory, fixed_size(det))  # type: ignore[arg-type]
+    if sizes:
+        files = write_per_size(lambda folder, size: build_into(det, runtime, folder, size), directory, sizes)
+    else:
+        files = build_into(det, runtime, directory, fixed_size(det))  # type: ignore[arg-type]
     return with_processor_files(files, det.processor, directory)
 
 
@@ -288,6 +296,12 @@ def load_exported(directory: Path, manifest: dict, runtime: str) -> RuntimeUnive
 
     model_type = str(manifest.get("model_type", ""))
     processor = load_processor(AutoProcessor if model_type == "oneformer" else AutoImageProcessor, str(directory))
-    h, w = (int(s) for s in str(manifest.get("shapes", "")).split("x"))
     info = exported_info(directory, manifest, runtime, frozenset({"masks", "batch"}))
-    return RuntimeUniversalSegmenter(info, processor, model_type, {(h, w): open_engine(runtime, directory)})
+    if manifest.get("sizes"):  # one network per processed size, each opened when first met
+        from visiontool.models.runtimes.hf_shapes import per_size_dirs
+
+        return RuntimeUniversalSegmenter(info, processor, model_type, {}, runtime=runtime,
+                                         exported=per_size_dirs(directory, manifest))
+    h, w = (int(s) for s in str(manifest.get("shapes", "")).split("x"))
+    return RuntimeUniversalSegmenter(info, processor, model_type, {(h, w): open_engine(runtime, directory)},
+                                     runtime=runtime)
