@@ -3,8 +3,8 @@
 scores within 1e-4, masks equal but for pixels whose mask logit is 0 within float32 rounding),
 a batch of two images included; a second command finds the cached export and exports nothing;
 a failing export check is one line, exit 2, nothing cached; ``visiontool export`` of a
-fixed-size model (EoMT) and ``--model DIR`` give the same records, as does a model exported per
-processed size with ``--image-size`` (without it: one line, exit 2)."""
+fixed-size model (EoMT) and ``--model DIR`` give the same records, as do Mask2Former and
+OneFormer exported per processed size with ``--image-size`` (without it: one line, exit 2)."""
 from __future__ import annotations
 
 import json
@@ -160,25 +160,34 @@ def test_export_round_trip(models, photos, torch_records, tmp_path, runtime):
     assert_same(torch_records["eomt"], records(r.stdout))
 
 
-def test_export_of_a_per_shape_model(models, photos, torch_records, tmp_path):
-    """Mask2Former whose processor keeps the aspect ratio: without --image-size one line, exit 2,
-    nothing written; with the photos' size, DIR holds that processed size's network and gives
-    the torch path's records."""
+@pytest.mark.parametrize("family", ["mask2former", "oneformer"])
+def test_export_of_a_per_shape_model(models, photos, torch_records, tmp_path, family):
+    """A processor that keeps the aspect ratio: without --image-size one line, exit 2, nothing
+    written; with the photos' size, DIR holds that processed size's network and gives the torch
+    path's records. OneFormer's DIR carries its class metadata: it loads with its source gone."""
+    import shutil
+
     from PIL import Image
 
     env = {"VISIONTOOL_CACHE": str(tmp_path / "cache")}
-    r = runner.invoke(app, ["export", str(models["mask2former"]), "--runtime", "onnx", "-o", str(tmp_path / "o")],
-                      env=env)
+    source = tmp_path / "source"
+    shutil.copytree(models[family], source)
+    if family == "oneformer":  # the processor reads its class metadata from repo_path: the copy's
+        config = json.loads((source / "processor_config.json").read_text())
+        config["image_processor"]["repo_path"] = str(source)
+        (source / "processor_config.json").write_text(json.dumps(config))
+    r = runner.invoke(app, ["export", str(source), "--runtime", "onnx", "-o", str(tmp_path / "o")], env=env)
     line = one_error_line(r)
     assert "once per processed image size" in line and "--image-size" in line and "--runtime onnxruntime" in line
     assert not (tmp_path / "o").exists()
     w, h = Image.open(photos[0]).size
-    out = tmp_path / "m2f-onnx"
-    r = runner.invoke(app, ["export", str(models["mask2former"]), "--runtime", "onnx", "-o", str(out),
-                            "--image-size", f"{h}x{w}"], env=env)
+    out = tmp_path / f"{family}-onnx"
+    r = runner.invoke(app, ["export", str(source), "--runtime", "onnx", "-o", str(out), "--image-size", f"{h}x{w}"],
+                      env=env)
     assert r.exit_code == 0, r.stderr
     manifest = json.loads((out / "visiontool-export.json").read_text())
     assert manifest["shapes"] == "per-shape" and len(manifest["sizes"]) == 1 and (out / manifest["sizes"][0]).is_dir()
+    shutil.rmtree(source)
     r = detect(photos, out, cache=tmp_path / "cache")
     assert r.exit_code == 0, r.stderr
-    assert_same(torch_records["mask2former"], records(r.stdout))
+    assert_same(torch_records[family], records(r.stdout))

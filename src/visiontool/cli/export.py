@@ -33,8 +33,7 @@ def export_command(
     and OWLv2, Grounding DINO and OmDet-Turbo export with their processor and tokenizer,
     phrases as an input: `--model DIR` then needs `--text`. Families exported once per
     processed image size (Deformable DETR, Grounding DINO, Mask2Former-like models) need
-    `--image-size` for every image size they will see; DIR then refuses other sizes. OneFormer
-    runs exported through `detect --runtime` (cached) but is not written to a directory.
+    `--image-size` for every image size they will see; DIR then refuses other sizes.
 
     Example: visiontool export facebook/detr-resnet-50 --runtime openvino -o detr-ov/
 

@@ -22,9 +22,9 @@ and renamed into place: DIR is complete or absent. Per family (``kind``):
 * ``transformers-grounding`` (:mod:`.gd_deploy`: Grounding DINO, MM-Grounding-DINO, OmDet-Turbo):
   the same, with one network per processed size in a folder ``HxW`` each (Grounding DINO: the
   sizes of ``--image-size``; OmDet-Turbo's processor has one size);
-* ``transformers-universal`` (:mod:`.universal_export`: Mask2Former, MaskFormer, EoMT): the
-  network and the processor's config; per processed size as above when the processor does not
-  resize to one size. OneFormer is refused (its processor needs its source repository).
+* ``transformers-universal`` (:mod:`.universal_export`: Mask2Former, MaskFormer, OneFormer,
+  EoMT): the network and the processor's config (OneFormer's also its class metadata file); per
+  processed size as above when the processor does not resize to one size.
 """
 from __future__ import annotations
 
@@ -92,8 +92,6 @@ def export_model(spec: str, runtime: str, out_dir: str, quiet: bool = False, ima
     text = _open_vocabulary(spec)  # an open-vocabulary model loads with its phrases as an input of the export
     det = registry.load_detector(spec, "cpu", "float32", **({"text": True} if text else {}))
     family = exporter_for(det)
-    if hasattr(family, "check_deployable"):  # refused here, in one line (OneFormer)
-        family.check_deployable(det, runtime)
     # a model exported once per processed size: the sizes of --image-size (none: refused, one line)
     sizes = family.export_sizes(det, runtime, image_sizes) if hasattr(family, "export_sizes") else None
     if image_sizes and sizes is None:

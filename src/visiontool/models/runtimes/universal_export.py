@@ -33,13 +33,16 @@ Cache key fields: the weights' hash, family, exporter version, runtime and its v
 transformers, precision, ``shapes: "HxW"``, ``batch: "dynamic"`` and ``policy`` (``fixed-size``
 or ``per-shape``).
 
-``visiontool export`` (:func:`write_export`, kind ``transformers-universal``) writes a model with a
-fixed-size processor: the network and the processor's files; ``--model DIR`` loads it
-(:func:`load_exported`). A model exported per size is refused (one line, exit 2), and so is
-OneFormer for now (its processor reads its class metadata from its source repository).
+``visiontool export`` (:func:`write_export`, kind ``transformers-universal``) writes the network
+(with a processor that keeps the aspect ratio, one per processed size of ``--image-size``, a
+folder each; without the option: one line, exit 2) and the processor's files; OneFormer's DIR
+also carries its class metadata file (its processor reads it when it loads, from the hub unless
+local: ``--model DIR`` points ``repo_path`` at DIR). ``--model DIR`` loads it
+(:func:`load_exported`).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -243,12 +246,17 @@ def accelerate(det: UniversalSegmenter, runtime: str, quiet: bool = False) -> Ru
 
 # ``visiontool export`` (:mod:`.deploy`) and ``--model DIR`` (:mod:`.exported`)
 
-def check_deployable(det: UniversalSegmenter, runtime: str) -> None:
-    """OneFormer: one line, exit 2 (its processor needs its source repository)."""
-    if det.model_type == "oneformer":
-        raise UsageError(f"visiontool export: {det.info.name} (oneformer): its processor reads its class metadata "
-                         "from its source repository (repo_path), which an export directory does not carry yet; run "
-                         f"it with --runtime {runtime} instead (the export is cached)")
+def class_info(det: UniversalSegmenter) -> tuple[str, dict] | None:
+    """OneFormer's class metadata file (its processor reads ``repo_path``/``class_info_file``
+    when it loads, from the hub unless local): the file name and its content, for the export
+    directory to carry (None for the other families, or a processor without one)."""
+    image_processor = det.image_processor
+    name = getattr(image_processor, "class_info_file", None)
+    if det.model_type != "oneformer" or not name:
+        return None
+    from transformers.models.oneformer.image_processing_oneformer import load_metadata
+
+    return str(name), load_metadata(image_processor.repo_path, name)  # the local file or the hub's cached copy
 
 
 def export_sizes(det: UniversalSegmenter, runtime: str, image_sizes) -> list[tuple[int, int]] | None:
@@ -271,11 +279,15 @@ def write_export(det: UniversalSegmenter, runtime: str, directory: Path, sizes: 
     from visiontool.models.runtimes.hf_export import with_processor_files
     from visiontool.models.runtimes.hf_shapes import write_per_size
 
-    check_deployable(det, runtime)
     if sizes:
         files = write_per_size(lambda folder, size: build_into(det, runtime, folder, size), directory, sizes)
     else:
         files = build_into(det, runtime, directory, fixed_size(det))  # type: ignore[arg-type]
+    info = class_info(det)
+    if info is not None:  # OneFormer: DIR carries its class metadata; loading points repo_path at DIR
+        target = Path(directory) / info[0]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(info[1]))
     return with_processor_files(files, det.processor, directory)
 
 
@@ -295,7 +307,10 @@ def load_exported(directory: Path, manifest: dict, runtime: str) -> RuntimeUnive
     from visiontool.models.runtimes.hf_export import exported_info
 
     model_type = str(manifest.get("model_type", ""))
-    processor = load_processor(AutoProcessor if model_type == "oneformer" else AutoImageProcessor, str(directory))
+    if model_type == "oneformer":  # its class metadata is in DIR (write_export), not at its source
+        processor = load_processor(AutoProcessor, str(directory), repo_path=str(directory))
+    else:
+        processor = load_processor(AutoImageProcessor, str(directory))
     info = exported_info(directory, manifest, runtime, frozenset({"masks", "batch"}))
     if manifest.get("sizes"):  # one network per processed size, each opened when first met
         from visiontool.models.runtimes.hf_shapes import per_size_dirs
