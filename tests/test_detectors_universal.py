@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 from detector_helpers import load_coco_results, small_photos, write_gt
 from hf_tiny_text import UNIVERSAL, build_universal
 from visiontool.cli.main import app
+
+MASK_PIXELS = 0.001  # of a mask's area: pixels whose mask logit is 0 within float32 rounding (below)
 from visiontool.models.protocol import DetectOptions
 
 runner = CliRunner()
@@ -78,8 +80,12 @@ def test_instances_equal_transformers(family, models, images):
         for i, (score, label, mask) in enumerate(ref):
             assert abs(ours.scores[i] - score) <= 1e-4 and int(ours.class_ids[i]) == label
             decoded = ours.mask(i)
-            assert decoded.shape == (im.height, im.width) and np.array_equal(decoded, mask)
-            ys, xs = np.nonzero(mask)
+            # equal masks, but for pixels whose mask logit is 0 within float32 rounding: visiontool's
+            # forward (batch norms folded) and transformers' round differently (measured on an Intel
+            # Xeon: 1 pixel of a 13,780-pixel OneFormer mask; none on the AMD EPYC of earlier runs)
+            assert decoded.shape == (im.height, im.width)
+            assert int((decoded != mask).sum()) <= MASK_PIXELS * mask.sum(), int((decoded != mask).sum())
+            ys, xs = np.nonzero(decoded)
             assert ours.xyxy[i].tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]  # the mask's extent
     assert sum(len(d) for d in batch) > 0
 

@@ -16,6 +16,12 @@ over the whole feature map, so padding would change every output; the adapter ba
 images of one processed shape (:func:`visiontool.models.hf_detection.group_by_shape`) and the
 export takes no pixel mask, so an export at exactly that shape is the torch path's network.
 
+``visiontool export --image-size HxW`` (:func:`write_per_size`): an export directory holds one
+network per processed size of the images named, in a folder ``HxW`` each (the manifest's
+``sizes``); ``--model DIR`` (``source`` None) opens a size's network when first met and refuses
+another size in one line, exit 2 (:func:`unknown_size`). Used by the DETR family, Grounding DINO
+(:mod:`.gd_deploy`) and universal segmentation.
+
 Cost: one conversion per processed size (the processor's shortest/longest-edge resize gives a
 size per aspect ratio), measured in docs/runtimes.md; past :data:`WARN_AT` sizes in one
 detector's life, one warning says so.
