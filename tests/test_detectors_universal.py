@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from detector_helpers import load_coco_results, small_photos, write_gt
 from hf_tiny_text import UNIVERSAL, build_universal
 from visiontool.cli.main import app
+from visiontool.models.protocol import DetectOptions
 
 MASK_PIXELS = 0.001  # of a mask's area: pixels whose mask logit is 0 within float32 rounding (below)
-from visiontool.models.protocol import DetectOptions
 
 runner = CliRunner()
 
