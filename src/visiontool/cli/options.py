@@ -52,7 +52,7 @@ def choose_format(fmt: str | None, output: str | None, allowed: tuple[str, ...],
         if guess in allowed:
             return guess
         return "json" if "json" in allowed else allowed[0]
-    from visiontool.render.console import stdout_is_tty  # rich: only when no format is given
+    from visiontool.render.console import stdout_is_tty
 
     if stdout_is_tty():
         return "table"

@@ -6,10 +6,14 @@ pipes) are honoured; rich turns colour off by itself when the stream is not a tt
 from __future__ import annotations
 
 import sys
-
-from rich.console import Console
+from typing import TYPE_CHECKING
 
 from visiontool.render.text import clean
+
+if TYPE_CHECKING:
+    from rich.console import Console
+# rich.console is imported where a console is made: importing it costs ~13 ms, which a command
+# that only asks whether stdout is a terminal (evaluate writing JSON to a pipe) need not pay
 
 _state = {"quiet": False}
 _said: set[str] = set()
@@ -39,6 +43,8 @@ def print_tables(fh, *tables) -> None:
     truncate cells (a long image path, a column header); there each table is
     printed at its natural width, without colour codes, so every cell survives.
     """
+    from rich.console import Console
+
     fh = sys.stdout if fh is None else fh
     if _isatty(fh):
         con = Console(file=fh, soft_wrap=False)
@@ -58,6 +64,8 @@ def print_tables(fh, *tables) -> None:
 
 def err() -> Console:
     """Console for progress, warnings and errors on stderr."""
+    from rich.console import Console
+
     return Console(file=sys.stderr, stderr=True, highlight=False)
 
 
