@@ -175,3 +175,37 @@ def test_through_the_installed_command(coco_dir, tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert {k: json.loads(out.stdout)[k] for k in STAT_KEYS} == oracle(gt, big, "segm")["stats"]
+
+
+def test_bbox_ground_truth_scans_in_a_child(coco_dir, tmp_path, monkeypatch):
+    """The bbox ground truth's byte scans run in a forked child while ultrafast's reader parses
+    the file: the child answers what the process computes itself, the GroundTruth is the same,
+    and a null "area" still sends the file to the precise readers."""
+    from visiontool.services import ground_truth as G
+
+    answered: list = []
+    monkeypatch.setattr(pred_early, "FORK_MIN_BYTES", 0)
+    monkeypatch.setattr(pred_early, "can_fork", lambda: True)
+    orig = pred_early.EarlyCheck.facts
+
+    def facts(self):
+        out = orig(self)
+        answered.append(out)
+        return out
+
+    monkeypatch.setattr(pred_early.EarlyCheck, "facts", facts)
+    path = str(coco_dir / "instances_val2014_100.json")
+    forked = G._native_gt(path)
+    assert answered == [G._bbox_gt_scan(path)] and answered[0][0] > 0
+    monkeypatch.setattr(pred_early, "can_fork", lambda: False)
+    inline = G._native_gt(path)
+    assert len(answered) == 1  # no second child
+    for g in (forked, inline):
+        assert g is not None
+    assert (forked._zero_id_possible, forked.has_annotations, forked._n_anns) == \
+        (inline._zero_id_possible, inline.has_annotations, inline._n_anns)
+    d = json.loads((coco_dir / "instances_val2014_100.json").read_text())
+    d["annotations"][3]["area"] = None
+    (tmp_path / "gt.json").write_text(json.dumps(d))
+    monkeypatch.setattr(pred_early, "can_fork", lambda: True)
+    assert G._native_gt(str(tmp_path / "gt.json")) is None and answered[-1][1] is True

@@ -106,17 +106,23 @@ def start(pred, iou_type: str) -> EarlyCheck | None:
     docstring), or None where that is not done."""
     if not isinstance(pred, (str, os.PathLike)):
         return None
-    path = os.fspath(pred)
+    fn = facts_function(iou_type)
+    return fork_call(fn, os.fspath(pred)) if fn is not None else None
+
+
+def fork_call(fn, path: str, min_bytes: int | None = None) -> EarlyCheck | None:
+    """A forked child computing ``fn(path)`` (a small picklable answer) while this process goes
+    on; None where a fork is not safe or does not pay (:func:`can_fork`; ``path`` not a regular
+    file of at least ``min_bytes``, default :data:`FORK_MIN_BYTES`). Also used for the bbox
+    ground truth's byte scans (:func:`visiontool.services.ground_truth._native_gt`)."""
+    min_bytes = FORK_MIN_BYTES if min_bytes is None else min_bytes
     try:
         st = os.stat(path)
     except (OSError, ValueError):
         return None
     import stat
 
-    if not stat.S_ISREG(st.st_mode) or st.st_size < FORK_MIN_BYTES or not can_fork():
-        return None
-    fn = facts_function(iou_type)
-    if fn is None:
+    if not stat.S_ISREG(st.st_mode) or st.st_size < min_bytes or not can_fork():
         return None
     read_fd, write_fd = os.pipe()
     try:
