@@ -13,6 +13,9 @@ against the ground truth) runs here. (bbox does not fork: its check runs on the 
 engine's reader parsed, :class:`visiontool.io.pred_fast.AfterEngineRead`; a child measured no
 faster there.)
 
+The same fork (:func:`fork_call`) runs the bbox ground truth's byte scans while ultrafast's
+reader parses that file (:func:`visiontool.services.ground_truth._native_gt`).
+
 A fork is used only where it is safe and pays: Linux, two or more CPUs usable, no other
 Python thread in the process (a fork copies the calling thread only: a lock another thread
 holds would stay held in the child), and a regular file of at least ``FORK_MIN_BYTES``.
