@@ -51,7 +51,7 @@ from typing import Any, Iterator
 
 from visiontool.errors import UsageError
 from visiontool.models.hf_zero_shot import GROUNDING, OMDET, ZeroShotDetector
-from visiontool.models.runtimes.hf_shapes import PerSizeEngines
+from visiontool.models.runtimes.hf_shapes import PerSizeEngines, per_shape_info
 
 EXPORTER_VERSION = 1
 KIND = "transformers-grounding"
@@ -328,11 +328,9 @@ class RuntimeGroundingDetector(PerSizeEngines, ZeroShotDetector):
         (:mod:`.gd_deploy`): its ``info``, ``processor``, ``model_type``, the model's
         ``max_text_len`` and per-size folders (``exported``)."""
         from visiontool.device import Precision
-        from visiontool.models.runtimes.export_cache import exports_dir
-        from visiontool.models.runtimes.hf_export import runtime_info
 
         if source is not None:
-            info = runtime_info(source.info, runtime, export=str(exports_dir()), shapes="per-shape")
+            info = per_shape_info(source.info, runtime)
             processor, model_type = source.processor, source.model_type
             max_text_len = int(getattr(source.model.config, "max_text_len", 0) or 0)
         super().__init__(info, None, processor, model_type, Precision("float32", "cpu"))

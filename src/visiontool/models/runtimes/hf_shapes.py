@@ -86,6 +86,14 @@ def write_per_size(build, directory, sizes: list[tuple[int, int]]) -> list[str]:
     return files
 
 
+def per_shape_info(info, runtime: str):
+    """The ModelInfo of an adapter exporting per processed size from a torch adapter whose info
+    is ``info``: its exports are in the cache, one per size met."""
+    from visiontool.models.runtimes.export_cache import exports_dir
+
+    return runtime_info(info, runtime, export=str(exports_dir()), shapes="per-shape")
+
+
 def unknown_size(name: str, runtime: str, size: tuple[int, int], have: list[tuple[int, int]]) -> str:
     listed = ", ".join(size_folder(s) for s in have) or "none"
     return (f"{name}: this {runtime} export holds networks for processed image sizes {listed}, and an image here is "
@@ -178,11 +186,8 @@ class PerShapeHFDetector(PerSizeEngines, RuntimeHFDetector):
                  exported: dict | None = None):
         """From the torch adapter ``source``; or (``source`` None) from an export directory:
         its ``info``, ``processor`` and per-size folders (``exported``)."""
-        from visiontool.models.runtimes.export_cache import exports_dir
-
         if source is not None:
-            info = runtime_info(source.info, runtime, export=str(exports_dir()), shapes="per-shape")
-            processor = source.processor
+            info, processor = per_shape_info(source.info, runtime), source.processor
         super().__init__(info, processor, None)
         self.init_sizes(source, runtime, cache_fields(source, runtime) if source is not None else None, quiet=quiet,
                         exported=exported)

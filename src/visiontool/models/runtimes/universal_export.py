@@ -50,7 +50,7 @@ from typing import Any
 from visiontool.errors import UsageError
 from visiontool.models.hf_universal import UniversalSegmenter
 from visiontool.models.protocol import ModelInfo
-from visiontool.models.runtimes.hf_shapes import PerSizeEngines
+from visiontool.models.runtimes.hf_shapes import PerSizeEngines, per_shape_info
 
 EXPORTER_VERSION = 1
 KIND = "transformers-universal"
@@ -230,14 +230,13 @@ def accelerate(det: UniversalSegmenter, runtime: str, quiet: bool = False) -> Ru
     """``det`` with its network exported (cached) and running in ``runtime``: at load for a
     fixed-size processor, else per processed size as sizes are met."""
     from visiontool.models.runtimes.engines import open_engine
-    from visiontool.models.runtimes.export_cache import exports_dir, get_or_build
+    from visiontool.models.runtimes.export_cache import get_or_build
     from visiontool.models.runtimes.hf_export import runtime_info
 
     size = fixed_size(det)
     if size is None:
-        info = runtime_info(det.info, runtime, export=str(exports_dir()), shapes="per-shape")
-        return RuntimeUniversalSegmenter(info, det.processor, det.model_type, {}, source=det, runtime=runtime,
-                                         quiet=quiet)
+        return RuntimeUniversalSegmenter(per_shape_info(det.info, runtime), det.processor, det.model_type, {},
+                                         source=det, runtime=runtime, quiet=quiet)
     engine, where = get_or_build(cache_fields(det, runtime), lambda d: build_into(det, runtime, d, size),
                                  lambda d: open_engine(runtime, d), f"{det.info.name} to {runtime}", quiet=quiet)
     return RuntimeUniversalSegmenter(runtime_info(det.info, runtime, export=str(where)), det.processor,
