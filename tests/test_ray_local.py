@@ -1,7 +1,8 @@
 """A run without --address starts a local cluster of its own and stops it: through the installed
 `visiontool` (records equal a local run; none of that cluster's processes are left), and the two
 shortcuts of :mod:`visiontool.engines.ray_local` in a driver of their own (the raylet lookup
-waits for the registration, the monitor is gone before ``ray.shutdown`` starts)."""
+waits for the registration, the monitor is gone before ``ray.shutdown`` starts, the cluster's
+connect retries are 50 ms apart)."""
 from __future__ import annotations
 
 import json
@@ -53,10 +54,15 @@ DRIVER = textwrap.dedent("""
         seen["pids"] = [i.process.pid for infos in node.all_processes.values() for i in infos]
         seen["restored"] = services.get_node is original
         seen["answer"] = ray.get(ray.remote(lambda: 41 + 1).remote())
+        # the connect retries as the GCS holds them, and as a worker process runs with them
+        config = ray._private.state.state.get_system_config()
+        seen["retries"] = [[config.get(k) for k in sorted(ray_local.system_config())],
+                           ray.get(ray.remote(lambda: [ray._config.raylet_client_connect_timeout_milliseconds(),
+                                                       ray._config.raylet_client_num_connect_attempts()]).remote())]
         seen["started_local"] = session.started_local
     print(json.dumps({"polls": polls, "restored": seen["restored"], "answer": seen["answer"],
                       "started_local": seen["started_local"], "pids": seen["pids"],
-                      "monitor_rc_at_shutdown": seen["monitor_rc_at_shutdown"]}))
+                      "monitor_rc_at_shutdown": seen["monitor_rc_at_shutdown"], "retries": seen["retries"]}))
 """)
 
 
@@ -71,6 +77,9 @@ def test_own_cluster_waits_for_the_raylet_and_stops_the_monitor_first(tmp_path):
     # SIGKILLed before ray.shutdown began (on its own the monitor does not exit: Ray waits a
     # second for it and SIGKILLs it then)
     assert out["monitor_rc_at_shutdown"] == -9
+    # the cluster's clients retry a socket not yet listening after 50 ms, not a second, 200
+    # times: in the GCS's config and in a worker
+    assert out["retries"] == [[50, 200], [50, 200]]
     alive = _procs()
     assert not [pid for pid in out["pids"] if pid in alive and "<defunct>" not in alive[pid][1]]
 

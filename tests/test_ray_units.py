@@ -407,3 +407,5 @@ def test_without_address_a_new_local_cluster_is_started(monkeypatch, env, expect
     with Session(None) as session:
         assert session.started_local == (expected == "local")
     assert calls[0]["address"] == expected and calls[-1] == "shutdown"
+    # a new cluster gets the short connect retries; joining one, ray.init refuses a _system_config
+    assert ("_system_config" in calls[0]) == (expected == "local")

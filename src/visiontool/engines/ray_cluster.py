@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from visiontool.engines.ray_local import prompt_registration, stop_monitor
+from visiontool.engines.ray_local import prompt_registration, stop_monitor, system_config
 from visiontool.errors import UsageError, VisionToolError
 
 RAY_LOGGERS = ("ray", "ray.data", "ray.serve", "ray.train", "ray.tune")
@@ -129,6 +129,8 @@ class Session:
                     # /tmp/ray/ray_current_cluster (ray.init() alone would join that one, or fail
                     # on it when that cluster is gone)
                     self.started_local = not os.environ.get("RAY_ADDRESS")
+                    if self.started_local:
+                        kwargs["_system_config"] = system_config()  # no 1 s connect retries (ray_local)
                     with prompt_registration() if self.started_local else contextlib.nullcontext():
                         ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
                                  **kwargs)
