@@ -205,7 +205,8 @@ def test_onnx_linspace_of_one_step_is_its_start(tmp_path, steps):
 def test_export_directory_round_trip(models, photos, torch_records, tmp_path, family):
     """``visiontool export`` then ``--model DIR --text``: the torch path's records for two texts
     (one directory serves any phrases), nothing exported into the cache; no --text is one line.
-    Grounding DINO keeps the aspect ratio: without --image-size the export is one line, exit 2."""
+    Grounding DINO keeps the aspect ratio: without --image-size the export is one line, exit 2;
+    OmDet-Turbo resizes every image to one size: --image-size is a warning."""
     from PIL import Image
 
     cache = tmp_path / "cache"
@@ -217,8 +218,11 @@ def test_export_directory_round_trip(models, photos, torch_records, tmp_path, fa
         assert "--image-size" in one_error_line(r, 2) and not out.exists()
         w, h = Image.open(photos[0]).size
         sized = ["--image-size", f"{h}x{w}"]
+    else:  # a fixed-size processor: --image-size is accepted with a warning and changes nothing
+        sized = ["--image-size", "1080x1920"]
     r = runner.invoke(app, ["export", str(models[family]), "--runtime", "onnx", "-o", str(out), *sized], env=env)
     assert r.exit_code == 0, r.stderr
+    assert ("the option changes nothing" in r.stderr) == (family == "omdet-turbo")
     manifest = json.loads((out / "visiontool-export.json").read_text())
     assert (manifest["kind"], manifest["model_type"]) == ("transformers-grounding", family)
     assert len(manifest["sizes"]) == 1 and (out / manifest["sizes"][0]).is_dir()

@@ -30,7 +30,14 @@ def export_sizes(det: ZeroShotDetector, runtime: str, image_sizes) -> list[tuple
         return det.processor.image_processor(images=im, return_tensors="pt")
 
     if det.info.extra.get("fixed_size"):
-        return processed_sizes(encode, [PROBE_IMAGE])
+        sizes = processed_sizes(encode, [PROBE_IMAGE])
+        if image_sizes:
+            from visiontool.render.console import warn
+
+            h, w = sizes[0]
+            warn(f"--image-size: {det.info.name}'s processor resizes every image to {h}x{w}; the option "
+                 "changes nothing")
+        return sizes
     if not image_sizes:
         raise per_size_refusal(det, runtime)
     return processed_sizes(encode, image_sizes)
