@@ -1,11 +1,13 @@
 """A run without --address starts a local cluster of its own and stops it: through the installed
 `visiontool` (records equal a local run; none of that cluster's processes are left), and the two
 shortcuts of :mod:`visiontool.engines.ray_local` in a driver of their own (the raylet lookup
-waits for the registration, the monitor is gone before ``ray.shutdown`` starts, the cluster's
-connect retries are 50 ms apart)."""
+waits for the registration; the head starts no API server, autoscaler monitor or log monitor, so
+``ray.shutdown`` has no monitor to wait a second for; the cluster's connect retries are 50 ms
+apart)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,7 +28,7 @@ def own_env(tmp_path) -> dict:
 
 
 DRIVER = textwrap.dedent("""
-    import json, subprocess
+    import json
     import ray
     from ray._private import services
     from visiontool.engines import ray_local
@@ -36,23 +38,17 @@ DRIVER = textwrap.dedent("""
     registered = ray_local._registered
     ray_local._registered = lambda client, node_id: polls.append(registered(client, node_id)) or polls[-1]
     original = services.get_node
+    from ray._private.node import Node
+    node_methods = {name: Node.__dict__[name] for name in ray_local.UNNEEDED}
     seen = {}
-    shutdown = ray.shutdown
-
-    def spy_shutdown(*a, **k):
-        monitor = seen["monitor"]
-        try:
-            seen["monitor_rc_at_shutdown"] = monitor.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            seen["monitor_rc_at_shutdown"] = None
-        return shutdown(*a, **k)
-
-    ray.shutdown = spy_shutdown
     with Session(None) as session:
         node = ray._private.worker._global_node
-        seen["monitor"] = node.all_processes["monitor"][0].process
+        seen["processes"] = sorted(node.all_processes)
+        seen["webui_url"] = node.webui_url
+        seen["session_dir"] = node.get_session_dir_path()
         seen["pids"] = [i.process.pid for infos in node.all_processes.values() for i in infos]
-        seen["restored"] = services.get_node is original
+        seen["restored"] = services.get_node is original and all(
+            Node.__dict__[name] is fn for name, fn in node_methods.items())
         seen["answer"] = ray.get(ray.remote(lambda: 41 + 1).remote())
         # the connect retries as the GCS holds them, and as a worker process runs with them
         config = ray._private.state.state.get_system_config()
@@ -60,23 +56,27 @@ DRIVER = textwrap.dedent("""
                            ray.get(ray.remote(lambda: [ray._config.raylet_client_connect_timeout_milliseconds(),
                                                        ray._config.raylet_client_num_connect_attempts()]).remote())]
         seen["started_local"] = session.started_local
-    print(json.dumps({"polls": polls, "restored": seen["restored"], "answer": seen["answer"],
-                      "started_local": seen["started_local"], "pids": seen["pids"],
-                      "monitor_rc_at_shutdown": seen["monitor_rc_at_shutdown"], "retries": seen["retries"]}))
+    seen["polls"] = polls
+    print(json.dumps(seen))
 """)
 
 
-def test_own_cluster_waits_for_the_raylet_and_stops_the_monitor_first(tmp_path):
+def test_own_cluster_waits_for_the_raylet_and_starts_no_idle_process(tmp_path):
     p = subprocess.run([sys.executable, "-c", DRIVER], env=own_env(tmp_path), capture_output=True, text=True,
                        timeout=240)
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out["started_local"] and out["answer"] == 42
-    # the lookup asked until the raylet was there, then left the rest to Ray (and is undone)
+    # the lookup asked until the raylet was there, then left the rest to Ray; Ray's lookup and
+    # Node's methods are restored
     assert out["polls"] and out["polls"][-1] is True and out["restored"]
-    # SIGKILLed before ray.shutdown began (on its own the monitor does not exit: Ray waits a
-    # second for it and SIGKILLs it then)
-    assert out["monitor_rc_at_shutdown"] == -9
+    # no API server, autoscaler monitor or log monitor (Ray starts all three by default), and
+    # Ray knows there is no dashboard; the node's own processes are there
+    assert not {"dashboard", "monitor", "log_monitor"} & set(out["processes"]), out["processes"]
+    assert {"gcs_server", "raylet"} <= set(out["processes"]) and out["webui_url"] is None
+    # so no log file of theirs either
+    logs = os.listdir(os.path.join(out["session_dir"], "logs"))
+    assert not [f for f in logs if f.startswith(("monitor", "log_monitor", "dashboard."))], logs
     # the cluster's clients retry a socket not yet listening after 50 ms, not a second, 200
     # times: in the GCS's config and in a worker
     assert out["retries"] == [[50, 200], [50, 200]]

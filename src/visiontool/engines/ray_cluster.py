@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from visiontool.engines.ray_local import prompt_registration, stop_monitor, system_config
+from visiontool.engines.ray_local import fast_start, system_config
 from visiontool.errors import UsageError, VisionToolError
 
 RAY_LOGGERS = ("ray", "ray.data", "ray.serve", "ray.train", "ray.tune")
@@ -131,7 +131,7 @@ class Session:
                     self.started_local = not os.environ.get("RAY_ADDRESS")
                     if self.started_local:
                         kwargs["_system_config"] = system_config()  # no 1 s connect retries (ray_local)
-                    with prompt_registration() if self.started_local else contextlib.nullcontext():
+                    with fast_start() if self.started_local else contextlib.nullcontext():
                         ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
                                  **kwargs)
             except (ConnectionError, ValueError, RuntimeError) as exc:
@@ -151,8 +151,6 @@ class Session:
         if self.owned:
             import ray
 
-            if self.started_local:
-                stop_monitor()  # else ray.shutdown waits a second for it (see ray_local)
             ray.shutdown()
         return False
 
