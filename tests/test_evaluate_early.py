@@ -209,3 +209,28 @@ def test_bbox_ground_truth_scans_in_a_child(coco_dir, tmp_path, monkeypatch):
     (tmp_path / "gt.json").write_text(json.dumps(d))
     monkeypatch.setattr(pred_early, "can_fork", lambda: True)
     assert G._native_gt(str(tmp_path / "gt.json")) is None and answered[-1][1] is True
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_segm_facts_do_not_depend_on_where_the_file_is_cut(coco_dir, tmp_path, monkeypatch, indent):
+    """The check decodes a segm file a slice at a time, cut at a seam between two records:
+    slices of a few records (every seam used, compact or indented) give the facts of one slice."""
+    from visiontool.io import pred_fast
+
+    res = json.loads((coco_dir / "instances_val2014_fakesegm100_results.json").read_text())
+    path = tmp_path / "dt.json"
+    path.write_text(json.dumps(res, indent=indent))
+    whole = pred_fast.segm_facts(str(path))
+    assert whole is not None and whole["n"] == len(res)
+    for step in (1, 700, 5000):
+        monkeypatch.setattr(pred_fast, "SEGM_SLICE", step)
+        cut = pred_fast.segm_facts(str(path))
+        assert cut is not None and cut.keys() == whole.keys() and cut["n"] == whole["n"]
+        assert cut["min_score"] == whole["min_score"]
+        for key in ("image_ids", "category_ids"):
+            assert np.array_equal(cut[key], whole[key])
+        assert all(np.array_equal(a, b) for a, b in zip(cut["mask_sizes"], whole["mask_sizes"]))
+    # a record that breaks the schema in a later slice still makes the file not plain valid
+    res[-1]["score"] = "high"
+    path.write_text(json.dumps(res, indent=indent))
+    assert pred_fast.segm_facts(str(path)) is None
