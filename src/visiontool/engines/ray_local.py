@@ -20,10 +20,11 @@ them). A cluster started for one run and stopped after it needs none of them: it
 fixed, the run prints no worker log (``log_to_driver=False``), and no client submits jobs to
 it. ``ray.init`` waits for the API server's URL before it starts the raylet, so that process's
 start is on the critical path; and all three are Python processes importing Ray on the same 2
-cores as the run. :func:`lean_head` skips the three: measured here, ``ray.init`` alone 2.0 →
-1.57 s, and the processes beside it 1.7 → 1.0 CPU-s in its first 3 s; in the tiny DETR's run
-the replica was up 0.46 s sooner (5.86-6.01 s against 6.22-6.52 s, 3 runs each way) and Ray's
-other processes used 0.44 instead of 0.50 CPU-s per 6 s of steady state.
+cores as the run. :func:`lean_head` skips the three. Measured here: the run's start of its
+cluster (``import ray`` included) 2.07-2.15 → 1.46-1.53 s; Ray's processes 1.7 → 1.0 CPU-s in
+the first 3 s; in the tiny DETR's run the replica was up 0.46 s sooner (5.86-6.01 s against
+6.22-6.52 s, 3 runs each way), and Ray's other processes used 0.44 instead of 0.50 CPU-s per 6 s
+of steady state.
 
 All of these touch Ray internals (``ray._private``), only for a cluster this process started,
 and fall back to Ray's own behaviour when those internals are not as expected.
