@@ -26,9 +26,6 @@ the first 3 s; in the tiny DETR's run the replica was up 0.46 s sooner (5.86-6.0
 6.22-6.52 s, 3 runs each way), and Ray's other processes used 0.44 instead of 0.50 CPU-s per 6 s
 of steady state.
 
-All of these touch Ray internals (``ray._private``), only for a cluster this process started,
-and fall back to Ray's own behaviour when those internals are not as expected.
-
 A third wait was a race, so it showed only in some runs: **a whole second in about a third of
 the starts** (``ray.init`` 2.34 s instead of 1.50 s in 3 of 8 quiet starts here). The raylet
 connects to its own object store right after creating it, and a Ray client that finds a socket
@@ -38,6 +35,10 @@ created and the object manager started exactly 1.000 s apart. Workers connect to
 the same way. :func:`system_config` makes the retries 50 ms apart, 200 of them (the same 10 s
 in all), through ``ray.init``'s ``_system_config``, which a new cluster hands to its GCS,
 raylet and workers: 8 of 8 starts then took 1.50-1.60 s.
+
+All of these apply only to a cluster this process started. The registration poll and the skipped
+processes touch Ray internals (``ray._private``) and fall back to Ray's own behaviour when those
+internals are not as expected; the connect retries go through ``ray.init``'s ``_system_config``.
 """
 from __future__ import annotations
 
