@@ -5,7 +5,7 @@ embedding: low-res logits and predicted IoU to float tolerance, final masks IoU 
 (issue 8 §4).
 
 ``NumpySamDecoder`` switches to torch's kernels when the process has imported torch (it has,
-here), so ``sam_decoder._torch`` is patched to report no torch: every array operation below
+here), so ``sam_array_ops.loaded_torch`` is patched to report no torch: every array operation below
 runs on numpy, as in a fresh ``visiontool segment`` process on a cache hit.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from segment_helpers import decode, sam_engine, sam_predictor_reference, tiny_ckpt  # noqa: F401
 
 from visiontool.masks import str_counts
-from visiontool.models import sam_decoder
+from visiontool.models import sam_array_ops, sam_decoder
 from visiontool.types import Prompt
 
 H_W_PROMPTS = {  # truck.jpg is 1800 x 1200
@@ -41,7 +41,7 @@ def setup(tiny_ckpt, images_dir):
 @pytest.fixture
 def numpy_only(monkeypatch, setup):
     """The decoder as in a process that has not imported torch."""
-    monkeypatch.setattr(sam_decoder, "_torch", lambda: None)
+    monkeypatch.setattr(sam_array_ops, "loaded_torch", lambda: None)
     _, engine, _, _ = setup
     ops = sam_decoder._Ops.get(engine.decoder)
     assert ops.t is None, "the decoder would still use torch"
@@ -152,7 +152,7 @@ def test_numpy_and_torch_kernels_agree(setup, monkeypatch):
     hw = rgb.shape[:2]
     prompts = [Prompt(**H_W_PROMPTS[k]) for k in ("point-multimask", "box+points")]
     with_torch = engine.predict(emb, prompts, hw)
-    monkeypatch.setattr(sam_decoder, "_torch", lambda: None)
+    monkeypatch.setattr(sam_array_ops, "loaded_torch", lambda: None)
     without = engine.predict(emb, prompts, hw)
     for (la, ia), (lb, ib) in zip(with_torch, without):
         np.testing.assert_allclose(ia, ib, rtol=1e-5, atol=1e-6)

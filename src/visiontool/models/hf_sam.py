@@ -16,7 +16,7 @@ pixels, the model's content hash (``config.json`` + weight files) and the precis
 ``-<runtime>`` suffix for a runtime's features). On a hit the prompt encoder and mask decoder run in numpy
 (:mod:`.hf_sam_decoder`; SAM-HQ's heads run in torch), so neither torch nor transformers is
 imported. Full-size masks come from the low-res logits through the processor's own bilinear
-resizes, evaluated as banded separable products (:class:`~visiontool.models.sam_decoder.MaskUpscaler`).
+resizes, evaluated as banded separable products (:class:`~visiontool.models.sam_upscale.MaskUpscaler`).
 
 Coordinates are original-image pixels after EXIF orientation: points ``(X, Y)``, boxes ``XYXY``.
 """
@@ -206,7 +206,7 @@ class HFSam:
         """(input h, input w, XY scale from image pixels to the model's input frame)."""
         size = self.s.image_size
         if self.s.pad:
-            from visiontool.models.sam_decoder import preprocess_shape
+            from visiontool.models.sam_upscale import preprocess_shape
 
             nh, nw = preprocess_shape(h, w, size)
         else:
@@ -214,7 +214,7 @@ class HFSam:
         return nh, nw, np.array([nw / w, nh / h])
 
     def upscaler(self, hw: tuple[int, int]):
-        from visiontool.models.sam_decoder import MaskUpscaler
+        from visiontool.models.sam_upscale import MaskUpscaler
 
         ups = self.__dict__.setdefault("_upscalers", {})
         key = tuple(int(v) for v in hw)

@@ -89,7 +89,7 @@ def segment_text(ad, rgb: np.ndarray, phrases: Sequence[str], *, threshold: floa
     from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
     from visiontool.masks import encode_transposed, boxes as mask_boxes
-    from visiontool.models.sam_decoder import MaskUpscaler
+    from visiontool.models.sam_upscale import MaskUpscaler
 
     model = ad.torch_model("Sam3Model")
     proc = _processor(ad)

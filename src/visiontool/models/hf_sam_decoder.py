@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from visiontool.models.sam_decoder import ArrayOps, gelu, layer_norm, softmax
+from visiontool.models.sam_array_ops import ArrayOps, gelu, layer_norm, softmax
 
 F32 = np.float32
 

@@ -22,81 +22,8 @@ import math
 
 import numpy as np
 
-_SQRT1_2 = np.float32(1.0 / math.sqrt(2.0))
-_BLOCK = 1 << 16  # elements per block for numpy elementwise chains (stay in L2)
-
-
-def _torch():
-    """torch, if this process has already imported it (never imported from here).
-
-    Its multi-threaded elementwise kernels are used for GELU / LayerNorm / softmax on large
-    batches; the arithmetic is the same, so results agree with the numpy path to float rounding.
-    """
-    import sys
-
-    return sys.modules.get("torch")
-
-
-def erf(x: np.ndarray) -> np.ndarray:
-    """Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), float32."""
-    a = np.abs(x)
-    t = np.float32(1.0) / (np.float32(1.0) + np.float32(0.3275911) * a)
-    y = t * np.float32(1.061405429) + np.float32(-1.453152027)
-    for c in (1.421413741, -0.284496736, 0.254829592):
-        y *= t
-        y += np.float32(c)
-    y *= t
-    np.multiply(a, a, out=a)
-    np.negative(a, out=a)
-    np.exp(a, out=a)
-    y *= a
-    np.subtract(np.float32(1.0), y, out=y)
-    return np.copysign(y, x, out=y)
-
-
-def gelu(x: np.ndarray) -> np.ndarray:
-    """Exact (erf) GELU as ``torch.nn.GELU()``."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    torch = _torch()
-    if torch is not None:
-        return torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
-    out = np.empty_like(x)
-    flat, fo = x.reshape(-1), out.reshape(-1)
-    for i in range(0, flat.size, _BLOCK):
-        v = flat[i:i + _BLOCK]
-        e = erf(v * _SQRT1_2)
-        e += np.float32(1.0)
-        e *= v
-        e *= np.float32(0.5)
-        fo[i:i + _BLOCK] = e
-    return out
-
-
-def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
-    """LayerNorm over the last axis (``nn.LayerNorm`` / channels-last ``LayerNorm2d``)."""
-    torch = _torch()
-    if torch is not None and x.size >= _BLOCK:
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        return torch.nn.functional.layer_norm(xt, (x.shape[-1],), torch.from_numpy(w), torch.from_numpy(b),
-                                              eps).numpy()
-    mu = x.mean(-1, keepdims=True)
-    xc = x - mu
-    var = np.mean(xc * xc, axis=-1, keepdims=True)
-    xc /= np.sqrt(var + np.float32(eps))
-    xc *= w
-    xc += b
-    return xc
-
-
-def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """In place when possible."""
-    torch = _torch()
-    if torch is not None and x.size >= _BLOCK:
-        return torch.softmax(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), dim=axis).numpy()
-    x = x - x.max(axis=axis, keepdims=True)
-    np.exp(x, out=x)
-    x /= x.sum(axis=axis, keepdims=True)
-    return x
+from visiontool.models import sam_array_ops
+from visiontool.models.sam_array_ops import ArrayOps, gelu, layer_norm, softmax
 
 
 class NumpySamDecoder:
@@ -194,8 +121,9 @@ class NumpySamDecoder:
         process has already imported torch (multi-threaded), else on numpy.
 
         ``extent`` = (rows, cols) of the low-res logits that will be used (the unpadded part
-        of the image, see :meth:`MaskUpscaler.low_extent`): the per-position upscaling head
-        then skips the padding; logits outside the extent are returned as 0.
+        of the image, see :meth:`~visiontool.models.sam_upscale.MaskUpscaler.low_extent`):
+        the per-position upscaling head then skips the padding; logits outside the extent are
+        returned as 0.
         """
         o = _Ops.get(self)
         x = embedding.reshape(self.dim, -1).T  # (N, C)
@@ -366,38 +294,6 @@ class NumpySamDecoder:
         return masks, iou
 
 
-class ArrayOps:
-    """Shape operations on numpy arrays, or on torch tensors when ``self.t`` is the torch
-    module (the SAM and SAM 2 numpy decoders share them)."""
-
-    t = None
-
-    def arr(self, x: np.ndarray):
-        return self.t.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) if self.t is not None else x
-
-    def np(self, x) -> np.ndarray:
-        return x.numpy() if self.t is not None else x
-
-    def perm(self, x, axes):
-        return x.permute(*axes) if self.t is not None else x.transpose(axes)
-
-    def c(self, x):
-        return x.contiguous() if self.t is not None else np.ascontiguousarray(x)
-
-    def cat(self, xs, axis):
-        return self.t.cat(xs, axis) if self.t is not None else np.concatenate(xs, axis)
-
-    def stack(self, xs, axis):
-        return self.t.stack(xs, axis) if self.t is not None else np.stack(xs, axis)
-
-    def bcast(self, x, shape):
-        return x.expand(*shape) if self.t is not None else np.broadcast_to(x, shape)
-
-    def heads(self, x, h):  # (B, T, D) -> (B, h, T, D/h)
-        b, n, c = x.shape
-        return self.perm(x.reshape(b, n, h, c // h), (0, 2, 1, 3))
-
-
 class _Ops(ArrayOps):
     """The few array operations the decoder needs, on numpy or (if loaded) torch."""
 
@@ -407,7 +303,7 @@ class _Ops(ArrayOps):
 
     @staticmethod
     def get(dec: "NumpySamDecoder") -> "_Ops":
-        t = _torch()
+        t = sam_array_ops.loaded_torch()  # looked up here: a test makes it report no torch
         key = "_ops_torch" if t is not None else "_ops_numpy"
         ops = dec.__dict__.get(key)
         if ops is None:
@@ -536,82 +432,3 @@ def _conv2x2(x: np.ndarray, k: np.ndarray, bias: np.ndarray) -> np.ndarray:
     co = k.shape[0]
     p = x.reshape(hh // 2, 2, ww // 2, 2, ci).transpose(0, 2, 4, 1, 3).reshape(hh // 2, ww // 2, ci * 4)
     return p @ k.reshape(co, ci * 4).T + bias
-
-
-# ------------------------------------------------------------------- geometry
-def preprocess_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
-    """``ResizeLongestSide.get_preprocess_shape``: (new_h, new_w)."""
-    scale = long_side * 1.0 / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
-
-
-def _taps(out_len: int, in_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bilinear (align_corners=False) source indices and weights, as torch computes them."""
-    scale = in_len / out_len
-    src = (np.arange(out_len, dtype=np.float64) + 0.5) * scale - 0.5
-    src = np.maximum(src, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), in_len - 1)
-    i1 = np.minimum(i0 + 1, in_len - 1)
-    lam = (src - i0).astype(np.float64)
-    return i0, i1, lam
-
-
-def upscale_matrix(low: int, padded: int, valid: int, out: int) -> np.ndarray:
-    """(out, low) matrix of SAM's two bilinear resizes along one axis:
-    low -> padded (256 -> 1024), keep the first ``valid`` (unpadded) samples, valid -> out."""
-    a0, a1, al = _taps(padded, low)
-    m1 = np.zeros((valid, low))
-    r = np.arange(valid)
-    np.add.at(m1, (r, a0[:valid]), 1 - al[:valid])
-    np.add.at(m1, (r, a1[:valid]), al[:valid])
-    b0, b1, bl = _taps(out, valid)
-    return (m1[b0] * (1 - bl)[:, None] + m1[b1] * bl[:, None]).astype(np.float32)
-
-
-def _band_tiles(a: np.ndarray, tile: int = 64) -> list[tuple[int, int, int, int, np.ndarray]]:
-    """Split a banded (out, low) interpolation matrix into output tiles with their source band."""
-    tiles = []
-    for o0 in range(0, a.shape[0], tile):
-        blk = a[o0:o0 + tile]
-        nz = np.nonzero(blk.any(0))[0]
-        c0, c1 = int(nz[0]), int(nz[-1]) + 1
-        tiles.append((o0, o0 + blk.shape[0], c0, c1, np.ascontiguousarray(blk[:, c0:c1].T)))
-    return tiles
-
-
-def _apply_last(x: np.ndarray, tiles, out_len: int) -> np.ndarray:
-    out = np.empty(x.shape[:-1] + (out_len,), np.float32)
-    for o0, o1, c0, c1, kt in tiles:
-        np.matmul(x[..., c0:c1], kt, out=out[..., o0:o1])
-    return out
-
-
-class MaskUpscaler:
-    """Low-res logits (B, 4g, 4g) -> binary masks at the original size, as SAM's
-    ``postprocess_masks`` + threshold, but as one banded separable product per axis:
-    each output pixel reads only the ≤4×4 low-res logits it depends on (no 1024² detour)."""
-
-    def __init__(self, low: int, padded: int, input_hw: tuple[int, int], original_hw: tuple[int, int]):
-        self.h, self.w = original_hw
-        self.ty = _band_tiles(upscale_matrix(low, padded, input_hw[0], self.h))
-        self.tx = _band_tiles(upscale_matrix(low, padded, input_hw[1], self.w))
-
-    def low_extent(self) -> tuple[int, int]:
-        """(rows, cols) of the low-res logits that any output pixel reads."""
-        return max(t[3] for t in self.ty), max(t[3] for t in self.tx)
-
-    def logits_t(self, low: np.ndarray) -> np.ndarray:
-        """(B, 4g, 4g) -> (B, W, H) full-resolution logits, transposed (Fortran order per mask)."""
-        a = _apply_last(np.ascontiguousarray(low, np.float32), self.tx, self.w)  # (B, 4g rows, W)
-        a = np.ascontiguousarray(a.transpose(0, 2, 1))  # (B, W, 4g)
-        return _apply_last(a, self.ty, self.h)  # (B, W, H)
-
-    def rles(self, low: np.ndarray, threshold: float = 0.0, chunk: int = 8) -> list[dict]:
-        """COCO RLEs (bytes counts) of ``logits > threshold`` at the original size."""
-        from pycocotools import mask as mask_utils
-
-        out: list[dict] = []
-        for i in range(0, low.shape[0], chunk):
-            binary = (self.logits_t(low[i:i + chunk]) > threshold).view(np.uint8)  # (b, W, H)
-            out.extend(mask_utils.encode(binary.transpose(2, 1, 0)))  # (H, W, b), Fortran order
-        return out

@@ -2,7 +2,7 @@
 
 One checkpoint on one device: the ViT image encoder (torch, built only on an embedding
 cache miss), the prompt encoder + mask decoder in numpy (:mod:`visiontool.models.sam_decoder`),
-full-size masks through :class:`~visiontool.models.sam_decoder.MaskUpscaler`, stored as RLE.
+full-size masks through :class:`~visiontool.models.sam_upscale.MaskUpscaler`, stored as RLE.
 On a cache hit neither torch nor the checkpoint's encoder weights are touched.
 
 Coordinates are original-image pixels after EXIF orientation: points ``(X, Y)``, boxes
@@ -169,7 +169,7 @@ class SamOfficial:
         from PIL import Image
 
         from visiontool.device import Precision
-        from visiontool.models.sam_decoder import preprocess_shape
+        from visiontool.models.sam_upscale import preprocess_shape
         from visiontool.render.console import info
 
         enc = self._image_encoder()
@@ -190,13 +190,13 @@ class SamOfficial:
 
     # ------------------------------------------------------------------ the promptable primitives
     def geometry(self, h: int, w: int):
-        from visiontool.models.sam_decoder import preprocess_shape
+        from visiontool.models.sam_upscale import preprocess_shape
 
         nh, nw = preprocess_shape(h, w, self.img_size)
         return nh, nw, np.array([nw / w, nh / h])
 
     def upscaler(self, hw: tuple[int, int]):
-        from visiontool.models.sam_decoder import MaskUpscaler
+        from visiontool.models.sam_upscale import MaskUpscaler
 
         cache = self.__dict__.setdefault("_upscalers", {})
         if tuple(hw) not in cache:
