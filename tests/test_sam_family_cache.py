@@ -96,3 +96,28 @@ def test_other_weights_are_a_miss(model_dirs, tmp_path):
     eng = engine(model, cache_dir=tmp_path / "c")
     eng.segment(img, [Prompt(points=[[40, 30]], labels=[1])])
     assert eng.stats == {"encoder_runs": 1, "cache_hits": 0}
+
+
+def test_sam2_corrupt_entry_is_recomputed_and_an_unwritable_cache_warned(model_dirs, tmp_path, monkeypatch, capsys):
+    """The transformers adapter's entries hold several arrays (SAM 2's three feature maps): a
+    damaged one is discarded with one warning and recomputed; a cache that cannot be written is
+    one warning, and the masks are the same."""
+    model, prompt = model_dirs("sam2"), Prompt(box=[15, 5, 75, 55])
+    cache = tmp_path / "cache"
+    _cold(model, cache, Prompt(points=[[40, 30]], labels=[1]), monkeypatch)
+    [entry] = list((cache / "embeddings").glob("??/*.emb"))
+    entry.write_bytes(entry.read_bytes()[:-64])
+    capsys.readouterr()
+    eng = engine(model, cache_dir=cache / "embeddings")
+    again = eng.segment(image(), [prompt])
+    err = capsys.readouterr().err
+    assert eng.stats["encoder_runs"] == 1 and err.count("discarded a corrupt cache entry") == 1, err
+    assert len(list((cache / "embeddings").glob("??/*.emb"))) == 1  # rewritten
+    (tmp_path / "blocker").write_text("not a directory")
+    blocked = engine(model, cache_dir=tmp_path / "blocker" / "emb").segment(image(), [prompt])
+    err = capsys.readouterr().err
+    assert err.count("cannot write the embedding cache") == 1, err
+    fresh = engine(model, use_cache=False).segment(image(), [prompt])
+    for d in (again, blocked):
+        assert iou(rle_mask(d.masks[0]), rle_mask(fresh.masks[0])) == 1.0
+        np.testing.assert_allclose(d.scores, fresh.scores, rtol=1e-5)

@@ -150,3 +150,13 @@ def test_decoder_weights_cache_is_verified(tiny_ckpt, images_dir, tmp_path):
     import zipfile
 
     assert zipfile.is_zipfile(npz), "the decoder weights were not rewritten"
+
+
+def test_an_unwritable_cache_is_one_warning_and_the_same_masks(tiny_ckpt, images_dir, tmp_path, count_encodes):
+    """A cache directory that cannot be created (a file where a directory should be: root can
+    write anywhere, so a mode bit would not do) costs the cache, not the run."""
+    (tmp_path / "blocker").write_text("not a directory")
+    blocked, res = _seg(tiny_ckpt, images_dir / "dog.jpg", tmp_path / "blocker" / "emb", "--point", "50,60")
+    assert res.stderr.count("cannot write the embedding cache") == 1 and "Traceback" not in res.stderr
+    fresh, _ = _seg(tiny_ckpt, images_dir / "dog.jpg", tmp_path / "emb", "--point", "50,60", "-q")
+    assert blocked == fresh

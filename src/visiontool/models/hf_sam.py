@@ -47,22 +47,6 @@ def load(spec: str, device: str, precision, cache_dir=None, use_cache: bool = Tr
     return HFSam(spec, device, precision, cache_dir=cache_dir, use_cache=use_cache, quiet=quiet, runtime=runtime)
 
 
-def _pack(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, dict]:
-    flat = np.concatenate([np.ascontiguousarray(a, dtype=np.float32).reshape(-1) for a in arrays])
-    return flat, {"parts": [list(a.shape) for a in arrays]}
-
-
-def _unpack(flat: np.ndarray, header: dict) -> list[np.ndarray] | None:
-    parts, out, i = header.get("parts"), [], 0
-    if not isinstance(parts, list):
-        return None
-    for shape in parts:
-        n = int(np.prod(shape))
-        out.append(flat[i:i + n].reshape(shape))
-        i += n
-    return out if i == flat.size else None
-
-
 class HFSam:
     """A transformers SAM-family checkpoint: cached features, numpy heads, masks as RLE."""
 
@@ -243,32 +227,20 @@ class HFSam:
     def cache_get(self, rgb: np.ndarray, entry: str) -> list[np.ndarray] | None:
         if self.cache is None:
             return None
+        from visiontool.services.embedding_cache import unpack
+
         hit = self.cache.get(self._key(rgb, entry))
-        self._report_discarded()
-        if hit is None:
-            return None
-        return _unpack(hit[0], hit[1])
+        self.cache.warn_discarded()
+        return unpack(hit[0], hit[1]) if hit is not None else None
 
     def cache_put(self, rgb: np.ndarray, entry: str, arrays: Sequence[np.ndarray]) -> None:
         if self.cache is None:
             return
-        flat, meta = _pack(arrays)
+        from visiontool.services.embedding_cache import pack
+
+        flat, meta = pack(arrays)
         meta.update(image_hw=list(rgb.shape[:2]), model=self.s.spec, precision=self.precision, entry=entry)
-        try:
-            self.cache.put(self._key(rgb, entry), flat, meta)
-        except OSError as exc:
-            from visiontool.render.console import warn
-
-            warn(f"cannot write the embedding cache ({exc}); continuing without it")
-
-    def _report_discarded(self) -> None:
-        if self.cache is None or not self.cache.discarded:
-            return
-        from visiontool.render.console import warn
-
-        for path in self.cache.discarded:
-            warn(f"discarded a corrupt cache entry ({path}); recomputing it")
-        self.cache.discarded.clear()
+        self.cache.put_or_warn(self._key(rgb, entry), flat, meta)
 
     def embedding(self, rgb: np.ndarray, name: str = "image"):
         """The prompt heads' image features of an (H, W, 3) uint8 image (cache first):

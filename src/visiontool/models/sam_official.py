@@ -94,22 +94,14 @@ class SamOfficial:
                 raise ModelLoadError(f"checkpoint '{self.path}' lacks SAM decoder weights ({exc})") from exc
 
         dec = cached(("sam-decoder", self.checkpoint_sha), make)
-        self._report_discarded()
+        if self.cache is not None:
+            self.cache.warn_discarded()
         if self.cache is not None and not self.cache.decoder_path(self.checkpoint_sha).is_file():
             try:  # next time, a cache hit needs neither torch nor the checkpoint
                 self.cache.put_decoder(self.checkpoint_sha, dec.w)
             except OSError:
                 pass
         return dec
-
-    def _report_discarded(self) -> None:
-        if self.cache is None or not self.cache.discarded:
-            return
-        from visiontool.render.console import warn
-
-        for path in self.cache.discarded:
-            warn(f"discarded a corrupt cache entry ({path}); recomputing it")
-        self.cache.discarded.clear()
 
     def _image_encoder(self):
         if self._encoder is None:
@@ -148,19 +140,14 @@ class SamOfficial:
             key = embedding_key(image_digest(rgb), self.checkpoint_sha, tag, self.img_size)
             # an intact entry of another shape is discarded, not fed to the decoder
             hit = self.cache.get(key, expected_shape=self.decoder.embedding_shape)
-            self._report_discarded()
+            self.cache.warn_discarded()
             if hit is not None:
                 self.stats["cache_hits"] += 1
                 return hit[0]
         emb = self.encode(rgb, name)
         if self.cache is not None:
-            try:
-                self.cache.put(key, emb, {"image_hw": list(rgb.shape[:2]), "model": self.model_name,
-                                          "precision": self.precision})
-            except OSError as exc:
-                from visiontool.render.console import warn
-
-                warn(f"cannot write the embedding cache ({exc}); continuing without it")
+            self.cache.put_or_warn(key, emb, {"image_hw": list(rgb.shape[:2]), "model": self.model_name,
+                                              "precision": self.precision})
         return emb
 
     def encode(self, rgb: np.ndarray, name: str = "image") -> np.ndarray:

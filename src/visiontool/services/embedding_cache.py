@@ -74,6 +74,26 @@ def default_max_bytes() -> int:
     return int(mb * 1024 * 1024)
 
 
+def pack(arrays) -> tuple[np.ndarray, dict]:
+    """Several float32 arrays as one entry: the flat concatenation and the ``parts`` header."""
+    flat = np.concatenate([np.ascontiguousarray(a, dtype=np.float32).reshape(-1) for a in arrays])
+    return flat, {"parts": [list(a.shape) for a in arrays]}
+
+
+def unpack(flat: np.ndarray, header: dict) -> list[np.ndarray] | None:
+    """The arrays :func:`pack` stored (None: the header does not describe ``flat``)."""
+    parts, out, i = header.get("parts"), [], 0
+    if not isinstance(parts, list):
+        return None
+    for shape in parts:
+        n = int(np.prod(shape))
+        if n < 0 or i + n > flat.size:
+            return None
+        out.append(flat[i:i + n].reshape(shape))
+        i += n
+    return out if i == flat.size else None
+
+
 @dataclass
 class EmbeddingCache:
     """A directory of embedding entries; all methods are safe under concurrent processes."""
@@ -127,6 +147,26 @@ class EmbeddingCache:
         _atomic_write(path, [MAGIC, struct.pack("<I", len(hbytes)), hbytes, payload])
         self.evict(keep=path)
         return path
+
+    def put_or_warn(self, key: str, array: np.ndarray, meta: dict | None = None) -> None:
+        """:meth:`put`, where a failed write (a full disk, a read-only directory) is one warning
+        and the run goes on without the cache."""
+        try:
+            self.put(key, array, meta)
+        except OSError as exc:
+            from visiontool.render.console import warn
+
+            warn(f"cannot write the embedding cache ({exc}); continuing without it")
+
+    def warn_discarded(self) -> None:
+        """One warning per file discarded since the last call (the adapters call it after a lookup)."""
+        if not self.discarded:
+            return
+        from visiontool.render.console import warn
+
+        for path in self.discarded:
+            warn(f"discarded a corrupt cache entry ({path}); recomputing it")
+        self.discarded.clear()
 
     def entries(self) -> list[Path]:
         if not self.root.is_dir():
