@@ -318,31 +318,21 @@ class HFSam:
     def predict(self, emb, prompts: list[Prompt], hw: tuple[int, int],
                 multimask: bool | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Low-res logits (M, 4g, 4g) and predicted IoU (M,) for each prompt, batched by shape."""
-        _, _, scale = self.geometry(*hw)
-        results: list = [None] * len(prompts)
-        groups: dict[tuple, list[int]] = {}
-        for i, p in enumerate(prompts):
-            sig = (0 if p.points is None else len(p.points), p.box is not None, p.mask_input,
-                   p.wants_multimask(multimask))
-            groups.setdefault(sig, []).append(i)
-        for (npts, has_box, mask_path, mm), idx in groups.items():
-            pts = np.stack([prompts[i].points * scale for i in idx]) if npts else None
-            labels = np.stack([prompts[i].labels for i in idx]) if npts else None
-            boxes = np.stack([(prompts[i].box.reshape(2, 2) * scale).reshape(4) for i in idx]) if has_box else None
+        from visiontool.models.sam_prompts import decode_by_shape
+
+        def decode(n, pts, labels, boxes, mask_path, mm):
             mask = self.mask_logits(mask_path, hw) if mask_path else None
             if self.s.kind == "sam_hq":
-                low, iou = self._hq_decode(emb, pts, labels, boxes, mask, mm)
-            else:
-                dec = self.decoder
-                tokens = dec.sparse_embeddings(pts, labels, boxes, batch=len(idx))
-                dense = dec.dense_embedding(mask)
-                if self.s.kind == "sam1":
-                    low, iou = dec.decode(emb, tokens, dense, mm, extent=self.upscaler(hw).low_extent())
-                else:
-                    low, iou, _ = dec.decode(emb, tokens, dense, mm)
-            for j, i in enumerate(idx):
-                results[i] = (low[j], iou[j])
-        return results
+                return self._hq_decode(emb, pts, labels, boxes, mask, mm)
+            dec = self.decoder
+            tokens = dec.sparse_embeddings(pts, labels, boxes, batch=n)
+            dense = dec.dense_embedding(mask)
+            if self.s.kind == "sam1":
+                return dec.decode(emb, tokens, dense, mm, extent=self.upscaler(hw).low_extent())
+            low, iou, _ = dec.decode(emb, tokens, dense, mm)
+            return low, iou
+
+        return decode_by_shape(prompts, multimask, self.geometry(*hw)[2], decode)
 
     def _hq_decode(self, feats, pts, labels, boxes, mask, multimask: bool):
         """SAM-HQ's heads (torch): ``SamHQModel.forward`` on the cached embeddings."""

@@ -207,25 +207,16 @@ class SamOfficial:
     def predict(self, emb: np.ndarray, prompts: list[Prompt], hw: tuple[int, int],
                 multimask: bool | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Low-res logits (M, 4g, 4g) and predicted IoU (M,) for each prompt, batched by shape."""
-        h, w = hw
-        _, _, scale = self.geometry(h, w)
+        from visiontool.models.sam_prompts import decode_by_shape
+
         dec = self.decoder
-        results: list = [None] * len(prompts)
-        groups: dict[tuple, list[int]] = {}
-        for i, p in enumerate(prompts):
-            sig = (0 if p.points is None else len(p.points), p.box is not None, p.mask_input,
-                   p.wants_multimask(multimask))
-            groups.setdefault(sig, []).append(i)
-        for (npts, has_box, mask_path, mm), idx in groups.items():
-            pts = np.stack([prompts[i].points * scale for i in idx]) if npts else None
-            labels = np.stack([prompts[i].labels for i in idx]) if npts else None
-            boxes = np.stack([(prompts[i].box.reshape(2, 2) * scale).reshape(4) for i in idx]) if has_box else None
-            tokens = dec.sparse_embeddings(pts, labels, boxes, batch=len(idx))
+
+        def decode(n, pts, labels, boxes, mask_path, mm):
+            tokens = dec.sparse_embeddings(pts, labels, boxes, batch=n)
             dense = dec.dense_embedding(self.mask_logits(mask_path, hw) if mask_path else None)
-            low, iou = dec.decode(emb, tokens, dense, mm, extent=self.upscaler(hw).low_extent())
-            for j, i in enumerate(idx):
-                results[i] = (low[j], iou[j])
-        return results
+            return dec.decode(emb, tokens, dense, mm, extent=self.upscaler(hw).low_extent())
+
+        return decode_by_shape(prompts, multimask, self.geometry(*hw)[2], decode)
 
     def mask_logits(self, path: str, hw: tuple[int, int]) -> np.ndarray:
         """A coarse mask PNG the size of the image -> (4g, 4g) logits in the padded frame."""
