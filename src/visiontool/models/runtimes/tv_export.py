@@ -185,6 +185,7 @@ def load_exported(directory, manifest: dict, runtime: str, precision):
     from visiontool.models import torchvision as tvm
     from visiontool.models.runtimes.engines import open_engine
     from visiontool.models.runtimes.hf_export import runtime_info
+    from visiontool.models.torchvision_weights import mismatch
 
     spec = str(manifest.get("_spec", directory))
     tv = manifest.get("torchvision") or {}
@@ -195,7 +196,7 @@ def load_exported(directory, manifest: dict, runtime: str, precision):
     heads = torch.load(Path(directory) / str(tv.get("heads", HEADS_FILE)), map_location="cpu", weights_only=True)
     model, _count, _ = tvm.build(name, heads)
     own = {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}
-    bad = tvm.mismatch(own, heads)
+    bad = mismatch(own, heads)
     if bad is not None:
         raise ModelLoadError(f"cannot load export '{spec}': {HEADS_FILE} does not fit torchvision {name}: {bad}")
     model.load_state_dict(heads, strict=False)
