@@ -96,11 +96,11 @@ class SamOfficial:
         dec = cached(("sam-decoder", self.checkpoint_sha), make)
         if self.cache is not None:
             self.cache.warn_discarded()
-        if self.cache is not None and not self.cache.decoder_path(self.checkpoint_sha).is_file():
-            try:  # next time, a cache hit needs neither torch nor the checkpoint
-                self.cache.put_decoder(self.checkpoint_sha, dec.w)
-            except OSError:
-                pass
+            if not self.cache.decoder_path(self.checkpoint_sha).is_file():
+                try:  # next time, a cache hit needs neither torch nor the checkpoint
+                    self.cache.put_decoder(self.checkpoint_sha, dec.w)
+                except OSError:
+                    pass
         return dec
 
     def _image_encoder(self):
