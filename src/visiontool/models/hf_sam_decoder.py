@@ -28,6 +28,7 @@ import math
 
 import numpy as np
 
+from visiontool.models import sam_array_ops
 from visiontool.models.sam_array_ops import ArrayOps, gelu, layer_norm, softmax
 
 F32 = np.float32
@@ -356,9 +357,7 @@ class _Ops(ArrayOps):
 
     @staticmethod
     def get(dec: Sam2Decoder) -> "_Ops":
-        import sys
-
-        torch_mod = sys.modules.get("torch")
+        torch_mod = sam_array_ops.loaded_torch()  # as the SAM decoder's: one switch for both
         key = "torch" if torch_mod is not None else "numpy"
         ops = dec.__dict__.setdefault("_ops", {})
         if key not in ops:
