@@ -28,8 +28,10 @@ base: $(BASE)
 demo: base
 	./examples/demo.sh
 
+# two workers (pytest-xdist): a test file stays on one worker, every Ray test file on the same one
+# (tests/conftest.py); serially the suite left one of this machine's two cores idle most of the time
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 bench: bench-detect bench-detectors bench-evaluate bench-segment bench-segment-family bench-video bench-scale bench-runtimes
 

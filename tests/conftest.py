@@ -40,3 +40,13 @@ def images_dir() -> Path:
 @pytest.fixture(scope="session")
 def coco_dir() -> Path:
     return COCO
+
+
+def pytest_collection_modifyitems(config, items):
+    """For ``pytest -n N --dist loadgroup`` (``make test``): a test file's tests stay on one worker
+    (its module fixtures, often a model built or exported, are made once), and every Ray test file
+    shares one worker, so the session has one local Ray cluster and no two Ray tests compete for
+    the cores (some start clusters of their own)."""
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("ray" if name.startswith("test_ray_") else name))
