@@ -8,13 +8,13 @@ import numpy as np
 from visiontool.types import Prompt
 
 
-def decode_by_shape(prompts: list[Prompt], multimask: bool | None, scale: float,
+def decode_by_shape(prompts: list[Prompt], multimask: bool | None, scale: np.ndarray,
                     decode: Callable[..., tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Low-res logits (M, 4g, 4g) and predicted IoU (M,) for each prompt, in the prompts' order.
 
     Prompts of one shape (as many points, a box or not, the same coarse mask, the same
     multimask answer) are decoded in one batch: ``decode(n, points, labels, boxes, mask_input,
-    multimask)`` with points (n, k, 2) and boxes (n, 4) scaled by ``scale`` into the model's
+    multimask)`` with points (n, k, 2) and boxes (n, 4) scaled by ``scale`` (X, Y) into the model's
     input frame (None where the batch has none) returns logits (n, M, 4g, 4g) and IoU (n, M)."""
     results: list = [None] * len(prompts)
     groups: dict[tuple, list[int]] = {}
