@@ -105,7 +105,7 @@ class HFDetector:
         info = ModelInfo(name=spec, family=family_of(config), backend="transformers", task="detect",
                          paradigm="query-based", needs_nms=False,
                          params=sum(p.numel() for p in model.parameters()), class_names=id2label, device=device,
-                         dtype=precision.name, capabilities=frozenset({"batch"}), extra=extra)
+                         dtype=precision.name, capabilities=frozenset({"batch", "concurrent"}), extra=extra)
         det = cls(info, model, processor)
         det.precision = precision
         return det

@@ -24,8 +24,10 @@ import numpy as np
 
 from visiontool.types import Detections, Prompt, Timings
 
-# what an adapter may declare in ModelInfo.capabilities
-CAPABILITIES = ("text", "masks", "keypoints", "video", "points", "boxes", "mask_input", "auto", "batch")
+# what an adapter may declare in ModelInfo.capabilities ("concurrent": predict may run on several
+# threads at once, as it keeps no per-call state on the object; see services.forward_streams)
+CAPABILITIES = ("text", "masks", "keypoints", "video", "points", "boxes", "mask_input", "auto", "batch",
+                "concurrent")
 PARADIGMS = ("two-stage", "one-stage", "anchor-free", "query-based", "open-vocabulary", "promptable")
 
 

@@ -100,6 +100,9 @@ def check_detect_options(threshold: float, batch_size: int) -> None:
         raise UsageError(f"--threshold must be within [0, 1], got {threshold}")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    from visiontool.services.forward_streams import requested_streams
+
+    requested_streams()  # VISIONTOOL_CPU_STREAMS, checked before any model loads
 
 
 def filter_detections(d: Detections, threshold: float, classes: set[int] | None, max_det: int | None) -> Detections:
@@ -117,19 +120,26 @@ def iter_detect(items: Iterable[Item], detector, options: DetectOptions, *, clas
                 batch_size: int = 1, gt: GroundTruthIndex | None = None,
                 timings: Timings | None = None) -> Iterator[tuple[ImageResult, Any]]:
     """Yield ``(result, decoded image or None)`` per item, in order; failed items carry
-    ``result.error``. Decoding time counts as preprocessing."""
+    ``result.error``. Decoding time counts as preprocessing. On a CPU, an adapter that
+    declares ``"concurrent"`` runs its windows as parallel single-threaded forward passes
+    (:mod:`visiontool.services.forward_streams`); the records are the same, in the same order."""
+    from visiontool.services import forward_streams
+
     timings = timings if timings is not None else Timings()
     name = detector.info.name
-    it = iter(items)
-    while True:
-        t0 = time.perf_counter()
-        window = list(islice(it, max(1, int(batch_size))))  # decoding happens as items are drawn
-        timings.preprocess += time.perf_counter() - t0
-        if not window:
-            return
-        good = [x for x in window if x.error is None]
-        dets = detector.predict([x.image for x in good], options, timings) if good else []
-        by_id = {id(x): d for x, d in zip(good, dets)}
+
+    def forward(window: list[Item], into: Timings) -> list[Detections]:
+        good = [x.image for x in window if x.error is None]
+        return detector.predict(good, options, into) if good else []
+
+    streams, threads = forward_streams.plan(detector.info)
+    windows = _windows(iter(items), max(1, int(batch_size)), timings)
+    if streams > 1:
+        passes = forward_streams.run_in_order(windows, forward, timings, streams, threads)
+    else:
+        passes = ((window, forward(window, timings)) for window in windows)
+    for window, dets in passes:
+        by_id = {id(x): d for x, d in zip([x for x in window if x.error is None], dets)}
         for x in window:
             image_id = item_image_id(x, gt)
             if x.error is not None:
@@ -140,6 +150,17 @@ def iter_detect(items: Iterable[Item], detector, options: DetectOptions, *, clas
             d = filter_detections(by_id[id(x)], options.threshold, classes, options.max_det)
             yield ImageResult(image=x.name, width=x.image.width, height=x.image.height, model=name,
                               image_id=image_id, detections=d, frame=x.frame, time_s=x.time_s), x.image
+
+
+def _windows(it: Iterator[Item], size: int, timings: Timings) -> Iterator[list[Item]]:
+    """Windows of ``size`` items; drawing them decodes (counted as preprocessing)."""
+    while True:
+        t0 = time.perf_counter()
+        window = list(islice(it, size))
+        timings.preprocess += time.perf_counter() - t0
+        if not window:
+            return
+        yield window
 
 
 def detect(sources: str | Path | Any | Sequence[Any], model: str | None = None, **options) -> list[ImageResult]:

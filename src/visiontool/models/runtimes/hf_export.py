@@ -214,8 +214,9 @@ def runtime_info(info: ModelInfo, runtime: str, **extra: Any) -> ModelInfo:
     from dataclasses import replace
 
     kept = {k: v for k, v in info.extra.items() if k != "channels_last"}
+    # the engines keep their own threads (and per-shape exports are built as sizes are met)
     return replace(info, backend=f"{info.backend}+{runtime}", runtime=runtime, device="cpu", dtype="float32",
-                   extra={**kept, **extra})
+                   capabilities=info.capabilities - {"concurrent"}, extra={**kept, **extra})
 
 
 def accelerate(det: HFDetector, runtime: str, quiet: bool = False) -> RuntimeHFDetector:
