@@ -204,7 +204,9 @@ class _Actor:
     replica loading its model on one thread and inferring on another ran DETR-R50 at 1.52 of 2
     cores, against 1.95 for the local command (measured: a conv stack, main thread then a
     second thread, 1.48 cores). So loading and every call run on one thread of the actor's
-    own (:meth:`on_model_thread`), whichever threads Ray uses."""
+    own (:meth:`on_model_thread`), whichever threads Ray uses. From there ``iter_detect`` runs a
+    ``concurrent`` detector's passes on single-threaded forward streams, as the local command
+    does (:mod:`visiontool.services.forward_streams`): no OpenMP team at all then."""
 
     def __init__(self, spec, io=None):
         from concurrent.futures import ThreadPoolExecutor
