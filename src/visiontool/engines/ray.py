@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 from visiontool.errors import Interrupted, PartialFailure, UsageError, VisionToolError
+from visiontool.settings import whole_number_env
 
 SHARD_ROWS_ENV = "VISIONTOOL_RAY_SHARD_ROWS"
 DEFAULT_SHARD_ROWS = 1000
@@ -399,16 +400,7 @@ def _connected() -> bool:
 
 
 def _shard_rows() -> int:
-    raw = os.environ.get(SHARD_ROWS_ENV, "").strip()
-    if not raw:
-        return DEFAULT_SHARD_ROWS
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise UsageError(f"{SHARD_ROWS_ENV}='{raw}': expected a positive whole number of rows per shard")
-    return value
+    return whole_number_env(SHARD_ROWS_ENV, "a positive whole number of rows per shard") or DEFAULT_SHARD_ROWS
 
 
 def _feed(digest, row: dict) -> None:

@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from visiontool.errors import ImageLoadError, UsageError
+from visiontool.errors import ImageLoadError
+from visiontool.settings import whole_number_env
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
                     ".jfif", ".jp2"}
@@ -103,17 +104,8 @@ def expand_sources(sources: list[str], recursive: bool = False, stdin=None) -> l
 
 def max_pixels() -> int:
     """The largest image (in pixels) we decode: ``VISIONTOOL_MAX_PIXELS`` or 89,478,485."""
-    raw = os.environ.get("VISIONTOOL_MAX_PIXELS", "").strip()
-    if not raw:
-        return DEFAULT_MAX_PIXELS
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise UsageError(f"VISIONTOOL_MAX_PIXELS='{raw}': expected a positive whole number of pixels "
-                         f"(default {DEFAULT_MAX_PIXELS:,})")
-    return value
+    return whole_number_env("VISIONTOOL_MAX_PIXELS", f"a positive whole number of pixels "
+                            f"(default {DEFAULT_MAX_PIXELS:,})") or DEFAULT_MAX_PIXELS
 
 
 def _fetch_url(url: str) -> bytes:

@@ -17,12 +17,11 @@ threads (``torch.get_num_threads() // streams``, at least 1) for the run, restor
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
-from visiontool.errors import UsageError
+from visiontool.settings import whole_number_env
 from visiontool.types import Timings
 
 STREAMS_ENV = "VISIONTOOL_CPU_STREAMS"
@@ -31,17 +30,7 @@ DEFAULT_STREAMS = 2
 
 def requested_streams() -> int | None:
     """``VISIONTOOL_CPU_STREAMS`` as a number (None when unset); anything else is exit 2."""
-    raw = os.environ.get(STREAMS_ENV, "").strip()
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise UsageError(f"{STREAMS_ENV}='{raw}': expected a whole number of forward streams >= 1 (1: one forward "
-                         "pass at a time)")
-    return value
+    return whole_number_env(STREAMS_ENV, "a whole number of forward streams >= 1 (1: one forward pass at a time)")
 
 
 def plan(info) -> tuple[int, int]:
