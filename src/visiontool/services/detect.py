@@ -128,9 +128,11 @@ def iter_detect(items: Iterable[Item], detector, options: DetectOptions, *, clas
     timings = timings if timings is not None else Timings()
     name = detector.info.name
 
-    def forward(window: list[Item], into: Timings) -> list[Detections]:
-        good = [x.image for x in window if x.error is None]
-        return detector.predict(good, options, into) if good else []
+    def forward(window: list[Item], into: Timings) -> dict[int, Detections]:
+        """The window's decoded items' detections, by ``id(item)``."""
+        good = [x for x in window if x.error is None]
+        dets = detector.predict([x.image for x in good], options, into) if good else []
+        return {id(x): d for x, d in zip(good, dets)}
 
     streams, threads = forward_streams.plan(detector.info)
     windows = _windows(iter(items), max(1, int(batch_size)), timings)
@@ -138,8 +140,7 @@ def iter_detect(items: Iterable[Item], detector, options: DetectOptions, *, clas
         passes = forward_streams.run_in_order(windows, forward, timings, streams, threads)
     else:
         passes = ((window, forward(window, timings)) for window in windows)
-    for window, dets in passes:
-        by_id = {id(x): d for x, d in zip([x for x in window if x.error is None], dets)}
+    for window, by_id in passes:
         for x in window:
             image_id = item_image_id(x, gt)
             if x.error is not None:
