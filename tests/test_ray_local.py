@@ -3,7 +3,7 @@
 shortcuts of :mod:`visiontool.engines.ray_local` in a driver of their own (the raylet lookup
 waits for the registration; the head starts no API server, autoscaler monitor or log monitor, so
 ``ray.shutdown`` has no monitor to wait a second for; the cluster's connect retries are 50 ms
-apart)."""
+apart; a Ray Data job starts none of Ray Data's helper actors)."""
 from __future__ import annotations
 
 import json
@@ -40,6 +40,15 @@ DRIVER = textwrap.dedent("""
     original = services.get_node
     from ray._private.node import Node
     node_methods = {name: Node.__dict__[name] for name in ray_local.UNNEEDED}
+    from ray.data._internal import stats
+    from ray.data._internal.cluster_autoscaler import default_autoscaling_coordinator as dac
+    from ray.data._internal.execution.operators import actor_pool_map_operator as pool
+
+    HELPERS = [(stats.STATS_ACTOR_NAME, stats.STATS_ACTOR_NAMESPACE),
+               ("AutoscalingCoordinator", "AutoscalingCoordinator"), ("ActorLocationTracker", "ActorLocationTracker")]
+    data_originals = {(owner, name): getattr(owner, name) for owner, name in [
+        (stats, "get_or_create_stats_actor"), (pool, "get_or_create_actor_location_tracker"),
+        (pool, "get_actor_locations"), (dac.DefaultAutoscalingCoordinator, "get_reserved_resources")]}
     seen = {}
     with Session(None) as session:
         node = ray._private.worker._global_node
@@ -56,7 +65,27 @@ DRIVER = textwrap.dedent("""
                            ray.get(ray.remote(lambda: [ray._config.raylet_client_connect_timeout_milliseconds(),
                                                        ray._config.raylet_client_num_connect_attempts()]).remote())]
         seen["started_local"] = session.started_local
+        # a Ray Data job with an actor pool, as a run's: its rows, and none of Ray Data's helper
+        # actors (each a Python process importing Ray beside the replica's start)
+        import ray.data
+        from ray.data import ActorPoolStrategy
+
+        class AddOne:
+            def __call__(self, batch):
+                return {"id": batch["id"] + 1}
+
+        rows = ray.data.range(20, override_num_blocks=4).map_batches(
+            AddOne, batch_size=5, compute=ActorPoolStrategy(size=1), num_cpus=1).take_all()
+        seen["rows"] = sorted(r["id"] for r in rows)
+        seen["helpers"] = []
+        for name, namespace in HELPERS:
+            try:
+                ray.get_actor(name, namespace=namespace)
+                seen["helpers"].append(name)
+            except ValueError:
+                pass
     seen["polls"] = polls
+    seen["data_restored"] = all(getattr(owner, name) is fn for (owner, name), fn in data_originals.items())
     print(json.dumps(seen))
 """)
 
@@ -80,6 +109,9 @@ def test_own_cluster_waits_for_the_raylet_and_starts_no_idle_process(tmp_path):
     # the cluster's clients retry a socket not yet listening after 50 ms, not a second, 200
     # times: in the GCS's config and in a worker
     assert out["retries"] == [[50, 200], [50, 200]]
+    # Ray Data ran the actor pool on the whole cluster without its three helper actors (stats,
+    # autoscaling coordinator, actor locations), and its own functions are back afterwards
+    assert out["rows"] == list(range(1, 21)) and out["helpers"] == [] and out["data_restored"]
     alive = _procs()
     assert not [pid for pid in out["pids"] if pid in alive and "<defunct>" not in alive[pid][1]]
 

@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from visiontool.engines.ray_local import fast_start, system_config
+from visiontool.engines.ray_local import fast_start, lean_data, system_config
 from visiontool.errors import UsageError, VisionToolError
 
 RAY_LOGGERS = ("ray", "ray.data", "ray.serve", "ray.train", "ray.tune")
@@ -112,6 +112,7 @@ class Session:
         self.address = address
         self.owned = False
         self.started_local = False
+        self.stack = contextlib.ExitStack()
 
     def __enter__(self):
         import ray
@@ -134,6 +135,8 @@ class Session:
                     with fast_start() if self.started_local else contextlib.nullcontext():
                         ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
                                  **kwargs)
+                    if self.started_local:  # for as long as the run holds its cluster
+                        self.stack.enter_context(lean_data())
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 where = f"the Ray cluster at '{self.address}'" if self.address else "a local Ray cluster"
                 raise VisionToolError(f"cannot connect to {where}: {first_line(str(exc))}") from None
@@ -148,10 +151,11 @@ class Session:
         return self
 
     def __exit__(self, *exc):
-        if self.owned:
-            import ray
+        with self.stack:
+            if self.owned:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
         return False
 
 
