@@ -141,7 +141,15 @@ def bench_ultralytics(images, tmp: Path, rounds: int):
     det = load_detector(f"ultralytics:{path}", "cpu", "float32")
     opts = DetectOptions(threshold=0.25, max_det=300)  # Ultralytics' predict defaults
 
+    import torch
+
+    threads = torch.get_num_threads()
+
     def native():
+        # Ultralytics' first predict sets torch's threads to min(8, cores - 1) and leaves them so
+        # (visiontool's adapter keeps the caller's): both runners at torch's own count, and the
+        # parts after this one too
+        torch.set_num_threads(threads)
         out = []
         for im in images:
             b = ref_model.predict(im, verbose=False)[0].boxes
@@ -152,6 +160,7 @@ def bench_ultralytics(images, tmp: Path, rounds: int):
         return [det.predict([im], opts)[0] for im in images]
 
     tn, to, ref, got = interleave(rounds, native, ours)
+    torch.set_num_threads(threads)
     diff, missing = max_box_diff(ref, got)
     print(f"  ({sum(len(d) for d in got)} boxes)")
     return report("2. Ultralytics YOLOv8n (fp32, CPU)", len(images), tn, to, diff, missing, 0.95, 0.0,

@@ -174,6 +174,45 @@ def test_importing_ultralytics_leaves_other_libraries_alone(yolo):
     assert Image.open.__module__ == "PIL.Image" and torch.save.__module__ == "torch.serialization"
 
 
+def test_importing_ultralytics_keeps_the_thread_settings():
+    """Ultralytics sets OMP_NUM_THREADS=1 on import when it is unset; visiontool imports torch
+    first (so torch keeps its threads) and takes the variable back out (so the processes it
+    starts, a local Ray cluster and its replicas, are not held to one thread)."""
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
+    code = ("import os\n"
+            "from visiontool.models.ultralytics import import_ultralytics\n"
+            "import_ultralytics()\n"
+            "import torch, ultralytics\n"
+            "print(os.environ.get('OMP_NUM_THREADS'), torch.get_num_threads())")
+    ours = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    plain = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert ours.returncode == 0 and plain.returncode == 0, ours.stderr[-2000:] + plain.stderr[-2000:]
+    assert ours.stdout.split() == ["None", plain.stdout.strip()]
+
+
+def test_predicting_keeps_torchs_thread_count(yolo, images):
+    """Ultralytics' predictor sets torch's thread count to min(8, cores - 1) when it sets itself
+    up, and leaves it so (on 2 cores: one thread, for YOLO and every model after it). The
+    forward pass runs with the caller's count, and the count is the same afterwards."""
+    import torch
+
+    from visiontool.models.registry import load_detector
+
+    before = torch.get_num_threads()
+    ours = 3 if before != 3 else 4  # a count Ultralytics' own choice would change
+    seen: list[int] = []
+    try:
+        torch.set_num_threads(ours)
+        det = load_detector(f"ultralytics:{yolo['detect']}", "cpu", "float32")  # a predictor not yet set up
+        det.model.model.register_forward_pre_hook(lambda module, args: seen.append(torch.get_num_threads()))
+        det.predict(images[:2], DetectOptions(threshold=0.2))
+        assert seen and set(seen) == {ours} and torch.get_num_threads() == ours
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_pose_models_fill_the_keypoints_column(images, tmp_path):
     from visiontool.convert import to_coco_results
     from visiontool.models.registry import load_detector

@@ -98,7 +98,7 @@ def import_ultralytics():
     """Import Ultralytics configured as above, and undo what its import changes in other
     libraries: it replaces ``PIL.Image.open`` (an unidentifiable file then makes it import, or
     pip-install, pi-heif instead of raising PIL's error) and ``torch.save``, and sets OpenCV's
-    thread count and NumPy's print options."""
+    thread count, NumPy's print options and ``OMP_NUM_THREADS``."""
     from visiontool.errors import require
 
     configure()
@@ -127,7 +127,10 @@ def _globals() -> dict:
     import numpy as np
     from PIL import Image
 
-    saved = {"pil_open": Image.open, "np_print": np.get_printoptions()}
+    # OMP_NUM_THREADS: Ultralytics sets it to 1 when unset ("reduced CPU utilization during
+    # training"); torch, imported here first, has read it already, but the processes visiontool
+    # starts (a local Ray cluster, its replicas) would run on one thread
+    saved = {"pil_open": Image.open, "np_print": np.get_printoptions(), "omp": os.environ.get("OMP_NUM_THREADS")}
     with contextlib.suppress(ImportError):
         import torch
 
@@ -145,6 +148,10 @@ def _restore(saved: dict) -> None:
 
     Image.open = saved["pil_open"]
     np.set_printoptions(**saved["np_print"])
+    if saved["omp"] is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = saved["omp"]
     if "torch_save" in saved:
         import torch
 
@@ -153,6 +160,29 @@ def _restore(saved: dict) -> None:
         import cv2
 
         cv2.setNumThreads(saved["cv2_threads"])
+
+
+@contextlib.contextmanager
+def torch_threads_kept():
+    """Ultralytics' predictor, when it sets itself up (``select_device``), sets torch's thread
+    count to ``min(8, cores - 1)`` (a core left for training's data loaders) and leaves it so: on
+    this repository's 2-core machine one thread, YOLO11n 76-89 ms an image instead of 51-52 ms
+    (640 px, float32), and every model used after it in the process (``compare``) on one thread
+    too. Inside the block Ultralytics uses torch's count as it was; after it the count is that."""
+    import torch
+
+    before = torch.get_num_threads()
+    utils = sys.modules.get("ultralytics.utils.torch_utils")
+    default = getattr(utils, "NUM_THREADS", None)
+    if default is not None:
+        utils.NUM_THREADS = before
+    try:
+        yield
+    finally:
+        if default is not None:
+            utils.NUM_THREADS = default
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def warm(spec: str) -> None:
@@ -273,7 +303,7 @@ class UltralyticsDetector:
         out: list[Detections | None] = [None] * len(images)
         for idxs in groups.values():
             t0 = time.perf_counter()
-            with contextlib.redirect_stdout(sys.stderr):
+            with contextlib.redirect_stdout(sys.stderr), torch_threads_kept():
                 results = self.model.predict([images[i] for i in idxs], **kw)
             spent = time.perf_counter() - t0
             speed = results[0].speed if results else {}

@@ -86,7 +86,9 @@ def open_exported(det, runtime: str, directory: Path, task: str | None = None, i
     path = Path(directory) / EXPORTED[runtime]
     if not path.exists():
         raise FileNotFoundError(f"{path.name} is missing")
-    with contextlib.redirect_stdout(sys.stderr):
+    from visiontool.models.ultralytics import torch_threads_kept
+
+    with contextlib.redirect_stdout(sys.stderr), torch_threads_kept():
         yolo = YOLO(str(path), task=task)
         kw = dict(device="cpu", verbose=False, save=False)
         if imgsz:
