@@ -100,33 +100,49 @@ class _RowsAsTheyAre:
         return records
 
 
-def test_the_replica_loads_and_infers_on_one_thread(tiny_detr_fast, photos, monkeypatch):
+@pytest.mark.parametrize("streams", ["1", None], ids=["one-stream", "default"])
+def test_the_replica_loads_and_infers_on_one_thread(tiny_detr_fast, photos, monkeypatch, streams):
     """Ray Data builds a replica on the worker's main thread and calls it on another thread; were
     the model to load on one and infer on the other, torch's OpenMP would keep two thread teams
     on the cores one team fills and stop spinning at its barriers (the replica ran DETR-R50 at
-    1.5 of 2 cores). Load and every call run on the replica's one model thread."""
+    1.5 of 2 cores). Load and every call run on the replica's one model thread: the forward
+    passes too with one stream; by default a transformers detector on a CPU with two or more
+    torch threads runs them on two forward streams started from it, each with its share of the
+    threads (one each on two cores: no OpenMP team at all), and the count is restored after."""
     import threading
+
+    import torch
 
     from visiontool.engines.ray_udfs import DetectSpec, DetectUDF
     from visiontool.services import detect as detect_service
+    from visiontool.services.forward_streams import STREAMS_ENV
 
+    if streams:
+        monkeypatch.setenv(STREAMS_ENV, streams)
+    else:
+        monkeypatch.delenv(STREAMS_ENV, raising=False)
+    total = torch.get_num_threads()
     threads: dict[str, set] = {"load": set(), "predict": set()}
     real_prepare = detect_service.prepare_detector
 
+    def where() -> tuple:
+        t = threading.current_thread()
+        return t.ident, t.name.rsplit("_", 1)[0], torch.get_num_threads()
+
     def prepare(*args, **kwargs):
-        threads["load"].add(threading.get_ident())
+        threads["load"].add(where())
         detector, classes, phrases = real_prepare(*args, **kwargs)
         real_predict = detector.predict
 
         def predict(*a, **k):
-            threads["predict"].add(threading.get_ident())
+            threads["predict"].add(where())
             return real_predict(*a, **k)
 
         detector.predict = predict
         return detector, classes, phrases
 
     monkeypatch.setattr(detect_service, "prepare_detector", prepare)
-    udf = DetectUDF(DetectSpec(model=tiny_detr_fast, threshold=0.05, batch_size=2, device="cpu", dtype="float32"),
+    udf = DetectUDF(DetectSpec(model=tiny_detr_fast, threshold=0.05, batch_size=1, device="cpu", dtype="float32"),
                     io=_RowsAsTheyAre())
     out = []
     for _ in range(2):  # two calls, each from a thread of its own (as Ray Data's calls come)
@@ -134,8 +150,14 @@ def test_the_replica_loads_and_infers_on_one_thread(tiny_detr_fast, photos, monk
         caller.start()
         caller.join()
     assert [t.num_rows for t in out] == [2, 2]
-    assert len(threads["load"]) == 1 and threads["predict"] == threads["load"]
-    assert threading.get_ident() not in threads["load"]
+    [(model_thread, name, _)] = threads["load"]
+    assert name == "visiontool-model" and model_thread != threading.get_ident()
+    if streams == "1" or total < 2:
+        assert threads["predict"] == {(model_thread, "visiontool-model", total)}
+    else:
+        assert {(n, k) for _, n, k in threads["predict"]} == {("visiontool-forward", total // 2)}
+        assert model_thread not in {ident for ident, _, _ in threads["predict"]}
+    assert torch.get_num_threads() == total
 
 
 def test_cuda_oom_halves_the_batch_and_the_records_stay_the_same(udf, photos, monkeypatch):
