@@ -1,6 +1,7 @@
 """Shared fixtures: the real photos and COCO data in ../shared, isolated caches."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,21 @@ import pytest
 # one session-wide local Ray cluster and tiny DETR for every Ray test module (a fixture imported
 # into each module would be a separate "session" instance per module: ray.init twice)
 from ray_helpers import ray_cluster, tiny_detr_fast  # noqa: E402,F401
+
+
+def _share_the_cores() -> None:
+    """Under ``pytest -n N`` each worker's torch gets its share of the cores (one thread each on
+    this 2-core machine), so N workers do not run N × cores threads whose OpenMP teams wait at
+    every barrier for a preempted thread. Tests that need more threads set them (and restore
+    them); the processes tests start keep torch's default."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+_share_the_cores()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()

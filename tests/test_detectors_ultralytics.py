@@ -192,11 +192,12 @@ def test_importing_ultralytics_keeps_the_thread_settings():
     assert ours.stdout.split() == ["None", plain.stdout.strip()]
 
 
-def test_predicting_keeps_torchs_thread_count(yolo, images):
+def test_predicting_keeps_torchs_thread_count(yolo, images, monkeypatch):
     """Ultralytics' predictor sets torch's thread count to min(8, cores - 1) when it sets itself
     up, and leaves it so (on 2 cores: one thread, for YOLO and every model after it). The
     forward pass runs with the caller's count, and the count is the same afterwards."""
     import torch
+    from ultralytics.engine.predictor import BasePredictor
 
     from visiontool.models.registry import load_detector
 
@@ -205,8 +206,11 @@ def test_predicting_keeps_torchs_thread_count(yolo, images):
     seen: list[int] = []
     try:
         torch.set_num_threads(ours)
-        det = load_detector(f"ultralytics:{yolo['detect']}", "cpu", "float32")  # a predictor not yet set up
-        det.model.model.register_forward_pre_hook(lambda module, args: seen.append(torch.get_num_threads()))
+        det = load_detector(f"ultralytics:{yolo['detect']}", "cpu", "float32")
+        det.model.predictor = None  # set up afresh by the predict below (where Ultralytics sets the count)
+        real = BasePredictor.inference
+        monkeypatch.setattr(BasePredictor, "inference",
+                            lambda self, *a, **k: seen.append(torch.get_num_threads()) or real(self, *a, **k))
         det.predict(images[:2], DetectOptions(threshold=0.2))
         assert seen and set(seen) == {ours} and torch.get_num_threads() == ours
     finally:

@@ -44,8 +44,21 @@ def run_detect(monkeypatch, streams: str, *args):
     return res
 
 
-def test_parallel_streams_give_the_records_of_one_stream(monkeypatch, tiny_detr, folder):
+@pytest.fixture()
+def two_torch_threads():
+    """torch at two threads for the test (as on this 2-core machine; a test worker may hold
+    another count), restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield 2
+    torch.set_num_threads(before)
+
+
+def test_parallel_streams_give_the_records_of_one_stream(monkeypatch, tiny_detr, folder, two_torch_threads):
     threads = torch.get_num_threads()
+    plans = []
+    real_plan = forward_streams.plan
+    monkeypatch.setattr(forward_streams, "plan", lambda info: plans.append(real_plan(info)) or plans[-1])
     out = {}
     for streams in ("1", "2", "3"):
         res = run_detect(monkeypatch, streams, folder, "-m", tiny_detr, "-t", "0", "--device", "cpu", "-b", "2",
@@ -54,6 +67,8 @@ def test_parallel_streams_give_the_records_of_one_stream(monkeypatch, tiny_detr,
         out[streams] = [json.loads(line) for line in res.stdout.splitlines()]
         assert torch.get_num_threads() == threads  # restored after the run
         assert "p04b.jpg" in res.stderr  # named on stderr; the others keep their records
+    # one stream; two of one thread each; three asked for, capped at the two threads
+    assert plans == [(1, 0), (2, 1), (2, 1)]
     one = out["1"]
     assert [r["image"].rsplit("/", 1)[-1] for r in one] == sorted(p.name for p in folder.iterdir()
                                                                  if p.name != "p04b.jpg")
