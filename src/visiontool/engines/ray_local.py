@@ -44,8 +44,9 @@ for nodes). On a cluster of two cores they start exactly while the replica's wor
 take ~2 CPU-s from it; and until the coordinator first answers, Ray Data counts the cluster as
 having no resources at all. A cluster started for one run has no dashboard, one node and one job:
 :func:`lean_data` gives Ray Data the whole cluster's resources itself and starts none of the
-three. Measured here (tiny DETR, one image, 4 runs alternated): the replica's constructor began
-at 2.06-2.20 s instead of 2.74-2.81 s, and the command took 6.57-6.93 s instead of 7.25-7.45 s.
+three. Measured here (tiny DETR, one image): the command took 6.57-6.93 s instead of 7.25-7.45 s
+(4 runs each, alternated); the replica's constructor began at 2.06-2.20 s instead of 2.74-2.81 s
+(a probe with the same patches, 2 runs against 3).
 
 All of these apply only to a cluster this process started. The registration poll and the skipped
 processes touch Ray internals (``ray._private``) and fall back to Ray's own behaviour when those
