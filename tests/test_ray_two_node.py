@@ -59,7 +59,12 @@ def test_a_two_node_cluster_shares_the_work_and_the_records_equal_local(two_node
     cmd = visiontool_cmd("detect", tmp_path / "inputs.parquet", "-m", tiny_detr_fast, "-t", "0.05", "--device",
                          "cpu", "--engine", "ray", "--address", two_nodes, "--replicas", "2", "--output-dir", out,
                          "--output-format", "parquet")
-    p = subprocess.run(cmd, env=child_env(VISIONTOOL_RAY_SHARD_ROWS=8), capture_output=True, text=True, timeout=400)
+    # both replicas up before the first chunk is handed out (Ray Data's own setting): these 43
+    # small images take a replica ~1 s, less than a replica's start on a busy machine, so
+    # otherwise the first replica up could do them all (seen once in CI, under the other
+    # test worker's load)
+    env = child_env(VISIONTOOL_RAY_SHARD_ROWS=8, RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S=120)
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert p.returncode == 1, p.stderr  # the three corrupt files are rows with error
     assert "on 2 nodes (2 CPUs, 0 GPUs)" in p.stderr.splitlines()[0], p.stderr
     entries = [json.loads(e.read_text()) for e in (out / "_manifest").glob("*.json")]
