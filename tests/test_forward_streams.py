@@ -48,10 +48,8 @@ def run_detect(monkeypatch, streams: str, *args):
 def two_torch_threads():
     """torch at two threads for the test (as on this 2-core machine; a test worker may hold
     another count), restored after it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield 2
-    torch.set_num_threads(before)
+    with forward_streams.torch_threads(2):
+        yield 2
 
 
 def test_parallel_streams_give_the_records_of_one_stream(monkeypatch, tiny_detr, folder, two_torch_threads):
