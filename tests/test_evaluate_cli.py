@@ -301,3 +301,41 @@ def test_lenient_records(synth, tmp_path):
     r = run("--gt", d / "gt.json", "--pred", p, "--lenient")
     assert r.exit_code == 0 and "skipped 2 invalid prediction(s)" in r.stderr
     assert "record 0" in r.stderr  # the first reason is quoted
+
+
+def test_the_entry_point_leaves_without_teardown_once_evaluate_has_written(real, monkeypatch, capsys):
+    """After scoring, the console entry point ends the process with os._exit (nothing left to
+    free or finalize) once stdout is flushed; an evaluate that fails, and other commands, exit
+    as usual."""
+    import os
+
+    from visiontool.cli import main
+
+    class Left(BaseException):
+        pass
+
+    left: list = []
+
+    class Os:  # os as main sees it, with _exit recorded instead of ending pytest
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        @staticmethod
+        def _exit(code):
+            left.append(code)
+            raise Left
+
+    monkeypatch.setattr(main, "os", Os())
+    gt, _, segm = real
+    monkeypatch.setattr(sys, "argv", ["visiontool", "evaluate", "--gt", str(gt), "--pred", str(segm),
+                                      "--iou-type", "segm", "-f", "json"])
+    with pytest.raises(Left):
+        main.run()
+    assert left == [0]
+    out = json.loads(capsys.readouterr().out)
+    assert out["iou_type"] == "segm" and out["map"] == pytest.approx(0.3195452758576433, abs=0)
+    for argv in (["evaluate", "--gt", str(gt), "--pred", "missing.json"], ["--version"]):
+        monkeypatch.setattr(sys, "argv", ["visiontool", *argv])
+        with pytest.raises(SystemExit) as exc:
+            main.run()
+        assert exc.value.code == (2 if "evaluate" in argv else 0) and left == [0]

@@ -122,6 +122,13 @@ def test_bad_masks_are_named_as_before(coco_dir, tmp_path, children):
         line = one_error_line(run("--gt", gt, "--pred", p, "--iou-type", "segm"))
         assert "result 3:" in line and text in line, line
     assert len(answers(children)) == len(cases) and reaped(children)
+    # a box on every result but one: pycocotools takes its format from the first result
+    boxed = [dict(r, bbox=[1, 2, 30, 40]) for r in res]
+    del boxed[3]["bbox"]
+    p.write_text(json.dumps(boxed))
+    line = one_error_line(run("--gt", gt, "--pred", p, "--iou-type", "segm"))
+    assert "result 3: has no 'bbox' while the first result has one" in line, line
+    assert answers(children)[-1] is None
 
 
 def test_masks_of_another_size_warn_with_the_same_example(coco_dir, tmp_path, children, monkeypatch):
@@ -234,3 +241,71 @@ def test_segm_facts_do_not_depend_on_where_the_file_is_cut(coco_dir, tmp_path, m
     res[-1]["score"] = "high"
     path.write_text(json.dumps(res, indent=indent))
     assert pred_fast.segm_facts(str(path)) is None
+
+
+def _facts_equal(a, b) -> bool:
+    return (a.keys() == b.keys() and a["n"] == b["n"] and a["min_score"] == b["min_score"]
+            and all(np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in ("image_ids", "category_ids"))
+            and all(np.array_equal(x, y) for x, y in zip(a["mask_sizes"], b["mask_sizes"])))
+
+
+@pytest.mark.parametrize("shape", ["plain", "boxed", "some boxed", "ids spelled as floats"])
+def test_segm_columns_through_msgpack_equal_one_record_at_a_time(coco_dir, tmp_path, monkeypatch, shape):
+    """The check reads the decoded records' numbers as columns of their msgpack bytes; the same
+    facts as taking them out one record at a time, with a box on every record, on some (the
+    fixed layout breaks: those slices go one by one) and with ids written 3.0 or 3e0."""
+    import re
+
+    from visiontool.io import pred_fast
+
+    res = json.loads((coco_dir / "instances_val2014_fakesegm100_results.json").read_text())
+    if shape == "boxed":
+        for i, r in enumerate(res):
+            r["bbox"] = [i % 7, 1.5, 20, 30.25]
+    if shape == "some boxed":
+        res[40]["bbox"] = [1, 2, 3, 4]
+    text = json.dumps(res)
+    if shape == "ids spelled as floats":
+        text = re.sub(r'"image_id": (\d+)', r'"image_id": \1.0', text)
+        text = re.sub(r'"category_id": (\d+)', r'"category_id": \1e0', text)
+    path = tmp_path / "dt.json"
+    path.write_text(text)
+    monkeypatch.setattr(pred_fast, "SEGM_SLICE", 5000)  # several slices
+    assert pred_fast._segm_schema().layouts  # msgspec writes every float in 9 bytes: the columns path exists
+    fast = pred_fast.segm_facts(str(path))
+    monkeypatch.setattr(pred_fast._segm_schema(), "layouts", {})
+    slow = pred_fast.segm_facts(str(path))
+    assert fast is not None and slow is not None and _facts_equal(fast, slow)
+    assert fast["n"] == len(res) and fast["min_score"] == min(r["score"] for r in res)
+    assert set(fast["image_ids"].tolist()) == {r["image_id"] for r in res}
+    assert set(fast["category_ids"].tolist()) == {r["category_id"] for r in res}
+
+
+@pytest.mark.parametrize("value, plain", [("41.5", False), ("1e300", False), ("9007199254740993", False),
+                                          ("-7", True)])
+def test_segm_ids_that_are_not_exact_integers_leave_the_fast_path(coco_dir, tmp_path, value, plain):
+    """An id of 41.5, or one a float64 cannot hold exactly (2**53 + 1), is not plain valid (the
+    precise path names it); a negative id decodes (and then is not the ground truth's)."""
+    from visiontool.io import pred_fast
+
+    res = json.loads((coco_dir / "instances_val2014_fakesegm100_results.json").read_text())
+    res[7]["image_id"] = "ID"
+    path = tmp_path / "dt.json"
+    path.write_text(json.dumps(res).replace('"image_id": "ID"', f'"image_id": {value}'))
+    facts = pred_fast.segm_facts(str(path))
+    assert (facts is not None) == plain
+    if plain:
+        assert -7 in facts["image_ids"].tolist()
+
+
+def test_segm_size_written_as_a_float_is_named(coco_dir, tmp_path):
+    """A mask size written 427.0 passes the columns (an integer) but not hotcoco's reader: the
+    record is named, as pycocotools' reader cannot take it either."""
+    res = json.loads((coco_dir / "instances_val2014_fakesegm100_results.json").read_text())
+    h, w = res[5]["segmentation"]["size"]
+    text = json.dumps(res).replace(f'"size": [{h}, {w}]', f'"size": [{h}.0, {w}]', 1)
+    first = next(i for i, r in enumerate(res) if r["segmentation"]["size"] == [h, w])
+    (tmp_path / "dt.json").write_text(text)
+    r = run("--gt", coco_dir / "instances_val2014_100.json", "--pred", tmp_path / "dt.json", "--iou-type", "segm")
+    assert r.exit_code == 2
+    assert f"result {first}: segmentation.size must be [height, width]" in one_error_line(r)

@@ -42,6 +42,17 @@ COMMANDS = {
     "env": ("visiontool.cli.env", "Versions, devices, the dtype auto picks, caches."),
 }
 _debug = {"on": bool(os.environ.get("VISIONTOOL_DEBUG"))}
+_no_teardown = {"on": False}
+
+
+def exit_without_teardown() -> None:
+    """Called by a command once nothing it holds needs closing or flushing at exit beyond
+    stdout and stderr (evaluate, after scoring): the console entry point (:func:`run`) then
+    ends the process with ``os._exit`` instead of freeing every object and finalizing the
+    interpreter -- work the OS does at once. After a COCO-val-sized segm evaluation that is
+    ~20 ms of freeing hotcoco's ground truth and ~10-20 ms of interpreter exit. CliRunner tests
+    call the app, not :func:`run`, and are unaffected."""
+    _no_teardown["on"] = True
 
 
 def error_line(message: str) -> None:
@@ -96,6 +107,7 @@ class LazyGroup(TyperGroup):
         args = list(sys.argv[1:] if args is None else args)
         # per invocation (tests run many in one process); honoured before the group's own parsing
         _debug["on"] = bool(os.environ.get("VISIONTOOL_DEBUG")) or "--debug" in args
+        _no_teardown["on"] = False
         code: int = ExitCode.OK
         with _Signals():
             try:
@@ -187,4 +199,15 @@ def main_callback(
 
 def run() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        if not _no_teardown["on"]:
+            raise
+        code = exc.code
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a reader gone, a closed stream: nothing left to save
+                pass
+        os._exit(code if isinstance(code, int) else 0 if code is None else ExitCode.FAILURE)

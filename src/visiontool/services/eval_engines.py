@@ -58,11 +58,12 @@ def run_hotcoco(gt: GroundTruth, preds: Predictions, iou_type: str, arrays: bool
 
     cg = gt.handle("hotcoco")
     with quiet():
+        areas = None
         if preds.path is not None:
             cd = cg.load_res(preds.path)
             preds.settle()  # the check that ran beside the reader (NotFast: read it precisely)
             if iou_type == "segm":
-                _check_areas(cd, len(preds))
+                areas = _areas_beside(cd)
             if len(preds) >= 100_000:
                 release_memory(False)  # the parser's freed buffers, before evaluate allocates
         else:
@@ -73,6 +74,8 @@ def run_hotcoco(gt: GroundTruth, preds: Predictions, iou_type: str, arrays: bool
             del res
         e = COCOeval(cg, cd, iou_type)
         e.evaluate()
+        if areas is not None:
+            _check_areas(cd, len(preds), areas())
         big = len(preds) >= 100_000
         if big:
             release_memory(False)  # the parallel matching's freed buffers, before accumulate allocates
@@ -88,12 +91,40 @@ def run_hotcoco(gt: GroundTruth, preds: Predictions, iou_type: str, arrays: bool
     return stats, np.asarray(ev["precision"]), np.asarray(ev["recall"]), cats
 
 
-def _check_areas(cd, n: int) -> None:
+def _areas_beside(cd):
+    """Count the results hotcoco gave an area, in a thread beside ``evaluate`` (which releases
+    the GIL; hotcoco scores a result it gave no area without failing, and its numbers are
+    discarded if there is one); the returned callable joins it and gives the count. Results
+    of images the ground truth does not have are not counted: the count then falls short and
+    :func:`_check_areas` asks again over all results."""
+    import threading
+
+    box: dict = {}
+
+    def count():  # a few hundred images at a time: no list of every result at evaluate's memory peak
+        images = cd.get_img_ids()
+        box["n"] = sum(len(cd.get_ann_ids(img_ids=images[i:i + 256], area_rng=[0.0, 1e300]))
+                       for i in range(0, len(images), 256))
+
+    th = threading.Thread(target=count, daemon=True)
+    th.start()
+
+    def join() -> int | None:
+        th.join()
+        return box.get("n")
+
+    return join
+
+
+def _check_areas(cd, n: int, with_area: int | None = None) -> None:
     """hotcoco reads a result whose RLE counts are not COCO's (a character outside '0'..'o',
-    a negative run, runs beyond height x width) as one without an area: name them."""
-    with_area = cd.get_ann_ids(area_rng=[0.0, 1e300])
-    if len(with_area) != n:
-        bad = sorted(set(range(1, n + 1)) - set(with_area))  # ids are positions + 1, as pycocotools numbers them
+    a negative run, runs beyond height x width) as one without an area: name them.
+    ``with_area``: how many have one, if already counted (:func:`_areas_beside`)."""
+    if with_area == n:
+        return
+    ids = cd.get_ann_ids(area_rng=[0.0, 1e300])
+    if len(ids) != n:
+        bad = sorted(set(range(1, n + 1)) - set(ids))  # ids are positions + 1, as pycocotools numbers them
         raise BadCounts([i - 1 for i in bad])
 
 

@@ -91,6 +91,9 @@ class EvalResult:
     n_skipped: int = 0
     n_unknown_images: int = 0
     seconds: float = 0.0
+    # the GroundTruth scored against, with the engine's handle: pass it as ``gt`` to score other
+    # predictions without reading it again
+    ground_truth: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         """DESIGN.md §3: {"iou_type", <12 stats (10 for keypoints)>, "per_class": [...]}."""
@@ -257,7 +260,7 @@ def evaluate(gt: Any, predictions: Any, iou_type: str = "bbox", *, per_class: bo
     return EvalResult(iou_type=iou_type, stats=stat_dict, per_class=rows, engine=engine, category_ids=cats,
                       precision=prec, recall=rec, diagnostics=diags, n_predictions=len(preds),
                       n_skipped=preds.n_skipped, n_unknown_images=preds.n_unknown_images,
-                      seconds=time.perf_counter() - t0)
+                      seconds=time.perf_counter() - t0, ground_truth=gtobj)
 
 
 def _score(engine: str, note: str | None, backend: str, gtobj: GroundTruth, preds: Predictions, predictions: Any,
