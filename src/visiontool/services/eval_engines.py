@@ -63,7 +63,7 @@ def run_hotcoco(gt: GroundTruth, preds: Predictions, iou_type: str, arrays: bool
             cd = cg.load_res(preds.path)
             preds.settle()  # the check that ran beside the reader (NotFast: read it precisely)
             if iou_type == "segm":
-                areas = _areas_beside(cd)
+                areas = _AreasBeside(cd)
             if len(preds) >= 100_000:
                 release_memory(False)  # the parser's freed buffers, before evaluate allocates
         else:
@@ -73,9 +73,11 @@ def run_hotcoco(gt: GroundTruth, preds: Predictions, iou_type: str, arrays: bool
             cd = cg.load_res(res)
             del res
         e = COCOeval(cg, cd, iou_type)
+        if areas is not None:
+            areas.go()
         e.evaluate()
         if areas is not None:
-            _check_areas(cd, len(preds), areas())
+            _check_areas(cd, len(preds), areas.result())
         big = len(preds) >= 100_000
         if big:
             release_memory(False)  # the parallel matching's freed buffers, before accumulate allocates
@@ -91,35 +93,40 @@ def run_hotcoco(gt: GroundTruth, preds: Predictions, iou_type: str, arrays: bool
     return stats, np.asarray(ev["precision"]), np.asarray(ev["recall"]), cats
 
 
-def _areas_beside(cd):
+class _AreasBeside:
     """Count the results hotcoco gave an area, in a thread beside ``evaluate`` (which releases
     the GIL; hotcoco scores a result it gave no area without failing, and its numbers are
-    discarded if there is one); the returned callable joins it and gives the count. Results
-    of images the ground truth does not have are not counted: the count then falls short and
-    :func:`_check_areas` asks again over all results."""
-    import threading
+    discarded if there is one). The thread waits for :meth:`go`, called just before
+    ``evaluate``: started earlier, it would hold the GIL the main thread needs until then.
+    Results of images the ground truth does not have are not counted: the count then falls
+    short and :func:`_check_areas` asks again over all results."""
 
-    box: dict = {}
+    def __init__(self, cd):
+        import threading
 
-    def count():  # a few hundred images at a time: no list of every result at evaluate's memory peak
-        images = cd.get_img_ids()
-        box["n"] = sum(len(cd.get_ann_ids(img_ids=images[i:i + 256], area_rng=[0.0, 1e300]))
-                       for i in range(0, len(images), 256))
+        self._go, self._n = threading.Event(), None
+        self._thread = threading.Thread(target=self._count, args=(cd,), daemon=True)
+        self._thread.start()
 
-    th = threading.Thread(target=count, daemon=True)
-    th.start()
+    def _count(self, cd) -> None:
+        self._go.wait()
+        images = cd.get_img_ids()  # a few hundred images at a time: no list of every result at evaluate's peak
+        self._n = sum(len(cd.get_ann_ids(img_ids=images[i:i + 256], area_rng=[0.0, 1e300]))
+                      for i in range(0, len(images), 256))
 
-    def join() -> int | None:
-        th.join()
-        return box.get("n")
+    def go(self) -> None:
+        self._go.set()
 
-    return join
+    def result(self) -> int | None:
+        self._go.set()
+        self._thread.join()
+        return self._n
 
 
 def _check_areas(cd, n: int, with_area: int | None = None) -> None:
     """hotcoco reads a result whose RLE counts are not COCO's (a character outside '0'..'o',
     a negative run, runs beyond height x width) as one without an area: name them.
-    ``with_area``: how many have one, if already counted (:func:`_areas_beside`)."""
+    ``with_area``: how many have one, if already counted (:class:`_AreasBeside`)."""
     if with_area == n:
         return
     ids = cd.get_ann_ids(area_rng=[0.0, 1e300])
