@@ -2,9 +2,9 @@
 
 visiontool checks a COCO results file before trusting an engine's numbers for it (a
 malformed record is named instead of scored silently differently or crashing the engine);
-the engine then parses the same file itself. hotcoco's ``load_res`` (0.44 s for COCO-val-sized
-masks) and the check (0.3 s) are single-threaded and hold the GIL the whole time, so a thread
-cannot overlap them -- but another process can use the core they leave idle. The first half of
+the engine then parses the same file itself. hotcoco's ``load_res`` (~0.5 s for COCO-val-sized
+masks, on ~1.6 cores) and the check (~0.25 CPU-s) both hold the GIL the whole time, so a thread
+cannot overlap them -- but another process can use what ``load_res`` leaves of the cores. The first half of
 the check needs no ground truth (:func:`visiontool.io.pred_fast.segm_facts`): :func:`start`
 forks a child that computes it from the moment ``evaluate`` knows the file, while this process
 reads the ground truth and the engine reads the results; :meth:`EarlyCheck.facts` collects the
