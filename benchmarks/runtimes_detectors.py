@@ -196,7 +196,12 @@ def bench_ultralytics(images, tmp: Path, rounds: int) -> None:
     from visiontool.models.runtimes.ul_export import _pin_f32
 
     path = build_yolo("yolov8n.yaml", tmp / "yolov8n-random.pt", images)
+    import torch
     from ultralytics import YOLO
+
+    # Ultralytics' first predict sets torch's threads to min(8, cores - 1) and leaves them so
+    # (visiontool's adapter keeps the caller's): every runner at torch's own count
+    threads = torch.get_num_threads()
 
     peer_dir = tmp / "peer"
     peer_dir.mkdir()
@@ -213,6 +218,7 @@ def bench_ultralytics(images, tmp: Path, rounds: int) -> None:
         for y in (torch_yolo, peer_bf16, peer_f32):
             y.predict(images[0], verbose=False)  # sets the predictor up
         _pin_f32(peer_f32, next(Path(exported).glob("*.xml")))
+    torch.set_num_threads(threads)
     precision = str(peer_bf16.predictor.model.backend.ov_compiled_model.get_property("INFERENCE_PRECISION_HINT"))
     print(f"ultralytics: peer export format=openvino (static {peer_bf16.predictor.args.imgsz}, its defaults) "
           f"{peer_export_s:.1f} s; its compiled inference precision {precision}", flush=True)
@@ -223,6 +229,7 @@ def bench_ultralytics(images, tmp: Path, rounds: int) -> None:
 
     def peer(y):
         def run() -> Boxes:
+            torch.set_num_threads(threads)
             out = []
             with contextlib.redirect_stdout(sys.stderr):
                 for im in images:
@@ -242,6 +249,7 @@ def bench_ultralytics(images, tmp: Path, rounds: int) -> None:
                "visiontool --runtime openvino": ours(dets["openvino"]),
                "visiontool --runtime onnxruntime": ours(dets["onnxruntime"])}
     times, outputs = run_rounds(runners, rounds)
+    torch.set_num_threads(threads)
     flops = flops_per_image(_yolo_forward(torch_yolo), images)
     notes = {"Ultralytics format=openvino predict (as shipped)": f"inference precision {precision}; static "
              "640x640 input (a padded square: other boxes than the rectangular torch path)",
