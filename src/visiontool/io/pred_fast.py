@@ -188,7 +188,7 @@ _SEGM: Any = None
 SEGM_SLICE = 1 << 20
 _BETWEEN = re.compile(rb"\}\s*,\s*\{")  # the seam between two records of a results list
 _COLUMNS = ("image_id", "category_id", "height", "width", "score")
-# a record's numbers in one pass (a tuple per record, flattened): the fallback of _slice_columns
+# a record's numbers in one pass (a tuple per record, flattened): _SegmSchema.columns' fallback
 _SEGM_NUMBERS = attrgetter("image_id", "category_id", "segmentation.size.h", "segmentation.size.w", "score")
 _EXACT = float(1 << 53)  # integers up to this size are exact as float64
 
