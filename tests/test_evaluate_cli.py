@@ -339,3 +339,23 @@ def test_the_entry_point_leaves_without_teardown_once_evaluate_has_written(real,
         with pytest.raises(SystemExit) as exc:
             main.run()
         assert exc.value.code == (2 if "evaluate" in argv else 0) and left == [0]
+
+
+def test_a_closed_stdout_is_one_error_line_and_an_output_file_still_works(real, tmp_path):
+    """Started with descriptor 1 closed (`visiontool evaluate ... >&-`): one error line naming
+    it, exit 2; with -o FILE the file is written and nothing needs stdout."""
+    import os
+    import shlex
+
+    gt, bbox, _ = real
+    exe = os.path.join(os.path.dirname(sys.executable), "visiontool")
+    base = f"{shlex.quote(exe)} evaluate --gt {shlex.quote(str(gt))} --pred {shlex.quote(str(bbox))}"
+    out = subprocess.run(["bash", "-c", f"{base} -f json >&-"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert out.stderr.splitlines()[-1] == "visiontool: error: stdout is closed: nowhere to write the output " \
+                                          "(give -o FILE)"
+    dest = tmp_path / "stats.json"
+    out = subprocess.run(["bash", "-c", f"{base} -o {shlex.quote(str(dest))} >&-"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(dest.read_text())["iou_type"] == "bbox"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import io
 import os
 import signal
 import sys
@@ -65,6 +66,36 @@ def _on_signal(signum, frame):  # noqa: ARG001 - the signal handler signature
     raise Interrupted("interrupted" if signum == signal.SIGINT else "terminated")
 
 
+class _ClosedStdout(io.TextIOBase):
+    """``sys.stdout`` of a process started with descriptor 1 closed (``visiontool ... >&-``):
+    Python leaves it None, and the first write of data failed inside whatever wrote it. Writing
+    is now a usage error naming the cause; a command given ``-o FILE`` writes nothing here."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        from visiontool.errors import UsageError
+
+        raise UsageError("stdout is closed: nowhere to write the output (give -o FILE)")
+
+
+def _stdout_if_closed() -> None:
+    """Put /dev/null on descriptor 1 if the process started with it closed (so no file this
+    process opens gets descriptor 1, where native code's prints would land) and make
+    ``sys.stdout`` a :class:`_ClosedStdout`."""
+    if sys.stdout is not None:
+        return
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        if fd != 1:
+            os.dup2(fd, 1)
+            os.close(fd)
+    except OSError:
+        pass
+    sys.stdout = _ClosedStdout()
+
+
 class _Signals:
     """SIGINT/SIGTERM raise Interrupted while a command runs (main thread only)."""
 
@@ -108,6 +139,7 @@ class LazyGroup(TyperGroup):
         # per invocation (tests run many in one process); honoured before the group's own parsing
         _debug["on"] = bool(os.environ.get("VISIONTOOL_DEBUG")) or "--debug" in args
         _no_teardown["on"] = False
+        _stdout_if_closed()
         code: int = ExitCode.OK
         with _Signals():
             try:

@@ -24,8 +24,9 @@ from visiontool.io.gt_read import annotation_problem, mismatch_note, read_gt_lig
 @contextlib.contextmanager
 def quiet():
     """Silence engines' progress prints, including those native code writes to fd 1/2."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:  # None: the process was started with that descriptor closed
+            stream.flush()
     saved = []
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
