@@ -298,14 +298,24 @@ def test_segm_ids_that_are_not_exact_integers_leave_the_fast_path(coco_dir, tmp_
         assert -7 in facts["image_ids"].tolist()
 
 
-def test_segm_size_written_as_a_float_is_named(coco_dir, tmp_path):
-    """A mask size written 427.0 passes the columns (an integer) but not hotcoco's reader: the
-    record is named, as pycocotools' reader cannot take it either."""
+def test_ids_and_sizes_written_as_floats_through_the_child(coco_dir, tmp_path, children):
+    """Through the forked check (whose columns take 3.0 as an integer): ids written 3.0 / 3e0
+    get the numbers of the same file with 3 (pycocotools and hotcoco read them alike); a mask
+    size written 427.0, which hotcoco's reader refuses, is named by the precise path."""
+    import re
+
+    gt = coco_dir / "instances_val2014_100.json"
     res = json.loads((coco_dir / "instances_val2014_fakesegm100_results.json").read_text())
+    plain = json.loads(run("--gt", gt, "--pred", coco_dir / "instances_val2014_fakesegm100_results.json",
+                           "--iou-type", "segm", "-f", "json").stdout)
+    text = re.sub(r'"image_id": (\d+)', r'"image_id": \1.0', json.dumps(res))
+    (tmp_path / "ids.json").write_text(re.sub(r'"category_id": (\d+)', r'"category_id": \1e0', text))
+    r = run("--gt", gt, "--pred", tmp_path / "ids.json", "--iou-type", "segm", "-f", "json")
+    assert r.exit_code == 0 and json.loads(r.stdout) == plain
     h, w = res[5]["segmentation"]["size"]
-    text = json.dumps(res).replace(f'"size": [{h}, {w}]', f'"size": [{h}.0, {w}]', 1)
-    first = next(i for i, r in enumerate(res) if r["segmentation"]["size"] == [h, w])
-    (tmp_path / "dt.json").write_text(text)
-    r = run("--gt", coco_dir / "instances_val2014_100.json", "--pred", tmp_path / "dt.json", "--iou-type", "segm")
+    first = next(i for i, x in enumerate(res) if x["segmentation"]["size"] == [h, w])
+    (tmp_path / "size.json").write_text(json.dumps(res).replace(f'"size": [{h}, {w}]', f'"size": [{h}.0, {w}]', 1))
+    r = run("--gt", gt, "--pred", tmp_path / "size.json", "--iou-type", "segm")
     assert r.exit_code == 2
     assert f"result {first}: segmentation.size must be [height, width]" in one_error_line(r)
+    assert answers(children) == ["facts"] * 3 and reaped(children)
