@@ -73,8 +73,6 @@ def run_hotcoco(gt: GroundTruth, preds: Predictions, iou_type: str, arrays: bool
             del res
         e = COCOeval(cg, cd, iou_type)
         areas = _AreasBeside(cd) if count_areas else None
-        if areas is not None:
-            areas.go()
         e.evaluate()
         if areas is not None:
             _check_areas(cd, len(preds), areas.result())
@@ -96,30 +94,28 @@ def run_hotcoco(gt: GroundTruth, preds: Predictions, iou_type: str, arrays: bool
 class _AreasBeside:
     """Count the results hotcoco gave an area, in a thread beside ``evaluate`` (which releases
     the GIL; hotcoco scores a result it gave no area without failing, and its numbers are
-    discarded if there is one). It is started just before ``evaluate`` and waits for :meth:`go`
-    (the statement before it): counting at once, it would hold the GIL the main thread needs to
-    call ``evaluate`` (measured: up to 6 ms until the interpreter's switch interval ends).
-    Results of images the ground truth does not have are not counted: the count then falls
-    short and :func:`_check_areas` asks again over all results."""
+    discarded if there is one). Made just before ``evaluate``. The new thread first waits on an
+    event, which releases the GIL, and the constructor sets it once ``start`` has returned:
+    counting at once, the thread would hold the GIL the main thread needs to call ``evaluate``
+    (measured: up to 6 ms, until the interpreter's switch interval ends). Results of images the
+    ground truth does not have are not counted: the count then falls short and
+    :func:`_check_areas` asks again over all results."""
 
     def __init__(self, cd):
         import threading
 
-        self._go, self._n = threading.Event(), None
-        self._thread = threading.Thread(target=self._count, args=(cd,), daemon=True)
+        go, self._n = threading.Event(), None
+        self._thread = threading.Thread(target=self._count, args=(cd, go), daemon=True)
         self._thread.start()
+        go.set()
 
-    def _count(self, cd) -> None:
-        self._go.wait()
+    def _count(self, cd, go) -> None:
+        go.wait()
         images = cd.get_img_ids()  # a few hundred images at a time: no list of every result at evaluate's peak
         self._n = sum(len(cd.get_ann_ids(img_ids=images[i:i + 256], area_rng=[0.0, 1e300]))
                       for i in range(0, len(images), 256))
 
-    def go(self) -> None:
-        self._go.set()
-
     def result(self) -> int | None:
-        self._go.set()
         self._thread.join()
         return self._n
 
