@@ -4,8 +4,10 @@ transformers pipeline, on the real DETR-R50 architecture with random weights (no
 1. ``shapes``: one dynamic-shape OpenVINO export against a static export compiled for the exact
    processed shape of a photo (what per-shape buckets would give), same input, median of N calls.
 2. ``detect``: images/s on the four photos of ../shared/data/images, interleaved rounds
-   (pipeline, torch, openvino, onnxruntime, ...), medians; export time reported separately;
-   boxes compared with the torch path.
+   (pipeline, torch, openvino, onnxruntime, ...), each path in a process of its own
+   (:mod:`isolated`: in one shared process the runtimes' threads slowed the torch path by ~10 %),
+   visiontool's paths through ``run_detect`` as the CLI runs them; medians; export time
+   reported separately; boxes compared with the torch path.
 
 3. ``detectors``: torchvision Faster R-CNN R50-FPN v2 and Ultralytics YOLOv8n, each runtime
    against the torch path and the peer's own runner / export (:mod:`runtimes_detectors`).
@@ -41,6 +43,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
+import isolated  # noqa: E402 - first, before any library changes the environment the children get
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -141,23 +145,52 @@ def bench_shapes(model_dir: Path, reps: int) -> None:
 
 
 def bench_detect(model_dir: Path, rounds: int, tag: str = "detect") -> None:
+    """Export (timed, apart), then interleaved rounds with every path in a process of its own
+    (:mod:`isolated`): the pipeline, and visiontool's ``run_detect`` -- what ``visiontool detect``
+    runs, forward streams included -- with each runtime."""
     from PIL import Image
-    from transformers import pipeline
 
-    from visiontool.models import registry
-    from visiontool.models.protocol import DetectOptions
+    from visiontool.models import loader, registry
 
     images = [Image.open(p).convert("RGB") for p in PHOTOS]
-    pipe = pipeline("object-detection", model=str(model_dir), device="cpu")
-    runners = {"pipeline": lambda: [pipe(im, threshold=0.5) for im in images]}
+    text = tag == "owl"
     for runtime in ("torch", "openvino", "onnxruntime"):
         t0 = time.perf_counter()
-        det = registry.load_detector(str(model_dir), "cpu", "float32", runtime=runtime)
+        extra = {"text": True} if text else {}
+        det = registry.load_detector(str(model_dir), "cpu", "float32", runtime=runtime, **extra)
         print(f"{tag}: {runtime} load (+ export on first use) {time.perf_counter() - t0:.1f} s", flush=True)
         if hasattr(det, "engine_for"):  # exported per processed size: every size now, timed apart
             export_per_shape(det, images, tag, runtime)
-        runners[runtime] = (lambda d: lambda: [d.predict([im], DetectOptions(threshold=0.0))[0] for im in images])(det)
-    time_runners(runners, rounds, len(images), tag)
+        del det
+        loader.release()  # no live session in this process while the children run
+    paths = ("pipeline", "torch", "openvino", "onnxruntime")
+    time_runners({p: ("runtimes", "detect_path", [str(model_dir), p, tag]) for p in paths}, rounds, len(images), tag)
+
+
+def detect_path(model_dir: str, path: str, tag: str):
+    """What a benchmark child times for ``path``: the four photos through the transformers
+    pipeline, or through visiontool's ``run_detect`` with ``--runtime path`` (``tag`` ``owl``:
+    open-vocabulary, the phrases of :data:`OWL_TEXT`)."""
+    from PIL import Image
+
+    images = [Image.open(p).convert("RGB") for p in PHOTOS]
+    text = list(OWL_TEXT) if tag == "owl" else None
+    if path == "pipeline":
+        from transformers import pipeline
+
+        if text:
+            zs = pipeline("zero-shot-object-detection", model=model_dir, device="cpu")
+            return lambda: [zs(im, candidate_labels=text, threshold=0.1) for im in images]
+        pipe = pipeline("object-detection", model=model_dir, device="cpu")
+        return lambda: [pipe(im, threshold=0.5) for im in images]
+    from visiontool.services.detect import run_detect
+
+    def run():
+        done = run_detect(images, model_dir, threshold=0.0, text=text, raise_on_failure=True,
+                          load_options={"runtime": path, "quiet": True})
+        return [r.detections for r in done.results]
+
+    return run
 
 
 def build_owlv2_base(path: Path) -> Path:
@@ -178,39 +211,12 @@ def build_owlv2_base(path: Path) -> Path:
 OWL_TEXT = ("person", "car", "dog")
 
 
-def bench_owl(model_dir: Path, rounds: int, tag: str = "owl") -> None:
-    from PIL import Image
-    from transformers import pipeline
-
-    from visiontool.models import registry
-    from visiontool.models.protocol import DetectOptions
-
-    images = [Image.open(p).convert("RGB") for p in PHOTOS]
-    pipe = pipeline("zero-shot-object-detection", model=str(model_dir), device="cpu")
-    runners = {"pipeline": lambda: [pipe(im, candidate_labels=list(OWL_TEXT), threshold=0.1) for im in images]}
-    opts = DetectOptions(threshold=0.0, text=OWL_TEXT)
-    for runtime in ("torch", "openvino", "onnxruntime"):
-        t0 = time.perf_counter()
-        det = registry.load_detector(str(model_dir), "cpu", "float32", runtime=runtime, text=True)
-        print(f"{tag}: {runtime} load (+ export on first use) {time.perf_counter() - t0:.1f} s", flush=True)
-        runners[runtime] = (lambda d: lambda: [d.predict([im], opts)[0] for im in images])(det)
-    time_runners(runners, rounds, len(images), tag)
-
-
-def time_runners(runners: dict, rounds: int, n_images: int, tag: str) -> None:
-    """Warm every runner up (untimed), then interleaved rounds; images/s (medians) against the
-    torch path, and the runtimes' boxes against the torch path's."""
-    boxes = {}
-    for name, fn in runners.items():
-        r = fn()  # warm-up, untimed
-        if name != "pipeline":
-            boxes[name] = r
-    times = {k: [] for k in runners}
-    for _ in range(rounds):
-        for k, fn in runners.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
+def time_runners(factories: dict, rounds: int, n_images: int, tag: str) -> None:
+    """Interleaved rounds, each path in a fresh process (:func:`isolated.run_rounds`: one
+    untimed pass over the photos, then one timed); images/s (medians) against the torch path,
+    and the runtimes' boxes against the torch path's."""
+    times, outputs = isolated.run_rounds(factories, rounds)
+    boxes = {k: v for k, v in outputs.items() if k != "pipeline"}
     base = n_images / statistics.median(times["torch"])
     for k, v in times.items():
         ips = n_images / statistics.median(v)
@@ -264,7 +270,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = build_owlv2_base(Path(tmp) / "owlv2-base")
             print(f"load before: {load()}", flush=True)
-            bench_owl(model_dir, args.rounds)
+            bench_detect(model_dir, args.rounds, "owl")  # one export for every phrase list
     if not only & {"shapes", "detect"}:
         return
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,8 +3,9 @@ Ultralytics YOLOv8n, against their torch paths and (YOLO) Ultralytics' own OpenV
 
 Real architectures with random weights (no download; the tests' builders calibrate the norms
 and spread the class logits so there are boxes to compare), the four photos of
-../shared/data/images, one image per call, interleaved rounds (every path once per round),
-medians. Export times are reported apart from inference.
+../shared/data/images, one image per call, interleaved rounds (every path once per round, each in
+a process of its own: :mod:`isolated`), medians; visiontool's paths through ``run_detect``, as
+the CLI runs them. Export times are reported apart from inference.
 
 1. ``torchvision``: ``fasterrcnn_resnet50_fpn_v2`` (weights=None, weights_backbone=None) —
    torchvision's own eager fp32 loop, visiontool torch, ``--runtime openvino``, ``--runtime
@@ -38,6 +39,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+import isolated  # noqa: E402 - first, before any library changes the environment the children get
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO.parent / "shared" / "data" / "images"
@@ -100,18 +103,6 @@ def flops_per_image(forward: Callable[[object], object], images) -> float:
     return total / len(images)
 
 
-def run_rounds(runners: dict[str, Callable[[], Boxes]], rounds: int) -> tuple[dict[str, list[float]], dict[str, Boxes]]:
-    """Warm each runner once (untimed), then ``rounds`` interleaved rounds; (times, outputs)."""
-    outputs = {name: fn() for name, fn in runners.items()}
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, fn in runners.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return times, outputs
-
-
 def table(title: str, n: int, times, outputs, torch_row: str, peer_row: str | None, flops: float,
           notes: dict[str, str]) -> None:
     base = n / statistics.median(times[torch_row])
@@ -139,22 +130,38 @@ def timed_load(fn, *args, **kwargs):
     return out, spent
 
 
-# ----------------------------------------------------------------------------- 1. torchvision
-def bench_torchvision(images, tmp: Path, rounds: int) -> None:
+# ----------------------------------------------------------------------------- the paths a child times
+def photos(paths: list[str]):
+    from PIL import Image
+
+    return [Image.open(p).convert("RGB") for p in paths]
+
+
+def visiontool_path(spec: str, runtime: str, threshold: float, max_det: int, paths: list[str]):
+    """visiontool's ``run_detect`` (what ``visiontool detect`` runs) with ``--runtime runtime``."""
+    from visiontool.services.detect import run_detect
+
+    images = photos(paths)
+
+    def run() -> Boxes:
+        done = run_detect(images, spec, threshold=threshold, max_det=max_det, raise_on_failure=True,
+                          load_options={"runtime": runtime, "quiet": True})
+        return as_boxes([r.detections for r in done.results])
+
+    return run
+
+
+def torchvision_path(name: str, file: str, paths: list[str]):
+    """torchvision's own eager fp32 loop on the saved random weights."""
     import torch
+    from torchvision.models import get_model
     from torchvision.transforms.functional import to_tensor
 
-    from detector_helpers import save_torchvision
-    from visiontool.models.protocol import DetectOptions
+    model = get_model(name, weights=None, weights_backbone=None).eval()
+    model.load_state_dict(torch.load(file, weights_only=True))
+    images = photos(paths)
 
-    name = "fasterrcnn_resnet50_fpn_v2"
-    file, model = save_torchvision(name, tmp / f"{name}.pth", images=images)  # weights=None, weights_backbone=None
-    model.eval()
-    spec = f"torchvision:{name}:{file}"
-    opts = DetectOptions(threshold=0.05, max_det=100)  # the model's own defaults
-    dets = load_every_runtime(spec, "torchvision: backbone")
-
-    def native() -> Boxes:
+    def run() -> Boxes:
         out = []
         with torch.inference_mode():
             for im in images:
@@ -162,45 +169,96 @@ def bench_torchvision(images, tmp: Path, rounds: int) -> None:
                 out.append((r["boxes"].double().numpy(), r["scores"].double().numpy()))
         return out
 
-    def ours(det):
-        return lambda: as_boxes([det.predict([im], opts)[0] for im in images])
+    return run
 
-    runners = {"torchvision eager loop (inference_mode, fp32)": native,
-               "visiontool torch": ours(dets["torch"]),
-               "visiontool --runtime openvino": ours(dets["openvino"]),
-               "visiontool --runtime onnxruntime": ours(dets["onnxruntime"])}
-    times, outputs = run_rounds(runners, rounds)
+
+def ultralytics_path(model: str, workdir: str, pin_f32: bool, paths: list[str]):
+    """Ultralytics' own predict on ``model`` (a .pt, or its ``format=openvino`` export;
+    ``pin_f32``: that export compiled at f32), at torch's thread count (its first predict would
+    leave torch on min(8, cores - 1) threads)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    images = photos(paths)
+    with contextlib.redirect_stdout(sys.stderr), contextlib.chdir(workdir):
+        from ultralytics import YOLO
+
+        y = YOLO(model, task="detect")
+        y.predict(images[0], verbose=False)  # sets the predictor up
+        if pin_f32:
+            from visiontool.models.runtimes.ul_export import _pin_f32
+
+            _pin_f32(y, next(Path(model).glob("*.xml")))
+
+    def run() -> Boxes:
+        torch.set_num_threads(threads)
+        out = []
+        with contextlib.redirect_stdout(sys.stderr):
+            for im in images:
+                b = y.predict(im, verbose=False)[0].boxes
+                out.append((b.xyxy.double().numpy(), b.conf.double().numpy()))
+        return out
+
+    return run
+
+
+def visiontool_factories(spec: str, threshold: float, max_det: int, paths: list[str]) -> dict:
+    return {f"visiontool {'torch' if rt == 'torch' else '--runtime ' + rt}":
+            (MODULE, "visiontool_path", [spec, rt, threshold, max_det, paths])
+            for rt in ("torch", "openvino", "onnxruntime")}
+
+
+MODULE = "runtimes_detectors"
+
+
+# ----------------------------------------------------------------------------- 1. torchvision
+def bench_torchvision(paths: list[str], tmp: Path, rounds: int) -> None:
+    from torchvision.transforms.functional import to_tensor
+
+    from detector_helpers import save_torchvision
+
+    images = photos(paths)
+    name = "fasterrcnn_resnet50_fpn_v2"
+    file, model = save_torchvision(name, tmp / f"{name}.pth", images=images)  # weights=None, weights_backbone=None
+    model.eval()
+    spec = f"torchvision:{name}:{file}"
+    export_every_runtime(spec, "torchvision: backbone")
+    native = (MODULE, "torchvision_path", [name, str(file), paths])
+    factories = {"torchvision eager loop (inference_mode, fp32)": native,
+                 **visiontool_factories(spec, 0.05, 100, paths)}  # the model's own defaults
+    times, outputs = isolated.run_rounds(factories, rounds)
     flops = flops_per_image(lambda im: model([to_tensor(im)]), images)
     table(f"1. torchvision {name}, random weights, {len(images)} photos (CPU, fp32)", len(images), times, outputs,
           "visiontool torch", None, flops, {})
 
 
-def load_every_runtime(spec: str, what: str) -> dict:
-    """``{runtime: detector}`` for torch, openvino and onnxruntime; prints each export's time
-    (the load with its export minus the torch load)."""
+def export_every_runtime(spec: str, what: str) -> None:
+    """Load ``spec`` with torch, openvino and onnxruntime (each runtime's export made once, into
+    the cache the children read); prints each export's time (the load with its export minus
+    the torch load). No model stays loaded."""
+    from visiontool.models import loader
     from visiontool.models.registry import load_detector
 
-    dets, loads = {}, {}
+    loads = {}
     for runtime in ("torch", "openvino", "onnxruntime"):
-        dets[runtime], loads[runtime] = timed_load(load_detector, spec, "cpu", "float32", runtime=runtime, quiet=True)
+        _, loads[runtime] = timed_load(load_detector, spec, "cpu", "float32", runtime=runtime, quiet=True)
+        loader.release()
     for runtime in ("openvino", "onnxruntime"):
         print(f"{what} {runtime} export {loads[runtime] - loads['torch']:.1f} s (load with export "
               f"{loads[runtime]:.1f} s - torch load {loads['torch']:.1f} s)", flush=True)
-    return dets
 
 
 # ----------------------------------------------------------------------------- 2. Ultralytics
-def bench_ultralytics(images, tmp: Path, rounds: int) -> None:
+def bench_ultralytics(paths: list[str], tmp: Path, rounds: int) -> None:
     from detector_helpers import build_yolo
-    from visiontool.models.protocol import DetectOptions
-    from visiontool.models.runtimes.ul_export import _pin_f32
 
+    images = photos(paths)
     path = build_yolo("yolov8n.yaml", tmp / "yolov8n-random.pt", images)
     import torch
     from ultralytics import YOLO
 
     # Ultralytics' first predict sets torch's threads to min(8, cores - 1) and leaves them so
-    # (visiontool's adapter keeps the caller's): every runner at torch's own count
+    # (visiontool's adapter keeps the caller's): put them back after each use here
     threads = torch.get_num_threads()
 
     peer_dir = tmp / "peer"
@@ -214,43 +272,25 @@ def bench_ultralytics(images, tmp: Path, rounds: int) -> None:
     with contextlib.redirect_stdout(sys.stderr), contextlib.chdir(peer_dir):
         torch_yolo = YOLO(str(path))
         peer_bf16 = YOLO(str(exported), task="detect")
-        peer_f32 = YOLO(str(exported), task="detect")
-        for y in (torch_yolo, peer_bf16, peer_f32):
-            y.predict(images[0], verbose=False)  # sets the predictor up
-        _pin_f32(peer_f32, next(Path(exported).glob("*.xml")))
+        peer_bf16.predict(images[0], verbose=False)  # sets the predictor up
     torch.set_num_threads(threads)
     precision = str(peer_bf16.predictor.model.backend.ov_compiled_model.get_property("INFERENCE_PRECISION_HINT"))
-    print(f"ultralytics: peer export format=openvino (static {peer_bf16.predictor.args.imgsz}, its defaults) "
+    imgsz = peer_bf16.predictor.args.imgsz
+    del peer_bf16
+    print(f"ultralytics: peer export format=openvino (static {imgsz}, its defaults) "
           f"{peer_export_s:.1f} s; its compiled inference precision {precision}", flush=True)
 
     spec = f"ultralytics:{path}"
-    opts = DetectOptions(threshold=0.25, max_det=300)  # Ultralytics' predict defaults
-    dets = load_every_runtime(spec, "ultralytics: visiontool")
-
-    def peer(y):
-        def run() -> Boxes:
-            torch.set_num_threads(threads)
-            out = []
-            with contextlib.redirect_stdout(sys.stderr):
-                for im in images:
-                    b = y.predict(im, verbose=False)[0].boxes
-                    out.append((b.xyxy.double().numpy(), b.conf.double().numpy()))
-            return out
-        return run
-
-    def ours(det):
-        return lambda: as_boxes([det.predict([im], opts)[0] for im in images])
-
+    export_every_runtime(spec, "ultralytics: visiontool")
     peer_row = "Ultralytics format=openvino predict, pinned f32"
-    runners = {"Ultralytics predict (torch)": peer(torch_yolo),
-               "Ultralytics format=openvino predict (as shipped)": peer(peer_bf16),
-               peer_row: peer(peer_f32),
-               "visiontool torch": ours(dets["torch"]),
-               "visiontool --runtime openvino": ours(dets["openvino"]),
-               "visiontool --runtime onnxruntime": ours(dets["onnxruntime"])}
-    times, outputs = run_rounds(runners, rounds)
-    torch.set_num_threads(threads)
+    factories = {"Ultralytics predict (torch)": (MODULE, "ultralytics_path", [str(path), str(peer_dir), False, paths]),
+                 "Ultralytics format=openvino predict (as shipped)":
+                     (MODULE, "ultralytics_path", [str(exported), str(peer_dir), False, paths]),
+                 peer_row: (MODULE, "ultralytics_path", [str(exported), str(peer_dir), True, paths]),
+                 **visiontool_factories(spec, 0.25, 300, paths)}  # Ultralytics' predict defaults
+    times, outputs = isolated.run_rounds(factories, rounds)
     flops = flops_per_image(_yolo_forward(torch_yolo), images)
+    torch.set_num_threads(threads)
     notes = {"Ultralytics format=openvino predict (as shipped)": f"inference precision {precision}; static "
              "640x640 input (a padded square: other boxes than the rectangular torch path)",
              peer_row: "static 640x640 input"}
@@ -290,12 +330,11 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore")
     import torch
-    from PIL import Image
 
     paths = sorted(IMAGES.glob("*.jpg"))
     if args.images:
         paths = paths[:args.images]
-    images = [Image.open(p).convert("RGB") for p in paths]
+    images = photos([str(p) for p in paths])
     flags = cpu_flags()
     print(f"photos: {', '.join(f'{p.name} {im.width}x{im.height}' for p, im in zip(paths, images))}; torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, cpu capability "
@@ -307,9 +346,9 @@ def main(argv: list[str] | None = None) -> None:
         tmp.mkdir()
         os.environ["VISIONTOOL_CACHE"] = str(Path(d) / "cache")  # a fresh cache: every export is timed
         if "torchvision" in parts:
-            bench_torchvision(images, tmp, args.rounds)
+            bench_torchvision([str(p) for p in paths], tmp, args.rounds)
         if "ultralytics" in parts:
-            bench_ultralytics(images, tmp, args.rounds)
+            bench_ultralytics([str(p) for p in paths], tmp, args.rounds)
     print(f"\nload average at end {load_avg()}", flush=True)
 
 
