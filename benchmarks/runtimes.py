@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-import isolated  # noqa: E402 - first, before any library changes the environment the children get
+import isolated  # before any library changes the environment the children get
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))

@@ -40,7 +40,7 @@ from typing import Callable
 
 import numpy as np
 
-import isolated  # noqa: E402 - first, before any library changes the environment the children get
+import isolated  # before any library changes the environment the children get
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO.parent / "shared" / "data" / "images"
