@@ -9,10 +9,11 @@ through visiontool's adapters (``segment --runtime``), real architectures with r
 
 For each model: the export (+ its check against torch + compile) is timed once, apart; then
 interleaved rounds (torch, openvino, onnxruntime, torch, ...) of ``adapter.encode(truck.jpg)``
-(preprocessing + encoder, no embedding cache), each path in a process of its own (one untimed
-call, then the timed one: see CHILD on why), medians -> images/s, the ratio to torch, the
-embedding's relative error ||runtime - torch|| / ||torch|| (worst output), and GFLOP/s (FLOPs of
-one torch forward counted with ``torch.utils.flop_counter.FlopCounterMode``, over each median).
+(preprocessing + encoder, no embedding cache), each path in a process of its own (:mod:`isolated`:
+one untimed call, then ``TIMED_CALLS`` timed ones; see :func:`encode_path` on why), medians ->
+images/s, the ratio to torch, the embedding's relative error ||runtime - torch|| / ||torch||
+(worst output), and GFLOP/s (FLOPs of one torch forward counted with
+``torch.utils.flop_counter.FlopCounterMode``, over each median).
 Target (issue 13): >= 1.5x the torch fp32 encoder at relative error <= 1e-3.
 
     python benchmarks/runtimes_sam.py [--rounds 3] [--models vit_b,sam2.1-tiny] [--tiny]
@@ -31,6 +32,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+import isolated  # before any library changes the environment the children get
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -115,42 +118,23 @@ def _flops(adapter, rgb: np.ndarray) -> float:
 # one path timed in a process of its own: measured in one process, the torch encoder ran 1.7x (SAM 2.1)
 # to 3.9x (vit_b: 37.5 s against 9.7 s alone) slower once OpenVINO and ONNX Runtime sessions lived beside
 # it (their worker threads compete with torch's on 2 cores), which would flatter the runtimes
-CHILD = r"""
-import json, sys, time
-import numpy as np
-from PIL import Image
-from visiontool.models import registry
-spec, rt, image, calls, save = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
-rgb = np.asarray(Image.open(image).convert("RGB"))
-ad = registry.load_segmenter(spec, "cpu", "float32", use_cache=False, quiet=True, runtime=rt)
-feats = ad.encode(rgb)  # untimed: first-call set-up (oneDNN primitives, the runtime's compile from the cache)
-if save:
-    np.savez(save, *([feats] if isinstance(feats, np.ndarray) else list(feats)))
-times = []
-for _ in range(calls):
-    t0 = time.perf_counter()
-    ad.encode(rgb)
-    times.append(time.perf_counter() - t0)
-print(json.dumps(times))
-"""
+def encode_path(spec: str, rt: str, image: str):
+    """What a benchmark child (:mod:`isolated`) times: ``adapter.encode`` of ``image`` with
+    ``--runtime rt`` (no embedding cache); its untimed first call does the first-call set-up
+    (oneDNN primitives, the runtime's compile from the export cache)."""
+    from PIL import Image
 
+    from visiontool.models import registry
 
-def _child(spec: str, rt: str, image: str, calls: int, save: str = "") -> list[float]:
-    import json
-    import subprocess
-
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
-    p = subprocess.run([sys.executable, "-c", CHILD, spec, rt, image, str(calls), save], env=env,
-                       capture_output=True, text=True)
-    if p.returncode != 0:
-        raise SystemExit(f"{rt} child failed:\n{p.stderr[-2000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    rgb = np.asarray(Image.open(image).convert("RGB"))
+    ad = registry.load_segmenter(spec, "cpu", "float32", use_cache=False, quiet=True, runtime=rt)
+    return lambda: ad.encode(rgb)
 
 
 TIMED_CALLS = 3  # per process, after the untimed one
 
 
-def bench_model(kind: str, spec: str, image: str, rounds: int, work: Path) -> dict:
+def bench_model(kind: str, spec: str, image: str, rounds: int) -> dict:
     """Exports timed once here; then ``rounds`` interleaved rounds, each path in a fresh process
     (one untimed call, then ``TIMED_CALLS`` timed calls; the median over all of them: ONNX
     Runtime's second call can take twice its later ones -- vit_b 8.2 s, then 4.6 s)."""
@@ -167,15 +151,9 @@ def bench_model(kind: str, spec: str, image: str, rounds: int, work: Path) -> di
     rgb = np.asarray(Image.open(image).convert("RGB"))
     flops = _flops(registry.load_segmenter(spec, "cpu", "float32", use_cache=False, quiet=True), rgb)
     loader.release()
-    times: dict[str, list[float]] = {rt: [] for rt in RUNTIMES}
-    feats: dict[str, list[np.ndarray]] = {}
-    for k in range(rounds):
-        for rt in RUNTIMES:
-            save = str(work / f"feats-{kind}-{rt}.npz") if k == 0 else ""
-            times[rt] += _child(spec, rt, image, TIMED_CALLS, save)
-            if save:
-                with np.load(save) as z:
-                    feats[rt] = [z[f"arr_{i}"] for i in range(len(z.files))]
+    factories = {rt: ("runtimes_sam", "encode_path", [spec, rt, image]) for rt in RUNTIMES}
+    times, outputs = isolated.run_rounds(factories, rounds, TIMED_CALLS)
+    feats = {rt: [out] if isinstance(out, np.ndarray) else list(out) for rt, out in outputs.items()}
     rel = {rt: max(_rel(a, b) for a, b in zip(feats[rt], feats["torch"])) for rt in RUNTIMES[1:]}
     med = {rt: statistics.median(v) for rt, v in times.items()}
     return {"model": kind, "gflop": flops / 1e9, "export_s": export_s, "median_s": med, "rel_error": rel,
@@ -223,7 +201,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             spec = str(build_vit_b(work / ("vit_b-tiny.pth" if args.tiny else "vit_b.pth"), args.tiny))
         else:
             spec = str(build_sam21_tiny(work / ("sam2-tiny-test" if args.tiny else "sam2.1-hiera-tiny"), args.tiny))
-        r = bench_model(kind, spec, args.image, args.rounds, work)
+        r = bench_model(kind, spec, args.image, args.rounds)
         report(r)
         results.append(r)
     print(f"load after: {load()}")
