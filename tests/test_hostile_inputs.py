@@ -269,9 +269,11 @@ def test_lone_visiontool_prints_help_and_exits_2():
     assert res.exit_code == 2 and "Commands" in res.stderr and res.stdout == ""
 
 
-# -- 13. the hub probe goes through the proxy the environment names ----------------------------------
+# -- 13. the download probes go through the proxy the environment names ----------------------------
 
-def test_hub_probe_honours_http_proxy(monkeypatch):
+def test_download_probes_honour_http_proxy(monkeypatch):
+    """Both probes (urllib's, which torch.hub downloads with, and the hub client's session) reach
+    a host that does not resolve through HTTP_PROXY, and not when NO_PROXY names it."""
     import http.server
     import threading
 
@@ -291,10 +293,15 @@ def test_hub_probe_honours_http_proxy(monkeypatch):
             self.send_header("Content-Length", "0")
             self.end_headers()
 
+    def forget():
+        close_session()
+        hf_hub.endpoint_reachable.cache_clear()
+        hf_hub._hub_answers.cache_clear()
+
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
-        for var in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        for var in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
             monkeypatch.delenv(var, raising=False)
         # the suite runs with HF_HUB_OFFLINE=1, under which huggingface_hub's session refuses every
         # request; the hub reads it once, at import, which may have happened under this test's own env
@@ -303,19 +310,58 @@ def test_hub_probe_honours_http_proxy(monkeypatch):
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{srv.server_address[1]}")
-        close_session()
-        hf_hub.endpoint_reachable.cache_clear()
+        monkeypatch.setenv("HF_ENDPOINT", "http://hub.invalid")
+        forget()
         # the host does not resolve: only the proxy can answer for it
-        assert hf_hub.endpoint_reachable("http://hub.invalid") is True
-        assert seen and seen[0].startswith("http://hub.invalid")
-        monkeypatch.setenv("NO_PROXY", "hub.invalid")
-        close_session()
-        hf_hub.endpoint_reachable.cache_clear()
-        assert hf_hub.endpoint_reachable("http://hub.invalid") is False
+        assert hf_hub.endpoint_reachable("http://weights.invalid/") is True
+        assert seen and seen[-1].startswith("http://weights.invalid")
+        assert hf_hub.hub_reachable() is True
+        assert seen[-1].startswith("http://hub.invalid")
+        monkeypatch.setenv("NO_PROXY", "hub.invalid,weights.invalid")
+        forget()
+        assert hf_hub.endpoint_reachable("http://weights.invalid/") is False
+        assert hf_hub.hub_reachable() is False
     finally:
         srv.shutdown()
         srv.server_close()
-        close_session()
+        forget()
+
+
+def test_the_weights_probe_ignores_the_hub_clients_offline_mode(monkeypatch):
+    """huggingface_hub reads HF_HUB_OFFLINE once, at import; a process that imported it under
+    HF_HUB_OFFLINE=1 and unset it since still downloads torchvision weights: their probe is
+    urllib's, not the hub session's (which would refuse)."""
+    import http.server
+    import threading
+
+    from huggingface_hub import constants as hub_constants
+
+    from visiontool.models import hf_hub
+
+    class Host(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_HEAD(self):  # noqa: N802
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Host)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        url = f"http://127.0.0.1:{srv.server_address[1]}/"
+        hf_hub.endpoint_reachable.cache_clear()
+        assert hf_hub.endpoint_reachable(url) is True  # a 404 is an answer
+        srv.shutdown()
+        srv.server_close()
+        hf_hub.endpoint_reachable.cache_clear()
+        assert hf_hub.endpoint_reachable(url) is False  # nothing listens now
+    finally:
+        srv.shutdown()
+        srv.server_close()
         hf_hub.endpoint_reachable.cache_clear()
 
 

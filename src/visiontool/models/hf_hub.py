@@ -33,29 +33,57 @@ def hub_endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 
 
-@lru_cache(maxsize=None)
-def endpoint_reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """True if an HTTP request to ``url`` gets any answer within ``timeout`` (through the
-    hub client's proxy settings). Any HTTP status counts: the host answered."""
+def _answers(request, timeout: float) -> bool:
+    """True if ``request()`` returns within ``timeout`` (run in a thread: name resolution itself
+    has no timeout)."""
     box = {"ok": False}
 
     def probe() -> None:
         try:
-            from huggingface_hub.utils import get_session
-
-            get_session().head(url, timeout=timeout, follow_redirects=False)
+            request()
             box["ok"] = True
         except Exception:  # noqa: BLE001 - DNS, refused, timeout, proxy failure: not reachable
             pass
 
-    t = threading.Thread(target=probe, daemon=True)  # name resolution itself has no timeout
+    t = threading.Thread(target=probe, daemon=True)
     t.start()
     t.join(timeout * 2)
     return box["ok"]
 
 
+@lru_cache(maxsize=None)
+def endpoint_reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """True if an HTTP request to ``url`` gets any answer within ``timeout``, through urllib,
+    which torch.hub downloads with (the same proxy variables). Any HTTP status counts: the host
+    answered. (Not the hub client's session: that one refuses every request in the offline mode
+    it read at import, whatever the environment says now.)"""
+    import urllib.error
+    import urllib.request
+
+    def head() -> None:
+        try:
+            # a new opener reads the proxy variables now (urlopen's global one kept the first call's)
+            urllib.request.build_opener().open(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+        except urllib.error.HTTPError:
+            pass
+
+    return _answers(head, timeout)
+
+
 def hub_reachable() -> bool:
-    return endpoint_reachable(hub_endpoint())
+    """True if the Hugging Face endpoint answers, through the hub client's own session (its proxy
+    settings: the session the downloads will use)."""
+    return _hub_answers(hub_endpoint())
+
+
+@lru_cache(maxsize=None)
+def _hub_answers(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    def head() -> None:
+        from huggingface_hub.utils import get_session
+
+        get_session().head(url, timeout=timeout, follow_redirects=False)
+
+    return _answers(head, timeout)
 
 
 def hf_cache_dir() -> str:
