@@ -58,6 +58,7 @@ def coco_dir() -> Path:
     return COCO
 
 
+@pytest.hookimpl(tryfirst=True)  # the marks must be there when xdist's own hook reads them into the node ids
 def pytest_collection_modifyitems(config, items):
     """For ``pytest -n N --dist loadgroup`` (``make test``): a test file's tests stay on one worker
     (its module fixtures, often a model built or exported, are made once), and every Ray test file
@@ -66,3 +67,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         name = item.path.name
         item.add_marker(pytest.mark.xdist_group("ray" if name.startswith("test_ray_") else name))
+
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """A worker of ``--dist loadgroup`` whose node ids carry no group: xdist has stopped grouping
+    (as with pytest 9.2, pytest-dev/pytest-xdist#1386), and the suite would run each file's
+    module fixtures on both workers and two Ray clusters at once. Say so instead of running slow."""
+    if node.config.getvalue("dist") == "loadgroup" and ids and "@" not in ids[0]:
+        pytest.exit("--dist loadgroup is not grouping the tests by file: this pytest and pytest-xdist disagree on "
+                    "node ids (pytest-dev/pytest-xdist#1386); install the pytest that pyproject.toml's dev extra "
+                    "asks for", returncode=pytest.ExitCode.USAGE_ERROR)
