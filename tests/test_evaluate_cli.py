@@ -359,3 +359,17 @@ def test_a_closed_stdout_is_one_error_line_and_an_output_file_still_works(real, 
                          timeout=300)
     assert out.returncode == 0, out.stderr
     assert json.loads(dest.read_text())["iou_type"] == "bbox"
+
+
+@pytest.mark.parametrize("argv, what", [("--help", "the help"), ("evaluate -h", "the help"),
+                                        ("--version", "the version")])
+def test_help_or_version_to_a_closed_stdout_names_what_was_lost(argv, what):
+    """`visiontool --help >&-` has no -o to offer: its error line names the help, not a FILE."""
+    import os
+    import shlex
+
+    exe = os.path.join(os.path.dirname(sys.executable), "visiontool")
+    out = subprocess.run(["bash", "-c", f"{shlex.quote(exe)} {argv} >&-"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [f"visiontool: error: stdout is closed: nowhere to write {what}"]

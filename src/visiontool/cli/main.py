@@ -71,21 +71,32 @@ class _ClosedStdout(io.TextIOBase):
     Python leaves it None, and the first write of data failed inside whatever wrote it. Writing
     is now a usage error naming the cause; a command given ``-o FILE`` writes nothing here."""
 
+    def __init__(self, what: str):
+        super().__init__()
+        self.what = what
+
     def writable(self) -> bool:
         return True
 
     def write(self, s: str) -> int:
         from visiontool.errors import UsageError
 
-        raise UsageError("stdout is closed: nowhere to write the output (give -o FILE)")
+        raise UsageError(f"stdout is closed: nowhere to write {self.what}")
 
 
-def _stdout_if_closed() -> None:
+def _stdout_if_closed(args: list[str]) -> None:
     """Put /dev/null on descriptor 1 if the process started with it closed (so no file this
     process opens gets descriptor 1, where native code's prints would land) and make
-    ``sys.stdout`` a :class:`_ClosedStdout`."""
+    ``sys.stdout`` a :class:`_ClosedStdout` naming what could not be written: the help and the
+    version have no ``-o``, a command's data has."""
     if sys.stdout is not None:
         return
+    if "--version" in args:
+        what = "the version"
+    elif "--help" in args or "-h" in args:
+        what = "the help"
+    else:
+        what = "the output (give -o FILE)"
     try:
         fd = os.open(os.devnull, os.O_WRONLY)
         if fd != 1:
@@ -93,7 +104,7 @@ def _stdout_if_closed() -> None:
             os.close(fd)
     except OSError:
         pass
-    sys.stdout = _ClosedStdout()
+    sys.stdout = _ClosedStdout(what)
 
 
 class _Signals:
@@ -139,7 +150,7 @@ class LazyGroup(TyperGroup):
         # per invocation (tests run many in one process); honoured before the group's own parsing
         _debug["on"] = bool(os.environ.get("VISIONTOOL_DEBUG")) or "--debug" in args
         _no_teardown["on"] = False
-        _stdout_if_closed()
+        _stdout_if_closed(args)
         code: int = ExitCode.OK
         with _Signals():
             try:
