@@ -341,14 +341,21 @@ def main(argv: list[str] | None = None) -> None:
           f"{torch.backends.cpu.get_cpu_capability()}, avx512_bf16 {'yes' if 'avx512_bf16' in flags else 'no'}, "
           f"amx {'yes' if 'amx_tile' in flags else 'no'}; rounds {args.rounds}; load average at start {load_avg()}",
           flush=True)
+    saved = os.environ.get("VISIONTOOL_CACHE")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d) / "bench"
         tmp.mkdir()
         os.environ["VISIONTOOL_CACHE"] = str(Path(d) / "cache")  # a fresh cache: every export is timed
-        if "torchvision" in parts:
-            bench_torchvision([str(p) for p in paths], tmp, args.rounds)
-        if "ultralytics" in parts:
-            bench_ultralytics([str(p) for p in paths], tmp, args.rounds)
+        try:
+            if "torchvision" in parts:
+                bench_torchvision([str(p) for p in paths], tmp, args.rounds)
+            if "ultralytics" in parts:
+                bench_ultralytics([str(p) for p in paths], tmp, args.rounds)
+        finally:  # runtimes.py's later parts export into the cache it chose, not into this deleted one
+            if saved is None:
+                os.environ.pop("VISIONTOOL_CACHE", None)
+            else:
+                os.environ["VISIONTOOL_CACHE"] = saved
     print(f"\nload average at end {load_avg()}", flush=True)
 
 
