@@ -69,7 +69,6 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.xdist_group("ray" if name.startswith("test_ray_") else name))
 
 
-
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_node_collection_finished(node, ids):
     """A worker of ``--dist loadgroup`` whose node ids carry no group: xdist has stopped grouping

@@ -347,22 +347,20 @@ def test_the_weights_probe_ignores_the_hub_clients_offline_mode(monkeypatch):
             self.send_header("Content-Length", "0")
             self.end_headers()
 
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Host)
+    url = f"http://127.0.0.1:{srv.server_address[1]}/"
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
-        monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        url = f"http://127.0.0.1:{srv.server_address[1]}/"
         hf_hub.endpoint_reachable.cache_clear()
         assert hf_hub.endpoint_reachable(url) is True  # a 404 is an answer
-        srv.shutdown()
-        srv.server_close()
-        hf_hub.endpoint_reachable.cache_clear()
-        assert hf_hub.endpoint_reachable(url) is False  # nothing listens now
     finally:
         srv.shutdown()
         srv.server_close()
         hf_hub.endpoint_reachable.cache_clear()
+    assert hf_hub.endpoint_reachable(url) is False  # nothing listens there now
+    hf_hub.endpoint_reachable.cache_clear()
 
 
 def test_hub_errors_are_classified_by_type():
