@@ -55,7 +55,7 @@ with open(out, "wb") as f:
 def child_env() -> dict[str, str]:
     env = dict(ENV_AT_IMPORT)
     env.update({k: os.environ[k] for k in CARRIED if k in os.environ})
-    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     return env
 
 

@@ -331,36 +331,21 @@ def test_the_weights_probe_ignores_the_hub_clients_offline_mode(monkeypatch):
     """huggingface_hub reads HF_HUB_OFFLINE once, at import; a process that imported it under
     HF_HUB_OFFLINE=1 and unset it since still downloads torchvision weights: their probe is
     urllib's, not the hub session's (which would refuse)."""
-    import http.server
-    import threading
-
     from huggingface_hub import constants as hub_constants
 
+    from segment_helpers import loopback_server
     from visiontool.models import hf_hub
-
-    class Host(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_HEAD(self):  # noqa: N802
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
 
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Host)
-    url = f"http://127.0.0.1:{srv.server_address[1]}/"
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        hf_hub.endpoint_reachable.cache_clear()
-        assert hf_hub.endpoint_reachable(url) is True  # a 404 is an answer
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        hf_hub.endpoint_reachable.cache_clear()
-    assert hf_hub.endpoint_reachable(url) is False  # nothing listens there now
     hf_hub.endpoint_reachable.cache_clear()
+    try:
+        with loopback_server({}) as url:
+            assert hf_hub.endpoint_reachable(url) is True  # its error status for a HEAD is an answer
+        hf_hub.endpoint_reachable.cache_clear()
+        assert hf_hub.endpoint_reachable(url) is False  # nothing listens there now
+    finally:
+        hf_hub.endpoint_reachable.cache_clear()
 
 
 def test_hub_errors_are_classified_by_type():
