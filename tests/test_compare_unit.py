@@ -1,6 +1,8 @@
 """compare's pure parts: duplicate rate on hand-made boxes, deltas, sort keys, peak memory."""
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 
@@ -130,3 +132,16 @@ def test_peak_memory_sees_an_allocation():
     assert small.mb is not None and big.mb is not None
     assert big.mb >= 60, big.mb
     assert small.mb < 30, small.mb
+
+
+def test_peak_memory_is_not_hidden_by_earlier_garbage():
+    # 200 MB held only by a reference cycle, freed by a collection that runs inside the
+    # block (CI saw 0.0 MB when a collection landed there): the 80 MB must still count
+    cycle = {"data": np.ones(200 * 2 ** 20 // 8)}
+    cycle["self"] = cycle
+    del cycle
+    with PeakMemory("cpu") as mem:
+        gc.collect()
+        block = np.ones(80 * 2 ** 20 // 8)
+        del block
+    assert mem.mb is not None and mem.mb >= 60, mem.mb

@@ -22,7 +22,6 @@ order given.
 """
 from __future__ import annotations
 
-import gc
 import os
 import re
 from pathlib import Path
@@ -39,7 +38,7 @@ from visiontool.services.compare_runs import (  # noqa: F401 (the public names o
     parse_sort_key,
 )
 from visiontool.services.duplicates import DUPLICATE_IOU, DUPLICATE_MIN_SCORE, duplicate_flags, duplicate_rate
-from visiontool.services.peak_memory import PeakMemory
+from visiontool.services.peak_memory import PeakMemory, release_memory
 
 DEFAULT_THRESHOLD = 0.0  # AP integrates over the whole precision-recall curve: keep low scores
 
@@ -327,10 +326,8 @@ def _warm_imports(model: str) -> None:
 def _release() -> None:
     """Drop cached models and hand freed heap back to the OS before the next measurement."""
     from visiontool.models import loader
-    from visiontool.services.evaluate import release_memory
 
     loader.release()
-    gc.collect()
     release_memory()
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from visiontool.errors import InvalidInputError, UsageError
 from visiontool.io.predictions import Predictions
 from visiontool.services.ground_truth import GroundTruth, quiet
+from visiontool.services.peak_memory import release_memory
 
 BACKENDS = ("auto", "ultrafast", "hotcoco", "pycocotools", "faster-coco-eval", "torchmetrics")
 ALIASES = {"ultrafast-pycocotools": "ultrafast", "ultrafast_pycocotools": "ultrafast",
@@ -234,22 +235,6 @@ def run_torchmetrics(gt: GroundTruth, preds: Predictions, iou_type: str, per_cla
     classes = [int(c) for c in np.atleast_1d(np.asarray(out["classes"]))]
     return stats, (None if prec is None else np.asarray(prec, dtype=np.float64)), \
         (None if rec is None else np.asarray(rec, dtype=np.float64)), classes
-
-
-def release_memory(collect: bool = True) -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them after the validation pass over
-    a large file, which would otherwise add to the engine's peak RSS). ``collect=False``
-    skips the garbage collection (~10 ms) when no Python garbage is expected."""
-    if collect:
-        import gc
-
-        gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def run(engine: str, gt: GroundTruth, preds: Predictions, iou_type: str, per_class: bool, arrays: bool = True):

@@ -49,10 +49,10 @@ from visiontool.services.eval_engines import (  # noqa: F401  (re-exported: comp
     BACKENDS,
     BadCounts,
     choose_engine,
-    release_memory,
     run,
 )
 from visiontool.services.ground_truth import EngineCannotReadGT, GroundTruth  # noqa: F401
+from visiontool.services.peak_memory import release_memory
 
 STAT_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
              "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")
