@@ -124,14 +124,30 @@ def iter_detect(items: Iterable[Item], detector, options: DetectOptions, *, clas
     declares ``"concurrent"`` runs its windows as parallel single-threaded forward passes
     (:mod:`visiontool.services.forward_streams`); the records are the same, in the same order."""
     from visiontool.services import forward_streams
+    from visiontool.services.image_failures import ModelHealth, image_error, plain_image
 
     timings = timings if timings is not None else Timings()
     name = detector.info.name
+    health = ModelHealth(lambda: detector.predict([plain_image()], options, Timings()))
 
     def forward(window: list[Item], into: Timings) -> dict[int, Detections]:
-        """The window's decoded items' detections, by ``id(item)``."""
+        """The window's decoded items' detections, by ``id(item)``. An image the model fails
+        on gets ``error`` (the others in its window are run again one by one), unless the
+        model fails on a plain image too (then the error stops the run)."""
         good = [x for x in window if x.error is None]
-        dets = detector.predict([x.image for x in good], options, into) if good else []
+        if not good:
+            return {}
+        try:
+            dets = detector.predict([x.image for x in good], options, into)
+        except Exception as exc:
+            if not health.blames_image(exc):
+                raise
+            if len(good) > 1:
+                return {k: v for x in good for k, v in forward([x], into).items()}
+            good[0].error = image_error(good[0].name, good[0].image.size, name, exc)
+            good[0].image = None
+            return {}
+        health.worked()
         return {id(x): d for x, d in zip(good, dets)}
 
     streams, threads = forward_streams.plan(detector.info)

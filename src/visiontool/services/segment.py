@@ -79,8 +79,10 @@ def iter_segment(model, jobs: Iterable[SegmentJob], multimask: bool | None = Non
     results (``on_error(message)`` is called) and the others go on."""
     from visiontool.errors import ImageLoadError
     from visiontool.io.images import load_image
+    from visiontool.services.image_failures import ModelHealth, image_error
 
     name_of_model = model.info.name
+    health = ModelHealth(lambda: _probe(model))
     for pos, job in enumerate(jobs, 1):
         name = job.source.name
         image_id = gt.image_id_for(name) if gt is not None else default_image_id(name, pos)
@@ -92,10 +94,30 @@ def iter_segment(model, jobs: Iterable[SegmentJob], multimask: bool | None = Non
             yield ImageResult(image=name, width=0, height=0, model=name_of_model, image_id=image_id, kind="segment",
                               error=str(exc)), None
             continue
-        masks = masks_for_image(model, rgb, job, multimask, auto_options, name, text_options)
         h, w = rgb.shape[:2]
+        try:
+            masks = masks_for_image(model, rgb, job, multimask, auto_options, name, text_options)
+        except Exception as exc:  # an image the model fails on (a 20000x1 strip) is that image's error
+            if not health.blames_image(exc):
+                raise
+            message = image_error(name, (w, h), name_of_model, exc)
+            if on_error is not None:
+                on_error(message)
+            yield ImageResult(image=name, width=0, height=0, model=name_of_model, image_id=image_id, kind="segment",
+                              error=message), None
+            continue
+        health.worked()
         yield ImageResult(image=name, width=w, height=h, model=name_of_model, image_id=image_id,
                           detections=masks, kind="segment"), rgb
+
+
+def _probe(model) -> None:
+    """One point prompt on a plain image: raises if the model fails on any image at all."""
+    from visiontool.services.image_failures import plain_image
+
+    rgb = np.asarray(plain_image())
+    point = Prompt(points=np.array([[rgb.shape[1] / 2, rgb.shape[0] / 2]]), labels=np.array([1]))
+    model.segment(rgb, [point], multimask=False, name="a plain probe image")
 
 
 def segment(images, *, model: str | None = None, checkpoint: str | None = None, points=None, neg_points=None,
