@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -269,3 +270,61 @@ def test_ground_truth_annotation_missing_a_key(files, tmp_path, key, iou_type):
         return
     line = one_error_line(r)
     assert f"annotations[4] has no '{key}'" in line, line
+
+
+BAD_IDS = {  # (where, value, the line's words); pycocotools either fails on these (it sorts ids of
+    # mixed types, stores a matched annotation's id in a float array) or scores them unlike
+    # every engine (a category_id "1" silently never matches category 1)
+    "image id text": ("images", "id", "abc", 'images[0].id is not an integer ("abc")'),
+    "image id beyond 64 bits": ("images", "id", 10 ** 30, "images[0].id is outside the 64-bit integer range"),
+    "category id text": ("categories", "id", "c", 'categories[0].id is not an integer ("c")'),
+    "category id 2**63": ("categories", "id", 2 ** 63, "categories[0].id is outside the 64-bit integer range"),
+    "annotation id null": ("annotations", "id", None, "annotations[0]: id is not an integer (null)"),
+    "annotation id 1.5": ("annotations", "id", 1.5, "annotations[0]: id is not an integer (1.5)"),
+    "annotation id beyond 64 bits": ("annotations", "id", 10 ** 30, "annotations[0]: id is outside the 64-bit"),
+    "annotation category_id text": ("annotations", "category_id", "1",
+                                    'annotations[0]: category_id is not an integer ("1")'),
+}
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+@pytest.mark.parametrize("kind", list(BAD_IDS))
+def test_ground_truth_ids_that_are_not_64_bit_integers(files, tmp_path, kind, iou_type):
+    """Each reader (the engines' native ones, msgspec's, the full parse) names the id: no
+    "unexpected ValueError/OverflowError", no number computed from a coerced id."""
+    d, gt, _ = files
+    where, key, value, words = BAD_IDS[kind]
+    g = json.loads(json.dumps(gt))
+    g[where][0][key] = value
+    p = tmp_path / "gt_ids.json"
+    p.write_text(json.dumps(g))
+    line = one_error_line(run("--gt", p, "--pred", d / f"{iou_type}.json", "--iou-type", iou_type))
+    assert f"ground truth '{p}': {words}" in line, line
+
+
+def test_integral_float_ids_are_still_ids(files, tmp_path):
+    """1.0 is the integer 1 to pycocotools (a dict key, a sort key): scored, same numbers."""
+    d, gt, _ = files
+    g = json.loads(json.dumps(gt))
+    g["images"][0]["id"] = float(g["images"][0]["id"])
+    g["annotations"][0]["id"] = float(g["annotations"][0]["id"])
+    p = tmp_path / "gt_float_ids.json"
+    p.write_text(json.dumps(g))
+    got = run("--gt", p, "--pred", d / "bbox.json", "--format", "json")
+    want = run("--gt", d / "gt.json", "--pred", d / "bbox.json", "--format", "json")
+    assert got.exit_code == 0 and want.exit_code == 0, got.stderr
+    assert json.loads(got.stdout) == json.loads(want.stdout)
+
+
+@pytest.mark.parametrize("kind", [k for k in BAD_IDS if BAD_IDS[k][0] != "annotations"])
+def test_detect_gt_index_names_a_bad_id(files, kind):
+    """`detect --gt` reads the same ids (to number its records): the same line, before any model."""
+    from visiontool.errors import InvalidInputError
+    from visiontool.io.coco import GroundTruthIndex
+
+    _, gt, _ = files
+    where, key, value, words = BAD_IDS[kind]
+    g = json.loads(json.dumps(gt))
+    g[where][0][key] = value
+    with pytest.raises(InvalidInputError, match=f"ground truth 'g.json': {re.escape(words)}"):
+        GroundTruthIndex.from_dict(g, "g.json")

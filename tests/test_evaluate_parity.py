@@ -178,6 +178,7 @@ def test_input_pycocotools_cannot_score_stays_one_error(data, tmp_path):
     for res, text in [([dict(box[0], score=float("nan"))] + box[1:], "score is nan"),
                       ([dict(box[0], image_id=99999)] + box[1:], "image_id 99999 is not in the ground truth"),
                       ([dict(box[0], category_id="cat")] + box[1:], "category_id is not an integer"),
+                      ([dict(box[0], image_id=10 ** 30)] + box[1:], "image_id is outside the 64-bit integer range"),
                       ([dict(seg[0], segmentation=[[1, 2, 3, 4, 5, 6]])] + seg[1:], "cannot score polygons")]:
         (tmp_path / "gt.json").write_text(json.dumps(gt))
         (tmp_path / "res.json").write_text(json.dumps(res))

@@ -64,11 +64,19 @@ class GroundTruthIndex:
             raise InvalidInputError(f"ground truth '{path}' has no 'images' list (not a COCO annotation file)")
         if not isinstance(gt.get("categories"), list):
             raise InvalidInputError(f"ground truth '{path}' has no 'categories' list")
+        from visiontool.io.pred_checks import Invalid, int_id
+
+        def checked_id(x: dict, where: str) -> int:
+            try:
+                return int_id(x["id"], f"{where}.id")
+            except Invalid as exc:
+                raise InvalidInputError(f"ground truth '{path}': {exc}") from None
+
         idx = cls(path)
         for i, im in enumerate(gt["images"]):
             if not isinstance(im, dict) or "id" not in im:
                 raise InvalidInputError(f"ground truth '{path}': images[{i}] has no 'id'")
-            iid = int(im["id"])
+            iid = checked_id(im, f"images[{i}]")
             idx.image_ids.add(iid)
             fn = im.get("file_name")
             if not fn:
@@ -81,8 +89,9 @@ class GroundTruthIndex:
         for i, cat in enumerate(gt["categories"]):
             if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
                 raise InvalidInputError(f"ground truth '{path}': categories[{i}] needs 'id' and 'name'")
-            idx.categories_by_name[_norm_name(cat["name"])] = int(cat["id"])
-            idx.category_names[int(cat["id"])] = str(cat["name"])
+            cid = checked_id(cat, f"categories[{i}]")
+            idx.categories_by_name[_norm_name(cat["name"])] = cid
+            idx.category_names[cid] = str(cat["name"])
         return idx
 
     @classmethod

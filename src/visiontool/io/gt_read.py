@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from visiontool.io.pred_checks import N_KEYPOINT_VALUES, Invalid, number, polygons, rle_problem
+from visiontool.io.pred_checks import N_KEYPOINT_VALUES, Invalid, int_id, number, polygons, rle_problem
 
 
 def read_gt_light(path: str, segm: bool = False):
@@ -70,9 +70,12 @@ def read_gt_light(path: str, segm: bool = False):
               for im in g.images]
     cats = [{"id": c.id, "name": c.name} for c in g.categories]
     n = len(anns)
-    arrays = (np.fromiter((a.id for a in anns), np.int64, n),
-              np.fromiter((a.category_id for a in anns), np.int64, n),
-              np.fromiter((1 if a.iscrowd else 0 for a in anns), np.int64, n))
+    try:
+        arrays = (np.fromiter((a.id for a in anns), np.int64, n),
+                  np.fromiter((a.category_id for a in anns), np.int64, n),
+                  np.fromiter((1 if a.iscrowd else 0 for a in anns), np.int64, n))
+    except OverflowError:
+        return None  # an annotation id beyond 64 bits: the full parse names it
     note = (len(mismatch), mismatch_note(f"annotations[{mismatch[0][0]}]", [mismatch[0][1]])[1]) if mismatch else None
     return images, cats, arrays, g.annotations is not None, problem, note
 
@@ -122,11 +125,13 @@ def annotation_problem(a: Any, iou_type: str, sizes: dict, full: bool = True,
     ``(mask size, image size)`` appended for it."""
     if not isinstance(a, dict):
         return " is not an object"
-    if full:
-        for key in ("id", "image_id", "category_id", "bbox", "area"):
-            if key not in a:
-                return f" has no '{key}'"
     try:
+        if full:
+            for key in ("id", "image_id", "category_id", "bbox", "area"):
+                if key not in a:
+                    return f" has no '{key}'"
+            for key in ("id", "image_id", "category_id"):
+                int_id(a[key], key)
         if iou_type == "segm":
             seg = a.get("segmentation")
             if seg is None:

@@ -54,6 +54,8 @@ def number(v: Any, what: str) -> float:
 
 
 def int_id(v: Any, what: str) -> int:
+    if type(v) is int and not -2 ** 63 <= v < 2 ** 63:
+        raise Invalid(f"{what} is outside the 64-bit integer range ({str(v)[:40]})")
     if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(float(v)) or float(v) != int(v):
         raise Invalid(f"{what} is not an integer ({json.dumps(v, default=repr)[:40]})")
     return int(v)

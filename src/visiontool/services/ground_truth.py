@@ -82,7 +82,8 @@ class GroundTruth:
         for i, cat in enumerate(categories):
             if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
                 raise InvalidInputError(f"ground truth '{path or '<gt>'}': categories[{i}] needs 'id' and 'name'")
-        ids = np.array([int(im["id"]) for im in images], dtype=np.int64)
+        ids = np.array(_ids(images, "images", path), dtype=np.int64)
+        _ids(categories, "categories", path)
         order = np.argsort(ids, kind="stable")
         self.image_id_array = ids[order]
         hw = np.array([[_int_or(im.get("height")), _int_or(im.get("width"))] for im in images],
@@ -226,8 +227,9 @@ class GroundTruth:
         for i, im in enumerate(d["images"]):
             if not isinstance(im, dict) or "id" not in im:
                 raise InvalidInputError(f"ground truth '{name}': images[{i}] has no 'id'")
-        return cls(path, d, d["images"], d["categories"], _ann_arrays_of(d, name),
-                   has_annotations="annotations" in d)
+        arrays = _ann_arrays_of(d, name)
+        d = _integer_ids(d)
+        return cls(path, d, d["images"], d["categories"], arrays, has_annotations="annotations" in d)
 
     def dataset(self) -> dict:
         """The full COCO dict (parsed on first use when loaded from a path). Do not mutate."""
@@ -405,6 +407,31 @@ def _ann_arrays_of(d: dict, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return (np.array([int(a["id"]) for a in anns], dtype=np.int64),
             np.array([int(a["category_id"]) for a in anns], dtype=np.int64),
             np.array([1 if a.get("iscrowd") else 0 for a in anns], dtype=np.int64))
+
+
+def _integer_ids(d: dict) -> dict:
+    """``d`` with integral float ids (``1.0``, checked before) as ints, in a copy: pycocotools
+    treats 1.0 and 1 as the same key, the fast engines read ids as integers only."""
+    keys = {"images": ("id",), "categories": ("id",), "annotations": ("id", "image_id", "category_id")}
+    lists = {part: d.get(part) or [] for part in keys}
+    if not any(type(x.get(k)) is float for part, ks in keys.items() for x in lists[part] for k in ks):
+        return d
+    out = dict(d)
+    for part, ks in keys.items():
+        if part in d:
+            out[part] = [{**x, **{k: int(x[k]) for k in ks if type(x.get(k)) is float}} for x in lists[part]]
+    return out
+
+
+def _ids(items: list, where: str, path: str | None) -> list[int]:
+    """The ``id`` of every image or category, checked: an integer within 64 bits (pycocotools
+    cannot sort ids of mixed types; every fast engine stores them as 64-bit integers)."""
+    from visiontool.io.pred_checks import Invalid, int_id
+
+    try:
+        return [int_id(x["id"], f"{where}[{i}].id") for i, x in enumerate(items)]
+    except Invalid as exc:
+        raise InvalidInputError(f"ground truth '{path or '<gt>'}': {exc}") from None
 
 
 def _int_or(v: Any) -> int:
