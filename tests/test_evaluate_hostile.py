@@ -328,3 +328,35 @@ def test_detect_gt_index_names_a_bad_id(files, kind):
     g[where][0][key] = value
     with pytest.raises(InvalidInputError, match=f"ground truth 'g.json': {re.escape(words)}"):
         GroundTruthIndex.from_dict(g, "g.json")
+
+
+BAD_FIELDS = {  # (where, key, value, iou type, the line's words; None: scored, pycocotools never reads it)
+    "bbox text, bbox": ("annotations", "bbox", "1,2,3,4", "bbox", 'annotations[0]: bbox must be a list of 4 numbers'),
+    "bbox text, segm": ("annotations", "bbox", "1,2,3,4", "segm", None),
+    "bbox of 3": ("annotations", "bbox", [1, 2, 3], "bbox", "annotations[0]: bbox must be a list of 4 numbers"),
+    "area text": ("annotations", "area", "big", "bbox", 'annotations[0]: area is not a number ("big")'),
+    "area null, segm": ("annotations", "area", None, "segm", "annotations[0]: area is not a number (null)"),
+    "iscrowd text": ("annotations", "iscrowd", "yes", "segm", 'annotations[0]: iscrowd is not a number ("yes")'),
+    "height text, segm": ("images", "height", "480", "segm", 'images[0].height is not an integer ("480")'),
+    "height text, bbox": ("images", "height", "480", "bbox", None),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_FIELDS))
+def test_ground_truth_fields_of_the_wrong_type(files, tmp_path, kind):
+    """Each was an engine's TypeError blaming the predictions (or "unexpected ..."): now one
+    line naming the field, or the numbers of the intact file where COCOeval never reads it."""
+    d, gt, _ = files
+    where, key, value, iou_type, words = BAD_FIELDS[kind]
+    g = json.loads(json.dumps(gt))
+    g[where][0][key] = value
+    p = tmp_path / "gt_field.json"
+    p.write_text(json.dumps(g))
+    r = run("--gt", p, "--pred", d / f"{iou_type}.json", "--iou-type", iou_type, "--format", "json")
+    if words is None:
+        want = run("--gt", d / "gt.json", "--pred", d / f"{iou_type}.json", "--iou-type", iou_type, "--format", "json")
+        assert r.exit_code == 0, r.stderr
+        assert json.loads(r.stdout) == json.loads(want.stdout)
+        return
+    line = one_error_line(r)
+    assert f"ground truth '{p}': {words}" in line, line

@@ -8,7 +8,9 @@ scored for an iou type, as pycocotools' COCOeval reads it: ``bbox`` and ``area``
 a result's are) for segm, ``keypoints`` (51 numbers) and ``num_keypoints`` for keypoints.
 """
 # no `from __future__ import annotations`: msgspec reads the annotations of the local schema classes
+import json
 import os
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -132,6 +134,9 @@ def annotation_problem(a: Any, iou_type: str, sizes: dict, full: bool = True,
                     return f" has no '{key}'"
             for key in ("id", "image_id", "category_id"):
                 int_id(a[key], key)
+            _real(a["area"], "area")  # pycocotools compares it with the area ranges
+            if "iscrowd" in a and not isinstance(a["iscrowd"], bool):
+                _real(a["iscrowd"], "iscrowd")  # pycocotools takes int() of it
         if iou_type == "segm":
             seg = a.get("segmentation")
             if seg is None:
@@ -161,6 +166,26 @@ def annotation_problem(a: Any, iou_type: str, sizes: dict, full: bool = True,
                 return f".keypoints must be {N_KEYPOINT_VALUES} numbers (17 COCO keypoints x (x, y, v))"
             for x in kps:
                 number(x, "keypoints")
+    except Invalid as exc:
+        return f": {exc}"
+    return None
+
+
+def _real(v: Any, what: str) -> None:
+    """A JSON number (NaN included: pycocotools scores it; a string, null or bool is not one)."""
+    if isinstance(v, bool) or not isinstance(v, Real):
+        raise Invalid(f"{what} is not a number ({json.dumps(v, default=repr)[:40]})")
+
+
+def bbox_problem(a: dict) -> str | None:
+    """Why a ground-truth annotation's ``bbox`` cannot be scored for bbox (after
+    "annotations[i]"), or None: 4 numbers (pycocotools computes IoU from them)."""
+    b = a.get("bbox")
+    if not isinstance(b, (list, tuple)) or len(b) != 4:
+        return f": bbox must be a list of 4 numbers ({json.dumps(b, default=repr)[:40]})"
+    try:
+        for x in b:
+            _real(x, "bbox")
     except Invalid as exc:
         return f": {exc}"
     return None

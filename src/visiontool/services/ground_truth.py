@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import json
 import os
 import re
 import sys
@@ -18,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from visiontool.errors import InvalidInputError, UsageError
-from visiontool.io.gt_read import annotation_problem, mismatch_note, read_gt_light, scored_fields
+from visiontool.io.gt_read import annotation_problem, bbox_problem, mismatch_note, read_gt_light, scored_fields
 
 
 @contextlib.contextmanager
@@ -156,16 +157,20 @@ class GroundTruth:
     def require(self, iou_type: str) -> None:
         """Raise (one line naming the first annotation) unless every annotation carries what
         ``iou_type`` reads: segmentation for segm, keypoints for keypoints (bbox and area were
-        checked on loading)."""
+        checked on loading; a bbox's four numbers by the typed readers, here when the file
+        was parsed in full)."""
         if iou_type == "bbox":
-            return
-        if iou_type not in self._checked:
-            problem = None
+            if self._dataset is not None and "bbox" not in self._checked:
+                anns = self._dataset.get("annotations") or []
+                self._checked["bbox"] = next((f"annotations[{i}]{p}" for i, a in enumerate(anns)
+                                              if (p := bbox_problem(a))), None)
+        elif iou_type not in self._checked:
+            problem = _image_size_problem(self._images) if iou_type == "segm" else None
             sizes = {i: (h if h >= 0 else None, w if w >= 0 else None)
                      for i, (h, w) in zip(self.image_id_array.tolist(), self.image_hw_array.tolist())}
             first = None
             mm: list = []
-            for i, a in enumerate(self.dataset().get("annotations") or []):
+            for i, a in enumerate(self.dataset().get("annotations") or [] if problem is None else []):
                 n_mm = len(mm)
                 problem = annotation_problem(a, iou_type, sizes, full=False, mismatch=mm)
                 if first is None and len(mm) > n_mm:
@@ -176,7 +181,7 @@ class GroundTruth:
             self._checked[iou_type] = problem
             if mm and iou_type == "segm":
                 self.rle_size_mismatch = mismatch_note(f"annotations[{first}]", mm)
-        if self._checked[iou_type]:
+        if self._checked.get(iou_type):
             raise InvalidInputError(f"{self.label}: {self._checked[iou_type]}")
 
     # -- construction
@@ -421,6 +426,17 @@ def _integer_ids(d: dict) -> dict:
         if part in d:
             out[part] = [{**x, **{k: int(x[k]) for k in ks if type(x.get(k)) is float}} for x in lists[part]]
     return out
+
+
+def _image_size_problem(images: list) -> str | None:
+    """An image ``height`` / ``width`` that is neither absent nor an integer ("480"): pycocotools
+    and hotcoco rasterise polygons on them and fail on anything else."""
+    for i, im in enumerate(images):
+        for key in ("height", "width"):
+            v = im.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                return f"images[{i}].{key} is not an integer ({json.dumps(v, default=repr)[:40]})"
+    return None
 
 
 def _ids(items: list, where: str, path: str | None) -> list[int]:
