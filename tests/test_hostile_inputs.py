@@ -357,3 +357,28 @@ def test_hub_errors_are_classified_by_type():
     wrapped.__cause__ = LocalEntryNotFoundError("not cached")
     assert "not in the Hugging Face cache" in str(classify("org/model", wrapped))
     assert "not in the Hugging Face cache" not in str(classify("org/model", ValueError("something else")))
+
+
+# -- an empty value (an unset shell variable) never means "not given" or the current directory --
+
+EMPTY = {
+    "source": (["detect", ""], "an empty source was given ('')"),
+    "source blank": (["segment", " ", "--point", "1,1"], "an empty source was given (' ')"),
+    "--gt": (["detect", "{photo}", "--gt", ""], "--gt was given an empty value"),
+    "--pred=": (["evaluate", "--gt", "{photo}", "--pred="], "--pred was given an empty value"),
+    "-o": (["detect", "{photo}", "-o", ""], "-o was given an empty value"),
+    "--save-viz": (["detect", "{photo}", "--save-viz", ""], "--save-viz was given an empty value"),
+    "--masks-dir": (["segment", "{photo}", "--point", "1,1", "--masks-dir", " "], "--masks-dir was given an empty"),
+    "--images": (["compare", "--gt", "{photo}", "--images", "", "-m", "x"], "--images was given an empty value"),
+    "--classes": (["detect", "{photo}", "-m", "{detr}", "--classes", ""], "--classes '' names no class"),
+    "--classes ,,": (["detect", "{photo}", "-m", "{detr}", "--classes", ",,"], "--classes ',,' names no class"),
+    "detect -m": (["detect", "{photo}", "-m", ""], "--model is empty"),
+    "segment -m": (["segment", "{photo}", "-m", "", "--point", "1,1"], "--model is empty"),
+}
+
+
+@pytest.mark.parametrize("case", list(EMPTY))
+def test_an_empty_value_is_a_usage_error_before_any_model(case, photo, tiny_detr, no_model):
+    args, words = EMPTY[case]
+    args = [a.format(photo=photo, detr=tiny_detr) for a in args]
+    assert_user_error(invoke(*args), 2, words)

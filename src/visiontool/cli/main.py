@@ -28,7 +28,7 @@ import typer
 from typer.core import TyperGroup
 
 from visiontool import __version__
-from visiontool.errors import ExitCode, Interrupted, VisionToolError
+from visiontool.errors import ExitCode, Interrupted, UsageError, VisionToolError
 from visiontool.render.text import clean
 
 PROG = "visiontool"
@@ -82,6 +82,30 @@ class _ClosedStdout(io.TextIOBase):
         from visiontool.errors import UsageError
 
         raise UsageError(f"stdout is closed: nowhere to write {self.what}")
+
+
+# the flags that name a file or directory: given an empty value (an unset shell variable,
+# `--gt "$GT"`), each would otherwise mean "not given" or the current directory
+PATH_FLAGS = frozenset({"-o", "--output", "--output-dir", "--gt", "--pred", "--images", "--boxes-from", "--prompts",
+                        "--mask-input", "--masks-dir", "--cache-dir", "--plot", "--save-crops", "--save-preds",
+                        "--save-viz", "--name", "-n", "--address"})
+
+
+def _no_empty_paths(args: list[str]) -> None:
+    """UsageError for ``--gt ''`` or ``--gt=`` (one of PATH_FLAGS with an empty value)."""
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return
+        flag, eq, value = arg.partition("=")
+        if flag not in PATH_FLAGS:
+            continue
+        if not eq:
+            if i + 1 >= len(args):
+                continue  # click reports the missing value
+            value = args[i + 1]
+        if not value.strip():
+            raise UsageError(f"{flag} was given an empty value ('{value}'); name a file or directory"
+                             if flag not in ("--name", "-n", "--address") else f"{flag} was given an empty value")
 
 
 def _stdout_if_closed(args: list[str]) -> None:
@@ -154,6 +178,7 @@ class LazyGroup(TyperGroup):
         code: int = ExitCode.OK
         with _Signals():
             try:
+                _no_empty_paths(args)
                 rv = super().main(args=args, prog_name=prog_name or PROG, complete_var=complete_var,
                                   standalone_mode=False, **extra)
                 code = rv if isinstance(rv, int) else ExitCode.OK

@@ -155,7 +155,9 @@ def segment_command(
     common_checks(device=device, dtype=dtype, output=output, files={"--save-viz": viz_file},
                   dirs={"--masks-dir": masks_dir, "--save-viz": None if viz_file else save_viz})
     seg_runtime = runtime_options(runtime)  # the SAM image encoder's runtime (images and video frames)
-    if model:
+    if model is not None:
+        if not model.strip():  # an unset shell variable must not mean the default checkpoint
+            raise UsageError("--model is empty")
         from visiontool.models.registry import check_segmenter_spec
 
         check_segmenter_spec(model)

@@ -152,6 +152,8 @@ def expand_media(sources: list[str], recursive: bool = False, source_type: str =
         add(name, "image" if photos else "video" if source_type == "video" else _kind_of_file(name))
 
     for raw in sources:
+        if not raw.strip():  # an unset shell variable ("$DIR") must not mean the current directory
+            raise UsageError(f"an empty source was given ('{raw}'); pass a file, directory, glob, URL or stream")
         if raw == "-":
             stream = stdin if stdin is not None else sys.stdin
             lines = [ln.strip() for ln in stream.read().splitlines()]

@@ -61,6 +61,9 @@ def parse_classes(spec: str | Sequence[str] | None, id2label: dict[int, str]) ->
     items = [spec] if isinstance(spec, str) else list(spec)
     tokens = [t.strip() for item in items for t in str(item).split(",") if t.strip()]
     if not tokens:
+        if items:  # --classes "" (an unset shell variable) must not mean every class
+            raise UsageError(f"--classes '{','.join(map(str, items))}' names no class (give names or ids, "
+                             "e.g. --classes person,car)")
         return None
     by_name = {v.lower(): k for k, v in id2label.items()}
     wanted: set[int] = set()
@@ -198,7 +201,8 @@ def prepare_detector(model: str | None, *, classes=None, text=None, device: str 
     from visiontool.models import registry
 
     phrases = parse_text(text)
-    model = model or (registry.DEFAULT_TEXT_DETECTOR if phrases else registry.DEFAULT_DETECTOR)
+    if model is None:
+        model = registry.DEFAULT_TEXT_DETECTOR if phrases else registry.DEFAULT_DETECTOR
     registry.check_detector_spec(model)
     names = registry.peek_class_names(model) if classes is not None and not phrases else None
     if classes is not None and phrases:
