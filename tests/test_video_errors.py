@@ -60,6 +60,19 @@ def test_unusable_media_is_one_line_exit_1(media, squares, name, needle):
     assert needle in res.stderr
 
 
+@pytest.mark.parametrize("start, shown", [("20", "frame 20"), ("2s", "2s"), ("12", "frame 12")])
+def test_a_start_past_the_end_is_named_not_a_silent_empty_run(media, squares, start, shown):
+    """good.mp4 has 12 frames (0-11) at 12 fps, whole.mkv 48: the start past good.mp4's end is
+    one line naming it, exit 1; whole.mkv's frames from there are still written."""
+    res = invoke("detect", media / "good.mp4", media / "whole.mkv", "-m", "squares", "-f", "jsonl", "--start", start)
+    assert_user_error(res, 1, f"good.mp4: --start {shown} is at or after the end of the video: no frame was "
+                              "processed", single=False)
+    assert "whole.mkv: --start" not in res.stderr
+    assert {r["image"] for r in jsonl(res.stdout)} == {str(media / "whole.mkv")}
+    last = invoke("detect", media / "good.mp4", "-m", "squares", "-f", "jsonl", "--start", "11")
+    assert last.exit_code == 0 and [r["frame"] for r in jsonl(last.stdout)] == [11]
+
+
 def test_bad_videos_among_good_inputs_are_each_named_once_and_the_rest_is_written(media, squares):
     res = invoke("detect", media / "truncated.mkv", media / "good.mp4", media / "audio.m4a", media / "zero.mkv",
                  media / "photo.png", "-m", "squares", "-f", "jsonl", "-q")

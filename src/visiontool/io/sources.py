@@ -275,16 +275,23 @@ def _frames(name: str, position: int, live: bool, multi: bool, video: VideoOptio
             on_retry: Callable[[str], None] | None, fps_table: dict | None) -> Iterator[Item]:
     from visiontool.io.video import VideoError, iter_frames
 
+    last = None
     try:
         for fr in iter_frames(name, stride=video.stride, start=video.start, end=video.end,
                               max_frames=video.max_frames, reconnect=video.reconnect, live=live,
                               on_retry=on_retry):
             if fps_table is not None and fr.fps:
                 fps_table[name] = fr.fps
+            last = fr
             yield Item(name, fr.image, position, frame=fr.index, time_s=fr.time_s, fps=fr.fps,
                        image_id=position * FRAME_ID_STRIDE + fr.index if multi else fr.index)
     except VideoError as exc:
         yield Item(name, None, position, error=str(exc))
+        return
+    if last is None and video.start is not None and not live:  # asked for frames the video does not have
+        start = f"{video.start.value:g}s" if video.start.unit == "s" else f"frame {int(video.start.value)}"
+        yield Item(name, None, position, error=f"{name}: --start {start} is at or after the end of the video: "
+                                               "no frame was processed")
 
 
 def expected_items(sources: list[Source], video: VideoOptions | None = None) -> int | None:
