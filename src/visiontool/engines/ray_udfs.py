@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from visiontool.convert import to_record
+from visiontool.services.image_failures import is_oom
 from visiontool.types import ImageResult
 
 
@@ -166,17 +167,6 @@ def actor_iter_detect(items, actor: "DetectUDF", ids, batch_size: int | None = N
 
 
 # ----------------------------------------------------------------------------- memory
-def is_oom(exc: BaseException) -> bool:
-    """CUDA (or MPS) out of memory, or the host's MemoryError."""
-    if isinstance(exc, MemoryError):
-        return True
-    torch = sys.modules.get("torch")
-    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None) if torch is not None else None
-    if oom is not None and isinstance(exc, oom):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
 def free_memory() -> None:
     gc.collect()
     torch = sys.modules.get("torch")

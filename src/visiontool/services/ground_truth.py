@@ -165,7 +165,9 @@ class GroundTruth:
                 self._checked["bbox"] = next((f"annotations[{i}]{p}" for i, a in enumerate(anns)
                                               if (p := bbox_problem(a))), None)
         elif iou_type not in self._checked:
-            problem = _image_size_problem(self._images) if iou_type == "segm" else None
+            # sizes of the wrong type get past only the full parse (the typed readers refuse them)
+            full = self._dataset is not None and iou_type == "segm"
+            problem = _image_size_problem(self._dataset["images"]) if full else None
             sizes = {i: (h if h >= 0 else None, w if w >= 0 else None)
                      for i, (h, w) in zip(self.image_id_array.tolist(), self.image_hw_array.tolist())}
             first = None

@@ -11,14 +11,24 @@ the image; if it fails too, the original error is raised.
 """
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any, Callable
 
 from visiontool.errors import VisionToolError
 
-# what is never an image's fault: out of memory (host or device), an error already worded for
-# the user, an interrupt (BaseException, never caught here)
-_FATAL_NAMES = {"OutOfMemoryError"}
+
+
+def is_oom(exc: BaseException) -> bool:
+    """CUDA (or MPS) out of memory, or the host's MemoryError: never one image's fault (the
+    Ray engine halves its batch on it)."""
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None) if torch is not None else None
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 class ModelHealth:
@@ -36,9 +46,8 @@ class ModelHealth:
     def blames_image(self, exc: BaseException) -> bool:
         """True when ``exc`` (raised by the model on some images) is those images' failure;
         False when the caller must re-raise it (the model fails on a plain image too)."""
-        if isinstance(exc, (VisionToolError, MemoryError)) or type(exc).__name__ in _FATAL_NAMES:
-            return False
-        if not isinstance(exc, Exception):
+        # an error already worded for the user, out of memory, an interrupt: never the image's
+        if not isinstance(exc, Exception) or isinstance(exc, VisionToolError) or is_oom(exc):
             return False
         with self._lock:
             if self._works is None:
@@ -66,4 +75,4 @@ def image_error(name: str, size: tuple[int, int], model: str, exc: BaseException
     return f"{name}: {model} failed on this {w}x{h} image: {type(exc).__name__}: {text}"
 
 
-__all__ = ["ModelHealth", "plain_image", "image_error"]
+__all__ = ["ModelHealth", "plain_image", "image_error", "is_oom"]
