@@ -63,6 +63,42 @@ def test_mot17_folder_equals_trackevals_own_run(tmp_path):
     assert plain["preprocessing"] is False and plain["metrics"]["GT_IDs"] > out["metrics"]["GT_IDs"]
 
 
+def _sparse(lines: list[str]) -> list[str]:
+    """Frames spread out (every 3rd, then a 500-frame hole) and ids made large and sparse."""
+    out = []
+    for ln in lines:
+        f, i, rest = ln.split(",", 2)
+        f = 3 * int(f) + (500 if int(f) > 20 else 0)
+        out.append(f"{f},{int(i) * 100_003},{rest}")
+    return out
+
+
+def test_sparse_frames_and_ids_give_trackevals_own_numbers(tmp_path):
+    """Frames and ids are renumbered densely before TrackEval (a row at frame 10**7 or an id of
+    10**10 would otherwise take it gigabytes): every number stays TrackEval's own on the raw
+    files, CLR_Frames and FP_per_frame included (the holes count as frames)."""
+    seqs = {name: tuple(_sparse(part) for part in synthetic_sequence(seed, mot17=True))
+            for name, seed in (("MOT17-02-SIM", 7), ("MOT17-04-SIM", 8))}
+    seqs["MOT17-04-SIM"][1].append("700,5,10,10,20,20,0.9,-1,-1,-1")  # a prediction past the last GT frame
+    gt_root, tr_root = mot_layout(tmp_path, "MOT17", seqs)
+    ref = trackeval_reference(gt_root, tr_root, "mine", "MOT17")
+    out = evaluate_json(gt_root / "MOT17-train", tr_root / "MOT17-train" / "mine")
+    assert out["metrics"]["CLR_Frames"] == 620 + 700 and out["metrics"]["FP_per_frame"] > 0
+    assert_same(out["metrics"], ref["COMBINED_SEQ"])
+    for seq in seqs:
+        assert_same(out["per_sequence"][seq], ref[seq])
+
+
+def test_a_prediction_at_frame_ten_million_costs_nothing(tmp_path):
+    gt, pred = synthetic_sequence(3, mot17=False)
+    gt_file = write_lines(tmp_path / "gt.txt", gt)
+    pred_file = write_lines(tmp_path / "pred.txt", pred + ["10000000,10000000000,1,1,5,5,0.9,-1,-1,-1"])
+    out = evaluate_json(gt_file, pred_file)  # TrackEval alone: 18 GB and minutes
+    assert out["metrics"]["CLR_Frames"] == 10_000_000
+    assert out["metrics"]["CLR_FP"] == evaluate_json(gt_file, write_lines(tmp_path / "p.txt", pred))["metrics"][
+        "CLR_FP"] + 1
+
+
 def test_mot15_file_pair_equals_trackevals_own_run(tmp_path):
     gt, pred = synthetic_sequence(3, mot17=False)
     gt_root, tr_root = mot_layout(tmp_path, "MOT15", {"Walk-SIM": (gt, pred)})

@@ -105,6 +105,8 @@ def read_mot(path: str | os.PathLike, kind: str = "pred", seq_length: int | None
         frame = _integral(fields[0])
         if frame is None or frame < 1:
             raise _fail(shown, n, f"frame '{fields[0]}' is not an integer >= 1 (MOT frames are 1-based)", line)
+        if frame >= 2 ** 63:
+            raise _fail(shown, n, f"frame {fields[0]} is beyond the 64-bit integer range", line)
         if seq_length is not None and frame > seq_length:
             raise _fail(shown, n, f"frame {frame} is beyond the sequence's {seq_length} frames (seqinfo.ini)", line)
         tid = _integral(fields[1])
@@ -113,6 +115,8 @@ def read_mot(path: str | os.PathLike, kind: str = "pred", seq_length: int | None
                    "(run detect with --track)" if tid == -1 and kind == "pred"
                    else f"id '{fields[1]}' is not an integer >= 0")
             raise _fail(shown, n, why, line)
+        if tid >= 2 ** 63:
+            raise _fail(shown, n, f"id {fields[1]} is beyond the 64-bit integer range", line)
         try:
             x, y, w, h = (float(v) for v in fields[2:6])
         except ValueError:
