@@ -35,6 +35,7 @@ def no_model(monkeypatch):
     ([], ["nothing to segment"]),
     (["--auto", "--point", "5,5"], ["--auto"]),
     (["--points-per-side", "8"], ["add --auto"]),
+    (["--auto", "--points-per-side", "100000"], ["--points-per-side 100000: at most 1024"]),  # was a MemoryError
     (["--auto", "--preset", "huge"], ["--preset 'huge'"]),
     (["--auto", "--pred-iou-thresh", "1.5"], ["--pred-iou-thresh"]),
     (["--point", "5,5", "--format", "csv"], ["--format 'csv'"]),

@@ -15,6 +15,8 @@ from visiontool.cli.options import (DeviceOpt, DtypeOpt, OutputOpt, QuietOpt, Ru
                                   runtime_options)
 from visiontool.errors import PartialFailure, UsageError
 
+MAX_POINTS_PER_SIDE = 1024  # --auto's grid: 1024 x 1024 points already covers every input pixel
+
 SEGMENT_FORMATS = ("table", "json", "jsonl", "coco")
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 
@@ -198,6 +200,9 @@ def segment_command(
     for flag, v in (("--points-per-side", points_per_side), ("--min-area", min_area)):
         if v is not None and v < (1 if flag == "--points-per-side" else 0):
             raise UsageError(f"invalid {flag} {v}")
+    if points_per_side is not None and points_per_side > MAX_POINTS_PER_SIDE:
+        raise UsageError(f"--points-per-side {points_per_side}: at most {MAX_POINTS_PER_SIDE}, one point per pixel "
+                         "of SAM's 1024-pixel input (the default is 32)")
     for flag, v in (("--pred-iou-thresh", pred_iou_thresh), ("--stability-score-thresh", stability_score_thresh)):
         if v is not None and not 0.0 <= v <= 1.0:
             raise UsageError(f"invalid {flag} {v}: expected a number in [0, 1]")
