@@ -18,7 +18,6 @@ from typing import Any, Callable
 from visiontool.errors import VisionToolError
 
 
-
 def is_oom(exc: BaseException) -> bool:
     """CUDA (or MPS) out of memory, or the host's MemoryError: never one image's fault (the
     Ray engine halves its batch on it)."""
