@@ -64,19 +64,13 @@ class GroundTruthIndex:
             raise InvalidInputError(f"ground truth '{path}' has no 'images' list (not a COCO annotation file)")
         if not isinstance(gt.get("categories"), list):
             raise InvalidInputError(f"ground truth '{path}' has no 'categories' list")
-        from visiontool.io.pred_checks import Invalid, int_id
-
-        def checked_id(x: dict, where: str) -> int:
-            try:
-                return int_id(x["id"], f"{where}.id")
-            except Invalid as exc:
-                raise InvalidInputError(f"ground truth '{path}': {exc}") from None
+        from visiontool.io.gt_read import checked_ids
 
         idx = cls(path)
         for i, im in enumerate(gt["images"]):
             if not isinstance(im, dict) or "id" not in im:
                 raise InvalidInputError(f"ground truth '{path}': images[{i}] has no 'id'")
-            iid = checked_id(im, f"images[{i}]")
+        for im, iid in zip(gt["images"], checked_ids(gt["images"], "images", path)):
             idx.image_ids.add(iid)
             fn = im.get("file_name")
             if not fn:
@@ -89,7 +83,7 @@ class GroundTruthIndex:
         for i, cat in enumerate(gt["categories"]):
             if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
                 raise InvalidInputError(f"ground truth '{path}': categories[{i}] needs 'id' and 'name'")
-            cid = checked_id(cat, f"categories[{i}]")
+        for cat, cid in zip(gt["categories"], checked_ids(gt["categories"], "categories", path)):
             idx.categories_by_name[_norm_name(cat["name"])] = cid
             idx.category_names[cid] = str(cat["name"])
         return idx

@@ -171,6 +171,17 @@ def annotation_problem(a: Any, iou_type: str, sizes: dict, full: bool = True,
     return None
 
 
+def checked_ids(items: list, where: str, path: str | None) -> list[int]:
+    """The ``id`` of every image or category, checked: an integer within 64 bits (pycocotools
+    cannot sort ids of mixed types; every fast engine stores them as 64-bit integers)."""
+    from visiontool.errors import InvalidInputError
+
+    try:
+        return [int_id(x["id"], f"{where}[{i}].id") for i, x in enumerate(items)]
+    except Invalid as exc:
+        raise InvalidInputError(f"ground truth '{path or '<gt>'}': {exc}") from None
+
+
 def _real(v: Any, what: str) -> None:
     """A JSON number (NaN included: pycocotools scores it; a string, null or bool is not one)."""
     if isinstance(v, bool) or not isinstance(v, Real):

@@ -19,7 +19,8 @@ from typing import Any, Callable
 import numpy as np
 
 from visiontool.errors import InvalidInputError, UsageError
-from visiontool.io.gt_read import annotation_problem, bbox_problem, mismatch_note, read_gt_light, scored_fields
+from visiontool.io.gt_read import (annotation_problem, bbox_problem, checked_ids, mismatch_note, read_gt_light,
+                                   scored_fields)
 
 
 @contextlib.contextmanager
@@ -83,8 +84,8 @@ class GroundTruth:
         for i, cat in enumerate(categories):
             if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
                 raise InvalidInputError(f"ground truth '{path or '<gt>'}': categories[{i}] needs 'id' and 'name'")
-        ids = np.array(_ids(images, "images", path), dtype=np.int64)
-        _ids(categories, "categories", path)
+        ids = np.array(checked_ids(images, "images", path), dtype=np.int64)
+        checked_ids(categories, "categories", path)
         order = np.argsort(ids, kind="stable")
         self.image_id_array = ids[order]
         hw = np.array([[_int_or(im.get("height")), _int_or(im.get("width"))] for im in images],
@@ -439,17 +440,6 @@ def _image_size_problem(images: list) -> str | None:
             if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
                 return f"images[{i}].{key} is not an integer ({json.dumps(v, default=repr)[:40]})"
     return None
-
-
-def _ids(items: list, where: str, path: str | None) -> list[int]:
-    """The ``id`` of every image or category, checked: an integer within 64 bits (pycocotools
-    cannot sort ids of mixed types; every fast engine stores them as 64-bit integers)."""
-    from visiontool.io.pred_checks import Invalid, int_id
-
-    try:
-        return [int_id(x["id"], f"{where}[{i}].id") for i, x in enumerate(items)]
-    except Invalid as exc:
-        raise InvalidInputError(f"ground truth '{path or '<gt>'}': {exc}") from None
 
 
 def _int_or(v: Any) -> int:
