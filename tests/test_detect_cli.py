@@ -420,6 +420,22 @@ def test_installed_entry_point_detects(tiny_detr, photos, tmp_path):
     assert mod.returncode == 0 and mod.stdout.startswith("visiontool ")
 
 
+@pytest.mark.parametrize("fmt, stderr_too", [("jsonl", False), ("jsonl", True), ("table", False)],
+                         ids=["jsonl", "jsonl-2>&1", "table"])
+def test_a_reader_that_goes_away_ends_the_run_with_exit_0(tiny_detr, photos, tmp_path, fmt, stderr_too):
+    """`visiontool detect DIR | head -1` (the reader gone before the first record): exit 0 and no
+    error line, also when stderr shares the pipe (`2>&1 | head`) -- click and rich each made it a
+    silent exit 1, which fails a `set -o pipefail` script."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", VISIONTOOL_CACHE=str(tmp_path / "c"))
+    p = subprocess.Popen([_exe(), "detect", str(photos), "-m", tiny_detr, "-t", "0", "-f", fmt],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT if stderr_too else subprocess.PIPE,
+                         env=env)
+    p.stdout.close()  # the reader is gone before anything is written: the first write breaks the pipe
+    err = b"" if stderr_too else p.stderr.read()
+    assert p.wait(timeout=300) == 0, err
+    assert b"error" not in err and b"Traceback" not in err, err
+
+
 @pytest.mark.parametrize("argv", [["--help"], ["detect", "--help"], ["segment", "--help"], ["evaluate", "--help"],
                                   ["compare", "--help"], ["export", "--help"], ["merge", "--help"]])
 def test_help_does_not_import_torch(argv):

@@ -149,8 +149,18 @@ class _Signals:
         return False
 
 
+class _ReaderGone(Exception):
+    """A command's BrokenPipeError, carried past click, which would turn it into a silent exit 1."""
+
+
 class LazyGroup(TyperGroup):
     """visiontool's commands, imported on demand, and the one place errors become exit codes."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as exc:
+            raise _ReaderGone() from exc
 
     def list_commands(self, ctx):
         return [name for name, (module, _) in COMMANDS.items() if importlib.util.find_spec(module) is not None]
@@ -197,8 +207,8 @@ class LazyGroup(TyperGroup):
                 _trace()
                 error_line("input nested too deeply to process")
                 code = ExitCode.USAGE
-            except BrokenPipeError:
-                _silence_stdout()  # the reader went away (`| head`): not an error of ours
+            except (BrokenPipeError, _ReaderGone):
+                _silence_gone_readers()  # the reader went away (`| head`): not an error of ours
                 code = ExitCode.OK
             except Exception as exc:  # a bug: still one line, the traceback on --debug
                 _trace()
@@ -221,12 +231,20 @@ def _usage_error(exc) -> int:
     return ExitCode.USAGE if code == 2 or ctx is not None else code
 
 
-def _silence_stdout() -> None:
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):
-        pass
+def _silence_gone_readers() -> None:
+    """Point stdout, and stderr if its reader went away too (``2>&1 | head``), at /dev/null, so
+    the flush at exit neither fails nor changes the exit code."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+            continue
+        except (OSError, ValueError, AttributeError):
+            pass
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
 
 
 app = typer.Typer(

@@ -5,6 +5,7 @@ pipes) are honoured; rich turns colour off by itself when the stream is not a tt
 """
 from __future__ import annotations
 
+import errno
 import sys
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,23 @@ if TYPE_CHECKING:
 
 _state = {"quiet": False}
 _said: set[str] = set()
+_console_class: list[type] = []
+
+
+def _console(**kwargs) -> Console:
+    """A rich Console whose stream's reader going away (``| head``) raises BrokenPipeError,
+    which :mod:`visiontool.cli.main` ends quietly with exit 0; rich's own reaction is a
+    ``SystemExit(1)``, which would stop the command before its outputs are closed."""
+    if not _console_class:
+        from rich.console import Console
+
+        class ReaderAwareConsole(Console):
+            def on_broken_pipe(self) -> None:
+                self.quiet = True
+                raise BrokenPipeError(errno.EPIPE, "the reader of this stream went away")
+
+        _console_class.append(ReaderAwareConsole)
+    return _console_class[0](**kwargs)
 
 
 def set_quiet(quiet: bool) -> None:
@@ -43,30 +61,26 @@ def print_tables(fh, *tables) -> None:
     truncate cells (a long image path, a column header); there each table is
     printed at its natural width, without colour codes, so every cell survives.
     """
-    from rich.console import Console
-
     fh = sys.stdout if fh is None else fh
     if _isatty(fh):
-        con = Console(file=fh, soft_wrap=False)
+        con = _console(file=fh, soft_wrap=False)
         for t in tables:
             if t is not None:
                 con.print(t)
         return
     from rich.measure import Measurement
 
-    probe = Console(file=fh, width=100_000, color_system=None)
+    probe = _console(file=fh, width=100_000, color_system=None)
     for t in tables:
         if t is None:
             continue
         width = Measurement.get(probe, probe.options, t).maximum
-        Console(file=fh, soft_wrap=False, width=max(80, width), color_system=None).print(t)
+        _console(file=fh, soft_wrap=False, width=max(80, width), color_system=None).print(t)
 
 
 def err() -> Console:
     """Console for progress, warnings and errors on stderr."""
-    from rich.console import Console
-
-    return Console(file=sys.stderr, stderr=True, highlight=False)
+    return _console(file=sys.stderr, stderr=True, highlight=False)
 
 
 def _isatty(stream) -> bool:
