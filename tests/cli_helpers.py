@@ -1,6 +1,8 @@
 """Assertions on CLI results shared by the command tests."""
 from __future__ import annotations
 
+import contextlib
+
 
 def assert_user_error(result, code: int, *needles: str, single: bool = True) -> str:
     """Exit ``code``, no traceback, ``visiontool: error:`` lines on stderr (exactly one when
@@ -23,3 +25,18 @@ def one_error_line(result, code: int = 2) -> str:
     assert [ln for ln in result.stderr.splitlines() if ln.strip()] == [line], result.stderr
     assert result.stdout == ""
     return line
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes: int):
+    """Files this process writes stop at ``nbytes``: a write past it fails with EFBIG, as one on a
+    full disk fails with ENOSPC (Python ignores SIGXFSZ). Only the soft limit changes; it is put
+    back after."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))

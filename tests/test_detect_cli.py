@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli_helpers import assert_user_error
+from cli_helpers import assert_user_error, file_size_limit
 from detr_helpers import COCO_SUBSET, build_tiny_detr
 from visiontool.cli.main import app
 
@@ -434,6 +434,37 @@ def test_a_reader_that_goes_away_ends_the_run_with_exit_0(tiny_detr, photos, tmp
     err = b"" if stderr_too else p.stderr.read()
     assert p.wait(timeout=300) == 0, err
     assert b"error" not in err and b"Traceback" not in err, err
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_under_stdout_is_one_error_line(tiny_detr, photos, tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", VISIONTOOL_CACHE=str(tmp_path / "c"))
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([_exe(), "detect", str(photos), "-m", tiny_detr, "-t", "0", "-q"], stdout=full,
+                           stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+    assert p.returncode == 1
+    assert p.stderr == "visiontool: error: cannot write the output: No space left on device\n", p.stderr
+
+
+@pytest.mark.parametrize("flag", ["-o", "--save-viz"])
+def test_a_file_that_cannot_grow_is_named_and_the_old_output_kept(tiny_detr, photos, tmp_path, flag):
+    """A write that fails for lack of space (here a 1 KiB file-size limit) stops the run with one
+    line naming the file, exit 1 -- not "unexpected OSError"; -o's previous file survives whole."""
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "dets.jsonl" if flag == "-o" else out / "viz"
+    if flag == "-o":
+        target.write_text("the previous run\n")
+    with file_size_limit(1024):
+        res = invoke("detect", photos, "-m", tiny_detr, "-t", "0", "-q", flag, target)
+    named = target if flag == "-o" else target / "dog.jpg"
+    assert res.exit_code == 1, res.stderr
+    assert res.stderr == f"visiontool: error: cannot write '{named}': File too large\n"
+    if flag == "-o":
+        assert target.read_text() == "the previous run\n"
+        assert sorted(x.name for x in out.iterdir()) == ["dets.jsonl"]  # no temp file left behind
+    else:
+        assert list(target.iterdir()) == []
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["detect", "--help"], ["segment", "--help"], ["evaluate", "--help"],

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli_helpers import assert_user_error, one_error_line
+from cli_helpers import assert_user_error, file_size_limit, one_error_line
 from detector_helpers import small_photos
 from runtimes_helpers import assert_same_records, records, tiny_detr_small
 from visiontool.cli.main import app
@@ -122,6 +122,23 @@ def test_export_bad_arguments(detr, tmp_path):
     r = runner.invoke(app, ["export", str(detr), "-o", str(tmp_path / "d")])  # --runtime is required
     assert r.exit_code == 2
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_an_export_that_cannot_be_written_is_one_line(detr, photos, tmp_path, monkeypatch):
+    """Out of space (here a 64 KiB file-size limit) while exporting, to -o DIR or into the cache:
+    exit 1 naming the cause and where, nothing half-written left behind."""
+    out = tmp_path / "out"
+    with file_size_limit(64 << 10):
+        r = runner.invoke(app, ["export", str(detr), "--runtime", "onnx", "-o", str(out), "-q"])
+    line = one_error_line(r, code=1)
+    assert line.startswith(f"visiontool: error: visiontool export: cannot write {out}: File too large ({tmp_path}: ")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("VISIONTOOL_CACHE", str(tmp_path / "cache"))
+    with file_size_limit(64 << 10):
+        r = detect(photos[:1], detr, "--runtime", "onnxruntime", "-q")
+    line = one_error_line(r, code=1)
+    assert "cannot write the export into the cache: File too large" in line and "VISIONTOOL_CACHE" in line
+    assert [p.name for p in (tmp_path / "cache" / "exports").iterdir() if not p.name.endswith(".lock")] == []
 
 
 def test_export_missing_extra(detr, tmp_path, monkeypatch):

@@ -212,9 +212,20 @@ class LazyGroup(TyperGroup):
                 code = ExitCode.OK
             except Exception as exc:  # a bug: still one line, the traceback on --debug
                 _trace()
-                error_line(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
+                error_line(_disk_full(exc)
+                           or f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
                 code = ExitCode.FAILURE
         sys.exit(int(code))
+
+
+def _disk_full(exc: Exception) -> str | None:
+    """The error line for a write that found the disk (or the quota) full: not a bug of ours."""
+    from visiontool.io.output import is_disk_full
+
+    if not is_disk_full(exc):
+        return None
+    where = f"'{exc.filename}'" if exc.filename else "the output"
+    return f"cannot write {where}: {exc.strerror or exc}"
 
 
 def _trace() -> None:

@@ -14,7 +14,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -23,6 +25,27 @@ from typing import IO, Iterator, TextIO
 from visiontool.errors import Interrupted, UsageError
 
 TEXT_ERRORS = "surrogateescape"  # non-UTF-8 file names round-trip as their original bytes
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})  # errors only a write can give
+NEARLY_FULL = 16 << 20  # bytes: less free than this after a failed export means the disk filled up
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL
+
+
+def out_of_space(exc: BaseException, directory: str | os.PathLike) -> str | None:
+    """Why a write into ``directory`` failed when the disk is the cause, else None: a full
+    disk's OSError, or a native writer's failure (OpenVINO says only ``iostream error``) that
+    left less than 16 MiB free there. Called before the partial output is removed."""
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        free = None
+    if not is_disk_full(exc) and (free is None or free >= NEARLY_FULL):
+        return None
+    reason = exc.strerror if is_disk_full(exc) else "No space left on device"
+    left = "" if free is None else f": {free / 2**20:.1f} MiB free"
+    return f"{reason} ({os.fsdecode(directory)}{left})"
 
 
 def _umask() -> int:
@@ -66,9 +89,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", fsync: bool = True,
                 _commit(fh, tmp, target, fsync)
                 raise
             _commit(fh, tmp, target, fsync)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if is_disk_full(exc) and exc.filename is None:
+            exc.filename = os.fsdecode(target)  # the file the user named, for the one error line
         raise
 
 

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 from visiontool.errors import UsageError
+from visiontool.io.output import out_of_space
 
 RUNTIME_NAMES = {"openvino": "openvino", "onnx": "onnxruntime", "onnxruntime": "onnxruntime"}
 
@@ -127,9 +128,12 @@ def export_model(spec: str, runtime: str, out_dir: str, quiet: bool = False, ima
             target.rmdir()  # empty, checked above
         os.replace(tmp, target)
     except BaseException as exc:
+        full = out_of_space(exc, tmp.parent) if isinstance(exc, Exception) else None
         shutil.rmtree(tmp, ignore_errors=True)
         from visiontool.errors import VisionToolError
 
+        if full:
+            raise VisionToolError(f"visiontool export: cannot write {target}: {full}") from exc
         if isinstance(exc, (VisionToolError, KeyboardInterrupt, MemoryError)) or not isinstance(exc, Exception):
             raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from visiontool.errors import UsageError, VisionToolError
+from visiontool.io.output import out_of_space
 
 ENTRY = "entry.json"
 CACHE_FORMAT = 1
@@ -189,6 +190,10 @@ def get_or_build(fields: dict[str, Any], build: Callable[[Path], list[str]], ope
             except (VisionToolError, KeyboardInterrupt, MemoryError):
                 raise
             except Exception as exc:  # noqa: BLE001 - an operator the exporter lacks, a failed trace: one line
+                full = out_of_space(exc, root)
+                if full:
+                    raise VisionToolError(f"{what}: cannot write the export into the cache: {full}; free some "
+                                          "space or point VISIONTOOL_CACHE at another disk") from exc
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
                 raise UsageError(f"{what}: the export failed ({type(exc).__name__}: {first}); use --runtime torch") \
                     from exc
