@@ -141,6 +141,27 @@ def test_an_export_that_cannot_be_written_is_one_line(detr, photos, tmp_path, mo
     assert [p.name for p in (tmp_path / "cache" / "exports").iterdir() if not p.name.endswith(".lock")] == []
 
 
+def test_exporting_a_transformers_model_says_nothing_of_its_training_loss(detr, tmp_path):
+    """OpenVINO's tracer reads every property of every submodule; DetrModel's ``loss_function``
+    warned "`loss_type=None` was set in the config but it is unrecognized. Using the default loss:
+    `ForCausalLMLoss`" on stderr on every first export."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.get_logger("x").warning_once.cache_clear()  # it warns once per process
+    heard: list[logging.LogRecord] = []
+    catcher = logging.Handler(logging.WARNING)
+    catcher.emit = heard.append
+    logging.getLogger("transformers").addHandler(catcher)
+    try:
+        r = runner.invoke(app, ["export", str(detr), "--runtime", "openvino", "-o", str(tmp_path / "ov"), "-q"])
+    finally:
+        logging.getLogger("transformers").removeHandler(catcher)
+    assert r.exit_code == 0, r.stderr
+    assert [rec.getMessage() for rec in heard] == []
+
+
 def test_export_missing_extra(detr, tmp_path, monkeypatch):
     import sys
 

@@ -152,19 +152,40 @@ def quiet_transformers(local: bool):
     load is instant, so its progress bars go too (hub downloads keep theirs)."""
     import logging
 
+    import transformers  # noqa: F401 - loaded here, so transformers_errors_only quiets it
     from transformers.utils import logging as hf_logging
 
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
     if local:
         hf_logging.disable_progress_bar()
+    try:
+        with transformers_errors_only():
+            yield
+    finally:
+        if local:
+            hf_logging.enable_progress_bar()
+
+
+@contextmanager
+def transformers_errors_only():
+    """transformers' logger at ERROR for the block, if transformers is loaded at all (an export
+    of a torchvision model should not import it). Tracing a model for export reads every
+    property of every submodule, and ``PreTrainedModel.loss_function`` of a backbone-less
+    submodule (``DetrModel``) warns "`loss_type=None` was set in the config but it is
+    unrecognized. Using the default loss: `ForCausalLMLoss`" -- not for users."""
+    import sys
+
+    if "transformers" not in sys.modules:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         yield
     finally:
         hf_logging.set_verbosity(verbosity)
-        if local:
-            hf_logging.enable_progress_bar()
 
 
 def from_pretrained(load: Callable[..., Any], spec: str, **kwargs: Any) -> Any:

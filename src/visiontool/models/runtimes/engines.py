@@ -87,6 +87,8 @@ def export_network(module, example: tuple, runtime: str, directory: Path, input_
     """
     import torch
 
+    from visiontool.models.hf_hub import transformers_errors_only
+
     directory = Path(directory)
     if runtime == "openvino":
         import openvino as ov
@@ -97,7 +99,7 @@ def export_network(module, example: tuple, runtime: str, directory: Path, input_
             shapes.append(ov.PartialShape(dims))
         import warnings
 
-        with warnings.catch_warnings(), torch.no_grad(), no_openvino_telemetry():
+        with warnings.catch_warnings(), torch.no_grad(), no_openvino_telemetry(), transformers_errors_only():
             warnings.simplefilter("ignore")  # the tracer's notes on shape-constant Python branches
             om = ov.convert_model(module, example_input=example if len(example) > 1 else example[0], input=shapes)
         for out, name in zip(om.outputs, output_names):
@@ -106,7 +108,7 @@ def export_network(module, example: tuple, runtime: str, directory: Path, input_
         return ["model.xml", "model.bin"]
     import warnings
 
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), transformers_errors_only():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, example, str(directory / "model.onnx"), input_names=input_names,
                           output_names=output_names, dynamic_axes=dynamic_axes, opset_version=ONNX_OPSET,
