@@ -302,6 +302,9 @@ def run() -> None:
         if not _no_teardown["on"]:
             raise
         code = exc.code
+        from visiontool.io.readers import remove_spooled
+
+        remove_spooled()  # atexit would, but os._exit runs no exit handlers
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

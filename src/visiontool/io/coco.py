@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 from visiontool.convert import xyxy_to_xywh  # noqa: F401 (box spellings live in convert)
-from visiontool.errors import InvalidInputError, UsageError
+from visiontool.errors import InvalidInputError
 from visiontool.masks import decode as decode_rle  # noqa: F401 (masks live in visiontool.masks)
 from visiontool.masks import encode as encode_rle  # noqa: F401
 
@@ -24,14 +24,18 @@ def _norm_name(name: str) -> str:
 
 
 def load_json_file(path: str | os.PathLike, what: str) -> object:
-    """A JSON file as Python objects (json's reading: NaN and Infinity tokens accepted). A path
-    that is not a regular file, content that cannot start JSON (checked on its first bytes,
-    before the rest is read), invalid or too deeply nested JSON: one-line errors."""
+    """A JSON file or stream as Python objects (json's reading: NaN and Infinity tokens
+    accepted). A path that is neither a regular file nor a stream, content that cannot start
+    JSON (checked on its first bytes, before the rest is read), invalid or too deeply nested
+    JSON: one-line errors."""
     from visiontool.io.json_input import check_input_path, json_start
+    from visiontool.io.readers import read_stream
 
-    if check_input_path(str(path), what) == "stream":
-        raise UsageError(f"{what} '{path}' is a pipe or stdin; give it as a file")
     try:
+        if check_input_path(str(path), what) == "stream":  # stdin, or a FIFO such as <(zcat gt.json.gz)
+            data = read_stream(path)
+            json_start(data[:1 << 16], f"{what} '{path}'")
+            return json.loads(data)
         with open(path, "rb") as fh:
             json_start(fh.read(1 << 16), f"{what} '{path}'")
             fh.seek(0)

@@ -30,6 +30,10 @@ from visiontool.io.readers import check_input_path  # noqa: F401 (re-exported: o
 _WS = b" \t\r\n"
 _BOM = b"\xef\xbb\xbf"
 _HEAD = 1 << 16  # bytes read from a stream before deciding it is JSON at all
+# compressed files and archives, by their magic bytes: (format, the shell command that gives the JSON)
+_PACKED = ((b"\x1f\x8b", "gzip-compressed", "zcat"), (b"BZh", "bzip2-compressed", "bzcat"),
+           (b"\xfd7zXZ\x00", "xz-compressed", "xzcat"), (b"\x28\xb5\x2f\xfd", "zstd-compressed", "zstdcat"),
+           (b"PK\x03\x04", "a zip archive", "unzip -p"))
 
 
 def json_start(head: bytes, label: str) -> int:
@@ -47,6 +51,12 @@ def json_start(head: bytes, label: str) -> int:
             raise InvalidInputError(f"{label} is not JSON: it starts with {n} bytes of blanks")
         raise InvalidInputError(f"{label} is empty")
     if head[start] not in b"[{":
+        for magic, what, command in _PACKED:
+            if head.startswith(magic):
+                path = label.partition(" '")[2][:-1] or "-"
+                hint = f"pipe it through {command.split()[0]}" if path == "-" or path.startswith("/dev/fd/") else \
+                    f"e.g. <({command} {path}) in its place"
+                raise InvalidInputError(f"{label} is {what}: give the JSON itself, {hint}")
         snippet = head[start:start + 24].decode("utf-8", "backslashreplace")
         raise InvalidInputError(f"{label} is not JSON: expected a JSON list or object (or JSON lines) but it "
                                 f"starts with {ascii(snippet)}")

@@ -34,6 +34,7 @@ from typing import TextIO
 import numpy as np
 
 from visiontool.errors import InvalidInputError, UsageError
+from visiontool.io.readers import is_stream, read_stream
 
 GT_COLUMNS = "frame,id,x,y,w,h,consider,class,visibility"
 PRED_COLUMNS = "frame,id,x,y,w,h,score,-1,-1,-1"
@@ -82,10 +83,11 @@ def read_mot(path: str | os.PathLike, kind: str = "pred", seq_length: int | None
     names the line of the first bad row, UsageError a missing file."""
     p = Path(path)
     shown = os.fsdecode(path)
-    if not p.is_file():
+    stream = is_stream(path)
+    if not stream and not p.is_file():
         raise UsageError(f"MOT {'ground truth' if kind == 'gt' else 'prediction'} file not found: '{shown}'")
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_stream(path).decode("utf-8") if stream else p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise InvalidInputError(f"{shown}: not a text file (MOTChallenge rows are comma-separated text)") from None
     minimum = 6
@@ -196,6 +198,8 @@ def find_gt_sequences(path: str | os.PathLike) -> list[GtSequence]:
     folder of ``SEQ.txt``."""
     p = Path(path)
     shown = os.fsdecode(path)
+    if is_stream(path):  # stdin or <(command): one sequence, named after it ("stdin", "63" for /dev/fd/63)
+        return [GtSequence("stdin" if shown == "-" else p.stem, shown, None)]
     if p.is_file():
         if p.parent.name == "gt" and p.name == "gt.txt":
             return [GtSequence(p.parent.parent.name, str(p), _seq_length(p.parent.parent))]
@@ -219,7 +223,7 @@ def find_pred_files(path: str | os.PathLike, seqs: list[GtSequence]) -> tuple[di
     (or ``data/SEQ.txt``). UsageError names the sequences without predictions."""
     p = Path(path)
     shown = os.fsdecode(path)
-    if p.is_file():
+    if p.is_file() or is_stream(path):
         if len(seqs) != 1:
             raise UsageError(f"--pred '{shown}' is one file but the ground truth holds {len(seqs)} sequences; give "
                              "a folder with one SEQ.txt per sequence")

@@ -1,21 +1,19 @@
 """Opening input files with messages that say what is wrong (exit 2, one line).
 
-A directory, a device such as /dev/null, a FIFO, a symlink loop, a dangling link and a
-missing file each get their own words, instead of one "file not found" for all of them.
+A directory, a device such as /dev/null, a symlink loop, a dangling link and a missing file
+each get their own words, instead of one "file not found" for all of them. Streams -- ``-``
+(stdin) and FIFOs such as bash's ``<(zcat gt.json.gz)`` -- are read once; a reader that needs
+a regular file gets a temporary copy (:func:`spool`).
 """
 from __future__ import annotations
 
+import atexit
 import errno
 import os
 import stat
+import sys
 
-from visiontool.errors import InvalidInputError, UsageError
-
-
-def check_input_file(path: str | os.PathLike, what: str) -> None:
-    """UsageError unless ``path`` is a readable regular file."""
-    if check_input_path(path, what) == "stream":
-        raise UsageError(f"{what} '{os.fsdecode(path)}' is a named pipe; give it as a regular file")
+from visiontool.errors import InvalidInputError, UsageError, VisionToolError
 
 
 def check_input_path(path: str | os.PathLike, what: str) -> str:
@@ -50,13 +48,77 @@ def check_input_path(path: str | os.PathLike, what: str) -> str:
     return "file"
 
 
-def read_text(path: str | os.PathLike, what: str) -> str:
-    """The UTF-8 text of an input file (UsageError / InvalidInputError with one clear line)."""
-    check_input_file(path, what)
+def is_stream(path: str | os.PathLike) -> bool:
+    """``-`` (stdin) or a FIFO such as ``<(command)``."""
+    if os.fsdecode(path) == "-":
+        return True
     try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def one_stdin(paths) -> None:
+    """UsageError when more than one of ``paths`` is ``-``: stdin can be read only once."""
+    if sum(isinstance(p, (str, os.PathLike)) and os.fsdecode(p) == "-" for p in paths) > 1:
+        raise UsageError("only one input can be read from stdin ('-'); give the others as files or <(command)")
+
+
+def read_stream(path: str | os.PathLike) -> bytes:
+    """All of a stream: stdin for ``-``, else the FIFO at ``path``."""
+    if os.fsdecode(path) == "-":
+        return sys.stdin.buffer.read()
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """The UTF-8 text of an input file or stream (UsageError / InvalidInputError, one clear line)."""
+    try:
+        if check_input_path(path, what) == "stream":
+            return read_stream(path).decode("utf-8")
         with open(path, encoding="utf-8") as fh:
             return fh.read()
     except UnicodeDecodeError as exc:
         raise InvalidInputError(f"{what} '{os.fsdecode(path)}' is not UTF-8 text") from exc
     except OSError as exc:
         raise UsageError(f"{what} '{os.fsdecode(path)}': cannot read ({exc.strerror or exc})") from exc
+
+
+_spooled: list[str] = []
+
+
+def spool(path: str, what: str) -> str:
+    """Copy the stream ``path`` (``-`` or a FIFO) into a temporary regular file and return the
+    file's path, for readers that need one (the native COCO engines read the ground truth by
+    path, and again when a run needs more of it). The copy is removed by
+    :func:`remove_spooled`: at exit, also when the command ends with ``os._exit``, or earlier
+    by its user."""
+    import shutil
+    import tempfile
+
+    src = sys.stdin.buffer if path == "-" else open(path, "rb")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="visiontool-", suffix=".json")
+        _spooled.append(tmp)
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+    except OSError as exc:
+        raise VisionToolError(f"cannot copy {what} '{path}' to a temporary file in {tempfile.gettempdir()}: "
+                              f"{exc.strerror or exc}") from None
+    finally:
+        if src is not sys.stdin.buffer:
+            src.close()
+    return tmp
+
+
+@atexit.register
+def remove_spooled(path: str | None = None) -> None:
+    """Remove the temporary copy ``path`` :func:`spool` made, or every one."""
+    for tmp in [path] if path is not None else list(_spooled):
+        if tmp in _spooled:
+            _spooled.remove(tmp)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass

@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 
 from visiontool.errors import UsageError, VisionToolError
+from visiontool.io.readers import check_input_path, one_stdin
 from visiontool.services.compare_runs import (  # noqa: F401 (the public names of compare)
     MODEL_KEYS,
     STAT_KEYS,
@@ -143,9 +144,10 @@ def compare(
     names = list(names or [])
     if len(names) > total:
         raise UsageError(f"{len(names)} --name values for {total} run{'s' if total != 1 else ''}")
-    for p in preds:
-        if isinstance(p, (str, os.PathLike)) and str(p) != "-" and not Path(p).is_file():
-            raise UsageError(f"predictions file not found: '{p}'")
+    paths = [str(p) for p in preds if isinstance(p, (str, os.PathLike))]
+    for p in paths:
+        check_input_path(p, "predictions")
+    one_stdin([gt] + paths)
     sources = [(p, "file") for p in preds] + [(m, "model") for m in models]
     labels = _unique_names([names[i] if i < len(names) and names[i] else _default_name(s, k, i)
                             for i, (s, k) in enumerate(sources)])
@@ -204,7 +206,7 @@ def compare(
     for r in runs:
         if r.ok and base.ok:
             r.delta = deltas(r.stats, base.stats)
-    return CompareResult(runs, iou_type, gtobj.path)
+    return CompareResult(runs, iou_type, gtobj.shown)
 
 
 def _is_result_list(obj: Any) -> bool:

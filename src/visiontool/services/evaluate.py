@@ -36,6 +36,7 @@ import numpy as np
 
 from visiontool.errors import InvalidInputError, UsageError
 from visiontool.io import pred_early
+from visiontool.io.readers import one_stdin
 from visiontool.io.predictions import (
     IOU_TYPES,
     NotFast,
@@ -205,6 +206,7 @@ def evaluate(gt: Any, predictions: Any, iou_type: str = "bbox", *, per_class: bo
     t0 = time.perf_counter()
     if iou_type not in IOU_TYPES:
         raise UsageError(f"invalid --iou-type '{iou_type}': expected bbox, segm or keypoints")
+    one_stdin([gt, predictions])
     if is_tensor_style(predictions):
         if not isinstance(gt, (list, tuple)):
             raise UsageError("torchmetrics-style predictions need torchmetrics-style targets as gt")

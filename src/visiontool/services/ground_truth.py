@@ -14,13 +14,15 @@ import os
 import re
 import sys
 import warnings
+import weakref
 from typing import Any, Callable
 
 import numpy as np
 
-from visiontool.errors import InvalidInputError, UsageError
+from visiontool.errors import InvalidInputError, UsageError, VisionToolError
 from visiontool.io.gt_read import (annotation_problem, bbox_problem, checked_ids, mismatch_note, read_gt_light,
                                    scored_fields)
+from visiontool.io.readers import check_input_path, remove_spooled, spool
 
 
 @contextlib.contextmanager
@@ -69,6 +71,7 @@ class GroundTruth:
                  checked: dict | None = None, n_anns: int | None = None, images_again: Callable | None = None,
                  rle_size_mismatch: tuple[int, str] | None = None):
         self.path = path
+        self.shown = path  # the name messages give it (``path`` may be a temporary copy of a stream)
         self._dataset = dataset
         self._handles: dict[str, Any] = dict(handles or {})
         self._anns = anns
@@ -107,7 +110,7 @@ class GroundTruth:
 
     @property
     def label(self) -> str:
-        return f"ground truth '{self.path or '<gt>'}'"
+        return f"ground truth '{self.shown or '<gt>'}'"
 
     @property
     def index(self):
@@ -118,7 +121,7 @@ class GroundTruth:
 
             images = self._images() if callable(self._images) else self._images
             self._index = GroundTruthIndex.from_dict({"images": images, "categories": self._categories},
-                                                     self.path or "<gt>")
+                                                     self.shown or "<gt>")
         return self._index
 
     # -- annotation facts, computed on first use (the fast path never needs them)
@@ -203,6 +206,8 @@ class GroundTruth:
             return cls._from_dict(gt, None)
         if isinstance(gt, (str, os.PathLike)):
             path = str(gt)
+            if check_input_path(path, "ground truth") == "stream":
+                return cls._load_stream(path, iou_type)
             _check_file(path)
             if iou_type in (None, "bbox"):
                 native = _native_gt(path)
@@ -224,6 +229,21 @@ class GroundTruth:
         if isinstance(getattr(gt, "dataset", None), dict):  # a pycocotools (or compatible) COCO object
             return cls._from_dict(gt.dataset, None)
         raise UsageError(f"unsupported ground truth of type {type(gt).__name__}")
+
+    @classmethod
+    def _load_stream(cls, path: str, iou_type: str | None) -> GroundTruth:
+        """stdin or a FIFO (``--gt <(zcat instances_val.json.gz)``): read into a temporary file,
+        which the engines then read like any other; messages name ``path``."""
+        tmp = spool(path, "ground truth")
+        try:
+            gt = cls.load(tmp, iou_type)
+        except VisionToolError as exc:
+            remove_spooled(tmp)
+            exc.args = tuple(a.replace(tmp, path) if isinstance(a, str) else a for a in exc.args)
+            raise
+        gt.shown = path
+        weakref.finalize(gt, remove_spooled, tmp)  # the copy lives as long as the GroundTruth reading it
+        return gt
 
     @classmethod
     def _from_dict(cls, d: Any, path: str | None) -> GroundTruth:
@@ -286,11 +306,9 @@ class GroundTruth:
         return scored_fields(self.dataset())
 
 def _check_file(path: str) -> None:
-    """A path that is not a regular file, or whose first bytes cannot start JSON: one line."""
-    from visiontool.io.json_input import check_input_path, json_start
+    """A regular file whose first bytes cannot start JSON: one line."""
+    from visiontool.io.json_input import json_start
 
-    if check_input_path(path, "ground truth") == "stream":
-        raise UsageError(f"ground truth '{path}' is a pipe or stdin; give the ground truth as a file")
     with open(path, "rb") as fh:
         json_start(fh.read(1 << 16), f"ground truth '{path}'")
 

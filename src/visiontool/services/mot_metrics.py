@@ -31,6 +31,7 @@ import numpy as np
 
 from visiontool.errors import InvalidInputError, UsageError, require
 from visiontool.io.mot import MotTable, find_gt_sequences, find_pred_files, read_mot
+from visiontool.io.readers import one_stdin
 
 PREPROC = ("auto", "mot17", "mot16", "mot20", "none")
 MOT_CLASS_IDS = set(range(1, 14))  # pedestrian .. crowd (TrackEval's class_name_to_class_id)
@@ -109,6 +110,7 @@ def evaluate_mot(gt: str, preds: list[str] | str, names: list[str] | None = None
     pred_list = [preds] if isinstance(preds, str) else list(preds)
     if not pred_list:
         raise UsageError("no prediction given")
+    one_stdin([gt, *pred_list])
     seqs = find_gt_sequences(gt)
     gts = [read_mot(s.path, "gt", s.length) for s in seqs]
     lengths = {}
