@@ -382,3 +382,21 @@ def test_an_empty_value_is_a_usage_error_before_any_model(case, photo, tiny_detr
     args, words = EMPTY[case]
     args = [a.format(photo=photo, detr=tiny_detr) for a in args]
     assert_user_error(invoke(*args), 2, words)
+
+
+# click's ranges let nan through (every comparison with it is false), and inf where there is no upper bound
+NOT_FINITE = {
+    "detect --nms-iou nan": ["detect", "{photo}", "-m", "{detr}", "--nms-iou", "nan"],
+    "detect --text-threshold NaN": ["detect", "{photo}", "--text", "dog", "--text-threshold", "NaN"],
+    "detect --cpus-per-replica inf": ["detect", "{photo}", "--engine", "ray", "--cpus-per-replica", "inf"],
+    "segment --gpus-per-replica inf": ["segment", "{photo}", "--point", "1,1", "--gpus-per-replica", "inf"],
+    "segment --pred-iou-thresh -inf": ["segment", "{photo}", "--auto", "--pred-iou-thresh", "-inf"],
+    "compare --dup-score nan": ["compare", "--gt", "{photo}", "{photo}", "--dup-score", "nan"],
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_FINITE))
+def test_a_number_that_is_not_finite_is_a_usage_error_before_any_model(case, photo, tiny_detr, no_model):
+    args = [a.format(photo=photo, detr=tiny_detr) for a in NOT_FINITE[case]]
+    value = args[-1]
+    assert_user_error(invoke(*args), 2, f"'{value}' is not a finite number")

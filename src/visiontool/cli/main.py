@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import io
+import math
 import os
 import signal
 import sys
@@ -149,6 +150,23 @@ class _Signals:
         return False
 
 
+def _finite_numbers_only(kind) -> None:
+    """Make a float option type refuse ``nan`` and ``inf`` (exit 2): click's ranges let ``nan``
+    through (every comparison with it is false) and ``inf`` wherever there is no upper bound."""
+    convert = kind.convert
+    if getattr(convert, "finite_only", False) or getattr(kind, "name", "") not in ("float", "float range"):
+        return
+
+    def finite(value, param, ctx):
+        number = convert(value, param, ctx)
+        if isinstance(number, float) and not math.isfinite(number):
+            kind.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+    finite.finite_only = True
+    kind.convert = finite
+
+
 class _ReaderGone(Exception):
     """A command's BrokenPipeError, carried past click, which would turn it into a silent exit 1."""
 
@@ -170,7 +188,10 @@ class LazyGroup(TyperGroup):
         if entry is None:
             return None
         module = importlib.import_module(entry[0])
-        return typer.main.get_command(module.app)
+        command = typer.main.get_command(module.app)
+        for param in command.params:
+            _finite_numbers_only(param.type)
+        return command
 
     def format_commands(self, ctx, formatter):
         """The command list from COMMANDS' one-liners: `visiontool --help` imports no command."""
