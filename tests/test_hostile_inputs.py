@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from cli_helpers import assert_user_error, one_error_line
 from detr_helpers import build_tiny_detr
 from visiontool.cli.main import app
+from visiontool.errors import UsageError
 
 runner = CliRunner()
 
@@ -400,3 +401,27 @@ def test_a_number_that_is_not_finite_is_a_usage_error_before_any_model(case, pho
     args = [a.format(photo=photo, detr=tiny_detr) for a in NOT_FINITE[case]]
     value = args[-1]
     assert_user_error(invoke(*args), 2, f"'{value}' is not a finite number")
+
+
+@pytest.mark.parametrize("command", ["detect", "segment"])
+def test_a_source_that_is_a_pipe_or_a_device_is_named_for_what_it_is(command, tmp_path, tiny_detr, no_model):
+    """`detect <(curl URL)` said "no such file or directory" of a path that exists."""
+    pipe = tmp_path / "photo.jpg"
+    os.mkfifo(pipe)
+    extra = ["-m", tiny_detr] if command == "detect" else ["--point", "1,1"]
+    line = assert_user_error(invoke(command, pipe, *extra), 2)
+    assert line == (f"visiontool: error: source '{pipe}' is a pipe; give the file or URL itself (photos and videos "
+                    "are read from files, http(s) URLs and stream URLs such as rtsp://)")
+    assert_user_error(invoke(command, os.devnull, *extra), 2, "'/dev/null' is not a regular file (a character device)")
+
+
+def test_a_camera_device_path_is_its_webcam(tmp_path, monkeypatch):
+    from visiontool.io import sources
+
+    camera = tmp_path / "video3"
+    os.mkfifo(camera)  # stands in for the character device: only its resolved name counts
+    real = os.path.realpath
+    monkeypatch.setattr(sources.os.path, "realpath", lambda p: "/dev/video3" if str(p) == str(camera) else real(p))
+    assert sources.expand_media([str(camera)]) == [sources.Source("webcam:3", "stream")]
+    with pytest.raises(UsageError, match="is a pipe"):  # photos only: a camera is no photo
+        sources.expand_media([str(camera)], source_type="image")

@@ -199,6 +199,16 @@ def expand_media(sources: list[str], recursive: bool = False, source_type: str =
                 raise UsageError(f"no file matches '{raw}'")
             for m in matches:
                 add_file(m)
+        elif p.exists():  # a FIFO (<(curl ...)), a socket or a device: no photo or video file to open
+            from visiontool.io.readers import check_input_path
+
+            camera = re.fullmatch(r"/dev/video(\d+)", os.path.realpath(p))
+            if camera and not photos:  # V4L2's camera device: what webcam:N opens
+                add(f"webcam:{int(camera.group(1))}", "stream")
+                continue
+            check_input_path(p, "source")  # says what it is
+            raise UsageError(f"source '{raw}' is a pipe; give the file or URL itself (photos and videos are "
+                             "read from files, http(s) URLs and stream URLs such as rtsp://)")
         else:
             hint = " (a webcam? use webcam:N or --source-type webcam)" if raw.isdigit() else ""
             raise UsageError(f"no such file or directory: '{raw}'{hint}")
