@@ -162,6 +162,27 @@ def test_exporting_a_transformers_model_says_nothing_of_its_training_loss(detr, 
     assert [rec.getMessage() for rec in heard] == []
 
 
+def test_an_unwritable_export_cache_costs_an_export_not_the_run(detr, photos, torch_records, tmp_path, monkeypatch):
+    """VISIONTOOL_CACHE naming a file (or a read-only home): one warning, the export goes to a
+    temporary directory for the run, and the records are the torch path's."""
+    from visiontool.models.runtimes import export_cache
+
+    monkeypatch.setattr(export_cache, "_scratch", [])
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("VISIONTOOL_CACHE", str(tmp_path / "a-file"))
+    for run in range(2):
+        r = detect(photos, detr, "--runtime", "onnxruntime")
+        assert r.exit_code == 0, r.stderr
+        assert_same_records(records(r.stdout), torch_records)
+        assert ("exporting" in r.stderr) == (run == 0), r.stderr  # the second run finds the first's export
+        warned = [ln for ln in r.stderr.splitlines() if ln.startswith("visiontool: warning:")]
+        assert warned == ([f"visiontool: warning: cannot write the export cache in {tmp_path / 'a-file' / 'exports'} "
+                           f"(Not a directory); exporting into {export_cache._scratch[0]} for this run only (point "
+                           "VISIONTOOL_CACHE at a writable directory to keep exports)"] if run == 0 else [])
+    exported = [p.name for p in export_cache._scratch[0].iterdir() if not p.name.endswith(".lock")]
+    assert len(exported) == 1, exported  # made by the first run, found by the second
+
+
 def test_export_missing_extra(detr, tmp_path, monkeypatch):
     import sys
 

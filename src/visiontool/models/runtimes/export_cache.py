@@ -155,6 +155,34 @@ def _publish(tmp: Path, final: Path, fields: dict[str, Any], bad_before: bool) -
     return True
 
 
+_scratch: list[Path] = []
+
+
+def _writable(root: Path) -> Path:
+    """``root``, created, if a file can be made there; else a temporary directory for this
+    process (removed at exit), with one warning: a read-only or misconfigured cache
+    (VISIONTOOL_CACHE naming a file, a read-only home in a container) costs an export per run,
+    not the run."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=root)
+        os.close(fd)
+        os.unlink(probe)
+        return root
+    except OSError as exc:
+        if not _scratch:
+            import atexit
+
+            from visiontool.render.console import warn
+
+            _scratch.append(Path(tempfile.mkdtemp(prefix="visiontool-exports-")))
+            atexit.register(shutil.rmtree, _scratch[0], True)
+            warn(f"cannot write the export cache in {root} ({exc.strerror or exc}); exporting into "
+                 f"{_scratch[0]} for this run only (point VISIONTOOL_CACHE at a writable directory to keep "
+                 "exports)")
+        return _scratch[0]
+
+
 def get_or_build(fields: dict[str, Any], build: Callable[[Path], list[str]], open_engine: Callable[[Path], Any],
                  what: str, quiet: bool = False) -> tuple[Any, Path]:
     """The engine for the cached export keyed by ``fields``, exporting with ``build(dir)``
@@ -170,7 +198,12 @@ def get_or_build(fields: dict[str, Any], build: Callable[[Path], list[str]], ope
     engine, why = _usable(final, fields, open_engine)
     if engine is not None:
         return engine, final
-    root.mkdir(parents=True, exist_ok=True)
+    writable = _writable(root)
+    if writable != root:  # the cache cannot be written: this run's scratch directory
+        root, final = writable, writable / key
+        engine, why = _usable(final, fields, open_engine)
+        if engine is not None:
+            return engine, final
     with build_lock(root, key) as waited:
         if waited:  # someone exported while we waited: theirs, if sound
             engine, why_now = _usable(final, fields, open_engine)
@@ -180,7 +213,7 @@ def get_or_build(fields: dict[str, Any], build: Callable[[Path], list[str]], ope
         if why != "absent":
             warn(f"cached export {final} is corrupt or stale ({why}); exporting again")
         if not quiet:
-            info(f"exporting {what} (once; cached in {root}) ...")
+            info(f"exporting {what} ({'for this run' if root in _scratch else f'once; cached in {root}'}) ...")
         t0 = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
         published = False
