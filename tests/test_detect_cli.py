@@ -436,6 +436,19 @@ def test_a_reader_that_goes_away_ends_the_run_with_exit_0(tiny_detr, photos, tmp
     assert b"error" not in err and b"Traceback" not in err, err
 
 
+def test_a_gone_stderr_reader_leaves_the_data_whole(tiny_detr, photos, tmp_path):
+    """stderr is for people: when its reader goes away (`2> >(head -1)`) the command falls silent
+    and carries on; the data is written whole and the exit code is 0 (rich made it exit 1)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", VISIONTOOL_CACHE=str(tmp_path / "c"))
+    out = tmp_path / "dets.jsonl"
+    p = subprocess.Popen([_exe(), "detect", str(photos), "-m", tiny_detr, "-t", "0", "-o", str(out)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    p.stderr.close()
+    assert p.wait(timeout=300) == 0
+    assert [json.loads(line)["image"] for line in out.read_text().splitlines()] == \
+        [str(photos / n) for n in ("dog.jpg", "dogs.jpg", "groceries.jpg")]
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_a_full_disk_under_stdout_is_one_error_line(tiny_detr, photos, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", VISIONTOOL_CACHE=str(tmp_path / "c"))

@@ -58,9 +58,14 @@ def exit_without_teardown() -> None:
 
 
 def error_line(message: str) -> None:
-    """The one stderr line a user error produces."""
-    sys.stderr.write(f"{PROG}: error: {clean(message) or 'unknown error'}\n")
-    sys.stderr.flush()
+    """The one stderr line a user error produces (nothing when stderr's reader went away)."""
+    try:
+        sys.stderr.write(f"{PROG}: error: {clean(message) or 'unknown error'}\n")
+        sys.stderr.flush()
+    except BrokenPipeError:
+        from visiontool.render.console import silence_stderr
+
+        silence_stderr()
 
 
 def _on_signal(signum, frame):  # noqa: ARG001 - the signal handler signature

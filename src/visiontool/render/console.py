@@ -22,19 +22,36 @@ _console_class: list[type] = []
 
 
 def _console(**kwargs) -> Console:
-    """A rich Console whose stream's reader going away (``| head``) raises BrokenPipeError,
-    which :mod:`visiontool.cli.main` ends quietly with exit 0; rich's own reaction is a
-    ``SystemExit(1)``, which would stop the command before its outputs are closed."""
+    """A rich Console for when its stream's reader goes away (``| head``). rich's own reaction
+    is a ``SystemExit(1)``, which would stop the command before its outputs are closed. Here
+    data on stdout raises BrokenPipeError, which :mod:`visiontool.cli.main` ends quietly with
+    exit 0; people-facing text on stderr falls silent and the command carries on, so the data
+    of ``visiontool detect DIR -o dets.jsonl 2>&1 | head -3`` is still written whole."""
     if not _console_class:
         from rich.console import Console
 
         class ReaderAwareConsole(Console):
             def on_broken_pipe(self) -> None:
                 self.quiet = True
+                if self.stderr:
+                    silence_stderr()
+                    return
                 raise BrokenPipeError(errno.EPIPE, "the reader of this stream went away")
 
         _console_class.append(ReaderAwareConsole)
     return _console_class[0](**kwargs)
+
+
+def silence_stderr() -> None:
+    """Point descriptor 2 at /dev/null: stderr's reader went away, nobody is left to read it."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    except OSError:
+        pass
 
 
 def set_quiet(quiet: bool) -> None:
