@@ -317,6 +317,44 @@ def test_repair_finishes_half_commits_and_drops_partial_shards(tmp_path):
     assert [p for p, _ in iter_positioned(str(tmp_path / "run"))] == [1, 2, 3, 5]
 
 
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_a_shard_damaged_after_the_run_is_named_and_redone(tmp_path, damage):
+    """A finished run whose committed shard was later truncated or deleted: merge (and evaluate)
+    said nothing and wrote fewer images with exit 0, or ended "unexpected JSONDecodeError";
+    --resume did nothing. Now merge names the shard (exit 1, the rest written) and the resume's
+    repair drops it so its images are redone."""
+    from visiontool.io.shards import Entry, OutputDir
+
+    run = tmp_path / "run"
+    out = OutputDir(str(run))
+    out.store.makedirs()
+    out.store.write_json("_job.json", {"kind": "detect", "inputs": 4})
+    for name, positions in (("part-a.jsonl", [1, 2]), ("part-b.jsonl", [3, 4])):
+        out.commit(Entry(name, 2, 0, _shard(out.store, name, [_rec(i) for i in positions]), positions))
+    out.finish({"kind": "detect", "inputs": 4, "rows": 4})
+    whole = invoke("merge", run, "-q")
+    assert whole.exit_code == 0 and len(whole.stdout.splitlines()) == 4
+    if damage == "truncated":
+        (run / "part-b.jsonl").write_bytes((run / "part-b.jsonl").read_bytes()[:40])
+    else:
+        (run / "part-b.jsonl").unlink()
+    r = invoke("merge", run, "-q")
+    assert r.exit_code == 1, r.stderr
+    assert [json.loads(x)["image_id"] for x in r.stdout.splitlines()] == [1, 2]
+    state = out.read_state()
+    assert not state.complete and [e.shard for e in state.entries] == ["part-a.jsonl"]
+    written = Entry.from_json(json.loads((run / "_manifest" / "part-b.jsonl.json").read_text()), "b").bytes
+    why = f"part-b.jsonl (40 bytes, {written} when written)" if damage == "truncated" else "part-b.jsonl (deleted)"
+    assert state.damaged == [why]
+    assert r.stderr == (f"visiontool: error: {run} holds 2 of 4 images: 1 shard(s) changed since they were "
+                        f"written: {why}; rerun it with --resume (what is there was merged)\n")
+    repaired = out.read_state(repair=True)  # what --resume does first
+    assert [e.shard for e in repaired.entries] == ["part-a.jsonl"] and repaired.success is None
+    assert sorted(p.name for p in run.glob("part-*")) == ["part-a.jsonl"]
+    assert sorted(p.name for p in (run / "_manifest").iterdir()) == ["part-a.jsonl.json"]
+    assert out.read_state().damaged == []  # repaired: what is left is an unfinished run
+
+
 @pytest.mark.parametrize("fan_in", [256, 2])
 def test_merge_reads_interleaved_shards_in_input_order(tmp_path, monkeypatch, fan_in):
     from visiontool.io import shards

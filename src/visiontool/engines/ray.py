@@ -234,7 +234,7 @@ class _Run:
         if out.has_job():
             state = out.read_state(repair=False)
             if not self.opts.resume:
-                done = "complete" if state.success else f"{state.rows} of {state.total} images done"
+                done = "complete" if state.complete else f"{state.rows} of {state.total} images done"
                 raise UsageError(f"--output-dir {out.display()} already holds a run ({done}); add --resume to "
                                  "continue it, or choose another directory")
             self._check_same(state.job, job, out)
@@ -244,6 +244,11 @@ class _Run:
                                  f"{out.display()} ({state.total} then, {total} now); rerun it with the same "
                                  "sources or choose another --output-dir")
             state = out.read_state(repair=True)
+            if state.damaged:
+                from visiontool.render.console import warn
+
+                warn(f"{len(state.damaged)} shard(s) in {out.display()} changed since they were written, their "
+                     f"images are done again: {', '.join(state.damaged[:3])}{' ...' if len(state.damaged) > 3 else ''}")
         else:
             if out.read_state().entries:
                 raise UsageError(f"--output-dir {out.display()} holds shards of an earlier run but no _job.json; "

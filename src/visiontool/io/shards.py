@@ -139,6 +139,12 @@ class State:
     job: dict | None
     entries: list[Entry]
     success: dict | None = None
+    damaged: list[str] = field(default_factory=list)  # committed shards lost or changed since: "NAME (why)"
+
+    @property
+    def complete(self) -> bool:
+        """Every input has its row: the run finished and nothing was lost since."""
+        return self.success is not None and not self.damaged and self.rows >= self.total
 
     @property
     def rows(self) -> int:
@@ -171,33 +177,44 @@ class OutputDir:
         return self.store.exists(JOB_FILE)
 
     def read_state(self, repair: bool = False) -> State:
-        """Complete shards (entry + file). ``repair`` (the driver before a run): finish commits
-        interrupted between the entry and the move, delete partial or uncommitted temp shards
-        and entries without a shard."""
+        """Complete shards (entry + file of the size it was written). ``repair`` (the driver
+        before a run): finish commits interrupted between the entry and the move, delete
+        partial or uncommitted temp shards, entries without a shard, and committed shards lost
+        or changed since (``damaged``; their images are redone)."""
         s = self.store
         job = s.read_json(JOB_FILE) if s.exists(JOB_FILE) else None
-        shards = set(s.listdir())
-        pending = set(s.listdir(TMP_DIR))
-        entries = []
+        shards = s.sizes()
+        pending = s.sizes(TMP_DIR)
+        entries, damaged = [], []
         for name in s.listdir(MANIFEST_DIR):
             if not name.endswith(".json"):
                 continue
             e = Entry.from_json(s.read_json(f"{MANIFEST_DIR}/{name}"), self.display(f"{MANIFEST_DIR}/{name}"))
-            if e.shard in shards:
+            if shards.get(e.shard) == e.bytes:
                 entries.append(e)
-            elif e.shard in pending and s.size(f"{TMP_DIR}/{e.shard}") == e.bytes:
+                continue
+            if e.shard not in shards and pending.get(e.shard) == e.bytes:
                 if repair:  # the driver died between writing the entry and moving the shard
                     s.move(f"{TMP_DIR}/{e.shard}", e.shard)
-                    pending.discard(e.shard)
+                    del pending[e.shard]
                 entries.append(e)
-            elif repair:
+                continue
+            if e.shard in shards:  # committed, then truncated or rewritten: its images are redone
+                damaged.append(f"{e.shard} ({shards[e.shard]} bytes, {e.bytes} when written)")
+                if repair:
+                    s.delete(e.shard)
+            elif e.shard not in pending:  # committed, then deleted
+                damaged.append(f"{e.shard} (deleted)")
+            if repair:
                 s.delete(f"{MANIFEST_DIR}/{name}")
         if repair:
-            for name in pending - {e.shard for e in entries}:
+            for name in set(pending) - {e.shard for e in entries}:
                 s.delete(f"{TMP_DIR}/{name}")
         entries.sort(key=lambda e: e.positions[0] if e.positions else 0)
+        if repair and damaged:
+            s.delete(SUCCESS_FILE)  # the run is unfinished again until its lost images are redone
         success = s.read_json(SUCCESS_FILE) if s.exists(SUCCESS_FILE) else None
-        return State(job, entries, success)
+        return State(job, entries, success, damaged)
 
     # -- writing (driver)
     def start(self, listing_rows: Iterable[dict], kind: str) -> int:

@@ -61,13 +61,20 @@ class Store:
 
     def listdir(self, rel: str = "") -> list[str]:
         """File names directly in ``rel`` (sorted; [] when it does not exist)."""
+        return sorted(self.sizes(rel))
+
+    def sizes(self, rel: str = "") -> dict[str, int]:
+        """{file name: size in bytes} for the files directly in ``rel`` (one listing)."""
         if self.local:
             d = self.path(rel)
-            return sorted(n for n in os.listdir(d) if os.path.isfile(os.path.join(d, n))) if os.path.isdir(d) else []
+            if not os.path.isdir(d):
+                return {}
+            with os.scandir(d) as it:
+                return {e.name: e.stat().st_size for e in it if e.is_file()}
         from pyarrow.fs import FileSelector, FileType
 
         infos = self._fs.get_file_info(FileSelector(self.path(rel), allow_not_found=True))
-        return sorted(i.base_name for i in infos if i.type == FileType.File)
+        return {i.base_name: int(i.size) for i in infos if i.type == FileType.File}
 
     def size(self, rel: str) -> int:
         if self.local:

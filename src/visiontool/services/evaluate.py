@@ -179,14 +179,14 @@ def _is_cluster_run(path) -> bool:
 def _cluster_run_records(directory) -> tuple[list[dict], str | None]:
     """The records of an ``--engine ray --output-dir DIR`` run (what ``visiontool merge DIR``
     writes), and a note when the run has not finished or some of its images failed."""
-    from visiontool.services.merge import iter_records, open_run
+    from visiontool.services.merge import iter_records, open_run, unfinished
 
     state = open_run(directory)  # UsageError when DIR is not such a run
     records = list(iter_records(directory, state=state))
     notes = []
-    if state.success is None:
-        notes.append(f"{os.fspath(directory)} holds {state.rows} of {state.total} images: the run has not "
-                     "finished (rerun it with --resume); scoring what is there")
+    if not state.complete:
+        notes.append(f"{os.fspath(directory)} holds {state.rows} of {state.total} images: {unfinished(state)}; "
+                     "rerun it with --resume (scoring what is there)")
     if state.failed:
         notes.append(f"{state.failed} of {state.total} images failed in that run and have no predictions")
     return records, "; ".join(notes) or None

@@ -53,6 +53,14 @@ def open_run(directory: str | Path):
     return state
 
 
+def unfinished(state) -> str:
+    """Why a run's output lacks images: not finished, or shards lost or changed since."""
+    if not state.damaged:
+        return "the run has not finished"
+    more = " ..." if len(state.damaged) > 3 else ""
+    return f"{len(state.damaged)} shard(s) changed since they were written: {', '.join(state.damaged[:3])}{more}"
+
+
 def iter_records(directory: str | Path, *, with_errors: bool = False, state=None) -> Iterator[dict]:
     """Every record in DIR in input order (the order of the local run); failed images' rows
     only with ``with_errors``."""
@@ -103,12 +111,11 @@ def merge(directory: str | Path, fmt: str = "jsonl", output: str | None = None, 
             written += 1
             if gt is not None and r.image_id is None and fmt != "coco":
                 writer.stats["null_image_ids"] = writer.stats.get("null_image_ids", 0) + 1
-    summary = MergeSummary(kind, state.total, state.rows, written, state.failed, state.success is not None,
-                           writer.stats)
+    summary = MergeSummary(kind, state.total, state.rows, written, state.failed, state.complete, writer.stats)
     if warn is not None and state.failed and not with_errors:
         warn(f"{state.failed} of {state.total} images failed in this run and are left out (their rows in "
              f"{directory} carry \"error\"; --with-errors keeps them)")
     if not summary.complete:
-        raise PartialFailure(f"{directory} holds {state.rows} of {state.total} images: the run has not finished "
-                             "(rerun it with --resume); what is there was merged")
+        raise PartialFailure(f"{directory} holds {state.rows} of {state.total} images: {unfinished(state)}; rerun "
+                             "it with --resume (what is there was merged)")
     return summary
