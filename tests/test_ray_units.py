@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli_helpers import one_error_line
+from cli_helpers import assert_user_error, one_error_line
 from ray_helpers import assert_same_records, make_images
 from visiontool.cli.main import app
 
@@ -353,6 +353,25 @@ def test_a_shard_damaged_after_the_run_is_named_and_redone(tmp_path, damage):
     assert sorted(p.name for p in run.glob("part-*")) == ["part-a.jsonl"]
     assert sorted(p.name for p in (run / "_manifest").iterdir()) == ["part-a.jsonl.json"]
     assert out.read_state().damaged == []  # repaired: what is left is an unfinished run
+
+
+def test_a_shard_garbled_in_place_is_one_line(tmp_path):
+    from visiontool.io.shards import Entry, OutputDir
+
+    run = tmp_path / "run"
+    out = OutputDir(str(run))
+    out.store.makedirs()
+    out.store.write_json("_job.json", {"kind": "detect", "inputs": 2})
+    out.commit(Entry("part-a.jsonl", 2, 0, _shard(out.store, "part-a.jsonl", [_rec(1), _rec(2)]), [1, 2]))
+    data = bytearray((run / "part-a.jsonl").read_bytes())
+    data[data.index(b"\n") + 3] = ord("@")  # the second record, its size kept
+    (run / "part-a.jsonl").write_bytes(bytes(data))
+    r = invoke("merge", run, "-q")
+    line = assert_user_error(r, 2)
+    assert [json.loads(x)["image_id"] for x in r.stdout.splitlines()] == [1]  # streamed before the bad one
+    assert line.startswith(f"visiontool: error: {run / 'part-a.jsonl'}: record 2 is not JSON (")
+    assert line.endswith("the shard was changed after it was written: delete it and its _manifest entry, then rerun "
+                         "with --resume")
 
 
 @pytest.mark.parametrize("fan_in", [256, 2])

@@ -336,13 +336,21 @@ def _shard_rows(store: Store, entry: Entry, kind: str) -> Iterator[tuple[int, di
                        for rec in table_records(pa.Table.from_batches([batch]), kind))
             yield from zip(positions, records)
         return
+    def parsed(lines) -> Iterator[dict]:
+        for n, line in enumerate(lines, 1):
+            try:
+                yield json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # changed in place, its size kept
+                raise InvalidInputError(f"{store.display(entry.shard)}: record {n} is not JSON ({exc}); the shard "
+                                        "was changed after it was written: delete it and its _manifest entry, "
+                                        "then rerun with --resume") from None
+
     if not store.local:  # an object-store shard: one GET (a shard is at most a few MB)
         lines = [ln for ln in store.read_bytes(entry.shard).splitlines() if ln.strip()]
-        yield from zip(positions, map(json.loads, lines))
+        yield from zip(positions, parsed(lines))
         return
     with store.open_input(entry.shard) as fh:  # a local shard: line by line
-        for pos, line in zip(positions, (ln for ln in fh if ln.strip())):
-            yield pos, json.loads(line)
+        yield from zip(positions, parsed(ln for ln in fh if ln.strip()))
 
 
 def _merge(sources: list[Iterator[tuple[int, dict]]]) -> Iterator[tuple[int, dict]]:
