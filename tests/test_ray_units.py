@@ -364,7 +364,7 @@ def test_a_shard_garbled_in_place_is_one_line(tmp_path):
     out.store.write_json("_job.json", {"kind": "detect", "inputs": 2})
     out.commit(Entry("part-a.jsonl", 2, 0, _shard(out.store, "part-a.jsonl", [_rec(1), _rec(2)]), [1, 2]))
     data = bytearray((run / "part-a.jsonl").read_bytes())
-    data[data.index(b"\n") + 3] = ord("@")  # the second record, its size kept
+    data[data.index(b"\n") + 1] = ord("@")  # the second record's opening brace, its size kept
     (run / "part-a.jsonl").write_bytes(bytes(data))
     r = invoke("merge", run, "-q")
     line = assert_user_error(r, 2)
