@@ -360,3 +360,19 @@ def test_ground_truth_fields_of_the_wrong_type(files, tmp_path, kind):
         return
     line = one_error_line(r)
     assert f"ground truth '{p}': {words}" in line, line
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+@pytest.mark.parametrize("backend", ["auto", "hotcoco", "ultrafast", "pycocotools"])
+def test_a_key_given_twice_in_a_result_is_scored_as_pycocotools_scores_it(files, tmp_path, iou_type, backend):
+    """JSON lets a key repeat; Python's json (pycocotools) keeps its last value. hotcoco's reader
+    refused the file ("duplicate field `category_id`"), which is auto's segm engine."""
+    d, gt, res = files
+    results = res if iou_type == "segm" else json.loads((d / "bbox.json").read_text())
+    decoys = ('{"category_id": 999999, "score": 0.001, "image_id": -5, ' + json.dumps(r)[1:] for r in results)
+    path = tmp_path / "twice.json"
+    path.write_text("[" + ", ".join(decoys) + "]")
+    assert json.loads(path.read_text()) == results  # the last value of each key is the real one
+    r = run("--gt", d / "gt.json", "--pred", path, "--iou-type", iou_type, "--backend", backend, "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    assert {k: json.loads(r.stdout)[k] for k in STAT_KEYS} == oracle(gt, results, iou_type)["stats"]

@@ -27,6 +27,7 @@ its own ``coco_to_tm`` (its numbers, which differ; it imports torch).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -286,7 +287,19 @@ def _score(engine: str, note: str | None, backend: str, gtobj: GroundTruth, pred
         preds.settle()  # a file the engine read before its check finished: NotFast if the check refuses it
         # the fast path leaves some checks (RLE counts) to the engine: name the record
         if preds.results is None and isinstance(predictions, (str, os.PathLike)):
-            load_predictions(predictions, gtobj, iou_type, lenient, precise=True)
+            parsed = load_predictions(predictions, gtobj, iou_type, lenient, precise=True)
+            if preds.path is not None and not isinstance(exc, BadCounts):
+                # the engine's own reader refused a file Python's json reads, as pycocotools does
+                # (hotcoco: a key given twice in a result): the engine scores the parsed records
+                try:
+                    records = dataclasses.replace(parsed, results=parsed.to_results(), path=None)
+                    scored = run(engine, gtobj, records, iou_type, per_class, arrays)
+                except Exception:  # noqa: BLE001 - the first error is the one to report
+                    pass
+                else:
+                    why = (f"{engine}'s reader refused {preds.source} ({type(exc).__name__}: {exc}); scored its "
+                           "records as pycocotools reads them")
+                    return scored, engine, f"{note}; {why}" if note else why
         if isinstance(exc, BadCounts):
             raise InvalidInputError(f"{preds.source}: result {exc.args[0][0]}: segmentation.counts is not a "
                                     f"COCO RLE") from None
