@@ -121,8 +121,10 @@ def test_compare_reads_piped_prediction_files(real, tmp_path):
 
 @pytest.mark.parametrize("args", [["evaluate", "--gt", "-", "--pred", "-"],
                                   ["compare", "--gt", "GT", "-", "-"],
-                                  ["evaluate", "--mot", "--gt", "-", "--pred", "-"]],
-                         ids=["evaluate", "compare", "mot"])
+                                  ["evaluate", "--mot", "--gt", "-", "--pred", "-"],
+                                  ["detect", "-", "--gt", "-"], ["segment", "-", "--boxes-from", "-"],
+                                  ["segment", "-", "--prompts", "-"]],
+                         ids=["evaluate", "compare", "mot", "detect", "segment --boxes-from", "segment --prompts"])
 def test_stdin_feeds_one_input(real, args):
     gt = real[0]
     r = invoke(*[gt if a == "GT" else a for a in args], input=b"[]")

@@ -116,6 +116,7 @@ def detect_command(
     from visiontool.cli.options import common_checks
     from visiontool.errors import Interrupted, PartialFailure
     from visiontool.io.coco import GroundTruthIndex
+    from visiontool.io.readers import one_stdin
     from visiontool.io.sources import expand_media, expected_items, iter_items
     from visiontool.models.registry import check_detector_spec
     from visiontool.render.console import err, set_quiet, warn
@@ -123,6 +124,7 @@ def detect_command(
 
     set_quiet(quiet)
     # everything a user can get wrong is checked before any model loads
+    one_stdin([*sources, gt])
     out_format = choose_format(fmt, output, FORMATS)
     common_checks(device=device, dtype=dtype)
     load_options = runtime_options(runtime)

@@ -133,9 +133,11 @@ def segment_command(
     from visiontool.cli.options import common_checks
     from visiontool.io import prompts as P
     from visiontool.models.protocol import AUTO_PRESETS
+    from visiontool.io.readers import one_stdin
     from visiontool.render.console import set_quiet
 
     set_quiet(quiet)
+    one_stdin([*(images or []), prompts_file, boxes_from, gt])
     ray_run = EO.check_engine(engine, address=address, replicas=replicas, gpus_per_replica=gpus_per_replica,
                               cpus_per_replica=cpus_per_replica, output_dir=output_dir, resume=resume,
                               output_format=output_format, quiet=quiet,
