@@ -425,3 +425,37 @@ def test_a_camera_device_path_is_its_webcam(tmp_path, monkeypatch):
     assert sources.expand_media([str(camera)]) == [sources.Source("webcam:3", "stream")]
     with pytest.raises(UsageError, match="is a pipe"):  # photos only: a camera is no photo
         sources.expand_media([str(camera)], source_type="image")
+
+
+def _coco_pair(tmp_path, coco_dir):
+    gt = tmp_path / "gt.json"
+    pred = tmp_path / "pred.json"
+    shutil.copy(coco_dir / "instances_val2014_100.json", gt)
+    shutil.copy(coco_dir / "instances_val2014_fakebbox100_results.json", pred)
+    return gt, pred
+
+
+OUTPUT_IS_INPUT = {  # (argv, the flag, the input it names); {link} is a symbolic link to the photo
+    "detect -o": (["detect", "{photo}", "-m", "{detr}", "-o", "{photo}"], "--output", "{photo}"),
+    "detect -o a link": (["detect", "{photo}", "-m", "{detr}", "-o", "{link}"], "--output", "{photo}"),
+    "detect --gt -o": (["detect", "{photo}", "-m", "{detr}", "--gt", "{gt}", "-o", "{gt}"], "--output", "{gt}"),
+    "segment -o": (["segment", "{photo}", "--point", "1,1", "-o", "{photo}"], "--output", "{photo}"),
+    "evaluate -o": (["evaluate", "--gt", "{gt}", "--pred", "{pred}", "-o", "{pred}"], "--output", "{pred}"),
+    "compare -o": (["compare", "--gt", "{gt}", "{pred}", "-o", "{gt}"], "--output", "{gt}"),
+}
+
+
+@pytest.mark.parametrize("case", list(OUTPUT_IS_INPUT))
+def test_an_output_that_is_an_input_is_refused(case, photo, tiny_detr, tmp_path, coco_dir, no_model):
+    """`detect photo.jpg -o photo.jpg` replaced the photo with JSON; `evaluate --pred p.json -o
+    p.json` the predictions with the scores."""
+    gt, pred = _coco_pair(tmp_path, coco_dir)
+    link = tmp_path / "link.jpg"
+    link.symlink_to(photo)
+    names = dict(photo=photo, detr=tiny_detr, gt=gt, pred=pred, link=link)
+    argv, flag, named = OUTPUT_IS_INPUT[case]
+    args = [a.format(**names) for a in argv]
+    before = {p: p.read_bytes() for p in (photo, gt, pred)}
+    line = assert_user_error(invoke(*args), 2, f"{flag} '", f"is also an input ('{named.format(**names)}')")
+    assert line.endswith("writing it would replace that input; give another file name")
+    assert {p: p.read_bytes() for p in (photo, gt, pred)} == before

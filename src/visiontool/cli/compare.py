@@ -119,7 +119,7 @@ def compare_command(
 
     plot_file = plot_path(plot, "compare.png") if plot else None
     common_checks(device=device, dtype=dtype, output=output, files={"--plot": plot_file},
-                  dirs={"--save-preds": save_preds})
+                  dirs={"--save-preds": save_preds}, inputs=[gt, *(preds or [])])
     runtime = runtime_options(runtime).get("runtime", "torch")
     from visiontool.errors import PartialFailure
     from visiontool.render.console import info, set_quiet, warn

@@ -36,7 +36,7 @@ def run(gt: str, preds: list[str], *, models: list[str] | None = None, video: Op
     if used:
         raise UsageError(f"{', '.join(used)} appl{'y' if len(used) > 1 else 'ies'} to COCO comparisons, not --mot")
     out_format = choose_format(fmt, output, ("table", "json"))
-    common_checks(device=device, dtype=dtype, output=output)
+    common_checks(device=device, dtype=dtype, output=output, inputs=[gt, *preds, video])
     # an unknown runtime: exit 2 before any run; a missing extra: exit 2 when the first model loads
     load_options = runtime_options(runtime)
     set_quiet(quiet)

@@ -116,6 +116,7 @@ def detect_command(
     from visiontool.cli.options import common_checks
     from visiontool.errors import Interrupted, PartialFailure
     from visiontool.io.coco import GroundTruthIndex
+    from visiontool.io.output import check_not_an_input
     from visiontool.io.readers import one_stdin
     from visiontool.io.sources import expand_media, expected_items, iter_items
     from visiontool.models.registry import check_detector_spec
@@ -163,6 +164,7 @@ def detect_command(
         check_track_sources(srcs)
         track_opts = check_track_options(tracker, tracker_opts)
     plan = check_outputs(srcs, out_format, output, save_viz, save_crops)
+    check_not_an_input({"--output": output, "--save-viz": save_viz}, [*(s.name for s in srcs), gt])
     gt_index = GroundTruthIndex.load(gt) if gt else None
 
     from visiontool.services.detect import run_detect

@@ -72,12 +72,13 @@ def evaluate_command(
     fmt = choose_format(fmt, output, ("table", "json"))
     if iou_type not in IOU_TYPES:
         raise UsageError(f"invalid --iou-type '{iou_type}': expected {'|'.join(IOU_TYPES)}")
-    from visiontool.io.output import check_output_file, open_output
+    from visiontool.io.output import check_not_an_input, check_output_file, open_output
     from visiontool.io.plots import plot_path
 
     check_output_file(output, "--output")
     plot_file = plot_path(plot, f"pr_{iou_type}.png") if plot else None
     check_output_file(plot_file, "--plot")
+    check_not_an_input({"--output": output, "--plot": plot_file}, [gt, pred])
     from visiontool.services.evaluate import evaluate
 
     if quiet or plot or "visiontool.render.console" in sys.modules:
@@ -132,13 +133,14 @@ def _evaluate_mot(gt: Optional[str], pred: Optional[str], fmt: Optional[str], ou
     if used:
         raise UsageError(f"{', '.join(used)} appl{'y' if len(used) > 1 else 'ies'} to COCO evaluation, not --mot")
     fmt = choose_format(fmt, output, ("table", "json"))
-    from visiontool.io.output import check_output_file, open_output
+    from visiontool.io.output import check_not_an_input, check_output_file, open_output
     from visiontool.render.console import set_quiet
     from visiontool.services.mot_metrics import PREPROC, evaluate_mot
 
     if preproc not in PREPROC:
         raise UsageError(f"invalid --preproc '{preproc}': expected {'|'.join(PREPROC)}")
     check_output_file(output, "--output")
+    check_not_an_input({"--output": output}, [gt, pred])
     set_quiet(quiet)
     result = evaluate_mot(gt, pred, preproc=preproc)
     for line in result.diagnostics:

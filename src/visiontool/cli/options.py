@@ -68,11 +68,13 @@ def runtime_options(runtime: str | None) -> dict:
 
 
 def common_checks(*, device: str | None = None, dtype: str | None = None, output: str | None = None,
-                  dirs: dict[str, str | None] | None = None, files: dict[str, str | None] | None = None) -> None:
+                  dirs: dict[str, str | None] | None = None, files: dict[str, str | None] | None = None,
+                  inputs=()) -> None:
     """The checks every command makes before any model loads: device and dtype syntax, and
-    that every output destination can be written (``dirs``/``files``: flag -> path)."""
+    that every output destination can be written (``dirs``/``files``: flag -> path) without
+    replacing one of the ``inputs``."""
     from visiontool.device import validate_device_spec, validate_dtype_spec
-    from visiontool.io.output import check_output_dir, check_output_file
+    from visiontool.io.output import check_not_an_input, check_output_dir, check_output_file
 
     if device is not None:
         validate_device_spec(device)
@@ -86,3 +88,4 @@ def common_checks(*, device: str | None = None, dtype: str | None = None, output
         check_output_file(path, flag)
     for flag, path in (dirs or {}).items():
         check_output_dir(path, flag)
+    check_not_an_input({"--output": output, **(files or {})}, inputs)

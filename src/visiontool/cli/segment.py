@@ -157,7 +157,8 @@ def segment_command(
         raise UsageError(f"--save-viz {save_viz}: one annotated video per input; give a directory for "
                          f"{len(videos)} videos")
     common_checks(device=device, dtype=dtype, output=output, files={"--save-viz": viz_file},
-                  dirs={"--masks-dir": masks_dir, "--save-viz": None if viz_file else save_viz})
+                  dirs={"--masks-dir": masks_dir, "--save-viz": None if viz_file else save_viz},
+                  inputs=[*(images or []), prompts_file, boxes_from, gt, mask_input])
     seg_runtime = runtime_options(runtime)  # the SAM image encoder's runtime (images and video frames)
     if model is not None:
         if not model.strip():  # an unset shell variable must not mean the default checkpoint

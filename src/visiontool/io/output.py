@@ -208,3 +208,21 @@ def same_path(a: str | os.PathLike | None, b: str | os.PathLike | None) -> bool:
     if a is None or b is None or str(a) == "-" or str(b) == "-":
         return False
     return os.path.abspath(a) == os.path.abspath(b)
+
+
+def check_not_an_input(outputs: dict[str, str | os.PathLike | None], inputs) -> None:
+    """UsageError when an output file (flag -> path) is one of the input files (``detect
+    photo.jpg -o photo.jpg``, ``evaluate --pred p.json -o p.json``): writing it would replace
+    that input. Symbolic and hard links to an input count as the input."""
+    files = [i for i in inputs if isinstance(i, (str, os.PathLike)) and str(i) != "-" and os.path.isfile(i)]
+    for flag, out in outputs.items():
+        if out is None or str(out) == "-" or not os.path.isfile(out):
+            continue
+        for path in files:
+            try:
+                same = os.path.samefile(out, path)
+            except OSError:
+                continue
+            if same:
+                raise UsageError(f"{flag} '{os.fsdecode(out)}' is also an input ('{os.fsdecode(path)}'): writing it "
+                                 "would replace that input; give another file name")
