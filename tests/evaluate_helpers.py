@@ -241,6 +241,5 @@ BAD = {
     "negative height": (lambda r: dict(r, bbox=[1, 1, 2, -3]), "negative width or height"),
     "short box": (lambda r: dict(r, bbox=[1, 1, 2]), "list of 4 numbers"),
     "unknown image": (lambda r: dict(r, image_id=987654), "image_id 987654 is not in the ground truth"),
-    "unknown category": (lambda r: dict(r, category_id=555), "category_id 555 is not in the ground truth"),
     "not an object": (lambda r: [1, 2], "is not an object"),
 }

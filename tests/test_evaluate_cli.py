@@ -171,15 +171,39 @@ def test_bad_segm_records(coco_dir, tmp_path):
         assert "result 3:" in line and text in line, line
 
 
+@pytest.mark.parametrize("fmt", ["results", "records"])
+def test_predictions_of_categories_the_gt_lacks_count_for_nothing_as_in_pycocotools(synth, tmp_path, fmt):
+    """COCOeval scores the GT's categories only: pycocotools scores such a file, leaving those
+    predictions out (a COCO-trained model on a dataset of a few of its classes). They were
+    refused (exit 2, or --lenient's "invalid")."""
+    d, gt, res = synth
+    odd = {3: 555, 8: 555, 11: 777}
+    mixed = [dict(r, category_id=odd[i]) if i in odd else r for i, r in enumerate(res)]
+    kept = [r for i, r in enumerate(res) if i not in odd]
+    if fmt == "results":
+        preds, warned = mixed, "category_id 555 (2), category_id 777 (1)"
+    else:  # detect's records: a label the GT does not have
+        kept = [r for i, r in enumerate(res) if i not in (3, 8)]
+        preds = detect_records(gt, res)
+        odd_dets = [det for rec in preds for det in rec["detections"]
+                    if any(det["score"] == res[i]["score"] and det["box"][:2] == res[i]["bbox"][:2] for i in (3, 8))]
+        assert len(odd_dets) == 2
+        for det in odd_dets:
+            det["label"] = "unicorn"
+        warned = "'unicorn' (2)"
+    p = tmp_path / "preds.json"
+    p.write_text(json.dumps(preds))
+    r = run("--gt", d / "gt.json", "--pred", p, "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    assert {k: json.loads(r.stdout)[k] for k in STAT_KEYS} == oracle(gt, mixed if fmt == "results" else kept,
+                                                                    "bbox")["stats"]
+    assert f"prediction(s) are of categories the ground truth does not have ({warned})" in r.stderr
+
+
 def test_bad_detect_record(synth, tmp_path):
     d, gt, res = synth
     recs = detect_records(gt, res)
-    recs[2]["detections"][0]["label"] = "unicorn"
     p = tmp_path / "dets.json"
-    p.write_text(json.dumps(recs))
-    line = one_error_line(run("--gt", d / "gt.json", "--pred", p))
-    assert "record 2" in line and "detection 0" in line and "unicorn" in line
-    recs = detect_records(gt, res)
     recs[1]["detections"][0]["box"] = [10, 10, 5, 20]
     p.write_text(json.dumps(recs))
     line = one_error_line(run("--gt", d / "gt.json", "--pred", p))
@@ -295,7 +319,7 @@ def test_lenient_records(synth, tmp_path):
     recs = detect_records(gt, res)
     recs[0]["detections"][0]["score"] = "high"
     k = next(i for i, rec in enumerate(recs) if i > 0 and len(rec["detections"]) >= 2)
-    recs[k]["detections"][1]["label"] = "unicorn"
+    recs[k]["detections"][1]["box"] = [10, 10, 5, 20]
     p = tmp_path / "dets.json"
     p.write_text(json.dumps(recs))
     r = run("--gt", d / "gt.json", "--pred", p, "--lenient")

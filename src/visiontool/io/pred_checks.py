@@ -39,6 +39,33 @@ class Invalid(Exception):
     """One record is invalid: the message without the location prefix."""
 
 
+class NotScored(Exception):
+    """A valid prediction of a category the ground truth does not have. COCOeval takes its
+    category ids from the ground truth, so pycocotools leaves such predictions out of every
+    number; visiontool leaves them out too and counts them for a warning. ``args``: (what,
+    the category id or label; branch, pycocotools' loadRes branch when this is the first result)."""
+
+
+class Unscored:
+    """Counts the :class:`NotScored` predictions, by category id or label."""
+
+    def __init__(self):
+        self.n = 0
+        self.by_category: dict[str, int] = {}
+
+    def note(self, what) -> None:
+        self.n += 1
+        key = str(what)
+        self.by_category[key] = self.by_category.get(key, 0) + 1
+
+    def fields(self) -> dict:
+        if not self.n:
+            return {}
+        top = sorted(self.by_category.items(), key=lambda kv: -kv[1])
+        return {"n_unscored": self.n, "unscored_categories": [f"{k} ({v})" for k, v in top[:5]]
+                + ([f"{len(top) - 5} more"] if len(top) > 5 else [])}
+
+
 def number(v: Any, what: str) -> float:
     t = type(v)
     if t is float:  # the common case first: no ABC check
@@ -224,7 +251,7 @@ def check_result(r: Any, gt, iou_type: str, branch: str | None) -> tuple[dict, s
     if iid not in gt.image_id_set:
         raise Invalid(f"image_id {iid} is not in the ground truth")
     if cid not in gt.category_id_set:
-        raise Invalid(f"category_id {cid} is not in the ground truth")
+        raise NotScored(f"category_id {cid}", branch)
     if r["image_id"] != iid or r["category_id"] != cid or type(r["image_id"]) is not int \
             or type(r["category_id"]) is not int:
         out = dict(out, image_id=iid, category_id=cid)
@@ -240,25 +267,27 @@ def category_of(det: dict, gt, cache: dict | None = None) -> int:
         if cid is None:
             cid = gt.index.category_id_for(str(label))
             if cid is None:
-                raise Invalid(f"label '{label}' is not a category of the ground truth")
+                raise NotScored(f"'{label}'", None)
             if cache is not None and type(label) is str:
                 cache[label] = cid
         return cid
     if "category_id" in det:
         cid = int_id(det["category_id"], "category_id")
         if cid not in gt.category_id_set:
-            raise Invalid(f"category_id {cid} is not in the ground truth (and no label to match by name)")
+            raise NotScored(f"category_id {cid}", None)
         return cid
     if len(gt.category_id_set) == 1:
         return next(iter(gt.category_id_set))
     raise Invalid("has neither 'label' nor 'category_id'")
 
 
-def record_results(rec: Any, gt, iou_type: str, fail, labels: dict | None = None) -> tuple[list[dict], bool]:
+def record_results(rec: Any, gt, iou_type: str, fail, labels: dict | None = None,
+                   unscored: Unscored | None = None) -> tuple[list[dict], bool]:
     """COCO results for one visiontool record (detect's ``detections`` or segment's ``masks``);
     ``(results, known)``: ``known`` is False when the record's image is not in the GT (its
     detections are not evaluated). ``fail(where_suffix, message)`` reports an invalid record
-    or detection (raising, or counting it with --lenient); this returns what passed."""
+    or detection (raising, or counting it with --lenient); this returns what passed. A
+    detection of a category the GT lacks is left out and counted in ``unscored``."""
     if not isinstance(rec, dict) or not isinstance(rec.get("image"), str):
         fail("", "is not a visiontool record (no 'image' path)")
         return [], True
@@ -300,6 +329,10 @@ def record_results(rec: Any, gt, iou_type: str, fail, labels: dict | None = None
                 res["segmentation"] = rle(det["segmentation"], gt, iid)
         except Invalid as exc:
             fail(f"{suffix}, {key[:-1]} {j}", str(exc))
+            continue
+        except NotScored as exc:
+            if unscored is not None:
+                unscored.note(exc.args[0])
             continue
         out.append(res)
     return out, True

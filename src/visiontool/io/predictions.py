@@ -72,6 +72,8 @@ class Predictions:
     n_unknown_images: int = 0  # visiontool records whose image is not in the GT
     deferred_check: Callable[[], bool] | None = None  # a validation still running; must return True
     pending: Any = None  # a check of ``path`` still running in a child (:class:`~visiontool.io.pred_early.Pending`)
+    n_unscored: int = 0  # valid predictions of categories the GT lacks: left out, as COCOeval leaves them
+    unscored_categories: list[str] = field(default_factory=list)  # the commonest, "category_id 7 (12)"
     size_mismatches: int = 0  # masks (used by the iou type) whose size is not their GT image's
     size_mismatch_example: str = ""  # the first, e.g. "result 3: 10x10 on a 640x480 image"
 
@@ -279,17 +281,23 @@ def _from_results(items, gt, iou_type: str, lenient: bool, source: str, path: st
     kept: list = []
     redo = False
     mism = _Mismatches()
+    unscored = checks.Unscored()
     for i, r in items:
         try:
             out, branch_now, changed = checks.check_result(r, gt, iou_type, branch)
         except checks.Invalid as exc:
             fail(f"{source}: result {i}", str(exc))
             continue
+        except checks.NotScored as exc:  # valid, of a category the GT lacks: left out, as COCOeval does
+            unscored.note(exc.args[0])
+            out, branch_now, changed = None, exc.args[1], True
         if branch is None:
-            branch = branch_now
+            branch = branch_now  # the first result's, as pycocotools' loadRes takes it
             if branch != "bbox":
                 rows = None
         redo = redo or changed
+        if out is None:
+            continue
         if uses_mask(out, iou_type):
             mm = checks.size_mismatch(out, gt)
             if mm is not None:
@@ -305,7 +313,7 @@ def _from_results(items, gt, iou_type: str, lenient: bool, source: str, path: st
     n = len(cats)
     summary = summarise(np.frombuffer(cats, np.int64) if n else np.zeros(0, np.int64),
                         np.frombuffer(scores, np.float64) if n else np.zeros(0))
-    extra = {"n_skipped": fail.n, "skipped_reasons": fail.reasons, **mism.fields()}
+    extra = {"n_skipped": fail.n, "skipped_reasons": fail.reasons, **mism.fields(), **unscored.fields()}
     if rows is not None:
         # a view of the array('d') (which it keeps alive): no second copy at the peak
         return Predictions(source=source, rows=np.frombuffer(rows, np.float64).reshape(n, 7), **summary, **extra)
@@ -326,10 +334,11 @@ def _from_records(items, gt, iou_type: str, lenient: bool, source: str) -> Predi
     rows = array("d")
     labels: dict = {}
     unknown = 0
+    unscored = checks.Unscored()
     for i, rec in items:
         where = f"{source}: record {i}"
         res, known = checks.record_results(rec, gt, iou_type, lambda suffix, msg, w=where: fail(w + suffix, msg),
-                                           labels)
+                                           labels, unscored)
         unknown += not known
         if iou_type == "bbox" and all("bbox" in r for r in res):
             for r in res:
@@ -341,7 +350,8 @@ def _from_records(items, gt, iou_type: str, lenient: bool, source: str) -> Predi
         n = len(rows) // 7
         arr = np.frombuffer(rows, np.float64).reshape(n, 7) if n else np.zeros((0, 7))
         return Predictions(source=source, rows=arr, fmt="records", **summarise(arr[:, 6].astype(np.int64), arr[:, 5]),
-                           n_skipped=fail.n, skipped_reasons=fail.reasons, n_unknown_images=unknown)
+                           n_skipped=fail.n, skipped_reasons=fail.reasons, n_unknown_images=unknown,
+                           **unscored.fields())
     if len(rows):  # some detections without a box (masks only): all as dicts
         r7 = np.frombuffer(rows, np.float64).reshape(-1, 7).tolist()
         kept = [{"image_id": int(r[0]), "category_id": int(r[6]), "bbox": r[1:5], "score": r[5]} for r in r7] + kept
@@ -352,6 +362,8 @@ def _from_records(items, gt, iou_type: str, lenient: bool, source: str) -> Predi
                 r.pop("bbox", None)
     out = _make(source, "records", kept, None, fail.reasons, unknown)
     out.n_skipped = fail.n
+    for k, v in unscored.fields().items():
+        setattr(out, k, v)
     mism = _Mismatches()
     for r in kept:
         if uses_mask(r, iou_type):

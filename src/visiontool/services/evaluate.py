@@ -92,6 +92,7 @@ class EvalResult:
     n_predictions: int = 0
     n_skipped: int = 0
     n_unknown_images: int = 0
+    n_unscored: int = 0  # predictions of categories the GT lacks (left out, as COCOeval leaves them)
     seconds: float = 0.0
     # the GroundTruth scored against, with the engine's handle: pass it as ``gt`` to score other
     # predictions without reading it again
@@ -134,6 +135,10 @@ def diagnostics(stats: dict, preds: Predictions, gt: GroundTruth, cats_with_gt: 
     if preds.n_unknown_images:
         out.append(f"{preds.n_unknown_images} prediction record(s) are for images absent from the ground "
                    f"truth and were not evaluated")
+    if preds.n_unscored:
+        out.append(f"{preds.n_unscored} prediction(s) are of categories the ground truth does not have "
+                   f"({', '.join(preds.unscored_categories)}); COCOeval scores the ground truth's categories "
+                   f"only, so they count for nothing (pycocotools' numbers)")
     if preds.size_mismatches:
         out.append(f"{preds.size_mismatches} prediction mask(s) are not the size of their ground-truth image "
                    f"(first: {preds.size_mismatch_example}); scored as pycocotools scores them: a mask keeps "
@@ -263,7 +268,7 @@ def evaluate(gt: Any, predictions: Any, iou_type: str = "bbox", *, per_class: bo
     return EvalResult(iou_type=iou_type, stats=stat_dict, per_class=rows, engine=engine, category_ids=cats,
                       precision=prec, recall=rec, diagnostics=diags, n_predictions=len(preds),
                       n_skipped=preds.n_skipped, n_unknown_images=preds.n_unknown_images,
-                      seconds=time.perf_counter() - t0, ground_truth=gtobj)
+                      n_unscored=preds.n_unscored, seconds=time.perf_counter() - t0, ground_truth=gtobj)
 
 
 def _score(engine: str, note: str | None, backend: str, gtobj: GroundTruth, preds: Predictions, predictions: Any,
