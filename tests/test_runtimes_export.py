@@ -112,6 +112,7 @@ def test_export_bad_arguments(detr, tmp_path):
         (["export", str(detr), "--runtime", "tensorrt", "-o", str(tmp_path / "a")], "openvino or onnx"),
         (["export", str(detr), "--runtime", "onnx", "-o", str(busy)], "not an empty directory"),
         (["export", str(detr), "--runtime", "onnx", "-o", str(tmp_path / "no" / "such" / "d")], "does not exist"),
+        (["export", str(detr), "--runtime", "onnx", "-o", "/proc/visiontool-export"], "cannot write in '/proc' ("),
         (["export", "torchvision:nosuchnet", "--runtime", "onnx", "-o", str(tmp_path / "b")], "nosuchnet"),
         (["export", str(tmp_path / "missing-model"), "--runtime", "onnx", "-o", str(tmp_path / "c")], "missing-model"),
     ]

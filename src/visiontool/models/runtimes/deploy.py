@@ -49,8 +49,10 @@ def check_target(out_dir: str) -> Path:
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
         raise UsageError(f"-o '{out_dir}': the directory '{parent}' does not exist")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"-o '{out_dir}': cannot write in '{parent}'")
+    try:  # the only honest test (root passes every os.access check; /proc and read-only mounts fail here)
+        os.rmdir(tempfile.mkdtemp(prefix=".visiontool-probe-", dir=parent))
+    except OSError as exc:
+        raise UsageError(f"-o '{out_dir}': cannot write in '{parent}' ({exc.strerror or exc})") from None
     return target
 
 
