@@ -186,3 +186,12 @@ def test_detect_takes_its_ground_truth_from_a_pipe(tmp_path, images_dir):
     assert coco and {r["image_id"] for r in coco} == {42}
     assert {r["category_id"] for r in coco} <= {c["id"] for c in cats}
     assert json.loads(piped.stdout) == coco
+
+
+def test_a_compressed_pipe_says_to_decompress_it_and_copies_nothing(real, tmp_path, spool_dir):
+    gt, bbox, _ = real
+    with fifo(tmp_path, gzip.compress(gt.read_bytes()), "gt") as g:
+        line = one_error_line(invoke("evaluate", "--gt", g, "--pred", bbox))
+    assert line == f"visiontool: error: ground truth '{g}' is gzip-compressed: give the JSON itself, pipe it through " \
+        "zcat"
+    assert list(spool_dir.iterdir()) == []

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from visiontool.errors import InvalidInputError, UsageError
-from visiontool.io.readers import check_input_path  # noqa: F401 (re-exported: one path check)
+from visiontool.io.readers import check_input_path, is_stream  # noqa: F401 (re-exported: one path check)
 
 _WS = b" \t\r\n"
 _BOM = b"\xef\xbb\xbf"
@@ -54,7 +54,7 @@ def json_start(head: bytes, label: str) -> int:
         for magic, what, command in _PACKED:
             if head.startswith(magic):
                 path = label.partition(" '")[2][:-1] or "-"
-                hint = f"pipe it through {command.split()[0]}" if path == "-" or path.startswith("/dev/fd/") else \
+                hint = f"pipe it through {command.split()[0]}" if is_stream(path) else \
                     f"e.g. <({command} {path}) in its place"
                 raise InvalidInputError(f"{label} is {what}: give the JSON itself, {hint}")
         snippet = head[start:start + 24].decode("utf-8", "backslashreplace")

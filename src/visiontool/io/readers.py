@@ -89,19 +89,25 @@ _spooled: list[str] = []
 
 
 def spool(path: str, what: str) -> str:
-    """Copy the stream ``path`` (``-`` or a FIFO) into a temporary regular file and return the
-    file's path, for readers that need one (the native COCO engines read the ground truth by
-    path, and again when a run needs more of it). The copy is removed by
+    """Copy the JSON stream ``path`` (``-`` or a FIFO) into a temporary regular file and return
+    the file's path, for readers that need one (the native COCO engines read the ground truth
+    by path, and again when a run needs more of it). Its first bytes are checked first (not
+    JSON, compressed: one line naming ``path``, nothing copied). The copy is removed by
     :func:`remove_spooled`: at exit, also when the command ends with ``os._exit``, or earlier
     by its user."""
     import shutil
     import tempfile
 
+    from visiontool.io.json_input import json_start
+
     src = sys.stdin.buffer if path == "-" else open(path, "rb")
     try:
+        head = src.read(1 << 16)
+        json_start(head, f"{what} '{path}'")
         fd, tmp = tempfile.mkstemp(prefix="visiontool-", suffix=".json")
         _spooled.append(tmp)
         with os.fdopen(fd, "wb") as out:
+            out.write(head)
             shutil.copyfileobj(src, out, 1 << 20)
     except OSError as exc:
         raise VisionToolError(f"cannot copy {what} '{path}' to a temporary file in {tempfile.gettempdir()}: "
