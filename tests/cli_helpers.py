@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
+from pathlib import Path
 
 
 def assert_user_error(result, code: int, *needles: str, single: bool = True) -> str:
@@ -40,3 +43,24 @@ def file_size_limit(nbytes: int):
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+@contextlib.contextmanager
+def fifo(tmp_path: Path, data: bytes, name: str = "fifo"):
+    """A named pipe that a thread fills with ``data`` once a reader opens it, as ``<(cat FILE)``."""
+    path = tmp_path / name
+    os.mkfifo(path)
+
+    def feed():
+        with contextlib.suppress(BrokenPipeError), open(path, "wb") as fh:
+            fh.write(data)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    try:
+        yield path
+    finally:
+        if writer.is_alive():  # nobody read it (an error came first): let the writer go
+            with contextlib.suppress(OSError):
+                os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+        writer.join(timeout=10)

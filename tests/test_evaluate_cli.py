@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -397,3 +398,46 @@ def test_help_or_version_to_a_closed_stdout_names_what_was_lost(argv, what):
                          timeout=120)
     assert out.returncode == 2
     assert out.stderr.splitlines() == [f"visiontool: error: stdout is closed: nowhere to write {what}"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_under_stdout_is_one_error_line(real):
+    """Through the installed entry point (evaluate ends with os._exit after flushing): the data
+    cannot be written, so one line and exit 1, not "unexpected OSError" (every command shares it)."""
+    gt, bbox, _ = real
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([_entry_point(), "evaluate", "--gt", str(gt), "--pred", str(bbox), "-q"], stdout=full,
+                           stderr=subprocess.PIPE, text=True, timeout=300)
+    assert p.returncode == 1
+    assert p.stderr.splitlines()[-1] == "visiontool: error: cannot write the output: No space left on device"
+    assert "Traceback" not in p.stderr
+
+
+def _entry_point() -> str:
+    return os.path.join(os.path.dirname(sys.executable), "visiontool")
+
+
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_a_reader_that_goes_away_ends_the_run_with_exit_0(real, fmt):
+    """`visiontool evaluate ... | head -1`, the reader gone before the first byte: exit 0, no
+    error line (rich's table and click's JSON write each made it a silent exit 1)."""
+    gt, bbox, _ = real
+    p = subprocess.Popen([_entry_point(), "evaluate", "--gt", str(gt), "--pred", str(bbox), "-f", fmt],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=300) == 0, err
+    assert b"error" not in err and b"Traceback" not in err, err
+
+
+def test_a_gone_stderr_reader_leaves_the_data_whole(real, tmp_path):
+    """stderr is for people: when its reader goes away (`2> >(head -1)`) the command falls silent
+    and carries on; the data is written whole and the exit code is 0 (rich exited 1 at the first
+    warning, before -o was written)."""
+    gt, bbox, _ = real
+    out = tmp_path / "scores.json"
+    p = subprocess.Popen([_entry_point(), "evaluate", "--gt", str(gt), "--pred", str(bbox), "-o", str(out)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p.stderr.close()  # evaluate warns on stderr (a category never predicted) before it writes -o
+    assert p.wait(timeout=300) == 0
+    assert json.loads(out.read_text())["map"] == pytest.approx(0.5045806987249628, abs=1e-15)

@@ -4,21 +4,19 @@ compressed files and archives are one line saying how to pass them."""
 from __future__ import annotations
 
 import bz2
-import contextlib
 import gc
 import gzip
 import json
 import os
 import subprocess
 import sys
-import threading
 import zipfile
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from cli_helpers import one_error_line
+from cli_helpers import fifo, one_error_line
 from visiontool.cli.main import app
 
 runner = CliRunner()
@@ -27,27 +25,6 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 
 def invoke(*args, input=None):
     return runner.invoke(app, [str(a) for a in args], input=input)
-
-
-@contextlib.contextmanager
-def fifo(tmp_path: Path, data: bytes, name: str = "fifo"):
-    """A named pipe that a thread fills with ``data`` once a reader opens it, as ``<(cat FILE)``."""
-    path = tmp_path / name
-    os.mkfifo(path)
-
-    def feed():
-        with contextlib.suppress(BrokenPipeError), open(path, "wb") as fh:
-            fh.write(data)
-
-    writer = threading.Thread(target=feed, daemon=True)
-    writer.start()
-    try:
-        yield path
-    finally:
-        if writer.is_alive():  # nobody read it (an error came first): let the writer go
-            with contextlib.suppress(OSError):
-                os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
-        writer.join(timeout=10)
 
 
 @pytest.fixture
@@ -166,26 +143,6 @@ def test_a_compressed_file_says_how_to_pass_it(real, tmp_path, packing, which):
     what = {"gzip": "gzip-compressed", "bzip2": "bzip2-compressed", "zip": "a zip archive"}[packing]
     command = {"gzip": "zcat", "bzip2": "bzcat", "zip": "unzip -p"}[packing]
     assert line.endswith(f"'{packed}' is {what}: give the JSON itself, e.g. <({command} {packed}) in its place")
-
-
-def test_detect_takes_its_ground_truth_from_a_pipe(tmp_path, images_dir):
-    from detr_helpers import COCO_SUBSET, build_tiny_detr
-
-    model = build_tiny_detr(tmp_path / "detr")
-    cats = [{"id": 100 + k, "name": name} for k, name in COCO_SUBSET.items()]
-    gt = json.dumps({"images": [{"id": 42, "file_name": "dog.jpg", "height": 534, "width": 800}],
-                     "categories": cats, "annotations": []})
-    (tmp_path / "gt.json").write_text(gt)
-    args = ["detect", images_dir / "dog.jpg", "-m", model, "-t", "0", "-f", "coco", "-q", "--gt"]
-    files = invoke(*args, tmp_path / "gt.json")
-    assert files.exit_code == 0, files.stderr
-    with fifo(tmp_path, gt.encode(), "gt") as g:
-        piped = invoke(*args, g)
-    assert piped.exit_code == 0, piped.stderr
-    coco = json.loads(files.stdout)
-    assert coco and {r["image_id"] for r in coco} == {42}
-    assert {r["category_id"] for r in coco} <= {c["id"] for c in cats}
-    assert json.loads(piped.stdout) == coco
 
 
 def test_a_compressed_pipe_says_to_decompress_it_and_copies_nothing(real, tmp_path, spool_dir):

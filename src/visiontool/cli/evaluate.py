@@ -21,10 +21,9 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_mar
 
 def _warn(message: str) -> None:
     """A warning line written directly (rich's import would cost ~20 ms of a JSON run)."""
-    from visiontool.render.text import clean
+    from visiontool.render.text import clean, stderr_line
 
-    sys.stderr.write(f"visiontool: warning: {clean(message)}\n")
-    sys.stderr.flush()
+    stderr_line(f"visiontool: warning: {clean(message)}")
 
 
 @app.command("evaluate")

@@ -30,7 +30,7 @@ from typer.core import TyperGroup
 
 from visiontool import __version__
 from visiontool.errors import ExitCode, Interrupted, UsageError, VisionToolError
-from visiontool.render.text import clean
+from visiontool.render.text import clean, stderr_line
 
 PROG = "visiontool"
 # command -> (module, one-line help shown by `visiontool --help` without importing the module)
@@ -59,13 +59,7 @@ def exit_without_teardown() -> None:
 
 def error_line(message: str) -> None:
     """The one stderr line a user error produces (nothing when stderr's reader went away)."""
-    try:
-        sys.stderr.write(f"{PROG}: error: {clean(message) or 'unknown error'}\n")
-        sys.stderr.flush()
-    except BrokenPipeError:
-        from visiontool.render.console import silence_stderr
-
-        silence_stderr()
+    stderr_line(f"{PROG}: error: {clean(message) or 'unknown error'}")
 
 
 def _on_signal(signum, frame):  # noqa: ARG001 - the signal handler signature

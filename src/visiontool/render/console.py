@@ -9,7 +9,7 @@ import errno
 import sys
 from typing import TYPE_CHECKING
 
-from visiontool.render.text import clean
+from visiontool.render.text import clean, silence_stderr
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -40,18 +40,6 @@ def _console(**kwargs) -> Console:
 
         _console_class.append(ReaderAwareConsole)
     return _console_class[0](**kwargs)
-
-
-def silence_stderr() -> None:
-    """Point descriptor 2 at /dev/null: stderr's reader went away, nobody is left to read it."""
-    import os
-
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
-    except OSError:
-        pass
 
 
 def set_quiet(quiet: bool) -> None:
