@@ -152,8 +152,7 @@ def quiet_transformers(local: bool):
     load is instant, so its progress bars go too (hub downloads keep theirs)."""
     import logging
 
-    import transformers  # noqa: F401 - loaded here, so transformers_errors_only quiets it
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # loads transformers: transformers_errors_only quiets it
 
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     if local:
