@@ -3,8 +3,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 from pathlib import Path
+
+
+def entry_point() -> str:
+    """The installed ``visiontool`` console script next to this interpreter."""
+    exe = Path(sys.executable).with_name("visiontool")
+    assert exe.is_file(), "the visiontool console script is not installed in this environment"
+    return str(exe)
 
 
 def assert_user_error(result, code: int, *needles: str, single: bool = True) -> str:

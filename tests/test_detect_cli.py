@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli_helpers import assert_user_error, fifo, file_size_limit
+from cli_helpers import assert_user_error, entry_point, fifo, file_size_limit
 from detr_helpers import COCO_SUBSET, build_tiny_detr
 from visiontool.cli.main import app
 
@@ -400,20 +400,14 @@ def test_python_api_returns_the_cli_records(tiny_detr, photos):
 
 # -- the installed executable and lazy imports ----------------------------------------------------------
 
-def _exe() -> str:
-    exe = Path(sys.executable).with_name("visiontool")
-    assert exe.is_file(), "the visiontool console script is not installed in this environment"
-    return str(exe)
-
-
 def test_installed_entry_point_detects(tiny_detr, photos, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", VISIONTOOL_CACHE=str(tmp_path / "c"))
-    p = subprocess.run([_exe(), "detect", str(photos / "dog.jpg"), "-m", tiny_detr, "-t", "0"],
+    p = subprocess.run([entry_point(), "detect", str(photos / "dog.jpg"), "-m", tiny_detr, "-t", "0"],
                        capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr
     rec = json.loads(p.stdout.splitlines()[0])  # piped stdout -> jsonl by default
     assert rec["width"] == 800 and len(rec["detections"]) == 12
-    bad = subprocess.run([_exe(), "detect", str(photos / "nope.jpg")], capture_output=True, text=True,
+    bad = subprocess.run([entry_point(), "detect", str(photos / "nope.jpg")], capture_output=True, text=True,
                          env=env, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("visiontool: error:") and bad.stdout == ""
     mod = subprocess.run([sys.executable, "-m", "visiontool", "--version"], capture_output=True, text=True)
@@ -425,7 +419,7 @@ def test_a_reader_that_goes_away_ends_the_run_with_exit_0(tiny_detr, photos, tmp
     and no traceback -- click made it a silent exit 1, which fails a `set -o pipefail` script.
     (A table, and stderr alone going away: test_evaluate_cli.)"""
     env = dict(os.environ, HF_HUB_OFFLINE="1", VISIONTOOL_CACHE=str(tmp_path / "c"))
-    p = subprocess.Popen([_exe(), "detect", str(photos), "-m", tiny_detr, "-t", "0", "-f", "jsonl"],
+    p = subprocess.Popen([entry_point(), "detect", str(photos), "-m", tiny_detr, "-t", "0", "-f", "jsonl"],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     p.stdout.close()  # the reader is gone before anything is written: the first write breaks the pipe
     assert p.wait(timeout=300) == 0
@@ -498,7 +492,7 @@ def test_env_command_reports_versions_and_devices():
 # -- examples ------------------------------------------------------------------------------------------
 
 def _run_example(name, *args, tiny_detr, tmp_path, **env):
-    e = dict(os.environ, MODEL=tiny_detr, VISIONTOOL=_exe(), HF_HUB_OFFLINE="1",
+    e = dict(os.environ, MODEL=tiny_detr, VISIONTOOL=entry_point(), HF_HUB_OFFLINE="1",
              VISIONTOOL_CACHE=str(tmp_path / "c"), THRESHOLD="0.0", **env)
     return subprocess.run(["bash", str(REPO / "examples" / name), *map(str, args)], capture_output=True,
                           text=True, env=e, cwd=tmp_path, timeout=300)

@@ -9,7 +9,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from cli_helpers import one_error_line
+from cli_helpers import entry_point, one_error_line
 
 from evaluate_helpers import BAD, STAT_KEYS, adversarial_set, detect_records, oracle
 from visiontool.cli.main import app
@@ -369,12 +369,10 @@ def test_the_entry_point_leaves_without_teardown_once_evaluate_has_written(real,
 def test_a_closed_stdout_is_one_error_line_and_an_output_file_still_works(real, tmp_path):
     """Started with descriptor 1 closed (`visiontool evaluate ... >&-`): one error line naming
     it, exit 2; with -o FILE the file is written and nothing needs stdout."""
-    import os
     import shlex
 
     gt, bbox, _ = real
-    exe = os.path.join(os.path.dirname(sys.executable), "visiontool")
-    base = f"{shlex.quote(exe)} evaluate --gt {shlex.quote(str(gt))} --pred {shlex.quote(str(bbox))}"
+    base = f"{shlex.quote(entry_point())} evaluate --gt {shlex.quote(str(gt))} --pred {shlex.quote(str(bbox))}"
     out = subprocess.run(["bash", "-c", f"{base} -f json >&-"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     assert out.stderr.splitlines()[-1] == "visiontool: error: stdout is closed: nowhere to write the output " \
@@ -390,11 +388,9 @@ def test_a_closed_stdout_is_one_error_line_and_an_output_file_still_works(real, 
                                         ("--version", "the version")])
 def test_help_or_version_to_a_closed_stdout_names_what_was_lost(argv, what):
     """`visiontool --help >&-` has no -o to offer: its error line names the help, not a FILE."""
-    import os
     import shlex
 
-    exe = os.path.join(os.path.dirname(sys.executable), "visiontool")
-    out = subprocess.run(["bash", "-c", f"{shlex.quote(exe)} {argv} >&-"], capture_output=True, text=True,
+    out = subprocess.run(["bash", "-c", f"{shlex.quote(entry_point())} {argv} >&-"], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 2
     assert out.stderr.splitlines() == [f"visiontool: error: stdout is closed: nowhere to write {what}"]
@@ -406,15 +402,11 @@ def test_a_full_disk_under_stdout_is_one_error_line(real):
     cannot be written, so one line and exit 1, not "unexpected OSError" (every command shares it)."""
     gt, bbox, _ = real
     with open("/dev/full", "w") as full:
-        p = subprocess.run([_entry_point(), "evaluate", "--gt", str(gt), "--pred", str(bbox), "-q"], stdout=full,
+        p = subprocess.run([entry_point(), "evaluate", "--gt", str(gt), "--pred", str(bbox), "-q"], stdout=full,
                            stderr=subprocess.PIPE, text=True, timeout=300)
     assert p.returncode == 1
     assert p.stderr.splitlines()[-1] == "visiontool: error: cannot write the output: No space left on device"
     assert "Traceback" not in p.stderr
-
-
-def _entry_point() -> str:
-    return os.path.join(os.path.dirname(sys.executable), "visiontool")
 
 
 @pytest.mark.parametrize("fmt", ["table", "json"])
@@ -422,7 +414,7 @@ def test_a_reader_that_goes_away_ends_the_run_with_exit_0(real, fmt):
     """`visiontool evaluate ... | head -1`, the reader gone before the first byte: exit 0, no
     error line (rich's table and click's JSON write each made it a silent exit 1)."""
     gt, bbox, _ = real
-    p = subprocess.Popen([_entry_point(), "evaluate", "--gt", str(gt), "--pred", str(bbox), "-f", fmt],
+    p = subprocess.Popen([entry_point(), "evaluate", "--gt", str(gt), "--pred", str(bbox), "-f", fmt],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     p.stdout.close()
     err = p.stderr.read()
@@ -436,7 +428,7 @@ def test_a_gone_stderr_reader_leaves_the_data_whole(real, tmp_path):
     warning, before -o was written)."""
     gt, bbox, _ = real
     out = tmp_path / "scores.json"
-    p = subprocess.Popen([_entry_point(), "evaluate", "--gt", str(gt), "--pred", str(bbox), "-o", str(out)],
+    p = subprocess.Popen([entry_point(), "evaluate", "--gt", str(gt), "--pred", str(bbox), "-o", str(out)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     p.stderr.close()  # evaluate warns on stderr (a category never predicted) before it writes -o
     assert p.wait(timeout=300) == 0

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli_helpers import one_error_line
+from cli_helpers import entry_point, one_error_line
 from evaluate_helpers import STAT_KEYS, adversarial_set, oracle
 from visiontool.cli.main import app
 from visiontool.io import pred_early
@@ -176,8 +176,7 @@ def test_through_the_installed_command(coco_dir, tmp_path):
     while len(json.dumps(big)) < pred_early.FORK_MIN_BYTES + 4096:
         big += res
     (tmp_path / "dt.json").write_text(json.dumps(big))
-    exe = os.path.join(os.path.dirname(sys.executable), "visiontool")
-    out = subprocess.run([exe, "evaluate", "--gt", str(coco_dir / "instances_val2014_100.json"), "--pred",
+    out = subprocess.run([entry_point(), "evaluate", "--gt", str(coco_dir / "instances_val2014_100.json"), "--pred",
                           str(tmp_path / "dt.json"), "--iou-type", "segm", "-f", "json"],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr

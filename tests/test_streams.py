@@ -9,14 +9,12 @@ import gzip
 import json
 import os
 import subprocess
-import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from cli_helpers import fifo, one_error_line
+from cli_helpers import entry_point, fifo, one_error_line
 from visiontool.cli.main import app
 
 runner = CliRunner()
@@ -77,9 +75,8 @@ def test_the_entry_point_leaves_no_copy_behind(real, tmp_path):
     gt, bbox, _ = real
     spool = tmp_path / "tmp"
     spool.mkdir()
-    exe = Path(sys.executable).with_name("visiontool")
     with fifo(tmp_path, gt.read_bytes(), "gt") as g:
-        p = subprocess.run([str(exe), "evaluate", "--gt", str(g), "--pred", str(bbox), "-q"], capture_output=True,
+        p = subprocess.run([entry_point(), "evaluate", "--gt", str(g), "--pred", str(bbox), "-q"], capture_output=True,
                            text=True, timeout=300, env=dict(os.environ, TMPDIR=str(spool)))
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["map"] == pytest.approx(0.5045806987249628, abs=1e-15)
