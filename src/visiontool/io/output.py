@@ -143,13 +143,18 @@ def open_output(path: str | os.PathLike | None, keep_on_interrupt: bool = False)
         yield fh
 
 
+def write_probe(directory: str | os.PathLike) -> None:
+    """Create and remove a file in ``directory`` (OSError when that fails): the only honest
+    writability test (root passes every os.access check; read-only mounts and /proc only fail
+    on creation)."""
+    fd, tmp = tempfile.mkstemp(prefix=".visiontool-probe-", dir=directory)
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def _probe(directory: Path, flag: str, shown: str) -> None:
-    """Create and remove a file in ``directory``: the only honest writability test (root
-    passes every os.access check; read-only mounts and /proc only fail on creation)."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".visiontool-probe-", dir=directory)
-        os.close(fd)
-        os.unlink(tmp)
+        write_probe(directory)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise UsageError(f"{flag} '{shown}': cannot write there ({reason})") from None

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from visiontool.errors import UsageError
-from visiontool.io.output import out_of_space
+from visiontool.io.output import out_of_space, write_probe
 
 RUNTIME_NAMES = {"openvino": "openvino", "onnx": "onnxruntime", "onnxruntime": "onnxruntime"}
 
@@ -49,8 +49,8 @@ def check_target(out_dir: str) -> Path:
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
         raise UsageError(f"-o '{out_dir}': the directory '{parent}' does not exist")
-    try:  # the only honest test (root passes every os.access check; /proc and read-only mounts fail here)
-        os.rmdir(tempfile.mkdtemp(prefix=".visiontool-probe-", dir=parent))
+    try:
+        write_probe(parent)
     except OSError as exc:
         raise UsageError(f"-o '{out_dir}': cannot write in '{parent}' ({exc.strerror or exc})") from None
     return target

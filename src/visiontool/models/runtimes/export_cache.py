@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from visiontool.errors import UsageError, VisionToolError
-from visiontool.io.output import out_of_space
+from visiontool.io.output import out_of_space, write_probe
 
 ENTRY = "entry.json"
 CACHE_FORMAT = 1
@@ -165,9 +165,7 @@ def _writable(root: Path) -> Path:
     not the run."""
     try:
         root.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=root)
-        os.close(fd)
-        os.unlink(probe)
+        write_probe(root)
         return root
     except OSError as exc:
         if not _scratch:
