@@ -247,8 +247,7 @@ class _Run:
             if state.damaged:
                 from visiontool.render.console import warn
 
-                warn(f"{len(state.damaged)} shard(s) in {out.display()} changed since they were written, their "
-                     f"images are done again: {', '.join(state.damaged[:3])}{' ...' if len(state.damaged) > 3 else ''}")
+                warn(f"{out.display()}: {state.damage}; their images are done again")
         else:
             if out.read_state().entries:
                 raise UsageError(f"--output-dir {out.display()} holds shards of an earlier run but no _job.json; "

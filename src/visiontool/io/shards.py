@@ -142,6 +142,12 @@ class State:
     damaged: list[str] = field(default_factory=list)  # committed shards lost or changed since: "NAME (why)"
 
     @property
+    def damage(self) -> str:
+        """The damaged shards, for a message: "2 shard(s) changed since they were written: a (deleted), b (…)"."""
+        more = " ..." if len(self.damaged) > 3 else ""
+        return f"{len(self.damaged)} shard(s) changed since they were written: {', '.join(self.damaged[:3])}{more}"
+
+    @property
     def complete(self) -> bool:
         """Every input has its row: the run finished and nothing was lost since."""
         return self.success is not None and not self.damaged and self.rows >= self.total

@@ -55,10 +55,7 @@ def open_run(directory: str | Path):
 
 def unfinished(state) -> str:
     """Why a run's output lacks images: not finished, or shards lost or changed since."""
-    if not state.damaged:
-        return "the run has not finished"
-    more = " ..." if len(state.damaged) > 3 else ""
-    return f"{len(state.damaged)} shard(s) changed since they were written: {', '.join(state.damaged[:3])}{more}"
+    return state.damage if state.damaged else "the run has not finished"
 
 
 def iter_records(directory: str | Path, *, with_errors: bool = False, state=None) -> Iterator[dict]:
