@@ -86,6 +86,25 @@ def test_output_file_and_plot(real, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
+@pytest.mark.parametrize("name,code,kind", [("res.csv", 2, None), ("res.mot", 2, None), ("res.xyz", 0, "json"),
+                                            ("res", 0, "json"), ("res.TXT", 0, "table")])
+def test_the_output_extension_chooses_the_format_and_never_lies(real, tmp_path, name, code, kind):
+    """``-o res.csv`` asks for csv, which evaluate does not write: exit 2 and no file (it wrote JSON into
+    the .csv); an extension that names no format writes json with one warning; none writes json."""
+    gt, bbox, _ = real
+    out = tmp_path / name
+    r = run("--gt", gt, "--pred", bbox, "--output", out)
+    assert r.exit_code == code, r.stderr
+    if code:
+        assert f"--output '{out}' asks for {name[4:]}, which this command does not write" in one_error_line(r)
+        assert not out.exists()
+        return
+    warned = [ln for ln in r.stderr.splitlines() if ln.startswith("visiontool: warning: --output")]
+    assert len(warned) == (name == "res.xyz"), r.stderr
+    text = out.read_text()
+    assert (json.loads(text)["iou_type"] == "bbox") if kind == "json" else ("map_50" in text and "│" in text)
+
+
 def test_backend_flag(real):
     gt, bbox, _ = real
     a = json.loads(run("--gt", gt, "--pred", bbox, "--format", "json").stdout)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli_helpers import assert_user_error, one_error_line
+from cli_helpers import assert_user_error, entry_point, one_error_line
 from detector_helpers import small_photos
 from runtimes_helpers import assert_same_records, gt_from_records, records, tiny_detr_small
 from visiontool.cli.main import app
@@ -114,6 +114,24 @@ def test_missing_extra_is_exit_2_with_the_install_line(detr, photos, monkeypatch
     r = detect(photos[:1], detr, "--runtime", runtime)
     line = one_error_line(r)
     assert f"pip install 'visiontool[{extra}]'" in line and f"--runtime {runtime}" in line
+
+
+@pytest.mark.parametrize("error", ["ImportError('libopenvino.so.2540: cannot open shared object file')",
+                                   "ModuleNotFoundError('no _pyopenvino', name='openvino._pyopenvino')"])
+def test_an_installed_extra_that_does_not_import_is_named_as_such(detr, photos, tmp_path, error):
+    """An extra whose native library is missing is installed, not missing: one line saying so and
+    how to reinstall it, exit 2 (it said "not installed" before), from the installed entry point."""
+    shadow = tmp_path / "shadow" / "openvino"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(f"raise {error}\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "shadow")}
+    r = subprocess.run([entry_point(), "detect", photos[0], "--model", str(detr), "--runtime", "openvino"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    (line,) = r.stderr.splitlines()
+    assert line.startswith("visiontool: error: --runtime openvino needs the optional extra 'openvino', which is "
+                           "installed but does not import ('openvino': "), line
+    assert "not installed" not in line and "pip install --force-reinstall 'visiontool[openvino]'" in line
 
 
 def test_auto_without_openvino_is_torch(detr, photos, torch_records, monkeypatch):

@@ -58,13 +58,25 @@ class MissingExtraError(UsageError):
                          + (f" (module '{module}' is not installed)" if module else ""))
 
 
+class BrokenExtraError(MissingExtraError):
+    """An optional extra is installed but does not import (a missing native library, a
+    dependency of the wrong version): exit 2, saying so rather than "not installed"."""
+
+    def __init__(self, what: str, extra: str, module: str, reason: str):  # noqa: D107
+        UsageError.__init__(self, f"{what} needs the optional extra '{extra}', which is installed but does not import "
+                         f"('{module}': {reason}); reinstall it: pip install --force-reinstall 'visiontool[{extra}]'")
+
+
 def require(module: str, what: str, extra: str):
-    """Import ``module`` or raise MissingExtraError (exit 2 with the install line)."""
+    """Import ``module`` or raise MissingExtraError (exit 2 with the install line), or
+    BrokenExtraError when it is there but fails to import."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        if exc.name is not None and exc.name.split(".")[0] != module.split(".")[0]:
-            raise  # the extra is there but broken: a real error, not a missing install
-        raise MissingExtraError(what, extra, module) from None
+        gone = exc.name if isinstance(exc, ModuleNotFoundError) else None
+        if gone and (module == gone or module.startswith(gone + ".")):  # the module or a package above it
+            raise MissingExtraError(what, extra, module) from None
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BrokenExtraError(what, extra, module, reason) from exc

@@ -1,7 +1,6 @@
 """`visiontool merge DIR`: one output from the shards of `detect|segment --engine ray --output-dir DIR`."""
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import typer
@@ -37,7 +36,7 @@ def merge_command(
     a run's output, a bad flag or a bad ground truth.
     """
     from visiontool.cli.detect import report_mapping
-    from visiontool.cli.options import common_checks
+    from visiontool.cli.options import common_checks, format_from_output
     from visiontool.errors import UsageError
     from visiontool.io.records import validate_format
     from visiontool.render.console import info, set_quiet, warn
@@ -46,11 +45,8 @@ def merge_command(
     set_quiet(quiet)
     if fmt:
         out_format = validate_format(fmt, FORMATS)
-    elif output and output != "-":
-        ext = os.path.splitext(output)[1].lower()
-        out_format = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}.get(ext, "json")
     else:
-        out_format = "jsonl"
+        out_format = format_from_output(output, FORMATS) or "jsonl"
     if with_errors and out_format not in ("json", "jsonl"):
         raise UsageError("--with-errors keeps failed images' rows in json/jsonl; coco and csv have no place for them")
     common_checks(output=output)

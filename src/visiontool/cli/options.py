@@ -40,6 +40,32 @@ _EXT_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": 
                 ".mot": "mot"}
 
 
+def format_from_output(output: str | None, allowed: tuple[str, ...]) -> str | None:
+    """The format ``--output``'s extension names (None without a file): ``.csv`` -> csv, ...
+
+    An extension naming a format this command does not write is exit 2 (``segment -o m.csv``
+    must not quietly write JSON into a .csv); an extension that names no format writes json
+    with one warning; a file without an extension writes json."""
+    if not output or output == "-":
+        return None
+    ext = os.path.splitext(output)[1].lower()
+    guess = _EXT_FORMATS.get(ext)
+    if guess in allowed:
+        return guess
+    fallback = "json" if "json" in allowed else allowed[0]
+    if guess is not None:
+        from visiontool.errors import UsageError
+
+        raise UsageError(f"--output '{output}' asks for {guess}, which this command does not write "
+                         f"({'|'.join(allowed)}): give --format, or another extension")
+    if ext:
+        from visiontool.render.console import warn
+
+        known = ", ".join(e for e, f in _EXT_FORMATS.items() if f in allowed)
+        warn(f"--output '{output}': '{ext}' names no format ({known}); writing {fallback} (--format chooses)")
+    return fallback
+
+
 def choose_format(fmt: str | None, output: str | None, allowed: tuple[str, ...], piped: str | None = None) -> str:
     """Explicit --format wins; else the --output extension; else table on a terminal and
     ``piped`` (default: jsonl if allowed, else json) otherwise."""
@@ -47,11 +73,9 @@ def choose_format(fmt: str | None, output: str | None, allowed: tuple[str, ...],
 
     if fmt:
         return validate_format(fmt, allowed)
-    if output and output != "-":
-        guess = _EXT_FORMATS.get(os.path.splitext(output)[1].lower())
-        if guess in allowed:
-            return guess
-        return "json" if "json" in allowed else allowed[0]
+    from_output = format_from_output(output, allowed)
+    if from_output:
+        return from_output
     from visiontool.render.console import stdout_is_tty
 
     if stdout_is_tty():
