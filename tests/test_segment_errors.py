@@ -146,6 +146,16 @@ def test_mask_input_of_the_wrong_size(tiny_ckpt, images_dir, tmp_path):
     assert_user_error(res, 2, "10x10", "800x534")
 
 
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_a_mask_input_that_is_no_image_is_refused_before_the_model_and_stdout_stays_empty(images_dir, no_model,
+                                                                                         tmp_path, fmt):
+    """It was found only when the mask was read, after json's '[' had gone to stdout."""
+    (tmp_path / "m.png").write_text("not a png")
+    res = run_cli(["segment", images_dir / "dog.jpg", "--mask-input", tmp_path / "m.png", "--format", fmt])
+    assert_user_error(res, 2, "m.png' is not a readable image")
+    assert res.stdout == ""
+
+
 def test_mask_input_alone(tiny_ckpt, images_dir, tmp_path):
     from PIL import Image
 
@@ -166,3 +176,26 @@ def test_help_is_instant_and_has_no_torch():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert "--boxes-from" in p.stdout and "--masks-dir" in p.stdout
+
+
+def test_a_json_list_stopped_by_an_error_is_valid_json_or_nothing():
+    """``-f json`` to stdout: an error before the first record leaves nothing (it left "["), one after
+    it leaves the finished records as a closed list, as jsonl keeps its lines."""
+    import io
+    from contextlib import redirect_stdout
+
+    from visiontool.errors import InvalidInputError
+    from visiontool.io.records import RecordWriter
+    from visiontool.types import ImageResult
+
+    for n in (0, 2):
+        buf = io.StringIO()
+        with redirect_stdout(buf), pytest.raises(InvalidInputError):
+            with RecordWriter("json", None) as w:
+                for k in range(n):
+                    w.write(ImageResult(f"im{k}.jpg", 4, 3, "m", image_id=k + 1, kind="segment"))
+                raise InvalidInputError("the third image is bad")
+        if n == 0:
+            assert buf.getvalue() == ""
+        else:
+            assert [r["image"] for r in json.loads(buf.getvalue())] == ["im0.jpg", "im1.jpg"]

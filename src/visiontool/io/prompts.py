@@ -208,7 +208,9 @@ def check_mask_size(p: Prompt, width: int, height: int, image: str) -> None:
     from visiontool.io.images import image_size
 
     size = image_size(p.mask_input)
-    if size is not None and size != (width, height):
+    if size is None:  # not an image: say so before any record is written
+        read_mask_input(p.mask_input, (height, width))
+    elif size != (width, height):
         raise UsageError(f"--mask-input '{p.mask_input}' is {size[0]}x{size[1]}, {image} is "
                          f"{width}x{height}; give a mask the size of the image")
 

@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from typing import TextIO
 
 from visiontool.convert import csv_header, to_coco_results, to_csv_rows, to_record
-from visiontool.errors import InvalidInputError, Interrupted, UsageError
+from visiontool.errors import InvalidInputError, Interrupted, UsageError, VisionToolError
 from visiontool.io.coco import GroundTruthIndex
 from visiontool.io.output import open_output
 from visiontool.types import ImageResult
@@ -81,12 +81,11 @@ class RecordWriter:
         # an interrupted run keeps every finished record (the list is closed first)
         self._fh = self._stack.enter_context(open_output(self.output, keep_on_interrupt=True)) \
             if self.fmt != "table" or self.output else None
-        if self.fmt in ("json", "coco"):
-            self._fh.write("[")
         return self
 
     def _list_item(self, obj: dict) -> None:
-        self._fh.write(("\n" if self._count == 0 else ",\n") + json.dumps(obj))
+        # the list opens with its first item: a run that fails before any leaves stdout empty, not "["
+        self._fh.write(("[\n" if self._count == 0 else ",\n") + json.dumps(obj))
         self._count += 1
 
     def write(self, result: ImageResult) -> None:
@@ -114,9 +113,12 @@ class RecordWriter:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
-            if exc_type is None or issubclass(exc_type, Interrupted):
+            if self.fmt in ("json", "coco") and self._count and exc_type is not None \
+                    and issubclass(exc_type, VisionToolError):
+                self._fh.write("\n]\n")  # a run stopped by an error keeps its finished records valid JSON, as jsonl
+            elif exc_type is None or issubclass(exc_type, Interrupted):
                 if self.fmt in ("json", "coco"):
-                    self._fh.write("\n]\n" if self._count else "]\n")
+                    self._fh.write("\n]\n" if self._count else "[]\n")
                 elif self.fmt == "csv" and self._csv is None:  # no record: the header alone
                     csv.writer(self._fh, lineterminator="\n").writerow(
                         csv_header(ImageResult("", 0, 0, "", kind=self.kind)))
