@@ -196,12 +196,18 @@ def test_bad_inputs(real, tmp_path):
         (("--gt", gt, "--model", "/no/such/dir", "--images", real["dir"]), "no such directory"),
         (("--gt", gt, "--model", "x/y"), "--model needs --images"),
         (("--gt", gt, fake, "--images", real["dir"]), "--images is only used with --model"),
+        # a model's flag on files was ignored (-t 0.5 scored every detection; --save-preds made an empty dir)
+        (("--gt", gt, fake, "-t", "0.5"), "--threshold applies to --model runs; prediction files are scored as"),
+        (("--gt", gt, fake, "--save-preds", tmp_path / "sp", "--max-det", "10"), "--max-det, --save-preds apply"),
+        (("--gt", gt, fake, "-b", "4", "-r", "--dup-score", "0.3", "--no-warmup"),
+         "--batch-size, --recursive, --dup-score, --no-warmup apply"),
         (("--gt", bad, fake), "not valid JSON"),
         (("--gt", gt, fake, "--bogus-flag"), "No such option"),
     ]
     for args, message in cases:
         line = one_error_line(run(*args))
         assert message in line, (args, line)
+    assert not (tmp_path / "sp").exists()
 
 
 def test_help_does_not_import_torch():

@@ -112,6 +112,14 @@ def compare_command(
                                     "--lenient": lenient})
         return
     out_format = choose_format(fmt, output, ("table", "json"))
+    if not models:  # files are scored as they are: a model's flag there would be silently ignored
+        given = [flag for flag, on in {"--threshold": threshold != 0.0, "--max-det": max_det != 100,
+                                       "--batch-size": batch_size != 1, "--recursive": recursive,
+                                       "--save-preds": save_preds is not None, "--dup-score": dup_score != 0.5,
+                                       "--no-warmup": not warmup}.items() if on]
+        if given:
+            raise UsageError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --model runs; "
+                             "prediction files are scored as they are")
     if iou_type not in ("bbox", "segm", "keypoints"):
         raise UsageError(f"invalid --iou-type '{iou_type}': expected bbox, segm or keypoints")
     from visiontool.cli.options import common_checks
