@@ -284,6 +284,19 @@ def test_classes_by_name_and_id_and_max_det(tiny_detr, photos):
     assert_user_error(res, 2, "giraffe")
 
 
+def test_classes_refuse_detrs_placeholder_for_unused_ids():
+    """DETR's id2label names its 11 unused COCO ids 'N/A': '-c N/A' (or '-c 12') selected nothing, exit 0."""
+    from visiontool.errors import UsageError
+    from visiontool.services.detect import parse_classes
+
+    id2label = {0: "N/A", 1: "person", 12: "N/A", 17: "cat"}
+    assert parse_classes("CAT,1", id2label) == {17, 1}
+    for spec, needle in (("N/A", "'N/A' is the label this model gives its unused ids"),
+                         ("cat,12", "'12' is an id this model leaves unused (label 'N/A')"), ("n/a", "unused")):
+        with pytest.raises(UsageError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+            parse_classes(spec, id2label)
+
+
 # -- batching ------------------------------------------------------------------------------------------
 
 def test_batch_does_not_change_any_image_result(tiny_detr, photos, images_dir):

@@ -96,6 +96,12 @@ def test_bad_videos_among_good_inputs_are_each_named_once_and_the_rest_is_writte
     (["--source-type", "tape"], "invalid --source-type 'tape'"),
     (["-f", "mot"], "--format mot writes MOTChallenge rows for video frames"),
     (["--save-viz", "out.mp4"], "it takes exactly one video source"),
+    # a video's flag on photos alone was ignored
+    (["--vid-stride", "2"], "--vid-stride applies to videos and streams, and every source is a photo"),
+    (["--start", "3", "--max-frames", "2", "--reconnect", "0"],
+     "--start, --max-frames, --reconnect apply to videos and streams"),
+    (["--end", "1:00"], "--end applies to videos"),
+    (["--text-threshold", "0.3"], "--text-threshold applies to --text"),
 ])
 def test_usage_errors_exit_2_before_any_model_loads(media, monkeypatch, args, needle):
     from visiontool.models import registry

@@ -115,6 +115,7 @@ def detect_command(
     from visiontool.cli.main import error_line
     from visiontool.cli.options import common_checks
     from visiontool.errors import Interrupted, PartialFailure
+    from visiontool.errors import UsageError
     from visiontool.io.coco import GroundTruthIndex
     from visiontool.io.output import check_not_an_input
     from visiontool.io.readers import one_stdin
@@ -131,6 +132,8 @@ def detect_command(
     load_options = runtime_options(runtime)
     check_detect_options(threshold, batch_size)
     phrases = parse_text(text)
+    if text_threshold is not None and not phrases:
+        raise UsageError("--text-threshold applies to --text; add --text PHRASES")
     if model:
         check_detector_spec(model)
     ray_run = EO.check_engine(engine, address=address, replicas=replicas, gpus_per_replica=gpus_per_replica,
@@ -152,6 +155,11 @@ def detect_command(
     if out_format == "table" and not fmt and not output and any(s.kind == "stream" for s in srcs):
         out_format = "jsonl"  # a table is printed at the end, and a live stream has none: stream records
     video = _video_options(start, end, vid_stride, max_frames, reconnect)
+    video_only = [flag for flag, on in {"--vid-stride": vid_stride != 1, "--start": start, "--end": end,
+                                        "--max-frames": max_frames, "--reconnect": reconnect != 3}.items() if on]
+    if srcs and not videos and video_only:  # silently ignored before
+        raise UsageError(f"{', '.join(video_only)} appl{'ies' if len(video_only) == 1 else 'y'} to videos and "
+                         "streams, and every source is a photo")
     if videos:
         from visiontool.io.video import av
 

@@ -54,6 +54,9 @@ class DetectRun:
         return self.info.dtype
 
 
+_UNUSED_LABELS = {"N/A", "NA"}  # DETR's id2label fills the 11 unused COCO ids (12, 26, ...) with "N/A"
+
+
 def parse_classes(spec: str | Sequence[str] | None, id2label: dict[int, str]) -> set[int] | None:
     """``--classes person,dog,3`` -> the model's label ids; names are case-insensitive."""
     if spec is None:
@@ -65,9 +68,14 @@ def parse_classes(spec: str | Sequence[str] | None, id2label: dict[int, str]) ->
             raise UsageError(f"--classes '{','.join(map(str, items))}' names no class (give names or ids, "
                              "e.g. --classes person,car)")
         return None
-    by_name = {v.lower(): k for k, v in id2label.items()}
+    unused = {k for k, v in id2label.items() if str(v).strip().upper() in _UNUSED_LABELS}
+    by_name = {v.lower(): k for k, v in id2label.items() if k not in unused}
     wanted: set[int] = set()
     for tok in tokens:
+        if tok.upper() in _UNUSED_LABELS or (tok.lstrip("-").isdigit() and int(tok) in unused):
+            what = (f"an id this model leaves unused (label '{id2label[int(tok)]}')" if tok.lstrip("-").isdigit()
+                    else "the label this model gives its unused ids")
+            raise UsageError(f"--classes: '{tok}' is {what}; name a class, e.g. '{next(iter(by_name), '')}'")
         if tok.lower() in by_name:
             wanted.add(by_name[tok.lower()])
         elif tok.lstrip("-").isdigit() and int(tok) in id2label:
