@@ -137,3 +137,21 @@ def test_cli_text_records_csv_and_errors(models, photos, tmp_path):
     # --text without --model: Grounding DINO tiny from the hub (not cached here: one line naming it)
     default = runner.invoke(app, ["detect", photo, "--text", "cat", "--device", "cpu"])
     assert "IDEA-Research/grounding-dino-tiny" in one_error_line(default, 1)
+
+
+@pytest.mark.parametrize("family,flag,warned", [("owlv2", ["--text-threshold", "0.9"], True),
+                                                ("grounding-dino", ["--text-threshold", "0.9"], False),
+                                                ("owlv2", ["--nms-iou", "0.3"], True),
+                                                ("omdet-turbo", ["--nms-iou", "0.3"], False)])
+def test_an_option_the_loaded_model_has_no_use_for_is_one_warning(models, photos, family, flag, warned):
+    """OWLv2 has no phrase-token threshold and no NMS: the flags changed nothing, without a word."""
+    photo = str(sorted(photos.glob("*.png"))[0])
+    base = ["detect", photo, "-m", str(models(family)), "--text", "cat, dog", "-t", "0.1", "--device", "cpu",
+            "-f", "json", "-q"]
+    r = runner.invoke(app, [*base, *flag])
+    assert r.exit_code == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("visiontool: warning:")]
+    assert lines == ([f"visiontool: warning: {flag[0]} changes nothing: " + lines[0].split("nothing: ", 1)[1]]
+                     if warned else []), r.stderr
+    if warned:  # and the records are those without the flag
+        assert json.loads(r.stdout) == json.loads(runner.invoke(app, base).stdout)

@@ -34,6 +34,11 @@ from visiontool.models.protocol import DetectOptions, ModelInfo
 from visiontool.types import Detections, Timings
 
 GROUNDING = {"grounding-dino", "mm-grounding-dino"}
+
+
+def text_capabilities(model_type: str) -> frozenset[str]:
+    """Phrases, batches, and ``text_threshold`` (the phrase-token matching) for the Grounding DINOs."""
+    return frozenset({"text", "batch"} | ({"text_threshold"} if model_type in GROUNDING else set()))
 OWL = {"owlvit", "owlv2"}
 OMDET = {"omdet-turbo"}
 DEFAULT_TEXT_THRESHOLD = 0.25  # Grounding DINO's own default
@@ -60,7 +65,7 @@ def load(spec: str, device: str, precision, config=None, text: bool = False, opt
     extra["fixed_size"] = bool(size) and ("height" in size and "width" in size)
     info = ModelInfo(name=spec, family=family_of(config), backend="transformers", task="detect",
                      paradigm="open-vocabulary", needs_nms=model_type in OMDET, params=params, class_names={},
-                     device=device, dtype=precision.name, capabilities=frozenset({"text", "batch"}), extra=extra)
+                     device=device, dtype=precision.name, capabilities=text_capabilities(model_type), extra=extra)
     return ZeroShotDetector(info, model, processor, model_type, precision)
 
 

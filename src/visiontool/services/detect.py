@@ -57,6 +57,17 @@ class DetectRun:
 _UNUSED_LABELS = {"N/A", "NA"}  # DETR's id2label fills the 11 unused COCO ids (12, 26, ...) with "N/A"
 
 
+def ignored_options(info, nms_iou: float | None, text_threshold: float | None) -> list[str]:
+    """Warnings for options the loaded model has no use for (known only once it is loaded)."""
+    lines = []
+    if nms_iou is not None and info.needs_nms is False:
+        lines.append(f"--nms-iou changes nothing: {info.family} needs no NMS (one box per object by design)")
+    if text_threshold is not None and info.can("text") and not info.can("text_threshold"):
+        lines.append(f"--text-threshold changes nothing: {info.family} scores each phrase as a whole (Grounding "
+                     "DINO matches phrase tokens against it)")
+    return lines
+
+
 def parse_classes(spec: str | Sequence[str] | None, id2label: dict[int, str]) -> set[int] | None:
     """``--classes person,dog,3`` -> the model's label ids; names are case-insensitive."""
     if spec is None:
@@ -284,6 +295,8 @@ def run_detect(
     gt_index = GroundTruthIndex.load(gt) if isinstance(gt, (str, Path)) else gt
     detector, wanted, phrases = prepare_detector(model, classes=classes, text=text, device=device, dtype=dtype,
                                                  warn=warn, **(load_options or {}))
+    for line in ignored_options(detector.info, nms_iou, text_threshold) if warn is not None else ():
+        warn(line)
     floor = stage.detection_floor() if stage is not None else float(threshold)
     options = DetectOptions(threshold=floor, max_det=max_det, nms_iou=nms_iou, text=phrases,
                             text_threshold=text_threshold)

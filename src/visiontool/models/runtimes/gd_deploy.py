@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from visiontool.models.hf_zero_shot import GROUNDING, OMDET, ZeroShotDetector
+from visiontool.models.hf_zero_shot import GROUNDING, OMDET, ZeroShotDetector, text_capabilities
 from visiontool.models.runtimes import gd_export
 
 KIND = gd_export.KIND
@@ -85,7 +85,7 @@ def load_exported(directory: Path, manifest: dict, runtime: str) -> gd_export.Ru
                              "again with visiontool export")
     processor = cls.from_pretrained(str(directory), local_files_only=True)
     size = getattr(processor.image_processor, "size", None) or {}
-    info = exported_info(directory, {**manifest, "class_names": {}}, runtime, frozenset({"text", "batch"}),
+    info = exported_info(directory, {**manifest, "class_names": {}}, runtime, text_capabilities(model_type),
                          paradigm="open-vocabulary", family=model_type,
                          fixed_size=bool(size) and ("height" in size and "width" in size))
     return gd_export.RuntimeGroundingDetector(None, runtime, info=replace(info, needs_nms=model_type in OMDET),
