@@ -459,3 +459,28 @@ def test_an_output_that_is_an_input_is_refused(case, photo, tiny_detr, tmp_path,
     line = assert_user_error(invoke(*args), 2, f"{flag} '", f"is also an input ('{named.format(**names)}')")
     assert line.endswith("writing it would replace that input; give another file name")
     assert {p: p.read_bytes() for p in (photo, gt, pred)} == before
+
+
+# -- a segment model (or weights file) where a detector is wanted: one line pointing the right way --
+
+@pytest.mark.parametrize("command", ["detect", "compare", "export"])
+@pytest.mark.parametrize("spec, needle", [
+    ("{sam2}", "is a SAM-family mask generator ('sam2_video'): `visiontool segment --model {sam2}` runs it"),
+    ("vit_b", "'vit_b' is a segment-anything checkpoint: `visiontool segment --model vit_b` runs it"),
+    ("yolov8n.pt", "'yolov8n.pt' is a weights file: name an Ultralytics model ultralytics:yolov8n.pt"),
+    ("{photo}.pth", "is a weights file"),
+])
+def test_a_segmenter_or_weights_file_as_a_detector_is_one_line_before_any_model(command, spec, needle, photo,
+                                                                              tmp_path, coco_dir, no_model):
+    """They were a transformers AutoModel error after loading (a SAM dir, exit 1), a hub lookup (vit_b,
+    yolov8n.pt: 'not in the Hugging Face cache', exit 1) or 'is a file; expected a directory'."""
+    sam2 = tmp_path / "sam2v"
+    sam2.mkdir()
+    (sam2 / "config.json").write_text(json.dumps({"model_type": "sam2_video"}))
+    Path(f"{photo}.pth").write_bytes(b"\0")
+    spec, needle = (s.format(sam2=sam2, photo=photo) for s in (spec, needle))
+    args = {"detect": ["detect", str(photo), "-m", spec],
+            "compare": ["compare", "--gt", str(coco_dir / "instances_val2014_100.json"), "--images", str(photo),
+                        "-m", spec],
+            "export": ["export", spec, "--runtime", "onnx", "-o", str(tmp_path / "out")]}[command]
+    assert_user_error(invoke(*args), 2, needle)

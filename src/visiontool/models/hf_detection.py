@@ -19,6 +19,8 @@ modules; :func:`load` hands them over.
 """
 from __future__ import annotations
 
+import json
+import os
 import time
 from typing import Any, Sequence
 
@@ -35,7 +37,33 @@ UNIVERSAL_TYPES = {"mask2former", "oneformer", "eomt", "maskformer"}
 
 
 def check(spec: str) -> None:
+    from visiontool.models.sam import is_checkpoint_name
+
+    if is_checkpoint_name(spec):
+        raise UsageError(f"--model '{spec}' is a segment-anything checkpoint: `visiontool segment --model {spec}` "
+                         "runs it; this command takes a detector")
+    if spec.lower().endswith((".pt", ".pth")):  # `-m yolov8n.pt`, the Ultralytics CLI's habit
+        raise UsageError(f"--model '{spec}' is a weights file: name an Ultralytics model ultralytics:{spec}, a "
+                         f"torchvision state dict torchvision:ARCH:{spec}; a segment-anything checkpoint is for "
+                         "`visiontool segment`")
     check_hf_spec(spec)
+    config = os.path.join(os.path.expanduser(spec), "config.json")
+    if os.path.isfile(config):
+        try:
+            with open(config, encoding="utf-8") as fh:
+                model_type = json.load(fh).get("model_type", "")
+        except (OSError, ValueError, AttributeError):
+            return  # the load reports a broken config properly
+        not_a_segmenter(str(model_type), spec)
+
+
+def not_a_segmenter(model_type: str, spec: str) -> None:
+    """A SAM-family model given where a detector is wanted: one line pointing at segment."""
+    from visiontool.models.hf_sam_spec import MODEL_TYPES
+
+    if model_type in MODEL_TYPES:
+        raise UsageError(f"--model '{spec}' is a SAM-family mask generator ('{model_type}'): `visiontool segment "
+                         f"--model {spec}` runs it; this command takes a detector")
 
 
 def peek_class_names(spec: str) -> dict[int, str] | None:
@@ -64,6 +92,7 @@ def load(spec: str, device: str, precision, **options: Any):
     segmentation in their modules (chosen by ``config.model_type``)."""
     config = load_config(spec)
     model_type = getattr(config, "model_type", "")
+    not_a_segmenter(str(model_type), spec)
     if model_type in ZERO_SHOT_TYPES:
         from visiontool.models import hf_zero_shot
 
