@@ -42,6 +42,9 @@ def no_model(monkeypatch):
     (["--point", "5,5", "--device", "tpu"], ["--device 'tpu'"]),
     (["--point", "5,5", "--dtype", "int8"], ["--dtype 'int8'"]),
     (["--point", "5,5", "--checkpoint", "nope.pth"], ["nope.pth"]),
+    (["--point", "5,5", "-m", "torchvision:fasterrcnn_resnet50_fpn"],  # was "no such directory"
+     ["names a detector: `visiontool detect --model torchvision:fasterrcnn_resnet50_fpn` runs it"]),
+    (["--point", "5,5", "-m", "ultralytics:yolov8n.pt"], ["names a detector", "--boxes-from"]),
     (["--point", "5,5", "--mask-input", "missing.png"], ["missing.png"]),
     (["--point", "5,5", "--gt", "gt.json"], ["--format coco"]),
     (["--point", "5,5", "--no-cache", "--cache-dir", "x"], ["--no-cache"]),

@@ -131,6 +131,11 @@ def load_detector(spec: str, device: str = "auto", dtype: str = "auto",
 
 # ----------------------------------------------------------------------------- segmenters
 def segmenter_module(spec: str) -> ModuleType:
+    prefix, _ = split_prefix(spec)
+    if prefix in DETECTOR_PREFIXES:
+        raise UsageError(f"--model '{spec}' names a detector: `visiontool detect --model {spec}` runs it; segment "
+                         "takes a SAM-family model, and a detector's boxes with --boxes-from "
+                         "(detect … | segment --boxes-from -)")
     sam = _module(SAM_OFFICIAL)
     if sam.is_checkpoint_name(spec) or spec.lower().endswith((".pth", ".pt")) or Path(spec).expanduser().is_file():
         return sam
