@@ -110,7 +110,8 @@ def test_export_bad_arguments(detr, tmp_path):
     (busy / "x").write_text("x")
     cases = [
         (["export", str(detr), "--runtime", "tensorrt", "-o", str(tmp_path / "a")], "openvino or onnx"),
-        (["export", str(detr), "--runtime", "onnx", "-o", str(busy)], "not an empty directory"),
+        (["export", str(detr), "--runtime", "onnx", "-o", str(busy)], "busy' is not empty: export writes a directory"),
+        (["export", str(detr), "--runtime", "onnx", "-o", str(busy / "x")], "x' is a file: export writes a directory"),
         (["export", str(detr), "--runtime", "onnx", "-o", str(tmp_path / "no" / "such" / "d")], "does not exist"),
         (["export", str(detr), "--runtime", "onnx", "-o", "/proc/visiontool-export"], "cannot write in '/proc' ("),
         (["export", "torchvision:nosuchnet", "--runtime", "onnx", "-o", str(tmp_path / "b")], "nosuchnet"),

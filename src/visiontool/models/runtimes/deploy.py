@@ -45,7 +45,8 @@ def check_target(out_dir: str) -> Path:
     """``-o DIR``: absent or an empty directory, its parent writable (UsageError otherwise)."""
     target = Path(out_dir).expanduser()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise UsageError(f"-o '{out_dir}' exists and is not an empty directory; name a new directory")
+        what = "is not empty" if target.is_dir() else "is a file"
+        raise UsageError(f"-o '{out_dir}' {what}: export writes a directory; name a new (or empty) one")
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
         raise UsageError(f"-o '{out_dir}': the directory '{parent}' does not exist")
