@@ -66,7 +66,8 @@ def detect(photos, model, text, *extra, cache: Path):
 
     loader.release()  # each run loads (and finds its export) as a new command would
     return runner.invoke(app, ["detect", *photos, "--model", str(model), "--text", text, "--device", "cpu",
-                               "-f", "jsonl", "--threshold", "0.0", "--text-threshold", "0.0", "--batch-size", "2",
+                               "-f", "jsonl", "--threshold", "0.0", "--batch-size", "2",
+                               *([] if "omdet" in Path(model).name else ["--text-threshold", "0.0"]),  # OmDet has none
                                *extra], env={"VISIONTOOL_CACHE": str(cache)})
 
 
