@@ -120,6 +120,10 @@ def test_usage_errors_exit_2_before_any_model_loads(media, monkeypatch, args, ne
     (["--track", "--tracker-opt", "lost_track_buffer"], "expected KEY=VALUE"),
     (["--track", "--tracker-opt", "nonsense=1"], "bytetrack has no such option"),
     (["--track", "--tracker-opt", "lost_track_buffer=many"], "expected int"),
+    # each was accepted and tracked nothing (nan, > 1) or failed only once the model had loaded
+    (["--track", "--tracker-opt", "minimum_iou_threshold=nan"], "minimum_iou_threshold=nan: expected a finite"),
+    (["--track", "--tracker-opt", "track_activation_threshold=2"], "expected a number in [0, 1]"),
+    (["--tracker", "botsort", "--tracker-opt", "cmc_method=foo"], "expected one of orb, sift, sparseOptFlow, ecc"),
     (["--save-viz", "out.mp4", "EXTRA"], "it takes exactly one video source"),
     (["-f", "mot", "EXTRA"], "give --output DIR"),
 ])

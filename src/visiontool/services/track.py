@@ -25,6 +25,8 @@ label for the object changes from one frame to the next (the record keeps each f
 from __future__ import annotations
 
 import inspect
+import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -54,7 +56,7 @@ def available_trackers() -> dict[str, type]:
     return dict(sorted(out.items()))
 
 
-def _coerce(value: str, default: Any, key: str) -> Any:
+def _coerce(value: str, default: Any, key: str, annotation: Any = None) -> Any:
     if isinstance(default, bool):
         low = value.strip().lower()
         if low in ("1", "true", "yes", "on"):
@@ -65,9 +67,17 @@ def _coerce(value: str, default: Any, key: str) -> Any:
     for kind in (int, float):
         if isinstance(default, kind):
             try:
-                return kind(value)
+                number = kind(value)
             except ValueError:
                 raise UsageError(f"--tracker-opt {key}={value}: expected {kind.__name__}") from None
+            if not math.isfinite(number):  # nan made every comparison false: no track was ever made
+                raise UsageError(f"--tracker-opt {key}={value}: expected a finite number")
+            if "threshold" in key and not 0.0 <= number <= 1.0:  # a score or an IoU
+                raise UsageError(f"--tracker-opt {key}={value}: expected a number in [0, 1]")
+            return number
+    choices = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else ()
+    if choices and value not in choices:
+        raise UsageError(f"--tracker-opt {key}={value}: expected one of {', '.join(map(str, choices))}")
     return value
 
 
@@ -86,7 +96,7 @@ def parse_tracker_options(name: str, opts: list[str] | None) -> dict[str, Any]:
             raise UsageError(f"--tracker-opt '{item}': expected KEY=VALUE (e.g. lost_track_buffer=60)")
         if key not in simple:
             raise UsageError(f"--tracker-opt '{key}': {name} has no such option (it has: {', '.join(sorted(simple))})")
-        out[key] = _coerce(value, simple[key], key)
+        out[key] = _coerce(value, simple[key], key, params[key].annotation)
     return out
 
 
