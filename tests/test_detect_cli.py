@@ -181,6 +181,17 @@ def test_sources_glob_stdin_recursive(tiny_detr, photos):
     assert [Path(r["image"]).name for r in piped] == ["groceries.jpg", "dog.jpg"]
 
 
+def test_a_file_url_is_its_local_path(tiny_detr, photos, tmp_path):
+    """``file:///…/a%20b.jpg`` (copied from a browser or a manifest) was 'no such file or directory'."""
+    spaced = tmp_path / "a dog.jpg"
+    shutil.copy(photos / "dog.jpg", spaced)
+    local = records(invoke("detect", spaced, "-m", tiny_detr, "-t", "0", "-f", "json", "-q"))
+    res = invoke("detect", spaced.as_uri(), "-m", tiny_detr, "-t", "0", "-f", "json", "-q")
+    assert "%20" in spaced.as_uri() and records(res) == local
+    assert_user_error(invoke("detect", "file://nas/photos/dog.jpg", "-m", tiny_detr), 2,
+                      "names a file on the host 'nas'")
+
+
 class _Server:
     def __init__(self, root: Path):
         handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))

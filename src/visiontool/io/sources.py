@@ -123,6 +123,18 @@ def _media_in_dir(d: Path, recursive: bool, kinds: tuple[str, ...]) -> list[Path
     return files_in_dir(d, recursive, exts)
 
 
+def file_url_path(url: str) -> str:
+    """``file:///data/a%20b.jpg`` -> ``/data/a b.jpg`` (UsageError for another machine's file)."""
+    from urllib.parse import urlsplit
+    from urllib.request import url2pathname
+
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise UsageError(f"'{url}' names a file on the host '{parts.netloc}'; a file:// URL must name a file on "
+                         "this machine (file:///path)")
+    return url2pathname(parts.path)
+
+
 def expand_media(sources: list[str], recursive: bool = False, source_type: str = "auto",
                  stdin=None) -> list[Source]:
     """SOURCE arguments -> Sources in a stable order without duplicates (module docstring).
@@ -154,6 +166,8 @@ def expand_media(sources: list[str], recursive: bool = False, source_type: str =
     for raw in sources:
         if not raw.strip():  # an unset shell variable ("$DIR") must not mean the current directory
             raise UsageError(f"an empty source was given ('{raw}'); pass a file, directory, glob, URL or stream")
+        if raw[:7].lower() == "file://":  # a file URL (copied from a browser, a manifest) names a local path
+            raw = file_url_path(raw)
         if raw == "-":
             stream = stdin if stdin is not None else sys.stdin
             lines = [ln.strip() for ln in stream.read().splitlines()]
