@@ -124,6 +124,22 @@ def test_detect_records_by_file_name(synth, tmp_path):
     assert "1 prediction record(s) are for images absent from the ground truth" in r.stderr
 
 
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_records_of_which_not_one_is_in_the_gt_are_refused(synth, tmp_path, iou_type):
+    """The wrong --gt (or folder): every AP was 0 with exit 0 and two warnings."""
+    d, _, _ = synth
+    rle = {"size": [10, 10], "counts": ";4600000a1"}  # a 4x4 square
+    recs = [{"image": f"/elsewhere/photo{k}.jpg", "width": 10, "height": 10, "model": "m",
+             ("masks" if iou_type == "segm" else "detections"): [
+                 {"label": "cat1", "score": 0.5, "box": [1, 1, 5, 5], "segmentation": rle}]} for k in range(3)]
+    p = tmp_path / "dets.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in recs))
+    r = run("--gt", d / "gt.json", "--pred", p, "--iou-type", iou_type, "--format", "json")
+    line = one_error_line(r)
+    assert "none of its 3 record(s) is for an image of the ground truth (first: '/elsewhere/photo0.jpg')" in line
+    assert r.stdout == ""
+
+
 def test_diagnostics(synth, tmp_path):
     d, _, res = synth
     thresholded = [dict(x, score=0.5 + x["score"] / 2) for x in res]

@@ -333,19 +333,27 @@ def _from_records(items, gt, iou_type: str, lenient: bool, source: str) -> Predi
     kept: list[dict] = []
     rows = array("d")
     labels: dict = {}
-    unknown = 0
+    unknown = seen = 0
+    first_unknown = None
     unscored = checks.Unscored()
     for i, rec in items:
         where = f"{source}: record {i}"
         res, known = checks.record_results(rec, gt, iou_type, lambda suffix, msg, w=where: fail(w + suffix, msg),
                                            labels, unscored)
+        seen += 1
         unknown += not known
+        if not known and first_unknown is None:
+            first_unknown = rec.get("image") if isinstance(rec, dict) else None
         if iou_type == "bbox" and all("bbox" in r for r in res):
             for r in res:
                 b = r["bbox"]
                 rows.extend((r["image_id"], b[0], b[1], b[2], b[3], r["score"], r["category_id"]))
         else:
             kept.extend(res)
+    if unknown and unknown == seen:  # not one photo of the GT: the wrong --gt, or the wrong folder
+        raise InvalidInputError(f"{source}: none of its {seen} record(s) is for an image of the ground truth "
+                                f"(first: '{first_unknown}'); records are matched to images[].file_name by path "
+                                "suffix or base name: is it the ground truth of these photos?")
     if iou_type == "bbox" and not kept:
         n = len(rows) // 7
         arr = np.frombuffer(rows, np.float64).reshape(n, 7) if n else np.zeros((0, 7))
