@@ -51,6 +51,22 @@ def test_a_frame_beyond_seqinfo_is_named(tmp_path):
     assert "pred.txt: line 3: frame 3 is beyond the sequence's 2 frames (seqinfo.ini)" in line
 
 
+def test_rows_after_the_last_ground_truth_frame_without_seqinfo_are_one_warning(tmp_path):
+    """An offset run (frames 11-12 against a 2-frame GT) was scored as false positives without a word."""
+    import json
+
+    g = write_lines(tmp_path / "gt.txt", GOOD_GT)
+    late = write_lines(tmp_path / "late.txt", [f"{int(r.split(',')[0]) + 10}{r[1:]}" for r in GOOD_PRED])
+    res = invoke("evaluate", "--gt", g, "--pred", late, "--mot", "-f", "json")
+    assert res.exit_code == 0, res.stderr
+    assert [ln for ln in res.stderr.splitlines() if "warning" in ln] == [
+        f"visiontool: warning: {late}: 2 row(s) of sequence gt are on frames 11-12, after the ground truth's last "
+        "frame 2: they count as false positives (is it the right sequence, or are its frames offset?)"]
+    assert json.loads(res.stdout)["metrics"]["MOTA"] == -1.0  # scored as before: 2 misses, 2 false positives
+    clean = invoke("evaluate", "--gt", g, "--pred", write_lines(tmp_path / "p.txt", GOOD_PRED), "--mot", "-f", "json")
+    assert clean.exit_code == 0 and "warning" not in clean.stderr
+
+
 def test_blank_lines_comments_spaces_and_short_rows_are_fine(tmp_path):
     g = write_lines(tmp_path / "gt.txt", ["# frame,id,x,y,w,h", "1 1 10 20 30 40", "", "2, 1, 12, 20, 30, 40,"])
     p = write_lines(tmp_path / "pred.txt", ["1,1,10,20,30,40", "2,1,12,20,30,40"])

@@ -124,6 +124,7 @@ def evaluate_mot(gt: str, preds: list[str] | str, names: list[str] | None = None
         runs_files.append(files)
     seq_of = {s.name: s for s in seqs}
     tables = [{n: read_mot(f, "pred", seq_of[n].length) for n, f in files.items()} for files in runs_files]
+    diagnostics += _past_the_end(seqs, gts, tables, pred_list)
     true_lengths = {}
     for k, (s, g) in enumerate(zip(seqs, gts)):
         true_lengths[s.name] = s.length or max([g.max_frame] + [t[s.name].max_frame for t in tables] + [1])
@@ -144,6 +145,23 @@ def evaluate_mot(gt: str, preds: list[str] | str, names: list[str] | None = None
         runs.append(MotRun(label, combined, per_seq))
     return MotEvaluation(runs, [s.name for s in seqs], benchmark, preprocessing, f"trackeval {te.__version__}",
                          diagnostics)
+
+
+def _past_the_end(seqs, gts, tables, pred_list) -> list[str]:
+    """Rows after the ground truth's last frame, where no seqinfo.ini gives the sequence's length
+    (with one they are refused): false positives, and most likely an offset or another sequence."""
+    out = []
+    for s, g in zip(seqs, gts):
+        if s.length is not None or not len(g):
+            continue
+        for pred, table in zip(pred_list, tables):
+            t = table.get(s.name)
+            late = t.frames[t.frames > g.max_frame] if t is not None else ()
+            if len(late):
+                out.append(f"{pred}: {len(late)} row(s) of sequence {s.name} are on frames {late.min()}-{late.max()}, "
+                           f"after the ground truth's last frame {g.max_frame}: they count as false positives (is it "
+                           "the right sequence, or are its frames offset?)")
+    return out
 
 
 def _compact(tables: list[MotTable]) -> tuple[MotTable, list[MotTable]]:
