@@ -124,6 +124,27 @@ def test_detect_records_by_file_name(synth, tmp_path):
     assert "1 prediction record(s) are for images absent from the ground truth" in r.stderr
 
 
+def test_a_label_two_gt_categories_share_is_refused_not_guessed(tmp_path):
+    """Records name categories by label: with 5 and 9 both 'dog', the last one silently won (AP 1 or 0
+    depending on which the annotations used). COCO results by category_id are still scored."""
+    gt = {"images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 100}],
+          "categories": [{"id": 5, "name": "dog"}, {"id": 9, "name": "Dog"}, {"id": 2, "name": "cat"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [10, 10, 40, 40], "area": 1600,
+                           "iscrowd": 0}]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    rec = {"image": "a.jpg", "detections": [{"label": "dog", "score": 0.9, "box": [10, 10, 50, 50]}]}
+    (tmp_path / "r.jsonl").write_text(json.dumps(rec) + "\n")
+    line = one_error_line(run("--gt", tmp_path / "gt.json", "--pred", tmp_path / "r.jsonl"))
+    assert "categories 5 and 9 are both named 'dog', so a label 'dog' cannot say which" in line
+    cat = {"image": "a.jpg", "detections": [{"label": "cat", "score": 0.9, "box": [10, 10, 50, 50]}]}
+    (tmp_path / "c.jsonl").write_text(json.dumps(cat) + "\n")  # an unshared name is fine
+    assert run("--gt", tmp_path / "gt.json", "--pred", tmp_path / "c.jsonl").exit_code == 0
+    coco = [{"image_id": 1, "category_id": 5, "bbox": [10, 10, 40, 40], "score": 0.9}]
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    r = run("--gt", tmp_path / "gt.json", "--pred", tmp_path / "coco.json", "-f", "json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["map"] == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
 def test_records_of_which_not_one_is_in_the_gt_are_refused(synth, tmp_path, iou_type):
     """The wrong --gt (or folder): every AP was 0 with exit 0 and two warnings."""

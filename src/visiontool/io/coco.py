@@ -61,6 +61,7 @@ class GroundTruthIndex:
     categories_by_name: dict[str, int] = field(default_factory=dict)
     category_names: dict[int, str] = field(default_factory=dict)
     image_ids: set[int] = field(default_factory=set)
+    ambiguous_names: dict[str, list[int]] = field(default_factory=dict)  # a name two categories share: their ids
 
     @classmethod
     def from_dict(cls, gt: dict, path: str = "<gt>") -> "GroundTruthIndex":
@@ -88,7 +89,10 @@ class GroundTruthIndex:
             if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
                 raise InvalidInputError(f"ground truth '{path}': categories[{i}] needs 'id' and 'name'")
         for cat, cid in zip(gt["categories"], checked_ids(gt["categories"], "categories", path)):
-            idx.categories_by_name[_norm_name(cat["name"])] = cid
+            name = _norm_name(cat["name"])
+            if idx.categories_by_name.get(name, cid) != cid:
+                idx.ambiguous_names.setdefault(name, [idx.categories_by_name[name]]).append(cid)
+            idx.categories_by_name[name] = cid
             idx.category_names[cid] = str(cat["name"])
         return idx
 
@@ -112,4 +116,13 @@ class GroundTruthIndex:
         return self.images_by_base.get(base)
 
     def category_id_for(self, name: str) -> int | None:
-        return self.categories_by_name.get(_norm_name(name))
+        """The GT category named ``name`` (case, spaces and underscores aside); InvalidInputError
+        when two categories share that name: a label cannot say which is meant."""
+        norm = _norm_name(name)
+        ids = self.ambiguous_names.get(norm)
+        if ids:
+            listed = f"{', '.join(map(str, ids[:-1]))} and {ids[-1]} are {'both' if len(ids) == 2 else 'all'}"
+            raise InvalidInputError(f"ground truth '{self.path}': categories {listed} named '{name}', so a label "
+                                    f"'{name}' cannot say which; rename one in the ground truth (or give COCO results "
+                                    "with category_id)")
+        return self.categories_by_name.get(norm)
