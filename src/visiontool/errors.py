@@ -63,8 +63,9 @@ class BrokenExtraError(MissingExtraError):
     dependency of the wrong version): exit 2, saying so rather than "not installed"."""
 
     def __init__(self, what: str, extra: str, module: str, reason: str):  # noqa: D107
-        UsageError.__init__(self, f"{what} needs the optional extra '{extra}', which is installed but does not import "
-                         f"('{module}': {reason}); reinstall it: pip install --force-reinstall 'visiontool[{extra}]'")
+        UsageError.__init__(self, f"{what} needs the optional extra '{extra}', which is installed but does not "
+                                  f"import ('{module}': {reason}); reinstall it: pip install --force-reinstall "
+                                  f"'visiontool[{extra}]'")
 
 
 def require(module: str, what: str, extra: str):

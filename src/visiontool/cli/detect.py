@@ -114,8 +114,7 @@ def detect_command(
     from visiontool.cli.detect_outputs import Outputs, check_outputs
     from visiontool.cli.main import error_line
     from visiontool.cli.options import common_checks
-    from visiontool.errors import Interrupted, PartialFailure
-    from visiontool.errors import UsageError
+    from visiontool.errors import Interrupted, PartialFailure, UsageError
     from visiontool.io.coco import GroundTruthIndex
     from visiontool.io.output import check_not_an_input
     from visiontool.io.readers import one_stdin
