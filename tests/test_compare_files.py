@@ -201,6 +201,8 @@ def test_bad_inputs(real, tmp_path):
         (("--gt", gt, fake, "--save-preds", tmp_path / "sp", "--max-det", "10"), "--max-det, --save-preds apply"),
         (("--gt", gt, fake, "-b", "4", "-r", "--dup-score", "0.3", "--no-warmup"),
          "--batch-size, --recursive, --dup-score, --no-warmup apply"),
+        (("--gt", gt, fake, "--sort-by", "fps"), "--sort-by fps orders --model runs by what running them measured"),
+        (("--gt", gt, fake, "--sort-by=-memory"), "prediction files have no such figure"),
         (("--gt", bad, fake), "not valid JSON"),
         (("--gt", gt, fake, "--bogus-flag"), "No such option"),
     ]

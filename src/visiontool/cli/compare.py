@@ -112,6 +112,8 @@ def compare_command(
                                     "--lenient": lenient})
         return
     out_format = choose_format(fmt, output, ("table", "json"))
+    from visiontool.services.compare_runs import STAT_KEYS, parse_sort_key
+
     if not models:  # files are scored as they are: a model's flag there would be silently ignored
         given = [flag for flag, on in {"--threshold": threshold != 0.0, "--max-det": max_det != 100,
                                        "--batch-size": batch_size != 1, "--recursive": recursive,
@@ -120,6 +122,9 @@ def compare_command(
         if given:
             raise UsageError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --model runs; "
                              "prediction files are scored as they are")
+        if sort_by and parse_sort_key(sort_by)[0] not in STAT_KEYS + ("name",):
+            raise UsageError(f"--sort-by {sort_by} orders --model runs by what running them measured; prediction "
+                             "files have no such figure (sort them by AP, AP50, ..., or name)")
     if iou_type not in ("bbox", "segm", "keypoints"):
         raise UsageError(f"invalid --iou-type '{iou_type}': expected bbox, segm or keypoints")
     from visiontool.cli.options import common_checks
@@ -131,7 +136,7 @@ def compare_command(
     runtime = runtime_options(runtime).get("runtime", "torch")
     from visiontool.errors import PartialFailure
     from visiontool.render.console import info, set_quiet, warn
-    from visiontool.services.compare import compare, parse_sort_key
+    from visiontool.services.compare import compare
 
     set_quiet(quiet)
     if sort_by:
