@@ -69,6 +69,10 @@ def test_missing_image_exit_2_before_the_model(images_dir, no_model):
     ('[{"points": [[5000, 2]]}]', ["point 5000,2", "outside"]),
     ('[{"box": [1, 2, 3, 4], "mask_input": "zz.png"}]', ["zz.png"]),
     ('["oops"]', ["expected an object"]),
+    # a typo gave every point label 1, and a video's keys were ignored on a photo
+    ('[{"points": [[5, 5]], "lables": [0]}]', ["p.json[0]: unknown key 'lables'", "did you mean 'labels'?"]),
+    ('[{"points": [[5, 5]], "frame": 2}]', ["p.json[0]: 'frame' applies to videos, and every source is a photo"]),
+    ('[{"box": [1, 1, 9, 9], "frame": 0, "object_id": 1}]', ["'frame' and 'object_id' apply to videos"]),
 ])
 def test_malformed_prompts_file(images_dir, tmp_path, no_model, content, needles):
     f = tmp_path / "p.json"

@@ -238,6 +238,13 @@ def segment_command(
     if not auto and not base and records is None and not phrases:
         raise UsageError("nothing to segment: give --point, --box, --mask-input, --prompts, --text, --boxes-from "
                          "or --auto")
+    if not videos:
+        for p in base:
+            keys = [k for k, v in (("frame", p.frame), ("object_id", p.object_id)) if v is not None]
+            if keys:  # ignored on a photo before: the user meant a video
+                verb = "applies" if len(keys) == 1 else "apply"
+                raise UsageError(f"{p.source}: {' and '.join(repr(k) for k in keys)} {verb} to videos, and every "
+                                 "source is a photo")
     if videos:
         if auto:
             raise UsageError("--auto segments images; give a video point, box, mask, --prompts or --text prompts")

@@ -67,6 +67,9 @@ def build_prompts(points=None, neg_points=None, boxes=None, mask_input=None, ext
     return out
 
 
+PROMPT_KEYS = ("points", "labels", "neg_points", "box", "mask_input", "label", "multimask", "frame", "object_id")
+
+
 def prompts_from_json(data, origin: str) -> list[Prompt]:
     """``--prompts FILE``: a JSON list of prompt sets.
 
@@ -83,6 +86,14 @@ def prompts_from_json(data, origin: str) -> list[Prompt]:
         where = f"{origin}[{i}]"
         if not isinstance(item, dict):
             raise InvalidInputError(f"{where}: expected an object with points/box/mask_input")
+        unknown = [k for k in item if k not in PROMPT_KEYS]
+        if unknown:  # a typo ("lables") silently gave every point label 1
+            import difflib
+
+            close = difflib.get_close_matches(str(unknown[0]), PROMPT_KEYS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise InvalidInputError(f"{where}: unknown key '{unknown[0]}' (a prompt has {', '.join(PROMPT_KEYS)})"
+                                    f"{hint}")
         try:
             pts = [list(map(float, p)) for p in item.get("points") or []]
             labels = item.get("labels")
