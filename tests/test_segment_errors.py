@@ -206,3 +206,13 @@ def test_a_json_list_stopped_by_an_error_is_valid_json_or_nothing():
             assert buf.getvalue() == ""
         else:
             assert [r["image"] for r in json.loads(buf.getvalue())] == ["im0.jpg", "im1.jpg"]
+
+
+def test_boxes_from_video_frame_records_is_one_line_before_the_model(tmp_path, no_model):
+    """`detect clip.mp4 | segment --boxes-from -` merged every frame's boxes into one record and then
+    read the video as a photo ('not an image', exit 1, after the model had loaded)."""
+    recs = [{"image": str(tmp_path / "clip.mp4"), "frame": k, "time_s": k / 10, "width": 64, "height": 48,
+             "detections": [{"label": "cat", "score": 0.9, "box": [1, 1, 9, 9]}]} for k in range(3)]
+    (tmp_path / "dets.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    res = run_cli(["segment", "--boxes-from", tmp_path / "dets.jsonl"])
+    assert_user_error(res, 2, "record 1 is frame 0 of the video", "--boxes-from segments photos")

@@ -149,6 +149,10 @@ def records_from_text(text: str, origin: str) -> dict[str, ImageResult]:
         r = from_record(rec, f"{origin}: record {i + 1}")
         if r.error is not None:
             continue
+        if r.frame is not None:  # its boxes were merged with every other frame's and the video read as a photo
+            raise UsageError(f"{origin}: record {i + 1} is frame {r.frame} of the video '{r.image}'; --boxes-from "
+                             "segments photos (a video's objects: segment VIDEO --box or --prompts on a --frame, "
+                             "propagated through the video, or --text)")
         if r.image in out:
             prev = out[r.image]
             prev.detections = Detections.merge([prev.detections, r.detections])
