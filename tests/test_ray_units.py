@@ -489,3 +489,30 @@ def test_without_address_a_new_local_cluster_is_started(monkeypatch, env, expect
     assert calls[0]["address"] == expected and calls[-1] == "shutdown"
     # a new cluster gets the short connect retries; joining one, ray.init refuses a _system_config
     assert ("_system_config" in calls[0]) == (expected == "local")
+
+
+def test_an_output_onto_the_runs_own_files_is_refused_and_a_damaged_job_file_is_one_line(tmp_path, coco_dir):
+    """`merge DIR -o DIR/_job.json` replaced the run's description with the merged records (exit 0);
+    every later merge then ended "unexpected AttributeError". A new file beside the shards is fine."""
+    from visiontool.io.shards import Entry, OutputDir
+
+    run = tmp_path / "run"
+    out = OutputDir(str(run))
+    out.store.makedirs()
+    out.store.write_json("_job.json", {"kind": "detect", "inputs": 2})
+    out.commit(Entry("part-a.jsonl", 2, 0, _shard(out.store, "part-a.jsonl", [_rec(1), _rec(2)]), [1, 2]))
+    out.finish({"kind": "detect", "inputs": 2, "rows": 2})
+    job = (run / "_job.json").read_bytes()
+    for target in ("_job.json", "_manifest/part-a.jsonl.json", "part-a.jsonl", "_SUCCESS"):
+        line = one_error_line(invoke("merge", run, "-o", run / target))
+        assert f"is a file of the run in '{run}'" in line, line
+    gt = coco_dir / "instances_val2014_100.json"
+    assert "is a file of the run" in one_error_line(invoke("evaluate", "--gt", gt, "--pred", run, "-o",
+                                                           run / "_job.json"))
+    assert (run / "_job.json").read_bytes() == job
+    beside = invoke("merge", run, "-o", run / "merged.jsonl", "-q")
+    assert beside.exit_code == 0 and len((run / "merged.jsonl").read_text().splitlines()) == 2
+    again = invoke("merge", run, "-q")  # the file beside the shards is not read as one
+    assert again.exit_code == 0 and len(again.stdout.splitlines()) == 2
+    (run / "_job.json").write_text("[1, 2]")
+    assert "_job.json is not the run's description (a JSON list" in one_error_line(invoke("merge", run), 2)

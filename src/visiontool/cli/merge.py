@@ -49,7 +49,7 @@ def merge_command(
         out_format = format_from_output(output, FORMATS) or "jsonl"
     if with_errors and out_format not in ("json", "jsonl"):
         raise UsageError("--with-errors keeps failed images' rows in json/jsonl; coco and csv have no place for them")
-    common_checks(output=output)
+    common_checks(output=output, inputs=[directory, gt])
     gt_index = None
     if gt:
         from visiontool.io.coco import GroundTruthIndex

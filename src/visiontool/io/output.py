@@ -219,7 +219,9 @@ def check_not_an_input(outputs: dict[str, str | os.PathLike | None], inputs) -> 
     """UsageError when an output file (flag -> path) is one of the input files (``detect
     photo.jpg -o photo.jpg``, ``evaluate --pred p.json -o p.json``): writing it would replace
     that input. Symbolic and hard links to an input count as the input."""
-    files = [i for i in inputs if isinstance(i, (str, os.PathLike)) and str(i) != "-" and os.path.isfile(i)]
+    paths = [i for i in inputs if isinstance(i, (str, os.PathLike)) and str(i) != "-"]
+    _check_not_in_a_run(outputs, [p for p in paths if os.path.isdir(p)])
+    files = [i for i in paths if os.path.isfile(i)]
     for flag, out in outputs.items():
         if out is None or str(out) == "-" or not os.path.isfile(out):
             continue
@@ -231,3 +233,22 @@ def check_not_an_input(outputs: dict[str, str | os.PathLike | None], inputs) -> 
             if same:
                 raise UsageError(f"{flag} '{os.fsdecode(out)}' is also an input ('{os.fsdecode(path)}'): writing it "
                                  "would replace that input; give another file name")
+
+
+def _check_not_in_a_run(outputs: dict[str, str | os.PathLike | None], dirs: list) -> None:
+    """UsageError when an output would replace a file of an ``--engine ray`` run read as an input
+    (``merge DIR -o DIR/_job.json`` destroyed the run's description; its ``_*`` files and
+    ``part-*`` shards are the run's state). Other files beside them are fine."""
+    from visiontool.io.shards import JOB_FILE
+
+    runs = [d for d in dirs if os.path.isfile(os.path.join(d, JOB_FILE))]
+    for flag, out in outputs.items():
+        if out is None or str(out) == "-":
+            continue
+        for run in runs:
+            rel = os.path.relpath(os.path.realpath(out), os.path.realpath(run))
+            top = rel.split(os.sep)[0]
+            if top != os.pardir and (rel == os.curdir or top.startswith(("_", "part-"))):
+                raise UsageError(f"{flag} '{os.fsdecode(out)}' is a file of the run in '{os.fsdecode(run)}' (its _* "
+                                 "files and part-* shards are the run's state): writing it would damage the run; "
+                                 "give a path outside them")

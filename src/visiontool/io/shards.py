@@ -189,6 +189,9 @@ class OutputDir:
         or changed since (``damaged``; their images are redone)."""
         s = self.store
         job = s.read_json(JOB_FILE) if s.exists(JOB_FILE) else None
+        if job is not None and not isinstance(job, dict):  # e.g. overwritten by an output
+            raise InvalidInputError(f"{self.display(JOB_FILE)} is not the run's description (a JSON "
+                                    f"{type(job).__name__}, not an object); the output directory is damaged")
         shards = s.sizes()
         pending = s.sizes(TMP_DIR)
         entries, damaged = [], []
