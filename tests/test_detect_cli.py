@@ -165,6 +165,20 @@ def _write(p: Path, text: str) -> Path:
 
 # -- sources -------------------------------------------------------------------------------------------
 
+def test_two_photos_with_one_coco_image_id_are_one_warning(tiny_detr, photos, tmp_path):
+    """a/000000000001.jpg and b/000000000001.jpg both became image_id 1: one image's results, silently."""
+    for sub, name in (("a", "dog.jpg"), ("b", "groceries.jpg")):
+        (tmp_path / sub).mkdir()
+        shutil.copy(photos / name, tmp_path / sub / "000000000001.jpg")
+    res = invoke("detect", tmp_path / "a", tmp_path / "b", "-m", tiny_detr, "-t", "0", "-f", "coco", "-q")
+    assert res.exit_code == 0, res.stderr
+    assert {r["image_id"] for r in json.loads(res.stdout)} == {1}
+    (line,) = [ln for ln in res.stderr.splitlines() if "warning" in ln]
+    assert "1 photo(s) got an image id another photo has (image_id 1: " in line and "give --gt" in line
+    alone = invoke("detect", tmp_path / "a", "-m", tiny_detr, "-t", "0", "-f", "coco", "-q")
+    assert alone.exit_code == 0 and "warning" not in alone.stderr
+
+
 def test_sources_glob_stdin_recursive(tiny_detr, photos):
     nested = photos / "more" / "deeper"
     nested.mkdir(parents=True)

@@ -286,6 +286,19 @@ def _score(v, at: str) -> float:
 
 
 # ----------------------------------------------------------------------------- COCO results
+def shared_image_ids_warning(stats: dict, with_gt: bool) -> str | None:
+    """The warning for photos that got the same COCO image id (from :func:`to_coco_results`'s
+    ``stats``): two ``000000000001.jpg`` in two folders, or one GT file name matched twice."""
+    shared = stats.get("shared_image_ids")
+    if not shared:
+        return None
+    iid, first, second = shared[0]
+    fix = ("both match that ground-truth file name: give only the photos it describes" if with_gt else
+           "give --gt (ids from its file names), or rename them")
+    return (f"{len(shared)} photo(s) got an image id another photo has (image_id {iid}: '{first}' and '{second}'), "
+            f"so their COCO results read as one image's; {fix}")
+
+
 def to_coco_results(result: ImageResult, gt=None, stats: dict | None = None) -> list[dict]:
     """COCO result dicts for one record; with ``gt`` (a GroundTruthIndex) category ids are
     matched by name. Masks add ``segmentation``, keypoints add ``keypoints``. ``stats``
@@ -296,6 +309,9 @@ def to_coco_results(result: ImageResult, gt=None, stats: dict | None = None) -> 
     if result.image_id is None:
         stats["unmatched_images"] = stats.get("unmatched_images", 0) + 1
         return []
+    owner = stats.setdefault("image_owners", {}).setdefault(result.image_id, result.image)
+    if owner != result.image:  # two photos, one image id: their results would be one image's
+        stats.setdefault("shared_image_ids", []).append((result.image_id, owner, result.image))
     d = result.detections
     rows: list[dict] = []
     segment = result.kind == "segment"

@@ -260,5 +260,10 @@ def report_mapping(stats: dict, gt_index, out_format: str) -> None:
     if stats.get("unmatched_labels"):
         labels = ", ".join(sorted(str(x) for x in stats["unmatched_labels"]))
         warn(f"labels without a category of the same name in the ground truth were left out: {labels}")
+    from visiontool.convert import shared_image_ids_warning
+
+    shared = shared_image_ids_warning(stats, gt_index is not None)
+    if shared:
+        warn(shared)
     if gt_index is not None and out_format != "coco" and stats.get("null_image_ids"):
         warn(f"{stats['null_image_ids']} image(s) are not in the ground truth's file names (image_id is null)")

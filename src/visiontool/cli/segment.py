@@ -336,6 +336,11 @@ def segment_command(
 
                 save_annotated(rgb, result.detections, viz_path(save_viz, result.image, used_viz, ext=".png"),
                                segment=True)
+    from visiontool.convert import shared_image_ids_warning
+
+    shared = shared_image_ids_warning(writer.stats, gt_index is not None)
+    if shared:
+        warn(shared)
     if fmt == "coco" and gt_index is not None:
         labels = writer.stats.get("unmatched_labels")
         if labels:
