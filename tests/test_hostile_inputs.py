@@ -484,3 +484,10 @@ def test_a_segmenter_or_weights_file_as_a_detector_is_one_line_before_any_model(
                         "-m", spec],
             "export": ["export", spec, "--runtime", "onnx", "-o", str(tmp_path / "out")]}[command]
     assert_user_error(invoke(*args), 2, needle)
+
+
+@pytest.mark.parametrize("typo, meant", [("detecc", "detect"), ("Segment", "segment"), ("evalute", "evaluate")])
+def test_a_mistyped_command_suggests_the_command(typo, meant):
+    line = one_error_line(invoke(typo, "x"))
+    assert f"No such command '{typo}'; did you mean '{meant}'?" in line
+    assert "did you mean" not in one_error_line(invoke("frobnicate"))

@@ -182,6 +182,16 @@ class LazyGroup(TyperGroup):
     def list_commands(self, ctx):
         return [name for name, (module, _) in COMMANDS.items() if importlib.util.find_spec(module) is not None]
 
+    def resolve_command(self, ctx, args):
+        name = args[0] if args else ""
+        if name and name not in COMMANDS and not name.startswith("-") and not ctx.resilient_parsing:
+            import difflib
+
+            close = difflib.get_close_matches(name.lower(), self.list_commands(ctx), n=1)
+            if close:  # `visiontool detecc`, `visiontool Detect`
+                ctx.fail(f"No such command '{name}'; did you mean '{close[0]}'?")
+        return super().resolve_command(ctx, args)
+
     def get_command(self, ctx, cmd_name):
         entry = COMMANDS.get(cmd_name)
         if entry is None:
