@@ -165,3 +165,44 @@ def test_python_api_streams_frames(detr, clip):
                      video=VideoOptions(stride=3))
     assert run.results == [] and len(seen) == 4
     assert [r.detections.xyxy.tolist() for r in seen] == [r.detections.xyxy.tolist() for r in results]
+
+
+def _portrait_clip(path: Path, degrees: int, frames: int = 3) -> tuple[int, int, int, int]:
+    """A 160x120 clip whose container says: show it turned ``degrees`` counterclockwise (a phone's
+    portrait video); one white square at a known place in the stored frames."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 160, 120, "yuv420p"
+        s.set_display_rotation(degrees)
+        img = np.full((120, 160, 3), 96, np.uint8)
+        img[30:50, 20:40] = 240
+        for _ in range(frames):
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return 20, 30, 40, 50
+
+
+@pytest.mark.parametrize("degrees", [-90, 90, 180])
+def test_a_rotated_video_is_detected_upright_as_players_show_it(tmp_path, monkeypatch, degrees):
+    """A phone's portrait video (landscape frames and a display rotation) was read sideways: records
+    160x120, boxes and the annotated video turned, where photos get their EXIF orientation."""
+    from video_helpers import SquareDetector, install_detector
+
+    install_detector(monkeypatch, SquareDetector())
+    clip = tmp_path / "portrait.mp4"
+    x1, y1, x2, y2 = _portrait_clip(clip, degrees)
+    w, h = (120, 160) if degrees % 180 else (160, 120)
+    assert (probe(str(clip)).width, probe(str(clip)).height) == (w, h)
+    res = invoke("detect", clip, "-m", "squares", "-f", "jsonl", "--save-viz", tmp_path / "viz.mp4", "-q")
+    assert res.exit_code == 0, res.stderr
+    recs = jsonl(res.stdout)
+    # the stored box, turned as the frame is: -90 clockwise, 90 counterclockwise, 180 both ways
+    want = {-90: [120 - y2, x1, 120 - y1, x2], 90: [y1, 160 - x2, y2, 160 - x1],
+            180: [160 - x2, 120 - y2, 160 - x1, 120 - y1]}[degrees]
+    assert {(r["width"], r["height"]) for r in recs} == {(w, h)}
+    assert all(r["detections"][0]["box"] == pytest.approx(want, abs=1) for r in recs), recs[0]
+    assert (probe(str(tmp_path / "viz.mp4")).width, probe(str(tmp_path / "viz.mp4")).height) == (w, h)

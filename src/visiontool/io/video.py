@@ -154,7 +154,38 @@ def probe(name: str) -> VideoInfo:
         dur = float(s.duration * s.time_base) if s.duration and s.time_base else \
             (c.duration / 1_000_000 if c.duration else None)
         frames = int(s.frames) if s.frames else (int(round(dur * fps)) if dur and fps else None)
-        return VideoInfo(name, s.codec_context.width, s.codec_context.height, fps, frames, dur, is_stream(name))
+        width, height = s.codec_context.width, s.codec_context.height
+        if not is_stream(name) and _quarter_turns(_first_frame(c, s)) % 2:  # shown upright: portrait
+            width, height = height, width
+        return VideoInfo(name, width, height, fps, frames, dur, is_stream(name))
+
+
+def _first_frame(container, stream):
+    """The first decoded frame (its side data says how it is shown), or None."""
+    try:
+        return next(iter(container.decode(stream)), None)
+    except Exception:  # noqa: BLE001 - reading the frames reports a broken file properly
+        return None
+
+
+def _quarter_turns(frame) -> int:
+    """Counterclockwise quarter turns that show ``frame`` upright: its DISPLAYMATRIX rotation
+    (a phone stores portrait video as landscape frames marked -90 or 90), 0 without one."""
+    try:
+        return int(round(float(frame.rotation or 0) / 90)) % 4 if frame is not None else 0
+    except (AttributeError, TypeError, ValueError):  # an older PyAV or odd side data: as stored
+        return 0
+
+
+def upright(frame):
+    """A decoded frame as a PIL RGB image the way players show it, as EXIF orientation is
+    applied to photos: records, prompts and annotated videos are in the upright frame."""
+    from PIL import Image
+
+    img = frame.to_image()
+    turn = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180,
+            3: Image.Transpose.ROTATE_270}.get(_quarter_turns(frame))
+    return img.transpose(turn) if turn is not None else img
 
 
 @dataclass
@@ -213,7 +244,7 @@ def iter_frames(name: str, *, stride: int = 1, start: Position | None = None, en
                     selected_first = first if first is not None else index
                 if (index - selected_first) % stride:
                     continue
-                yield Frame(index, t, frame.to_image(), fps)
+                yield Frame(index, t, upright(frame), fps)
                 emitted += 1
                 if max_frames is not None and emitted >= max_frames:
                     return
