@@ -63,8 +63,8 @@ def ignored_options(info, nms_iou: float | None, text_threshold: float | None) -
     if nms_iou is not None and info.needs_nms is False:
         lines.append(f"--nms-iou changes nothing: {info.family} needs no NMS (one box per object by design)")
     if text_threshold is not None and info.can("text") and not info.can("text_threshold"):
-        lines.append(f"--text-threshold changes nothing: {info.family} scores each phrase as a whole (Grounding "
-                     "DINO matches phrase tokens against it)")
+        lines.append(f"--text-threshold changes nothing: {info.family} scores each phrase as a whole; only "
+                     "Grounding DINO thresholds the tokens of a phrase")
     return lines
 
 
