@@ -179,6 +179,19 @@ def test_two_photos_with_one_coco_image_id_are_one_warning(tiny_detr, photos, tm
     assert alone.exit_code == 0 and "warning" not in alone.stderr
 
 
+def test_a_label_two_gt_categories_share_stops_coco_output_before_the_model(tiny_detr, photos, tmp_path,
+                                                                          monkeypatch):
+    from visiontool.models import registry
+
+    gt = {"images": [{"id": 1, "file_name": "dog.jpg", "width": 800, "height": 534}], "annotations": [],
+          "categories": [{"id": 5, "name": "cat"}, {"id": 9, "name": "Cat"}, {"id": 1, "name": "person"}]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    monkeypatch.setattr(registry, "load_detector", lambda *a, **k: pytest.fail("the model was loaded"))
+    res = invoke("detect", photos / "dog.jpg", "-m", tiny_detr, "-f", "coco", "--gt", tmp_path / "gt.json")
+    assert_user_error(res, 2, "categories 5 and 9 are both named 'cat', so a label 'cat' cannot say which")
+    assert res.stdout == ""
+
+
 def test_sources_glob_stdin_recursive(tiny_detr, photos):
     nested = photos / "more" / "deeper"
     nested.mkdir(parents=True)

@@ -173,6 +173,8 @@ def detect_command(
     plan = check_outputs(srcs, out_format, output, save_viz, save_crops)
     check_not_an_input({"--output": output, "--save-viz": save_viz}, [*(s.name for s in srcs), gt])
     gt_index = GroundTruthIndex.load(gt) if gt else None
+    if out_format == "coco" and gt_index is not None and gt_index.ambiguous_names:
+        _check_labels_name_one_category(gt_index, model, phrases)
 
     from visiontool.services.detect import run_detect
 
@@ -248,6 +250,23 @@ def _video_options(start: Optional[str], end: Optional[str], stride: int, max_fr
     if first is not None and last is not None and first.unit == last.unit and last.value <= first.value:
         raise UsageError(f"--end {end} is not after --start {start}: no frame would be processed")
     return VideoOptions(stride=stride, start=first, end=last, max_frames=max_frames, reconnect=reconnect)
+
+
+def _check_labels_name_one_category(gt_index, model: str | None, phrases) -> None:
+    """Before the model loads: a label of the model (or a --text phrase) that two GT categories
+    share is one line now, not after the first image (GroundTruthIndex.category_id_for)."""
+    from visiontool.models import registry
+
+    if phrases:
+        labels = list(phrases)
+    else:
+        try:
+            names = registry.peek_class_names(model or registry.DEFAULT_DETECTOR)
+        except Exception:  # noqa: BLE001 - the load says what is wrong with the model
+            return
+        labels = list((names or {}).values())
+    for label in labels:
+        gt_index.category_id_for(str(label))
 
 
 def report_mapping(stats: dict, gt_index, out_format: str) -> None:
