@@ -179,6 +179,20 @@ def test_two_photos_with_one_coco_image_id_are_one_warning(tiny_detr, photos, tm
     assert alone.exit_code == 0 and "warning" not in alone.stderr
 
 
+def test_the_shared_id_check_remembers_photos_only():
+    """A stream's frames have ids unique by construction: remembering each one grew memory without end."""
+    from visiontool.convert import to_coco_results
+    from visiontool.types import ImageResult
+
+    stats: dict = {}
+    for k in range(3):
+        to_coco_results(ImageResult("rtsp://cam/1", 4, 3, "m", image_id=k, frame=k), None, stats)
+    assert "image_owners" not in stats and "shared_image_ids" not in stats
+    to_coco_results(ImageResult("a/1.jpg", 4, 3, "m", image_id=1), None, stats)
+    to_coco_results(ImageResult("b/1.jpg", 4, 3, "m", image_id=1), None, stats)
+    assert stats["shared_image_ids"] == [(1, "a/1.jpg", "b/1.jpg")]
+
+
 def test_a_label_two_gt_categories_share_stops_coco_output_before_the_model(tiny_detr, photos, tmp_path,
                                                                           monkeypatch):
     from visiontool.models import registry

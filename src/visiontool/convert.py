@@ -309,9 +309,10 @@ def to_coco_results(result: ImageResult, gt=None, stats: dict | None = None) -> 
     if result.image_id is None:
         stats["unmatched_images"] = stats.get("unmatched_images", 0) + 1
         return []
-    owner = stats.setdefault("image_owners", {}).setdefault(result.image_id, result.image)
-    if owner != result.image:  # two photos, one image id: their results would be one image's
-        stats.setdefault("shared_image_ids", []).append((result.image_id, owner, result.image))
+    if result.frame is None:  # (a video's frames have ids unique by construction: memory stays flat on a stream)
+        owner = stats.setdefault("image_owners", {}).setdefault(result.image_id, result.image)
+        if owner != result.image:  # two photos, one image id: their results would be one image's
+            stats.setdefault("shared_image_ids", []).append((result.image_id, owner, result.image))
     d = result.detections
     rows: list[dict] = []
     segment = result.kind == "segment"
