@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from visiontool.cli.options import (DeviceOpt, DtypeOpt, OutputOpt, PlotOpt, QuietOpt, RuntimeOpt, choose_format,
-                                  format_option, runtime_options)
+                                  format_option, refuse_given, runtime_options)
 from visiontool.errors import UsageError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -115,13 +115,10 @@ def compare_command(
     from visiontool.services.compare_runs import STAT_KEYS, parse_sort_key
 
     if not models:  # files are scored as they are: a model's flag there would be silently ignored
-        given = [flag for flag, on in {"--threshold": threshold != 0.0, "--max-det": max_det != 100,
-                                       "--batch-size": batch_size != 1, "--recursive": recursive,
-                                       "--save-preds": save_preds is not None, "--dup-score": dup_score != 0.5,
-                                       "--no-warmup": not warmup}.items() if on]
-        if given:
-            raise UsageError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --model runs; "
-                             "prediction files are scored as they are")
+        refuse_given({"--threshold": threshold != 0.0, "--max-det": max_det != 100, "--batch-size": batch_size != 1,
+                      "--recursive": recursive, "--save-preds": save_preds is not None,
+                      "--dup-score": dup_score != 0.5, "--no-warmup": not warmup},
+                     "--model runs; prediction files are scored as they are")
         if sort_by and parse_sort_key(sort_by)[0] not in STAT_KEYS + ("name",):
             raise UsageError(f"--sort-by {sort_by} orders --model runs by what running them measured; prediction "
                              "files have no such figure (sort them by AP, AP50, ..., or name)")

@@ -8,7 +8,7 @@ import typer
 
 from visiontool.cli import engine_options as EO
 from visiontool.cli.options import (DeviceOpt, DtypeOpt, OutputOpt, QuietOpt, RuntimeOpt, choose_format, format_option,
-                                  runtime_options)
+                                  refuse_given, runtime_options)
 
 FORMATS = ("table", "json", "jsonl", "coco", "csv", "mot")
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -154,11 +154,12 @@ def detect_command(
     if out_format == "table" and not fmt and not output and any(s.kind == "stream" for s in srcs):
         out_format = "jsonl"  # a table is printed at the end, and a live stream has none: stream records
     video = _video_options(start, end, vid_stride, max_frames, reconnect)
-    video_only = [flag for flag, on in {"--vid-stride": vid_stride != 1, "--start": start, "--end": end,
-                                        "--max-frames": max_frames, "--reconnect": reconnect != 3}.items() if on]
-    if srcs and not videos and video_only:  # silently ignored before
-        raise UsageError(f"{', '.join(video_only)} appl{'ies' if len(video_only) == 1 else 'y'} to videos and "
-                         "streams, and every source is a photo")
+    if srcs and not videos:  # a video's flags were silently ignored on photos
+        default = type(video)()
+        refuse_given({"--vid-stride": video.stride != default.stride, "--start": start is not None,
+                      "--end": end is not None, "--max-frames": max_frames is not None,
+                      "--reconnect": video.reconnect != default.reconnect},
+                     "videos and streams, and every source is a photo")
     if videos:
         from visiontool.io.video import av
 

@@ -56,9 +56,9 @@ def check_engine(engine: str, *, address: Optional[str] = None, replicas: Option
                  "--cpus-per-replica": cpus_per_replica, "--output-dir": output_dir,
                  "--resume": resume or None, "--output-format": output_format}
     if engine == "local":
-        given = [flag for flag, v in ray_flags.items() if v is not None]
-        if given:
-            raise UsageError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --engine ray")
+        from visiontool.cli.options import refuse_given
+
+        refuse_given({flag: v is not None for flag, v in ray_flags.items()}, "--engine ray")
         return None
     given = [flag for flag, v in (local_only or {}).items() if v]
     if given:

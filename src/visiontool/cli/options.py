@@ -40,6 +40,16 @@ _EXT_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": 
                 ".mot": "mot"}
 
 
+def refuse_given(flags: dict[str, bool], context: str) -> None:
+    """UsageError naming the flags that were given (``flag -> given``) where they change
+    nothing: ``--x, --y apply to <context>``."""
+    given = [flag for flag, on in flags.items() if on]
+    if given:
+        from visiontool.errors import UsageError
+
+        raise UsageError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to {context}")
+
+
 def format_from_output(output: str | None, allowed: tuple[str, ...]) -> str | None:
     """The format ``--output``'s extension names (None without a file): ``.csv`` -> csv, ...
 

@@ -19,13 +19,12 @@ modules; :func:`load` hands them over.
 """
 from __future__ import annotations
 
-import json
-import os
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 from visiontool.convert import from_transformers
-from visiontool.errors import UsageError
+from visiontool.errors import UsageError, VisionToolError
 from visiontool.models.hf_hub import check_hf_spec, from_pretrained, load_config
 from visiontool.models.protocol import DetectOptions, ModelInfo
 from visiontool.types import Detections, Timings
@@ -47,12 +46,13 @@ def check(spec: str) -> None:
                          f"torchvision state dict torchvision:ARCH:{spec}; a segment-anything checkpoint is for "
                          "`visiontool segment`")
     check_hf_spec(spec)
-    config = os.path.join(os.path.expanduser(spec), "config.json")
-    if os.path.isfile(config):
+    local = Path(spec).expanduser()
+    if (local / "config.json").is_file():
+        from visiontool.models.hf_sam_spec import read_config
+
         try:
-            with open(config, encoding="utf-8") as fh:
-                model_type = json.load(fh).get("model_type", "")
-        except (OSError, ValueError, AttributeError):
+            model_type = read_config(local, spec).get("model_type", "")
+        except (VisionToolError, AttributeError):
             return  # the load reports a broken config properly
         not_a_segmenter(str(model_type), spec)
 

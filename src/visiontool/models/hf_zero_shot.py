@@ -34,15 +34,15 @@ from visiontool.models.protocol import DetectOptions, ModelInfo
 from visiontool.types import Detections, Timings
 
 GROUNDING = {"grounding-dino", "mm-grounding-dino"}
+OWL = {"owlvit", "owlv2"}
+OMDET = {"omdet-turbo"}
+DEFAULT_TEXT_THRESHOLD = 0.25  # Grounding DINO's own default
+DEFAULT_OMDET_NMS = 0.5
 
 
 def text_capabilities(model_type: str) -> frozenset[str]:
     """Phrases, batches, and ``text_threshold`` (the phrase-token matching) for the Grounding DINOs."""
     return frozenset({"text", "batch"} | ({"text_threshold"} if model_type in GROUNDING else set()))
-OWL = {"owlvit", "owlv2"}
-OMDET = {"omdet-turbo"}
-DEFAULT_TEXT_THRESHOLD = 0.25  # Grounding DINO's own default
-DEFAULT_OMDET_NMS = 0.5
 
 
 def load(spec: str, device: str, precision, config=None, text: bool = False, optimize: bool = True,
